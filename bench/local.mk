@@ -1,0 +1,1 @@
+# bench/local.mk - benchmarks: built by make, run by hand.

@@ -1,0 +1,118 @@
+/* request_ids.c - a request ID that follows the work across a thread pool.
+ *
+ * A log function prefixes every line with the current request ID, which it
+ * reads from a context variable: nobody passes the ID down. Each request sets
+ * its ID once and fans out into sub-jobs on whichever workers are free; every
+ * line a request prints still carries its own ID. (Java's MDC keeps the same
+ * thing in thread-locals, and loses it as soon as work moves to a pool.)
+ * The last part hands work to a plain thread with cp_thread_create.
+ *
+ * The program checks itself: it exits 1 if any line carries a wrong ID.
+ */
+#include <ctxpool.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static cp_var *request_id; /* the current request's ID: a string */
+static atomic_int wrong_lines;
+
+/* Print one line, prefixed with the current request ID; no ID parameter. */
+static void log_line(const char *expected, const char *fmt, ...)
+{
+    const char *id = cp_var_get_or(request_id, "-");
+    char text[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    printf("[%-6s] %s\n", id, text);
+    if (strcmp(id, expected) != 0)
+        atomic_fetch_add(&wrong_lines, 1);
+}
+
+struct part {
+    cp_pool *pool;
+    const char *expected; /* what the log line must show: the check */
+    int request, index;
+};
+
+static void *sub_job(void *arg)
+{
+    struct part *p = arg;
+    log_line(p->expected, "request %d: part %d done", p->request, p->index);
+    return NULL;
+}
+
+/* One request: set the ID, then fan out into parts on the pool. */
+static void *handle_request(void *arg)
+{
+    struct part *req = arg;
+    char *id = malloc(16);
+    snprintf(id, 16, "req-%d", req->request);
+    /* The context owns id from here on and frees it (free_value) when the
+     * last job that can see it has finished. */
+    cp_var_set(request_id, id, NULL);
+    log_line(id, "request %d: start, 3 parts", req->request);
+
+    struct part parts[3];
+    cp_future *futures[3];
+    for (int i = 0; i < 3; i++) {
+        parts[i] = (struct part){req->pool, id, req->request, i};
+        cp_pool_submit(req->pool, sub_job, &parts[i], &futures[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        cp_future_wait(futures[i], NULL); /* a worker helps while it waits */
+        cp_future_free(futures[i]);
+    }
+    log_line(id, "request %d: finish", req->request);
+    return NULL;
+}
+
+static void *background(void *arg)
+{
+    log_line(arg, "background thread started by cp_thread_create");
+    return NULL;
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    request_id = cp_var_new("request_id", free);
+    cp_pool *pool;
+    cp_pool_options options = {.threads = 2, .name = "demo"};
+    if (!request_id || cp_pool_new(&pool, &options) != 0) {
+        fprintf(stderr, "request_ids: cannot start\n");
+        return 1;
+    }
+
+    log_line("-", "main: no request yet");
+    enum { REQUESTS = 4 };
+    struct part requests[REQUESTS];
+    cp_future *futures[REQUESTS];
+    for (int r = 0; r < REQUESTS; r++) {
+        requests[r] = (struct part){pool, NULL, r + 1, 0};
+        cp_pool_submit(pool, handle_request, &requests[r], &futures[r]);
+    }
+    for (int r = 0; r < REQUESTS; r++) {
+        cp_future_wait(futures[r], NULL);
+        cp_future_free(futures[r]);
+    }
+    log_line("-", "main: the requests' IDs never leaked into main");
+
+    /* A plain thread that starts in a copy of the creator's context. */
+    char *main_id = malloc(16);
+    snprintf(main_id, 16, "main");
+    cp_var_set(request_id, main_id, NULL);
+    pthread_t thread;
+    cp_thread_create(&thread, NULL, background, main_id);
+    pthread_join(thread, NULL);
+
+    cp_pool_free(pool);
+    cp_var_free(request_id);
+    int wrong = atomic_load(&wrong_lines);
+    printf("%s: %d line(s) with a wrong request ID\n", wrong ? "FAIL" : "ok", wrong);
+    return wrong ? 1 : 0;
+}

@@ -1,0 +1,397 @@
+/* ctxpool.h - context variables (PEP 567) and a work-stealing pool that carries them.
+ *
+ * ctxpool gives C what Python's contextvars module gives Python: variables whose
+ * value belongs to a *context* rather than to a thread, contexts that copy in
+ * O(1), and a thread pool whose every job runs in a copy of its submitter's
+ * context. A request ID set before a submit is what the job sees, on whichever
+ * worker it lands, and in every job that job submits in turn.
+ *
+ * The rule that keeps it safe: one context is never entered by two threads at
+ * once, nor twice by one thread. The library refuses such an entry with
+ * CP_EBUSY or CP_ERECURSIVE; it never lets it through and never waits on it.
+ *
+ * Conventions for every function below:
+ * - Functions that can fail return 0 or a negative CP_E* code; on failure
+ *   they change nothing. Constructors that can only fail for lack of memory
+ *   return NULL instead.
+ * - Freeing NULL (cp_var_free, cp_context_free, ...) is a harmless no-op.
+ * - NULL where a pointer is required gives CP_EINVAL (or NULL, false, 0).
+ * - The library never prints, never exits and never aborts on bad input.
+ *
+ * Threads: "any thread" means any thread, at any time, concurrently with any
+ * other call on the same object unless the comment says otherwise.
+ */
+#ifndef CTXPOOL_CTXPOOL_H
+#define CTXPOOL_CTXPOOL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(CP_BUILDING_LIBRARY) && defined(__GNUC__)
+#define CP_EXPORT __attribute__((visibility("default")))
+#else
+#define CP_EXPORT
+#endif
+
+/* The library's version, as numbers and as text. */
+#define CP_VERSION_MAJOR 0
+#define CP_VERSION_MINOR 1
+#define CP_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* One table gives every error its number and its text (see cp_strerror). */
+#define CP_ERRNO_MAP(XX)                                                          \
+    XX(ENOMEM, -1, "out of memory")                                               \
+    XX(EINVAL, -2, "invalid argument")                                            \
+    XX(ENOENT, -3, "no value for the variable")                                   \
+    XX(EBUSY, -4, "context is entered by another thread")                         \
+    XX(ERECURSIVE, -5, "context is already entered by this thread")               \
+    XX(ETOKEN_USED, -6, "token has already been used once")                       \
+    XX(ETOKEN_VAR, -7, "token was created by a different variable")               \
+    XX(ETOKEN_CONTEXT, -8, "token was created in a different context")            \
+    XX(ESHUTDOWN, -9, "pool is shutting down or shut down")                       \
+    XX(ECANCELED, -10, "job was cancelled before it ran")                         \
+    XX(ETIMEDOUT, -11, "timed wait ran out")                                      \
+    XX(EDEADLK, -12, "call would wait on itself")
+
+enum {
+#define CP_ERRNO_ENUM(name, value, text) CP_##name = (value),
+    CP_ERRNO_MAP(CP_ERRNO_ENUM)
+#undef CP_ERRNO_ENUM
+};
+
+/* cp_strerror - a short English text for an error code.
+ * Returns a static string for every CP_E* code, "success" for 0 and
+ * "unknown error" for anything else. Never NULL.
+ * Threads: any thread. */
+CP_EXPORT const char *cp_strerror(int err);
+
+/* ------------------------------------------------------------------------ */
+/* Context variables (ContextVar, Token)                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct cp_var cp_var;
+typedef struct cp_token cp_token;
+typedef struct cp_context cp_context;
+typedef struct cp_iter cp_iter;
+
+/* cp_var_new - create a context variable with no default (ContextVar(name)).
+ * name: copied; may be NULL (the variable is then named "").
+ * free_value: called exactly once on every value the library owns (each value
+ *   passed to cp_var_set) as soon as no context, snapshot, iterator or token
+ *   refers to it any more. NULL: values are borrowed pointers, never freed.
+ * Returns the variable, or NULL when memory ran out.
+ * Ownership: the caller owns one reference, dropped with cp_var_free.
+ * Threads: any thread. */
+CP_EXPORT cp_var *cp_var_new(const char *name, void (*free_value)(void *));
+
+/* cp_var_new_default - as cp_var_new, with a default value
+ * (ContextVar(name, default=...)). cp_var_get returns the default where the
+ * current context has no value for the variable.
+ * Ownership: the variable owns default_value from this call on (also when the
+ *   call fails and returns NULL, free_value is NOT called: nothing changed),
+ *   and frees it with free_value when the variable is destroyed.
+ * Returns the variable, or NULL when memory ran out. Threads: any thread. */
+CP_EXPORT cp_var *cp_var_new_default(const char *name, void *default_value,
+                                     void (*free_value)(void *));
+
+/* cp_var_free - drop the creator's reference to a variable.
+ * The variable lives on while any context, snapshot, iterator or token still
+ * holds a value for it; those keep working, and each value is still freed
+ * exactly once. The caller must not use var after this call. NULL: no-op.
+ * Threads: any thread. */
+CP_EXPORT void cp_var_free(cp_var *var);
+
+/* cp_var_name - the variable's name (ContextVar.name); "" for NULL.
+ * Returns a string owned by the variable, valid while the variable lives.
+ * Threads: any thread. */
+CP_EXPORT const char *cp_var_name(const cp_var *var);
+
+/* cp_var_get - the variable's value in the calling thread's current context
+ * (ContextVar.get()).
+ * Lookup order: the context's value, else the variable's default.
+ * Returns 0 and stores the value in *value; CP_ENOENT when there is neither
+ * (*value untouched); CP_EINVAL when var or value is NULL.
+ * Ownership: *value is borrowed: valid until this thread sets or resets the
+ *   variable again, or leaves the current context.
+ * Threads: any thread; reads only the calling thread's current context. */
+CP_EXPORT int cp_var_get(const cp_var *var, void **value);
+
+/* cp_var_get_or - the variable's value in the current context, else fallback
+ * (ContextVar.get(default)). The fallback wins over the variable's default.
+ * Returns fallback also when var is NULL. Ownership and threads: as cp_var_get. */
+CP_EXPORT void *cp_var_get_or(const cp_var *var, void *fallback);
+
+/* cp_var_set - give the variable a new value in the current context
+ * (ContextVar.set(value)).
+ * token: where to store an undo record for cp_var_reset; NULL: none is made.
+ * Returns 0; CP_EINVAL when var is NULL; CP_ENOMEM when memory ran out (the
+ *   context is unchanged, value is not taken and not freed).
+ * Ownership: on success the library owns value (see cp_var_new) and the caller
+ *   owns *token (free it with cp_token_free).
+ * Threads: any thread; changes only the calling thread's current context. */
+CP_EXPORT int cp_var_set(cp_var *var, void *value, cp_token **token);
+
+/* cp_var_reset - put the variable back to what it was before the set that
+ * made token (ContextVar.reset(token)): its old value, or no value at all if it
+ * had none (the default is not written). Tokens may be reset in any order.
+ * Checks, in this order: token already used (CP_ETOKEN_USED), token made by
+ * another variable (CP_ETOKEN_VAR), token made in another context
+ * (CP_ETOKEN_CONTEXT). Also CP_EINVAL for NULL, CP_ENOMEM when memory ran out.
+ * On success the token is marked used; it is not freed.
+ * Threads: any thread; changes only the calling thread's current context. */
+CP_EXPORT int cp_var_reset(cp_var *var, cp_token *token);
+
+/* cp_token_var - the variable that made the token (Token.var); NULL for NULL.
+ * Borrowed: valid while the token lives. Threads: any thread. */
+CP_EXPORT cp_var *cp_token_var(const cp_token *token);
+
+/* cp_token_old_value - the value the variable had before the set that made
+ * the token (Token.old_value).
+ * Returns 0 and stores it in *old; CP_ENOENT when the variable had no value
+ * (Token.MISSING); CP_EINVAL for NULL arguments.
+ * Borrowed: valid while the token lives. Threads: any thread. */
+CP_EXPORT int cp_token_old_value(const cp_token *token, void **old);
+
+/* cp_token_free - free a token, used or not. NULL: no-op. Threads: any thread. */
+CP_EXPORT void cp_token_free(cp_token *token);
+
+/* ------------------------------------------------------------------------ */
+/* Contexts (Context, copy_context)                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Every thread has a current context. A thread that entered none runs in its
+ * own base context, empty when the thread starts, created on first use and
+ * released when the thread exits. */
+
+/* cp_context_new - a new, empty context (Context()).
+ * Returns it, or NULL when memory ran out. Free with cp_context_free.
+ * Threads: any thread. */
+CP_EXPORT cp_context *cp_context_new(void);
+
+/* cp_copy_context - a copy of the calling thread's current context
+ * (copy_context()). O(1) whatever the number of variables set: the copy shares
+ * the values; changes in either one are not seen by the other.
+ * Returns it, or NULL when memory ran out. Free with cp_context_free.
+ * Threads: any thread. */
+CP_EXPORT cp_context *cp_copy_context(void);
+
+/* cp_context_copy - a copy of c (Context.copy()); O(1). Returns NULL when c is
+ * NULL or memory ran out.
+ * Threads: any thread, also while another thread runs inside c: the copy is a
+ * consistent snapshot of c at one moment. */
+CP_EXPORT cp_context *cp_context_copy(const cp_context *c);
+
+/* cp_context_free - drop the caller's reference to c. The context lives on
+ * while a run inside it or a pool job queued for it still needs it.
+ * NULL: no-op. Threads: any thread. */
+CP_EXPORT void cp_context_free(cp_context *c);
+
+/* cp_context_run - enter c on this thread, call fn(arg), leave c
+ * (Context.run(fn, arg)). Every change fn makes to any variable is kept in c
+ * and nowhere else; the caller's own context is untouched.
+ * result: receives fn's return value; may be NULL.
+ * Returns 0 once fn has returned; CP_EBUSY when another thread has c entered;
+ * CP_ERECURSIVE when this thread has (anywhere up its stack); CP_EINVAL for
+ * NULL c or fn. On an error fn is not called.
+ * Threads: any thread. Ordering: everything done in c by its previous runs,
+ * on any thread, happens-before fn starts. */
+CP_EXPORT int cp_context_run(cp_context *c, void *(*fn)(void *), void *arg,
+                             void **result);
+
+/* cp_context_contains - whether c holds a value for var (var in context).
+ * Variable defaults do not count. false for NULL arguments.
+ * Threads: any thread, also while another thread runs inside c (a live view:
+ * inside a run on this thread, it sees fn's changes). */
+CP_EXPORT bool cp_context_contains(const cp_context *c, const cp_var *var);
+
+/* cp_context_get - c's value for var (context[var]); defaults do not count.
+ * Returns 0 and stores it in *value; CP_ENOENT when c has no value for var;
+ * CP_EINVAL for NULL arguments.
+ * Borrowed: *value is valid while c holds that value.
+ * Threads: as cp_context_contains. */
+CP_EXPORT int cp_context_get(const cp_context *c, const cp_var *var, void **value);
+
+/* cp_context_get_or - c's value for var, else fallback (Context.get(var,
+ * default)); defaults of the variable do not count.
+ * Threads: as cp_context_contains. */
+CP_EXPORT void *cp_context_get_or(const cp_context *c, const cp_var *var,
+                                  void *fallback);
+
+/* cp_context_len - the number of variables c holds a value for (len(context));
+ * 0 for NULL. Threads: as cp_context_contains. */
+CP_EXPORT size_t cp_context_len(const cp_context *c);
+
+/* cp_context_iter - an iterator over a snapshot of c taken in O(1)
+ * (iter/keys/values/items). Later changes to c do not show in it.
+ * Returns it, or NULL when c is NULL or memory ran out. Free with cp_iter_free.
+ * Threads: any thread, also while another thread runs inside c. */
+CP_EXPORT cp_iter *cp_context_iter(const cp_context *c);
+
+/* cp_iter_next - the next variable and its value in no particular order.
+ * var and value may each be NULL when not wanted.
+ * Returns true and fills them; false at the end (or for a NULL iterator).
+ * Borrowed: both stay valid while the iterator lives.
+ * Threads: one thread at a time per iterator. */
+CP_EXPORT bool cp_iter_next(cp_iter *it, cp_var **var, void **value);
+
+/* cp_iter_free - free an iterator and its snapshot. NULL: no-op. */
+CP_EXPORT void cp_iter_free(cp_iter *it);
+
+/* ------------------------------------------------------------------------ */
+/* Pool                                                                      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct cp_pool cp_pool;
+typedef struct cp_future cp_future;
+typedef void *(*cp_job_fn)(void *arg);
+
+typedef struct cp_pool_options {
+    unsigned threads; /* 0: one per online CPU */
+    const char *name; /* worker thread name prefix; NULL: "cp-worker" */
+    /* room to grow: stack size, CPU affinity, hooks */
+} cp_pool_options;
+
+/* cp_pool_new - start a pool of worker threads.
+ * options: may be NULL (all defaults). Worker i is named "<name>-<i>"
+ *   (truncated to the 15 characters Linux keeps).
+ * Returns 0 and stores the pool in *pool; CP_EINVAL for NULL pool;
+ * CP_ENOMEM when memory or threads ran out (no thread is left running).
+ * Threads: any thread. */
+CP_EXPORT int cp_pool_new(cp_pool **pool, const cp_pool_options *options);
+
+/* cp_pool_submit - queue fn(arg) to run on a worker, in a copy of the calling
+ * thread's current context taken now in O(1). A job submitted from a job
+ * captures that job's current context, its changes included.
+ * future: receives a future for the job's outcome; NULL: fire and forget.
+ * Returns 0; CP_EINVAL for NULL pool or fn; CP_ESHUTDOWN after
+ * cp_pool_shutdown; CP_ENOMEM. On an error fn will never run.
+ * Ordering: everything the caller did before the submit happens-before fn
+ * starts; fn's end happens-before cp_future_wait returns.
+ * Threads: any thread, including the pool's own workers. */
+CP_EXPORT int cp_pool_submit(cp_pool *pool, cp_job_fn fn, void *arg,
+                             cp_future **future);
+
+/* cp_pool_submit_in - queue fn(arg) to run inside c itself, as
+ * asyncio.create_task(coro, context=c): its changes stay in c.
+ * If c is entered elsewhere when the job starts, the job does not run and its
+ * future reports CP_EBUSY (another thread) or CP_ERECURSIVE (the worker's own
+ * stack). The pool holds its own reference to c until the job is done, so the
+ * caller may free its reference right after the call.
+ * Returns and threads: as cp_pool_submit, plus CP_EINVAL for NULL c. */
+CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
+                                void *arg, cp_future **future);
+
+/* cp_future_wait - wait until the job has finished or was cancelled.
+ * result: receives fn's return value when the outcome is 0; may be NULL.
+ * Returns the job's outcome: 0 (it ran), CP_ECANCELED, CP_EBUSY or
+ * CP_ERECURSIVE (a submit_in job whose context was entered elsewhere), or
+ * CP_EINVAL for NULL f. Called on a worker of the pool, it runs other jobs
+ * while it waits, so fork-join never deadlocks, with any number of threads.
+ * Ordering: the job's end happens-before this returns.
+ * Threads: any thread; several threads may wait on one future. */
+CP_EXPORT int cp_future_wait(cp_future *f, void **result);
+
+/* cp_future_wait_timeout - as cp_future_wait, waiting at most timeout_ns
+ * nanoseconds; CP_ETIMEDOUT when the job has not finished by then (it goes
+ * on; wait again or free the future). A timeout of 0 polls. */
+CP_EXPORT int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns,
+                                     void **result);
+
+/* cp_future_done - whether the job has finished or was cancelled (then a wait
+ * returns at once). false for NULL. Threads: any thread. */
+CP_EXPORT bool cp_future_done(const cp_future *f);
+
+/* cp_future_cancel - make sure the job never runs, if it has not started.
+ * Returns 0 when the job will never run (its wait reports CP_ECANCELED; also
+ * when it was cancelled already); CP_EBUSY when it has started or finished;
+ * CP_EINVAL for NULL. Threads: any thread. */
+CP_EXPORT int cp_future_cancel(cp_future *f);
+
+/* cp_future_free - drop the caller's handle. Allowed before the job finishes:
+ * the job still runs (or stays cancelled). NULL: no-op.
+ * Threads: any thread, once per future, after every wait on it returned. */
+CP_EXPORT void cp_future_free(cp_future *f);
+
+enum cp_shutdown { CP_SHUTDOWN_DRAIN, CP_SHUTDOWN_CANCEL };
+
+/* cp_pool_shutdown - stop taking jobs.
+ * CP_SHUTDOWN_DRAIN: refuse new submits (CP_ESHUTDOWN), run every queued job,
+ *   then let the workers stop.
+ * CP_SHUTDOWN_CANCEL: refuse new submits, cancel every job not yet started
+ *   (their futures report CP_ECANCELED), let running ones finish.
+ * Either way no job is lost: each runs exactly once or is reported cancelled.
+ * Does not wait for the workers (cp_pool_free does). A second shutdown
+ * returns CP_ESHUTDOWN; CP_EINVAL for NULL pool or an unknown how.
+ * Threads: any thread, including the pool's workers. */
+CP_EXPORT int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how);
+
+/* cp_pool_free - shutdown(CP_SHUTDOWN_DRAIN) if not yet done, wait for every
+ * job and worker to finish, free the pool. NULL: no-op, returns 0.
+ * Returns 0; CP_EDEADLK when called from one of the pool's own workers
+ * (nothing is done). Threads: any thread but the pool's workers, once. */
+CP_EXPORT int cp_pool_free(cp_pool *pool);
+
+typedef struct cp_pool_stats {
+    unsigned threads;
+    uint64_t submitted; /* jobs accepted by submit, submit_in and spawn */
+    uint64_t completed; /* jobs whose function ran to its end */
+    uint64_t cancelled; /* jobs reported CP_ECANCELED */
+    uint64_t stolen;    /* jobs a worker took from another worker's deque */
+    uint64_t parks;     /* times a worker went to sleep for lack of work */
+} cp_pool_stats;
+
+/* cp_pool_get_stats - counters of the pool, each read atomically (together
+ * they are not one snapshot). Returns 0; CP_EINVAL for NULL arguments.
+ * Threads: any thread, any time before cp_pool_free. */
+CP_EXPORT int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats);
+
+/* cp_thread_create - pthread_create, but fn runs in a copy of the creator's
+ * current context, as Python 3.14's Thread(context=copy_context()). (A plain
+ * pthread starts with an empty base context.)
+ * Returns 0; CP_EINVAL for NULL thread or fn; CP_ENOMEM when memory or
+ * threads ran out. fn's return value is the thread's exit value.
+ * Threads: any thread. */
+CP_EXPORT int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr,
+                               cp_job_fn fn, void *arg);
+
+/* ------------------------------------------------------------------------ */
+/* Structured fork-join (no allocation)                                      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct cp_task {
+    void *cp_private[8];
+} cp_task; /* caller-owned storage; fields private */
+
+/* cp_spawn - queue fn(arg) to run in a copy of the caller's current context.
+ * task: storage owned by the caller (a local variable is typical); it must
+ *   stay in place until cp_sync returns.
+ * On a worker of pool nothing is allocated. From a thread outside the pool
+ * the task goes through the pool's shared queue and cp_sync blocks.
+ * Returns 0; CP_EINVAL for NULL arguments; CP_ESHUTDOWN after shutdown
+ * (a worker may still spawn while the pool drains); CP_ENOMEM.
+ * Threads: any thread. */
+CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
+
+/* cp_sync - wait for a spawned task and get its result; runs it inline when
+ * no other worker took it, else helps with other work until it is done.
+ * Syncs on one thread come in reverse order of its spawns (nested like
+ * scopes); a sync out of that order returns CP_EINVAL and waits for nothing.
+ * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first;
+ * CP_EINVAL. result may be NULL. Threads: the thread that spawned task. */
+CP_EXPORT int cp_sync(cp_task *task, void **result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CTXPOOL_CTXPOOL_H */

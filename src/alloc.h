@@ -1,0 +1,25 @@
+/* alloc.h - the library's one door to the heap, with a test hook that makes a
+ * chosen allocation fail.
+ *
+ * Every allocation in ctxpool goes through cp__malloc/cp__calloc so that tests
+ * can make the Nth one fail and check that the call reports CP_ENOMEM, changes
+ * nothing and leaks nothing. The hook costs one relaxed atomic load per
+ * allocation when unused.
+ */
+#ifndef CTXPOOL_ALLOC_H
+#define CTXPOOL_ALLOC_H
+
+#include <stddef.h>
+
+void *cp__malloc(size_t size);
+void *cp__calloc(size_t count, size_t size);
+void cp__free(void *ptr);
+
+/* Test hook: the nth allocation from now on (1 = the next one) returns NULL,
+ * once; 0 turns the hook off. Counts allocations of all threads. */
+void cp__alloc_fail_nth(unsigned long nth);
+
+/* Test hook: how many allocations the library has made since it loaded. */
+unsigned long cp__alloc_count(void);
+
+#endif /* CTXPOOL_ALLOC_H */

@@ -1,0 +1,724 @@
+/* context.c - context variables, tokens and contexts (PEP 567).
+ *
+ * A context is a persistent map (hamt.c) from variables to values, held by a
+ * cp_context object. Copying a context copies one reference to the map, so it
+ * costs the same whatever the number of variables. A set makes a new map that
+ * shares all but one path with the old one and swaps it in.
+ *
+ * Values. Each value the library owns sits in a map item (cp__hamt_item),
+ * reference-counted by every map node and token that lists it. The item holds
+ * a reference on its variable; when the last holder lets go, the item calls
+ * the variable's free_value on the value and drops that reference. So a value
+ * is freed exactly once, as soon as nothing refers to it, and a variable lives
+ * while any item or token needs it.
+ *
+ * Threads. Each thread has a current context: the innermost context it has
+ * entered, else its base context, made on the first set and released by a
+ * pthread key destructor when the thread exits. Only the thread that has a
+ * context entered (its owner) changes the context's map. The owner swaps the
+ * map under a small spin lock, and other threads take the lock to read it or
+ * to take their own reference to it. The lock makes the reader's "load the
+ * root, then take a reference" step atomic with respect to the owner's "swap
+ * the root, then drop the old one", which would otherwise let a reader take a
+ * reference to a root being freed (the race of cpython#155519). The owner
+ * reads its own map without the lock: nobody else writes it.
+ *
+ * Entering. cp__context_enter claims a context with a compare-and-swap of its
+ * owner field from 0 to the calling thread's identity (the address of its
+ * thread state). A failed swap tells which error it is: the value found is
+ * either this thread (CP_ERECURSIVE) or another one (CP_EBUSY). A context is
+ * therefore never entered twice at once, and an entry never waits.
+ *
+ * The get cache. cp_var_get remembers its last hit in the thread state, with
+ * the thread's generation number, which every set, reset, enter and leave on
+ * this thread bumps. Only this thread changes its current map, so an unchanged
+ * generation proves the cached value is still the context's. (CPython caches
+ * in the variable itself, which is unsound without a GIL: cpython#121546.) A
+ * cached variable cannot be freed and its address reused while the cache is
+ * valid, because the current map still holds an item for it.
+ *
+ * Invariants:
+ * - c->map is changed only by c's owner and only under c->lock.
+ * - A thread's current context is entered by that thread (owner == self);
+ *   its base context has owner == self from creation on.
+ * - Every item holds one reference on its variable; every token holds one on
+ *   its variable and one on its old item, if any.
+ */
+#include "config.h"
+
+#include "context.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+
+/* ------------------------------------------------------------------------ */
+/* Types                                                                     */
+
+struct cp_var {
+    /* Holders: the creator (until cp_var_free), every item, every token. */
+    atomic_size_t refs;
+    uint32_t hash;
+    bool has_default;
+    void *default_value;
+    void (*free_value)(void *);
+    char name[];
+};
+
+struct cp_token {
+    cp_var *var;          /* one reference */
+    cp__hamt_item *old;   /* one reference; NULL: the variable had no value */
+    uint64_t context_id;  /* token_id of the context the set was made in */
+    atomic_bool used;     /* written by the context's owner; read relaxed */
+};
+
+struct cp_iter {
+    cp__hamt map; /* one reference: the snapshot */
+    cp__hamt_iter it;
+};
+
+/* The state of one thread. Its address is the thread's identity in
+ * cp_context.owner. initial-exec: one %fs-relative load, no __tls_get_addr. */
+struct cp__thread {
+    cp_context *current; /* NULL until the thread needs a base context */
+    cp_context *base;
+    uint64_t gen;        /* bumped whenever the current map may change */
+    const cp_var *cache_var;
+    void *cache_value;
+    uint64_t cache_gen;
+};
+
+static __thread struct cp__thread self
+    __attribute__((tls_model("initial-exec")));
+
+static pthread_key_t base_key;
+static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;
+static int base_key_error;
+
+/* Token identities: relaxed, only uniqueness matters. */
+static _Atomic uint64_t next_token_id = 1;
+
+static uintptr_t self_id(void)
+{
+    return (uintptr_t)&self;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The map lock                                                              */
+
+static void map_lock(const cp_context *c)
+{
+    atomic_bool *lock = (atomic_bool *)&c->lock;
+    /* acquire: pairs with the release in map_unlock, so the holder before us
+     * finished its map swap (or its reference) before we look. */
+    while (atomic_exchange_explicit(lock, true, memory_order_acquire)) {
+        /* Spin on a plain read (relaxed: only a hint) so the line stays
+         * shared; the holder's section is a few instructions, but it can be
+         * preempted, so give the CPU away after a while. */
+        for (int spins = 0; atomic_load_explicit(lock, memory_order_relaxed); spins++)
+            if (spins > 64)
+                sched_yield();
+    }
+}
+
+static void map_unlock(const cp_context *c)
+{
+    /* release: publishes the map swap, or ends our read of it. */
+    atomic_store_explicit((atomic_bool *)&c->lock, false, memory_order_release);
+}
+
+/* Whether the calling thread owns c. relaxed: only this thread ever stores
+ * its own identity there, so seeing it proves it. */
+static bool owned_here(const cp_context *c)
+{
+    return atomic_load_explicit(&c->owner, memory_order_relaxed) == self_id();
+}
+
+/* A reference to c's map, safe from any thread. */
+static cp__hamt map_ref(const cp_context *c)
+{
+    if (owned_here(c)) {
+        cp__hamt_incref(c->map);
+        return c->map;
+    }
+    map_lock(c);
+    cp__hamt m = c->map;
+    cp__hamt_incref(m);
+    map_unlock(c);
+    return m;
+}
+
+/* Owner only: replace c's map with m (taking that reference). */
+static void map_swap(cp_context *c, cp__hamt m)
+{
+    map_lock(c);
+    cp__hamt old = c->map;
+    c->map = m;
+    map_unlock(c);
+    self.gen++;
+    cp__hamt_decref(old);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Variables                                                                 */
+
+static void var_incref(cp_var *var)
+{
+    /* relaxed: taking a reference from one we hold orders nothing. */
+    atomic_fetch_add_explicit(&var->refs, 1, memory_order_relaxed);
+}
+
+static void var_decref(cp_var *var)
+{
+    /* acq_rel: release our uses of var; the last one acquires everyone
+     * else's before it frees. */
+    if (atomic_fetch_sub_explicit(&var->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (var->has_default && var->free_value)
+        var->free_value(var->default_value);
+    cp__free(var);
+}
+
+/* Spread the variable's address over 32 bits (the splitmix64 finaliser), so
+ * that variables allocated one after another differ in their low chunks and
+ * the trie stays shallow. */
+static uint32_t hash_address(const void *p)
+{
+    uint64_t x = (uint64_t)(uintptr_t)p;
+    x ^= x >> 30;
+    x *= UINT64_C(0xbf58476d1ce4e5b9);
+    x ^= x >> 27;
+    x *= UINT64_C(0x94d049bb133111eb);
+    x ^= x >> 31;
+    return (uint32_t)(x ^ (x >> 32));
+}
+
+static cp_var *var_make(const char *name, bool has_default, void *default_value,
+                        void (*free_value)(void *))
+{
+    if (!name)
+        name = "";
+    size_t len = strlen(name);
+    cp_var *var = cp__malloc(sizeof *var + len + 1);
+    if (!var)
+        return NULL;
+    atomic_init(&var->refs, 1);
+    var->hash = hash_address(var);
+    var->has_default = has_default;
+    var->default_value = default_value;
+    var->free_value = free_value;
+    memcpy(var->name, name, len + 1);
+    return var;
+}
+
+cp_var *cp_var_new(const char *name, void (*free_value)(void *))
+{
+    return var_make(name, false, NULL, free_value);
+}
+
+cp_var *cp_var_new_default(const char *name, void *default_value,
+                           void (*free_value)(void *))
+{
+    return var_make(name, true, default_value, free_value);
+}
+
+void cp_var_free(cp_var *var)
+{
+    if (var)
+        var_decref(var);
+}
+
+const char *cp_var_name(const cp_var *var)
+{
+    return var ? var->name : "";
+}
+
+/* ------------------------------------------------------------------------ */
+/* Items: a variable's value in maps                                         */
+
+static void item_release(cp__hamt_item *item)
+{
+    cp_var *var = (cp_var *)item->key;
+    if (var->free_value)
+        var->free_value(item->value);
+    var_decref(var);
+    cp__free(item);
+}
+
+static cp__hamt_item *item_new(cp_var *var, void *value)
+{
+    cp__hamt_item *item = cp__malloc(sizeof *item);
+    if (!item)
+        return NULL;
+    cp__hamt_item_init(item, var->hash, var, value, item_release);
+    var_incref(var);
+    return item;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Threads' current and base contexts                                        */
+
+static void context_decref(cp_context *c);
+
+static void base_release(void *base)
+{
+    if (self.base == base) {
+        self.base = NULL;
+        if (self.current == base)
+            self.current = NULL;
+        self.gen++;
+    }
+    context_decref(base);
+}
+
+static void base_key_create(void)
+{
+    base_key_error = pthread_key_create(&base_key, base_release);
+}
+
+static cp_context *context_alloc(cp__hamt map, uintptr_t owner)
+{
+    cp_context *c = cp__malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    atomic_init(&c->refs, 1);
+    atomic_init(&c->owner, owner);
+    atomic_init(&c->lock, false);
+    c->map = map;
+    c->prev = NULL;
+    c->token_id = 0;
+    return c;
+}
+
+/* 0 once the key whose destructor releases base contexts exists, else
+ * CP_ENOMEM. */
+static int base_key_ready(void)
+{
+    pthread_once(&base_key_once, base_key_create);
+    return base_key_error ? CP_ENOMEM : 0;
+}
+
+/* Make base (an unowned context we hold the only reference to) the calling
+ * thread's base context. 0, or CP_ENOMEM with base left to the caller. */
+static int base_adopt(cp_context *base)
+{
+    if (base_key_ready() != 0 || pthread_setspecific(base_key, base) != 0)
+        return CP_ENOMEM;
+    /* relaxed: the context is not shared yet. */
+    atomic_store_explicit(&base->owner, self_id(), memory_order_relaxed);
+    self.base = base;
+    if (!self.current)
+        self.current = base;
+    self.gen++;
+    return 0;
+}
+
+/* The calling thread's current context, made on first use; NULL when it
+ * could not be made. */
+static cp_context *current_context(void)
+{
+    if (!self.current) {
+        cp_context *base = context_alloc(CP__HAMT_EMPTY, 0);
+        if (!base)
+            return NULL;
+        if (base_adopt(base) != 0) {
+            cp__free(base);
+            return NULL;
+        }
+    }
+    return self.current;
+}
+
+cp__hamt cp__context_capture(void)
+{
+    cp__hamt m = self.current ? self.current->map : CP__HAMT_EMPTY;
+    cp__hamt_incref(m);
+    return m;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Get, set, reset                                                           */
+
+/* The current context's item for var, or NULL. */
+static const cp__hamt_item *current_item(const cp_var *var)
+{
+    return self.current ? cp__hamt_find(self.current->map, var->hash, var) : NULL;
+}
+
+/* The current context's value for var; false when it has none. */
+static bool current_value(const cp_var *var, void **value)
+{
+    if (self.cache_var == var && self.cache_gen == self.gen) {
+        *value = self.cache_value;
+        return true;
+    }
+    const cp__hamt_item *item = current_item(var);
+    if (!item)
+        return false;
+    self.cache_var = var;
+    self.cache_value = item->value;
+    self.cache_gen = self.gen;
+    *value = item->value;
+    return true;
+}
+
+int cp_var_get(const cp_var *var, void **value)
+{
+    if (!var || !value)
+        return CP_EINVAL;
+    if (current_value(var, value))
+        return 0;
+    if (!var->has_default)
+        return CP_ENOENT;
+    *value = var->default_value;
+    return 0;
+}
+
+void *cp_var_get_or(const cp_var *var, void *fallback)
+{
+    void *value;
+    return var && current_value(var, &value) ? value : fallback;
+}
+
+int cp_var_set(cp_var *var, void *value, cp_token **token)
+{
+    if (!var)
+        return CP_EINVAL;
+    cp_context *c = current_context();
+    if (!c)
+        return CP_ENOMEM;
+    cp__hamt_item *old = cp__hamt_find(c->map, var->hash, var);
+    cp_token *tok = NULL;
+    if (token) {
+        tok = cp__malloc(sizeof *tok);
+        if (!tok)
+            return CP_ENOMEM;
+    }
+    cp__hamt next = c->map;
+    if (old && old->value == value) {
+        /* The value the context has already: nothing to change. */
+        cp__hamt_incref(next);
+    } else {
+        cp__hamt_item *item = item_new(var, value);
+        if (!item || cp__hamt_set(c->map, item, &next) != 0) {
+            if (item) {
+                /* Not taken: undo item_new without freeing the value. */
+                var_decref(var);
+                cp__free(item);
+            }
+            cp__free(tok);
+            return CP_ENOMEM;
+        }
+        cp__hamt_item_decref(item); /* the new map holds it now */
+    }
+    if (tok) {
+        if (c->token_id == 0)
+            /* relaxed: only uniqueness matters. */
+            c->token_id = atomic_fetch_add_explicit(&next_token_id, 1,
+                                                    memory_order_relaxed);
+        tok->var = var;
+        var_incref(var);
+        tok->old = old;
+        if (old)
+            cp__hamt_item_incref(old);
+        tok->context_id = c->token_id;
+        atomic_init(&tok->used, false);
+        *token = tok;
+    }
+    map_swap(c, next);
+    return 0;
+}
+
+int cp_var_reset(cp_var *var, cp_token *token)
+{
+    if (!var || !token)
+        return CP_EINVAL;
+    /* relaxed: only the owner of the token's context stores true, and it is
+     * the only thread that can get past the context check below. */
+    if (atomic_load_explicit(&token->used, memory_order_relaxed))
+        return CP_ETOKEN_USED;
+    if (token->var != var)
+        return CP_ETOKEN_VAR;
+    cp_context *c = self.current;
+    if (!c || c->token_id != token->context_id)
+        return CP_ETOKEN_CONTEXT;
+    cp__hamt next;
+    int err = token->old ? cp__hamt_set(c->map, token->old, &next)
+                         : cp__hamt_delete(c->map, var->hash, var, &next);
+    if (err == CP_ENOENT) {
+        /* Already without a value: that is the state the reset asks for. */
+        next = c->map;
+        cp__hamt_incref(next);
+    } else if (err != 0) {
+        return err;
+    }
+    map_swap(c, next);
+    atomic_store_explicit(&token->used, true, memory_order_relaxed);
+    return 0;
+}
+
+cp_var *cp_token_var(const cp_token *token)
+{
+    return token ? token->var : NULL;
+}
+
+int cp_token_old_value(const cp_token *token, void **old)
+{
+    if (!token || !old)
+        return CP_EINVAL;
+    if (!token->old)
+        return CP_ENOENT;
+    *old = token->old->value;
+    return 0;
+}
+
+void cp_token_free(cp_token *token)
+{
+    if (!token)
+        return;
+    cp__hamt_item_decref(token->old);
+    var_decref(token->var);
+    cp__free(token);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Contexts                                                                  */
+
+static void context_decref(cp_context *c)
+{
+    /* acq_rel: release our uses of c; the last holder acquires the others'
+     * before it frees the context and its map. */
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    cp__hamt_decref(c->map);
+    cp__free(c);
+}
+
+void cp__context_incref(cp_context *c)
+{
+    /* relaxed: a new reference from one we hold orders nothing. */
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+cp_context *cp_context_new(void)
+{
+    return context_alloc(CP__HAMT_EMPTY, 0);
+}
+
+cp_context *cp_copy_context(void)
+{
+    cp__hamt m = cp__context_capture();
+    cp_context *c = context_alloc(m, 0);
+    if (!c)
+        cp__hamt_decref(m);
+    return c;
+}
+
+cp_context *cp_context_copy(const cp_context *c)
+{
+    if (!c)
+        return NULL;
+    cp__hamt m = map_ref(c);
+    cp_context *copy = context_alloc(m, 0);
+    if (!copy)
+        cp__hamt_decref(m);
+    return copy;
+}
+
+void cp_context_free(cp_context *c)
+{
+    if (c)
+        context_decref(c);
+}
+
+void cp__context_init_frame(cp_context *c, cp__hamt map)
+{
+    atomic_init(&c->refs, 1);
+    atomic_init(&c->owner, 0);
+    atomic_init(&c->lock, false);
+    c->map = map;
+    c->prev = NULL;
+    c->token_id = 0;
+}
+
+void cp__context_fini_frame(cp_context *c)
+{
+    cp__hamt_decref(c->map);
+}
+
+int cp__context_enter(cp_context *c)
+{
+    uintptr_t expected = 0;
+    /* acquire on success: pairs with the release in cp__context_leave, so
+     * every change the previous owner made happens-before ours. relaxed on
+     * failure: we only report who holds it. */
+    if (!atomic_compare_exchange_strong_explicit(&c->owner, &expected, self_id(),
+                                                 memory_order_acquire,
+                                                 memory_order_relaxed))
+        return expected == self_id() ? CP_ERECURSIVE : CP_EBUSY;
+    cp__context_incref(c);
+    c->prev = self.current;
+    self.current = c;
+    self.gen++;
+    return 0;
+}
+
+void cp__context_leave(cp_context *c)
+{
+    self.current = c->prev;
+    c->prev = NULL;
+    self.gen++;
+    /* release: publishes our changes to c to its next owner (the acquire in
+     * cp__context_enter) and to later readers of c->owner. */
+    atomic_store_explicit(&c->owner, 0, memory_order_release);
+    context_decref(c);
+}
+
+bool cp__context_entered_here(const cp_context *c)
+{
+    return owned_here(c);
+}
+
+int cp_context_run(cp_context *c, void *(*fn)(void *), void *arg, void **result)
+{
+    if (!c || !fn)
+        return CP_EINVAL;
+    int err = cp__context_enter(c);
+    if (err != 0)
+        return err;
+    void *r = fn(arg);
+    cp__context_leave(c);
+    if (result)
+        *result = r;
+    return 0;
+}
+
+/* c's item for var, read safely from any thread; *value filled when found. */
+static bool context_lookup(const cp_context *c, const cp_var *var, void **value)
+{
+    if (owned_here(c)) {
+        const cp__hamt_item *item = cp__hamt_find(c->map, var->hash, var);
+        if (item)
+            *value = item->value;
+        return item != NULL;
+    }
+    map_lock(c);
+    const cp__hamt_item *item = cp__hamt_find(c->map, var->hash, var);
+    if (item)
+        *value = item->value;
+    map_unlock(c);
+    return item != NULL;
+}
+
+bool cp_context_contains(const cp_context *c, const cp_var *var)
+{
+    void *value;
+    return c && var && context_lookup(c, var, &value);
+}
+
+int cp_context_get(const cp_context *c, const cp_var *var, void **value)
+{
+    if (!c || !var || !value)
+        return CP_EINVAL;
+    return context_lookup(c, var, value) ? 0 : CP_ENOENT;
+}
+
+void *cp_context_get_or(const cp_context *c, const cp_var *var, void *fallback)
+{
+    void *value;
+    return c && var && context_lookup(c, var, &value) ? value : fallback;
+}
+
+size_t cp_context_len(const cp_context *c)
+{
+    if (!c)
+        return 0;
+    if (owned_here(c))
+        return c->map.count;
+    map_lock(c);
+    size_t n = c->map.count;
+    map_unlock(c);
+    return n;
+}
+
+cp_iter *cp_context_iter(const cp_context *c)
+{
+    if (!c)
+        return NULL;
+    cp_iter *it = cp__malloc(sizeof *it);
+    if (!it)
+        return NULL;
+    it->map = map_ref(c);
+    cp__hamt_iter_init(&it->it, it->map);
+    return it;
+}
+
+bool cp_iter_next(cp_iter *it, cp_var **var, void **value)
+{
+    if (!it)
+        return false;
+    cp__hamt_item *item = cp__hamt_iter_next(&it->it);
+    if (!item)
+        return false;
+    if (var)
+        *var = (cp_var *)item->key;
+    if (value)
+        *value = item->value;
+    return true;
+}
+
+void cp_iter_free(cp_iter *it)
+{
+    if (!it)
+        return;
+    cp__hamt_decref(it->map);
+    cp__free(it);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Threads that start in a copy of their creator's context                   */
+
+struct thread_start {
+    cp_job_fn fn;
+    void *arg;
+    cp_context *base; /* the copy, made by the creator */
+};
+
+static void *thread_main(void *p)
+{
+    struct thread_start start = *(struct thread_start *)p;
+    cp__free(p);
+    /* The copy becomes the thread's base context, so it is released however
+     * the thread ends (return or pthread_exit). The key exists (the creator
+     * made sure) and its first slots never need memory, so this succeeds. */
+    if (base_adopt(start.base) != 0)
+        context_decref(start.base);
+    return start.fn(start.arg);
+}
+
+int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr, cp_job_fn fn,
+                     void *arg)
+{
+    if (!thread || !fn)
+        return CP_EINVAL;
+    if (base_key_ready() != 0)
+        return CP_ENOMEM;
+    struct thread_start *start = cp__malloc(sizeof *start);
+    cp_context *base = start ? cp_copy_context() : NULL;
+    if (!base) {
+        cp__free(start);
+        return CP_ENOMEM;
+    }
+    start->fn = fn;
+    start->arg = arg;
+    start->base = base;
+    if (pthread_create(thread, attr, thread_main, start) != 0) {
+        context_decref(base);
+        cp__free(start);
+        return CP_ENOMEM;
+    }
+    return 0;
+}

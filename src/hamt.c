@@ -1,0 +1,1012 @@
+/* hamt.c - a persistent hash array mapped trie (HAMT) of reference-counted
+ * items: the map behind every context.
+ *
+ * Goals
+ * -----
+ * A context is a map from variables to values that must copy in O(1), because
+ * every pool job starts in a copy of its submitter's context. A persistent
+ * (immutable) trie gives that: a copy is one more reference on the root, and
+ * a set or delete builds a new version that copies only the nodes on the path
+ * to the changed key, sharing every other node with the old version. Lookup,
+ * set and delete all visit at most CP__HAMT_MAX_DEPTH nodes, i.e. O(log32 n)
+ * for well spread hashes. The design follows Phil Bagwell's "Ideal Hash
+ * Trees" and the HAMT behind Python's contextvars (CPython Python/hamt.c).
+ *
+ * Cutting the hash
+ * ----------------
+ * Items carry a 32-bit hash. The trie consumes it five bits at a time from
+ * the low end: the root indexes by bits 0-4 (shift 0), its children by bits
+ * 5-9 (shift 5), and so on up to shift 30, which has only bits 30-31 left.
+ * That makes 7 levels of 32-way branching: chunk(hash, shift) =
+ * (hash >> shift) & 31. Two items that agree on all seven chunks have equal
+ * hashes and can only be told apart by key, which is what collision nodes do.
+ *
+ * The three node kinds
+ * --------------------
+ * Every node has the same header (refs, kind, count, bits) followed by a
+ * flexible array of slots. A slot is a tagged pointer: low bit 1 means the
+ * slot holds a cp__hamt_item (a leaf), low bit 0 a child node, and 0 itself
+ * is an empty slot (only array nodes have those). Items and nodes are at
+ * least pointer aligned, so bit 0 of their address is free; the static
+ * assertions below check this.
+ *
+ * - Bitmap node: the usual node. Bit c of `bits` is set when chunk c has an
+ *   entry; the entries are stored densely in chunk order, so the entry for c
+ *   sits at index popcount(bits & ((1 << c) - 1)). The node is allocated for
+ *   exactly count = popcount(bits) slots. Holds 1 to 16 entries.
+ * - Array node: 32 slots indexed directly by chunk, empty slots are 0, and
+ *   count is the number of non-empty ones. Used where a bitmap node would
+ *   exceed 16 entries: saves the popcount and, for large maps, the copying
+ *   of a dense array that is almost full anyway. Unlike CPython's, our array
+ *   slots may hold items directly (same tagged slots as a bitmap node), so a
+ *   promotion does not wrap items in one-entry nodes.
+ * - Collision node: the items (count >= 2) whose full 32-bit hashes are
+ *   equal, stored in `bits`; its slots are all items, in insertion order, and
+ *   it is searched linearly by key.
+ *
+ * Promotion and demotion, with hysteresis so that a key added and removed at
+ * the boundary does not convert the node back and forth: a bitmap node that
+ * would get a 17th entry becomes an array node (17 entries); an array node
+ * stays one down to 16 entries and becomes a bitmap node when a delete would
+ * leave it 15. So bitmap nodes hold 1..16 entries, array nodes 16..32.
+ *
+ * Keeping trees compact: every node except the root stands for a subtree of
+ * at least two items, and a non-root bitmap node never has a single entry
+ * that is an item or a collision node. A set builds such subtrees (two items
+ * that share chunks get a chain of one-entry bitmap nodes, each necessary,
+ * down to the level where they differ; two items with one hash get a
+ * collision node directly in place of the first). A delete restores it: when
+ * a subtree shrinks to one item, or to one collision node, that item or node
+ * replaces the subtree in its parent (a collision node's position does not
+ * depend on its level, so it can move up), and this repeats upwards. A
+ * collision node reduced to one item becomes that item. The root is always a
+ * bitmap or array node (the map is NULL when empty) and is exempt from the
+ * "at least two items" rule.
+ *
+ * Depth bound: bitmap and array nodes live at shifts 0, 5, ..., 30 (7
+ * levels); a child at shift 35 would need two different hashes agreeing on
+ * all 32 bits. Collision nodes have no children. So a path from the root has
+ * at most 7 + 1 = 8 nodes, which is CP__HAMT_MAX_DEPTH (checked below by a
+ * static assertion), and every recursion here is at most 8 deep.
+ *
+ * Immutability
+ * ------------
+ * A node is written only between its allocation and the moment it is
+ * returned from this file; after that nobody writes it again, so any number
+ * of threads may read it without locks. Changes copy the path instead.
+ *
+ * Reference counting and memory orders
+ * ------------------------------------
+ * A node holds one reference on each of its entries (child nodes and items);
+ * a cp__hamt value holds one on its root. Counts are atomic because nodes and
+ * items are shared between threads:
+ * - incref is relaxed: a thread can only take a new reference through one it
+ *   already holds, so the object is alive and nothing needs ordering.
+ * - decref is acq_rel on the read-modify-write itself: the release half makes
+ *   this thread's earlier reads of the object happen-before whichever
+ *   decrement turns out to be the last; the acquire half, on that last
+ *   decrement, makes all of them happen-before the free (or release()). We use
+ *   acq_rel on the operation rather than a release decrement plus an acquire
+ *   fence, because ThreadSanitizer does not model atomic_thread_fence.
+ * Handing a new map to another thread (publishing the writes that built its
+ * nodes) is the caller's job: the context and pool code do it through their
+ * own synchronisation.
+ *
+ * Invariants (cp__hamt_check returns the negative code in brackets)
+ * ----------------------------------------------------------------
+ * [-1]  the root is NULL exactly when count is 0, and is not a collision node
+ * [-2]  a node's kind is one of the three
+ * [-3]  no node or item is referenced with a reference count of 0
+ * [-4]  a bitmap node has 1..16 entries and count == popcount(bits)
+ * [-5]  a bitmap node has no empty slot
+ * [-6]  an array node's count equals its number of non-empty slots
+ * [-7]  an array node holds 16..32 entries
+ * [-8]  a collision node has at least 2 items, all with the node's hash
+ * [-9]  no key appears twice in a collision node
+ * [-10] every item's (and collision node's) hash agrees with the chunks of
+ *       the path that leads to it
+ * [-11] a non-root bitmap node does not hold one single item or collision
+ *       node (it would have been collapsed into its parent)
+ * [-12] a bitmap or array node is never below shift 30 (depth bound)
+ * [-13] the map's count equals the number of items in the trie
+ *
+ * Debugging
+ * ---------
+ * cp__hamt_check(m) walks the whole trie and returns 0 or the code of the
+ * first invariant it finds broken; tests call it after every change.
+ * cp__hamt_shape_of(m) counts nodes of each kind and the longest path, so a
+ * test can choose hashes that build an exact shape and assert it was built.
+ * Items carry their own hash, so a test picks hashes directly.
+ */
+#include "hamt.h"
+
+#include "alloc.h"
+#include "ctxpool.h"
+
+#include <assert.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------------ */
+/* Nodes and slots                                                           */
+/* ------------------------------------------------------------------------ */
+
+enum node_kind { KIND_BITMAP = 1, KIND_ARRAY = 2, KIND_COLLISION = 3 };
+
+#define CHUNK_BITS 5
+#define BRANCHES 32         /* 1 << CHUNK_BITS */
+#define LAST_SHIFT 30       /* the deepest shift with bits left in a hash */
+#define BITMAP_MAX 16       /* a bitmap node holds at most this many entries */
+#define ARRAY_MIN 16        /* an array node holds at least this many */
+#define LEVELS 7            /* shifts 0, 5, ..., 30 */
+
+/* A slot: 0 (empty), a node pointer (bit 0 clear) or an item pointer | 1. */
+typedef uintptr_t slot;
+
+struct cp__hamt_node {
+    atomic_size_t refs;
+    uint8_t kind;   /* enum node_kind */
+    uint32_t count; /* entries: bitmap = popcount(bits), array = non-empty
+                       slots, collision = items */
+    uint32_t bits;  /* bitmap: which chunks are present; collision: the hash
+                       shared by all items; array: unused (0) */
+    slot entries[]; /* bitmap: count; array: BRANCHES; collision: count */
+};
+
+static_assert(LEVELS * CHUNK_BITS >= 32 && (LEVELS - 1) * CHUNK_BITS < 32,
+              "LEVELS chunks of CHUNK_BITS bits exactly cover a 32-bit hash");
+static_assert((LEVELS - 1) * CHUNK_BITS == LAST_SHIFT, "LAST_SHIFT");
+static_assert(CP__HAMT_MAX_DEPTH == LEVELS + 1,
+              "the deepest path is 7 bitmap/array nodes and a collision node");
+static_assert(_Alignof(cp__hamt_item) >= 2 && _Alignof(cp__hamt_node) >= 2,
+              "bit 0 of item and node addresses is free for the slot tag");
+static_assert(BITMAP_MAX + 1 >= ARRAY_MIN && ARRAY_MIN - 1 <= BITMAP_MAX,
+              "promotion and demotion land inside the other kind's range");
+
+static bool slot_is_item(slot s)
+{
+    return (s & 1u) != 0;
+}
+
+static cp__hamt_item *slot_item(slot s)
+{
+    return (cp__hamt_item *)(s & ~(uintptr_t)1);
+}
+
+static cp__hamt_node *slot_node(slot s)
+{
+    return (cp__hamt_node *)s;
+}
+
+static slot item_slot(const cp__hamt_item *item)
+{
+    return (uintptr_t)item | 1u;
+}
+
+static slot node_slot(const cp__hamt_node *node)
+{
+    return (uintptr_t)node;
+}
+
+/* Whether slot s is a collision node. */
+static bool slot_is_collision(slot s)
+{
+    return s != 0 && !slot_is_item(s) && slot_node(s)->kind == KIND_COLLISION;
+}
+
+/* The chunk of hash that indexes a bitmap or array node at shift. (Only
+ * collision nodes sit deeper than LAST_SHIFT, and they are not indexed.) */
+static unsigned chunk_of(uint32_t hash, unsigned shift)
+{
+    assert(shift <= LAST_SHIFT);
+    return (hash >> shift) & (BRANCHES - 1);
+}
+
+/* Index of chunk c's entry in a bitmap node with these bits. */
+static unsigned bitmap_index(uint32_t bits, unsigned c)
+{
+    return (unsigned)__builtin_popcount(bits & ((UINT32_C(1) << c) - 1));
+}
+
+/* Number of slots allocated in node. */
+static uint32_t node_slots(const cp__hamt_node *node)
+{
+    return node->kind == KIND_ARRAY ? BRANCHES : node->count;
+}
+
+static bool key_matches(const cp__hamt_item *item, uint32_t hash, const void *key)
+{
+    return item->hash == hash && item->key == key;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reference counts                                                          */
+/* ------------------------------------------------------------------------ */
+
+void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
+                        void *value, void (*release)(cp__hamt_item *))
+{
+    /* Not yet shared: a plain initialisation. */
+    atomic_init(&item->refs, 1);
+    item->hash = hash;
+    item->key = key;
+    item->value = value;
+    item->release = release;
+}
+
+/* Take one more reference on item; the caller holds one already. */
+void cp__hamt_item_incref(cp__hamt_item *item)
+{
+    /* relaxed: the caller's own reference keeps item alive; taking another
+     * orders nothing (see "Reference counting" above). */
+    atomic_fetch_add_explicit(&item->refs, 1, memory_order_relaxed);
+}
+
+/* Drop one reference on item; the last one calls item->release (if set).
+ * NULL: no-op. */
+void cp__hamt_item_decref(cp__hamt_item *item)
+{
+    if (item == NULL)
+        return;
+    /* acq_rel: release orders this thread's reads of item before the final
+     * decrement; acquire on the final decrement makes every other thread's
+     * reads happen-before release() below. */
+    if (atomic_fetch_sub_explicit(&item->refs, 1, memory_order_acq_rel) == 1) {
+        if (item->release != NULL)
+            item->release(item);
+    }
+}
+
+/* Take one more reference on node; the caller holds one already. */
+static void node_incref(cp__hamt_node *node)
+{
+    /* relaxed: as cp__hamt_item_incref, the caller's reference keeps the node
+     * alive and nothing else is ordered by taking another. */
+    atomic_fetch_add_explicit(&node->refs, 1, memory_order_relaxed);
+}
+
+static void slot_decref(slot s);
+
+/* Drop one reference on node; the last one drops the node's references on
+ * its entries and frees it. Recursion depth is bounded by the trie depth. */
+static void node_decref(cp__hamt_node *node)
+{
+    /* acq_rel: release orders this thread's reads of the node before the
+     * final decrement; acquire on the final decrement makes all threads'
+     * reads happen-before the free below. */
+    if (atomic_fetch_sub_explicit(&node->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    uint32_t n = node_slots(node);
+    for (uint32_t i = 0; i < n; i++)
+        slot_decref(node->entries[i]);
+    cp__free(node);
+}
+
+static void slot_incref(slot s)
+{
+    if (s == 0)
+        return;
+    if (slot_is_item(s))
+        cp__hamt_item_incref(slot_item(s));
+    else
+        node_incref(slot_node(s));
+}
+
+static void slot_decref(slot s)
+{
+    if (s == 0)
+        return;
+    if (slot_is_item(s))
+        cp__hamt_item_decref(slot_item(s));
+    else
+        node_decref(slot_node(s));
+}
+
+void cp__hamt_incref(cp__hamt m)
+{
+    if (m.root != NULL)
+        node_incref(m.root);
+}
+
+void cp__hamt_decref(cp__hamt m)
+{
+    if (m.root != NULL)
+        node_decref(m.root);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Node constructors                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Convention: every constructor returns a new node with one reference (the
+ * caller's), or NULL when memory ran out. It takes its own reference on each
+ * entry it stores and takes none of the caller's, so on failure the caller
+ * has nothing to undo but what it made itself. */
+
+/* A node of kind with room for nslots slots, header filled in, slots not
+ * initialised (zeroed for array nodes). */
+static cp__hamt_node *node_alloc(enum node_kind kind, uint32_t nslots,
+                                 uint32_t count, uint32_t bits)
+{
+    size_t size = sizeof(cp__hamt_node) + (size_t)nslots * sizeof(slot);
+    cp__hamt_node *node = kind == KIND_ARRAY ? cp__calloc(1, size)
+                                             : cp__malloc(size);
+    if (node == NULL)
+        return NULL;
+    atomic_init(&node->refs, 1);
+    node->kind = (uint8_t)kind;
+    node->count = count;
+    node->bits = bits;
+    return node;
+}
+
+/* Store s in dst and take a reference on it. */
+static void put(slot *dst, slot s)
+{
+    slot_incref(s);
+    *dst = s;
+}
+
+/* Copy n slots, taking a reference on each non-empty one. */
+static void put_all(slot *dst, const slot *src, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        put(&dst[i], src[i]);
+}
+
+/* A copy of node (any kind) with slot idx replaced by s and count set to
+ * count (array nodes gain one when an empty slot is filled). */
+static cp__hamt_node *node_replaced(const cp__hamt_node *node, uint32_t idx,
+                                    slot s, uint32_t count)
+{
+    uint32_t n = node_slots(node);
+    cp__hamt_node *copy = node_alloc((enum node_kind)node->kind, n, count,
+                                     node->bits);
+    if (copy == NULL)
+        return NULL;
+    put_all(copy->entries, node->entries, idx);
+    put(&copy->entries[idx], s);
+    put_all(copy->entries + idx + 1, node->entries + idx + 1, n - idx - 1);
+    return copy;
+}
+
+/* A copy of bitmap node b with s inserted for chunk c (not yet present). */
+static cp__hamt_node *bitmap_inserted(const cp__hamt_node *b, unsigned c, slot s)
+{
+    uint32_t idx = bitmap_index(b->bits, c);
+    cp__hamt_node *copy = node_alloc(KIND_BITMAP, b->count + 1, b->count + 1,
+                                     b->bits | (UINT32_C(1) << c));
+    if (copy == NULL)
+        return NULL;
+    put_all(copy->entries, b->entries, idx);
+    put(&copy->entries[idx], s);
+    put_all(copy->entries + idx + 1, b->entries + idx, b->count - idx);
+    return copy;
+}
+
+/* A copy of bitmap node b without chunk c's entry (b has at least two). */
+static cp__hamt_node *bitmap_removed(const cp__hamt_node *b, unsigned c)
+{
+    uint32_t idx = bitmap_index(b->bits, c);
+    cp__hamt_node *copy = node_alloc(KIND_BITMAP, b->count - 1, b->count - 1,
+                                     b->bits & ~(UINT32_C(1) << c));
+    if (copy == NULL)
+        return NULL;
+    put_all(copy->entries, b->entries, idx);
+    put_all(copy->entries + idx, b->entries + idx + 1, b->count - idx - 1);
+    return copy;
+}
+
+/* An array node with bitmap node b's entries plus s for chunk c (absent
+ * from b): the promotion of a full bitmap node. */
+static cp__hamt_node *array_from_bitmap(const cp__hamt_node *b, unsigned c, slot s)
+{
+    cp__hamt_node *a = node_alloc(KIND_ARRAY, BRANCHES, b->count + 1, 0);
+    if (a == NULL)
+        return NULL;
+    uint32_t idx = 0;
+    for (unsigned i = 0; i < BRANCHES; i++) {
+        if (b->bits & (UINT32_C(1) << i))
+            put(&a->entries[i], b->entries[idx++]);
+    }
+    put(&a->entries[c], s);
+    return a;
+}
+
+/* A bitmap node with array node a's entries except chunk c's: the demotion
+ * of an array node that falls below ARRAY_MIN. */
+static cp__hamt_node *bitmap_from_array(const cp__hamt_node *a, unsigned c)
+{
+    uint32_t bits = 0;
+    for (unsigned i = 0; i < BRANCHES; i++) {
+        if (i != c && a->entries[i] != 0)
+            bits |= UINT32_C(1) << i;
+    }
+    cp__hamt_node *b = node_alloc(KIND_BITMAP, a->count - 1, a->count - 1, bits);
+    if (b == NULL)
+        return NULL;
+    uint32_t idx = 0;
+    for (unsigned i = 0; i < BRANCHES; i++) {
+        if (bits & (UINT32_C(1) << i))
+            put(&b->entries[idx++], a->entries[i]);
+    }
+    return b;
+}
+
+/* A copy of array node a with chunk c's slot emptied. */
+static cp__hamt_node *array_removed(const cp__hamt_node *a, unsigned c)
+{
+    return node_replaced(a, c, 0, a->count - 1);
+}
+
+/* A collision node of two items with one hash. */
+static cp__hamt_node *collision_new(cp__hamt_item *first, cp__hamt_item *second)
+{
+    cp__hamt_node *c = node_alloc(KIND_COLLISION, 2, 2, first->hash);
+    if (c == NULL)
+        return NULL;
+    put(&c->entries[0], item_slot(first));
+    put(&c->entries[1], item_slot(second));
+    return c;
+}
+
+/* A copy of collision node c with item appended. */
+static cp__hamt_node *collision_appended(const cp__hamt_node *c, cp__hamt_item *item)
+{
+    cp__hamt_node *copy = node_alloc(KIND_COLLISION, c->count + 1, c->count + 1,
+                                     c->bits);
+    if (copy == NULL)
+        return NULL;
+    put_all(copy->entries, c->entries, c->count);
+    put(&copy->entries[c->count], item_slot(item));
+    return copy;
+}
+
+/* A copy of collision node c (at least three items) without item idx. */
+static cp__hamt_node *collision_removed(const cp__hamt_node *c, uint32_t idx)
+{
+    cp__hamt_node *copy = node_alloc(KIND_COLLISION, c->count - 1, c->count - 1,
+                                     c->bits);
+    if (copy == NULL)
+        return NULL;
+    put_all(copy->entries, c->entries, idx);
+    put_all(copy->entries + idx, c->entries + idx + 1, c->count - idx - 1);
+    return copy;
+}
+
+/* The smallest subtree at shift holding a and b, each an item or a collision
+ * node, with different full hashes ha != hb that agree on every chunk above
+ * shift: one bitmap node with both when their chunks at shift differ, else a
+ * one-entry bitmap node over the subtree one level down. Because the hashes
+ * differ, they differ in some chunk at or below LAST_SHIFT, so the recursion
+ * ends there. */
+static cp__hamt_node *pair_new(slot a, uint32_t ha, slot b, uint32_t hb,
+                               unsigned shift)
+{
+    assert(ha != hb && shift <= LAST_SHIFT);
+    unsigned ca = chunk_of(ha, shift), cb = chunk_of(hb, shift);
+    if (ca != cb) {
+        cp__hamt_node *node = node_alloc(KIND_BITMAP, 2, 2,
+                                         (UINT32_C(1) << ca) | (UINT32_C(1) << cb));
+        if (node == NULL)
+            return NULL;
+        put(&node->entries[ca < cb ? 0 : 1], a);
+        put(&node->entries[ca < cb ? 1 : 0], b);
+        return node;
+    }
+    cp__hamt_node *child = pair_new(a, ha, b, hb, shift + CHUNK_BITS);
+    if (child == NULL)
+        return NULL;
+    cp__hamt_node *node = node_alloc(KIND_BITMAP, 1, 1, UINT32_C(1) << ca);
+    if (node != NULL)
+        put(&node->entries[0], node_slot(child));
+    node_decref(child); /* node holds it now, or it is freed */
+    return node;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lookup                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* The item for key, or NULL. Iterative: at each level the chunk selects one
+ * slot; an item there either is the key or proves it absent. */
+cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key)
+{
+    const cp__hamt_node *node = m.root;
+    unsigned shift = 0;
+    while (node != NULL) {
+        slot s;
+        unsigned c;
+        switch (node->kind) {
+        case KIND_BITMAP:
+            c = chunk_of(hash, shift);
+            if (!(node->bits & (UINT32_C(1) << c)))
+                return NULL;
+            s = node->entries[bitmap_index(node->bits, c)];
+            break;
+        case KIND_ARRAY:
+            s = node->entries[chunk_of(hash, shift)];
+            if (s == 0)
+                return NULL;
+            break;
+        default: /* KIND_COLLISION */
+            if (node->bits != hash)
+                return NULL;
+            for (uint32_t i = 0; i < node->count; i++) {
+                cp__hamt_item *item = slot_item(node->entries[i]);
+                if (item->key == key)
+                    return item;
+            }
+            return NULL;
+        }
+        if (slot_is_item(s)) {
+            cp__hamt_item *item = slot_item(s);
+            return key_matches(item, hash, key) ? item : NULL;
+        }
+        node = slot_node(s);
+        shift += CHUNK_BITS;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Set                                                                       */
+/* ------------------------------------------------------------------------ */
+
+typedef enum set_result {
+    SET_NEW,   /* *out is a new subtree (one reference, the caller's) */
+    SET_SAME,  /* the key already maps to an identical value: no change */
+    SET_NOMEM, /* memory ran out; nothing was changed or leaked */
+} set_result;
+
+static set_result node_set(const cp__hamt_node *node, unsigned shift,
+                           cp__hamt_item *item, slot *out, bool *added);
+
+/* The entry that replaces e, an existing entry on item's path whose own
+ * position is at shift (so a subtree made here starts at shift), once item is
+ * set. *added tells whether the key is new. */
+static set_result entry_set(slot e, unsigned shift, cp__hamt_item *item,
+                            slot *out, bool *added)
+{
+    if (slot_is_item(e)) {
+        cp__hamt_item *old = slot_item(e);
+        if (key_matches(old, item->hash, item->key)) {
+            if (old->value == item->value)
+                return SET_SAME;
+            *added = false;
+            cp__hamt_item_incref(item); /* the caller's new slot holds it */
+            *out = item_slot(item);
+            return SET_NEW;
+        }
+        cp__hamt_node *sub = old->hash == item->hash
+                                 ? collision_new(old, item)
+                                 : pair_new(e, old->hash, item_slot(item),
+                                            item->hash, shift);
+        if (sub == NULL)
+            return SET_NOMEM;
+        *added = true;
+        *out = node_slot(sub);
+        return SET_NEW;
+    }
+    const cp__hamt_node *node = slot_node(e);
+    if (node->kind == KIND_COLLISION && node->bits != item->hash) {
+        cp__hamt_node *sub = pair_new(e, node->bits, item_slot(item), item->hash,
+                                      shift);
+        if (sub == NULL)
+            return SET_NOMEM;
+        *added = true;
+        *out = node_slot(sub);
+        return SET_NEW;
+    }
+    return node_set(node, shift, item, out, added);
+}
+
+/* Set item in the subtree rooted at node, which sits at shift. */
+static set_result node_set(const cp__hamt_node *node, unsigned shift,
+                           cp__hamt_item *item, slot *out, bool *added)
+{
+    cp__hamt_node *copy;
+
+    if (node->kind == KIND_COLLISION) {
+        /* Reached only with item->hash == node->bits (see entry_set). */
+        for (uint32_t i = 0; i < node->count; i++) {
+            cp__hamt_item *old = slot_item(node->entries[i]);
+            if (old->key != item->key)
+                continue;
+            if (old->value == item->value)
+                return SET_SAME;
+            copy = node_replaced(node, i, item_slot(item), node->count);
+            if (copy == NULL)
+                return SET_NOMEM;
+            *added = false;
+            *out = node_slot(copy);
+            return SET_NEW;
+        }
+        if (node->count == UINT32_MAX)
+            return SET_NOMEM; /* cannot count one more */
+        copy = collision_appended(node, item);
+        if (copy == NULL)
+            return SET_NOMEM;
+        *added = true;
+        *out = node_slot(copy);
+        return SET_NEW;
+    }
+
+    unsigned c = chunk_of(item->hash, shift);
+    uint32_t idx;
+    if (node->kind == KIND_BITMAP) {
+        if (!(node->bits & (UINT32_C(1) << c))) {
+            copy = node->count < BITMAP_MAX
+                       ? bitmap_inserted(node, c, item_slot(item))
+                       : array_from_bitmap(node, c, item_slot(item));
+            if (copy == NULL)
+                return SET_NOMEM;
+            *added = true;
+            *out = node_slot(copy);
+            return SET_NEW;
+        }
+        idx = bitmap_index(node->bits, c);
+    } else { /* KIND_ARRAY */
+        if (node->entries[c] == 0) {
+            copy = node_replaced(node, c, item_slot(item), node->count + 1);
+            if (copy == NULL)
+                return SET_NOMEM;
+            *added = true;
+            *out = node_slot(copy);
+            return SET_NEW;
+        }
+        idx = c;
+    }
+
+    slot sub;
+    set_result r = entry_set(node->entries[idx], shift + CHUNK_BITS, item, &sub,
+                             added);
+    if (r != SET_NEW)
+        return r;
+    copy = node_replaced(node, idx, sub, node->count);
+    slot_decref(sub); /* copy holds it now, or it is freed */
+    if (copy == NULL)
+        return SET_NOMEM;
+    *out = node_slot(copy);
+    return SET_NEW;
+}
+
+/* A new map: m with item set. 0 with a new reference in *out (or m itself,
+ * one more reference, when the key already maps to an identical value);
+ * CP_ENOMEM with *out untouched. m is never changed. */
+int cp__hamt_set(cp__hamt m, cp__hamt_item *item, cp__hamt *out)
+{
+    assert(item != NULL && out != NULL); /* internal callers only */
+    if (m.root == NULL) {
+        unsigned c = chunk_of(item->hash, 0);
+        cp__hamt_node *root = node_alloc(KIND_BITMAP, 1, 1, UINT32_C(1) << c);
+        if (root == NULL)
+            return CP_ENOMEM;
+        put(&root->entries[0], item_slot(item));
+        *out = (cp__hamt){root, 1};
+        return 0;
+    }
+    slot root;
+    bool added = false;
+    switch (node_set(m.root, 0, item, &root, &added)) {
+    case SET_SAME:
+        cp__hamt_incref(m);
+        *out = m;
+        return 0;
+    case SET_NOMEM:
+        return CP_ENOMEM;
+    default: /* SET_NEW */
+        assert(!slot_is_item(root));
+        *out = (cp__hamt){slot_node(root), m.count + (added ? 1 : 0)};
+        return 0;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Delete                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef enum del_result {
+    DEL_NEW,       /* *out replaces the subtree: an item or a node, one
+                      reference (the caller's) */
+    DEL_EMPTY,     /* the subtree held only the key (only a root can) */
+    DEL_NOT_FOUND, /* the key is absent: nothing changed */
+    DEL_NOMEM,     /* memory ran out: nothing changed or leaked */
+} del_result;
+
+/* Whether s may stand alone in place of a subtree at any level: an item or a
+ * collision node (their position does not depend on the level). */
+static bool is_movable(slot s)
+{
+    return slot_is_item(s) || slot_is_collision(s);
+}
+
+/* Delete key from the subtree rooted at node, which sits at shift. is_root:
+ * node is the map's root, which never collapses into an item or collision
+ * node (the map's root is always a bitmap or array node). */
+static del_result node_delete(const cp__hamt_node *node, unsigned shift,
+                              uint32_t hash, const void *key, bool is_root,
+                              slot *out)
+{
+    cp__hamt_node *copy;
+
+    if (node->kind == KIND_COLLISION) {
+        if (node->bits != hash)
+            return DEL_NOT_FOUND;
+        for (uint32_t i = 0; i < node->count; i++) {
+            if (slot_item(node->entries[i])->key != key)
+                continue;
+            if (node->count == 2) {
+                /* One item left: it replaces the collision node. */
+                slot other = node->entries[1 - i];
+                slot_incref(other);
+                *out = other;
+                return DEL_NEW;
+            }
+            copy = collision_removed(node, i);
+            if (copy == NULL)
+                return DEL_NOMEM;
+            *out = node_slot(copy);
+            return DEL_NEW;
+        }
+        return DEL_NOT_FOUND;
+    }
+
+    unsigned c = chunk_of(hash, shift);
+    uint32_t idx;
+    if (node->kind == KIND_BITMAP) {
+        if (!(node->bits & (UINT32_C(1) << c)))
+            return DEL_NOT_FOUND;
+        idx = bitmap_index(node->bits, c);
+    } else { /* KIND_ARRAY */
+        if (node->entries[c] == 0)
+            return DEL_NOT_FOUND;
+        idx = c;
+    }
+    slot e = node->entries[idx];
+
+    if (slot_is_item(e)) {
+        if (!key_matches(slot_item(e), hash, key))
+            return DEL_NOT_FOUND;
+        if (node->kind == KIND_ARRAY) {
+            copy = node->count - 1 < ARRAY_MIN ? bitmap_from_array(node, c)
+                                               : array_removed(node, c);
+        } else if (node->count == 1) {
+            assert(is_root); /* invariant [-11]: non-roots hold two items */
+            return DEL_EMPTY;
+        } else if (node->count == 2 && !is_root && is_movable(node->entries[1 - idx])) {
+            /* The other entry stands alone: it replaces this node. */
+            slot other = node->entries[1 - idx];
+            slot_incref(other);
+            *out = other;
+            return DEL_NEW;
+        } else {
+            copy = bitmap_removed(node, c);
+        }
+        if (copy == NULL)
+            return DEL_NOMEM;
+        *out = node_slot(copy);
+        return DEL_NEW;
+    }
+
+    slot sub;
+    del_result r = node_delete(slot_node(e), shift + CHUNK_BITS, hash, key, false,
+                               &sub);
+    if (r != DEL_NEW) {
+        assert(r != DEL_EMPTY); /* a non-root subtree holds two items */
+        return r;
+    }
+    if (node->kind == KIND_BITMAP && node->count == 1 && !is_root && is_movable(sub)) {
+        /* This node would hold only sub: sub moves up in its place. */
+        *out = sub;
+        return DEL_NEW;
+    }
+    copy = node_replaced(node, idx, sub, node->count);
+    slot_decref(sub); /* copy holds it now, or it is freed */
+    if (copy == NULL)
+        return DEL_NOMEM;
+    *out = node_slot(copy);
+    return DEL_NEW;
+}
+
+/* A new map: m without key. 0 with a new reference in *out (root NULL and
+ * count 0 when the last key went); CP_ENOENT when key is absent, CP_ENOMEM
+ * when memory ran out, *out untouched either way. m is never changed. */
+int cp__hamt_delete(cp__hamt m, uint32_t hash, const void *key, cp__hamt *out)
+{
+    assert(out != NULL); /* internal callers only */
+    if (m.root == NULL)
+        return CP_ENOENT;
+    slot root;
+    switch (node_delete(m.root, 0, hash, key, true, &root)) {
+    case DEL_EMPTY:
+        *out = CP__HAMT_EMPTY;
+        return 0;
+    case DEL_NOT_FOUND:
+        return CP_ENOENT;
+    case DEL_NOMEM:
+        return CP_ENOMEM;
+    default: /* DEL_NEW */
+        assert(!slot_is_item(root) && !slot_is_collision(root));
+        *out = (cp__hamt){slot_node(root), m.count - 1};
+        return 0;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Iteration                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Start iterating over m: the stack holds the root at position 0. */
+void cp__hamt_iter_init(cp__hamt_iter *it, cp__hamt m)
+{
+    it->depth = m.root != NULL ? 0 : -1;
+    it->nodes[0] = m.root;
+    it->pos[0] = 0;
+}
+
+/* The next item in trie order (depth first, chunks ascending; collision
+ * items in node order), or NULL when done. nodes[d] is the node at depth d on
+ * the current path and pos[d] the next slot to visit in it. */
+cp__hamt_item *cp__hamt_iter_next(cp__hamt_iter *it)
+{
+    while (it->depth >= 0) {
+        const cp__hamt_node *node = it->nodes[it->depth];
+        uint32_t n = node_slots(node);
+        uint32_t i = it->pos[it->depth];
+        while (i < n && node->entries[i] == 0)
+            i++; /* empty array slots */
+        if (i == n) {
+            it->depth--; /* this node is done: back to its parent */
+            continue;
+        }
+        it->pos[it->depth] = i + 1;
+        slot s = node->entries[i];
+        if (slot_is_item(s))
+            return slot_item(s);
+        /* The depth bound (see the top of this file) keeps this in range. */
+        assert(it->depth + 1 < CP__HAMT_MAX_DEPTH);
+        it->depth++;
+        it->nodes[it->depth] = slot_node(s);
+        it->pos[it->depth] = 0;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Debugging: shape and invariants                                           */
+/* ------------------------------------------------------------------------ */
+
+static void shape_walk(const cp__hamt_node *node, unsigned depth,
+                       cp__hamt_shape *shape)
+{
+    if (depth > shape->max_depth)
+        shape->max_depth = depth;
+    switch (node->kind) {
+    case KIND_BITMAP: shape->bitmap_nodes++; break;
+    case KIND_ARRAY: shape->array_nodes++; break;
+    default: shape->collision_nodes++; break;
+    }
+    uint32_t n = node_slots(node);
+    for (uint32_t i = 0; i < n; i++) {
+        slot s = node->entries[i];
+        if (s == 0)
+            continue;
+        if (slot_is_item(s))
+            shape->items++;
+        else
+            shape_walk(slot_node(s), depth + 1, shape);
+    }
+}
+
+/* Count m's nodes of each kind, its items and its depth (root = 1; 0 when
+ * empty) into *shape. */
+void cp__hamt_shape_of(cp__hamt m, cp__hamt_shape *shape)
+{
+    *shape = (cp__hamt_shape){0, 0, 0, 0, 0};
+    if (m.root != NULL)
+        shape_walk(m.root, 1, shape);
+}
+
+/* Whether hash agrees with path, the chunks above shift. */
+static bool on_path(uint32_t hash, uint32_t path, unsigned shift)
+{
+    uint32_t mask = shift >= 32 ? UINT32_MAX : (UINT32_C(1) << shift) - 1;
+    return (hash & mask) == (path & mask);
+}
+
+/* Check the subtree at node, which sits at shift with path the hash bits
+ * chosen above it; add its items to *items. 0 or the first broken
+ * invariant's code (see the top of this file). */
+static int check_node(const cp__hamt_node *node, unsigned shift, uint32_t path,
+                      bool is_root, size_t *items)
+{
+    if (atomic_load_explicit(&node->refs, memory_order_relaxed) == 0)
+        return -3; /* relaxed: a debugging read of a count we hold */
+
+    if (node->kind == KIND_COLLISION) {
+        if (node->count < 2)
+            return -8;
+        if (!on_path(node->bits, path, shift))
+            return -10;
+        for (uint32_t i = 0; i < node->count; i++) {
+            slot s = node->entries[i];
+            if (s == 0 || !slot_is_item(s) || slot_item(s)->hash != node->bits)
+                return -8;
+            if (atomic_load_explicit(&slot_item(s)->refs, memory_order_relaxed) == 0)
+                return -3;
+            for (uint32_t j = 0; j < i; j++) {
+                if (slot_item(node->entries[j])->key == slot_item(s)->key)
+                    return -9;
+            }
+        }
+        *items += node->count;
+        return 0;
+    }
+    if (node->kind != KIND_BITMAP && node->kind != KIND_ARRAY)
+        return -2;
+    if (shift > LAST_SHIFT)
+        return -12;
+
+    uint32_t nonempty = 0;
+    for (unsigned c = 0; c < BRANCHES; c++) {
+        slot s;
+        if (node->kind == KIND_BITMAP) {
+            if (!(node->bits & (UINT32_C(1) << c)))
+                continue;
+            uint32_t idx = bitmap_index(node->bits, c);
+            if (idx >= node->count)
+                return -4; /* more bits than entries */
+            s = node->entries[idx];
+            if (s == 0)
+                return -5;
+        } else {
+            s = node->entries[c];
+            if (s == 0)
+                continue;
+        }
+        nonempty++;
+        uint32_t sub_path = path | ((uint32_t)c << shift);
+        if (slot_is_item(s)) {
+            cp__hamt_item *item = slot_item(s);
+            if (atomic_load_explicit(&item->refs, memory_order_relaxed) == 0)
+                return -3;
+            if (!on_path(item->hash, sub_path, shift + CHUNK_BITS))
+                return -10;
+            (*items)++;
+        } else {
+            int rc = check_node(slot_node(s), shift + CHUNK_BITS, sub_path, false,
+                                items);
+            if (rc != 0)
+                return rc;
+        }
+    }
+
+    if (node->kind == KIND_BITMAP) {
+        if (nonempty != node->count || node->count < 1 || node->count > BITMAP_MAX)
+            return -4;
+        if (!is_root && node->count == 1 && is_movable(node->entries[0]))
+            return -11;
+    } else {
+        if (nonempty != node->count)
+            return -6;
+        if (node->count < ARRAY_MIN || node->count > BRANCHES)
+            return -7;
+    }
+    return 0;
+}
+
+/* 0 when every invariant listed at the top of this file holds for m, else
+ * the negative code of the first broken one found. */
+int cp__hamt_check(cp__hamt m)
+{
+    if (m.root == NULL)
+        return m.count == 0 ? 0 : -1;
+    if (m.count == 0 || m.root->kind == KIND_COLLISION)
+        return -1;
+    size_t items = 0;
+    int rc = check_node(m.root, 0, 0, true, &items);
+    if (rc != 0)
+        return rc;
+    return items == m.count ? 0 : -13;
+}

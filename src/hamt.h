@@ -1,0 +1,86 @@
+/* hamt.h - a persistent hash array mapped trie of reference-counted items.
+ *
+ * The map behind every context: immutable nodes shared between versions, so a
+ * copy is one reference and a set or delete copies only the path it changes.
+ * See hamt.c for the design. Everything here may be used from any thread: a
+ * node never changes after it is published, and reference counts are atomic.
+ */
+#ifndef CTXPOOL_HAMT_H
+#define CTXPOOL_HAMT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* An item is one (key, value) pair. The map does not know what keys and
+ * values are: it compares keys by address and hash, and holds a reference on
+ * each item it lists. The creator embeds the item in a larger struct if it
+ * likes and sets release, which is called once when refs drops to zero. */
+typedef struct cp__hamt_item {
+    atomic_size_t refs;
+    uint32_t hash;
+    const void *key;
+    void *value;
+    void (*release)(struct cp__hamt_item *item);
+} cp__hamt_item;
+
+/* Initialise an item with one reference (the caller's). */
+void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
+                        void *value, void (*release)(cp__hamt_item *));
+void cp__hamt_item_incref(cp__hamt_item *item);
+void cp__hamt_item_decref(cp__hamt_item *item); /* NULL: no-op */
+
+typedef struct cp__hamt_node cp__hamt_node;
+
+/* A map is a value: a root (NULL when empty) and a count. Whoever holds a
+ * cp__hamt holds one reference on its root. */
+typedef struct cp__hamt {
+    cp__hamt_node *root;
+    size_t count;
+} cp__hamt;
+
+#define CP__HAMT_EMPTY ((cp__hamt){NULL, 0})
+
+/* Take / drop one reference on m's root. */
+void cp__hamt_incref(cp__hamt m);
+void cp__hamt_decref(cp__hamt m);
+
+/* The item for key, or NULL. Borrowed: valid while m is held. */
+cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key);
+
+/* A new map: m with item for item->key (replacing any item for that key).
+ * If m already maps the key to an item with the same value, *out is m itself
+ * (one more reference). Returns 0 with a new reference in *out, which holds
+ * its own reference on item; or CP_ENOMEM with *out untouched. m is unchanged
+ * and still held by the caller either way. */
+int cp__hamt_set(cp__hamt m, cp__hamt_item *item, cp__hamt *out);
+
+/* A new map: m without key. Returns 0 with a new reference in *out;
+ * CP_ENOENT when m has no item for key, *out untouched; CP_ENOMEM with *out
+ * untouched. m is unchanged and still held by the caller. */
+int cp__hamt_delete(cp__hamt m, uint32_t hash, const void *key, cp__hamt *out);
+
+/* Iteration in trie order without allocation. The iterator borrows m: the
+ * caller holds a reference for as long as it iterates. */
+#define CP__HAMT_MAX_DEPTH 8 /* 7 levels of 5 bits cover 32 bits, + collisions */
+typedef struct cp__hamt_iter {
+    const cp__hamt_node *nodes[CP__HAMT_MAX_DEPTH];
+    uint32_t pos[CP__HAMT_MAX_DEPTH];
+    int depth; /* -1: finished */
+} cp__hamt_iter;
+
+void cp__hamt_iter_init(cp__hamt_iter *it, cp__hamt m);
+cp__hamt_item *cp__hamt_iter_next(cp__hamt_iter *it); /* NULL at the end */
+
+/* For tests and debugging: the shape of a map, and a check of every
+ * invariant written in hamt.c. cp__hamt_check returns 0 when they hold, else
+ * a negative number naming the first broken one. */
+typedef struct cp__hamt_shape {
+    size_t bitmap_nodes, array_nodes, collision_nodes, items;
+    unsigned max_depth; /* nodes on the longest path from the root, root = 1 */
+} cp__hamt_shape;
+
+void cp__hamt_shape_of(cp__hamt m, cp__hamt_shape *shape);
+int cp__hamt_check(cp__hamt m);
+
+#endif /* CTXPOOL_HAMT_H */

@@ -1,0 +1,963 @@
+/* pool.c - the work-stealing pool that carries contexts.
+ *
+ * Work. Two kinds of work items share one header (struct work): heap jobs,
+ * made by cp_pool_submit and cp_pool_submit_in, which double as their own
+ * futures; and frame tasks, made by cp_spawn in storage the caller owns
+ * (cp_task). Each carries the context it must run in: a captured map (one
+ * reference taken at submit, O(1)) or, for submit_in, the context itself.
+ *
+ * Queues. Every worker owns a Chase-Lev deque (deque.c): it pushes and pops
+ * its own work at the bottom, idle workers steal from the top. Threads outside
+ * the pool push onto the injection queue, an intrusive multi-producer queue
+ * (Vyukov's) whose consumer side workers take turns at with a try-lock. A
+ * worker looks at the injection queue first every INJECT_EVERY items it runs,
+ * so a stream of local work cannot starve outside submitters.
+ *
+ * Running. A worker runs an item inside a frame context (context.h) built on
+ * its stack from the captured map, entered with run semantics and left
+ * exactly, so after every item the worker is back in its own context and
+ * nothing leaks from one job to the next. A submit_in job enters its context
+ * with the same compare-and-swap as cp_context_run, and reports CP_EBUSY or
+ * CP_ERECURSIVE instead of running when that fails.
+ *
+ * Waiting. A thread that waits for a job or task and is a worker of the pool
+ * helps: it runs its own deque's work, the injection queue's, and steals,
+ * until what it waits for is done; only when a full search finds nothing does
+ * it sleep on the item's state word. Nothing is lost by sleeping then: the
+ * awaited item is not in any queue, so another thread is running it or is
+ * about to (a thief that took it), and it wakes us when it is done.
+ *
+ * Parking. Idle workers sleep on an event count (the futex word `epoch` with a
+ * count of waiters beside it): a worker announces itself as a waiter, then
+ * looks for work once more, and only then sleeps, on the epoch it read when it
+ * announced itself. A thread that publishes work then reads the waiter count;
+ * if it is not zero it bumps the epoch and wakes one sleeper. Both sides order
+ * "write mine, then read theirs" with seq_cst, so at least one of them sees
+ * the other: either the worker finds the work, or the publisher sees the
+ * waiter and the bumped epoch makes its futex wait return. A worker spins for
+ * a bounded time (SPIN_NS) before it parks; an idle pool uses no CPU.
+ *
+ * Shutdown. `pending` counts the work items accepted and not yet finished.
+ * Workers leave when the pool is shut down and pending is zero. A submit
+ * raises pending before it checks the shutdown flag, and shutdown sets the
+ * flag before workers read pending (both seq_cst), so a job that got past the
+ * check is always run or cancelled before the workers leave: no job is lost.
+ *
+ * Lock order: there are no locks held while user code runs. The injection
+ * queue's consumer try-lock is the only lock, held for a handful of pops.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "context.h"
+#include "ctxpool.h"
+#include "deque.h"
+
+#define INJECT_EVERY 32       /* items between two looks at the injection queue */
+#define INJECT_BATCH 16       /* items moved from the injection queue at a time */
+#define SPIN_NS 50000         /* how long an idle worker searches before parking */
+#define DEQUE_LOG_CAPACITY 8  /* initial deque size: 256 items */
+
+/* ------------------------------------------------------------------------ */
+/* Futex                                                                     */
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected,
+                       const struct timespec *relative)
+{
+    /* Returns on a wake, when *word != expected, on a signal or at timeout;
+     * every caller re-checks its condition. */
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, relative,
+            NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word, int count)
+{
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Work items                                                                */
+
+/* States of a work item, in its state word. WAITERS is or-ed in by a thread
+ * that sleeps on the word, so that whoever finishes the item knows to wake. */
+enum {
+    ST_PENDING = 0,
+    ST_RUNNING = 1,
+    ST_DONE = 2,     /* ran, or found its context busy: outcome tells */
+    ST_CANCELLED = 3,
+    ST_MASK = 3,
+    ST_WAITERS = 4
+};
+
+enum work_kind { KIND_JOB, KIND_TASK };
+
+struct work {
+    _Atomic(struct work *) next; /* injection queue link */
+    _Atomic uint32_t state;
+    uint8_t kind;
+    int16_t outcome;             /* 0 or CP_E*, written before state is final */
+};
+
+/* A heap job; also the user's future. */
+struct cp_future {
+    struct work w;
+    atomic_uint refs;            /* the pool's while queued, the user's handle */
+    cp_job_fn fn;
+    void *arg;
+    void *result;
+    cp__hamt map;                /* captured context (submit) */
+    cp_context *in;              /* or the context itself (submit_in), one ref */
+    cp_pool *pool;
+    _Atomic uintptr_t runner;    /* the thread running it, to detect self-waits */
+};
+
+/* A frame task, laid over cp_task (64 bytes). */
+struct task {
+    struct work w;
+    union {
+        cp_job_fn fn;            /* until it has run */
+        void *result;            /* after */
+    } u;
+    void *arg;
+    cp__hamt map;
+    struct task *prev;           /* the spawning thread's previous unsynced task */
+    cp_pool *pool;
+};
+
+_Static_assert(sizeof(struct task) <= sizeof(cp_task), "cp_task is too small");
+_Static_assert(alignof(struct task) <= alignof(cp_task), "cp_task is misaligned");
+
+/* ------------------------------------------------------------------------ */
+/* The pool                                                                  */
+
+struct worker {
+    cp__deque deque;
+    cp_pool *pool;
+    pthread_t thread;
+    unsigned index;
+    uint64_t rng;
+    unsigned tick;               /* items run, for injection-queue fairness */
+    /* Statistics: written by this worker only (relaxed load + store), read
+     * by cp_pool_get_stats from any thread (relaxed). */
+    _Atomic uint64_t completed, stolen, parks;
+};
+
+enum { RUNNING = 0, DRAINING = 1, CANCELLING = 2 };
+
+struct cp_pool {
+    /* Injection queue: producers exchange head, the consumer (whoever holds
+     * inject_lock) walks from tail. */
+    alignas(CP__CACHE_LINE) _Atomic(struct work *) inject_head;
+    alignas(CP__CACHE_LINE) struct work *inject_tail;
+    atomic_bool inject_lock;
+    struct work inject_stub;
+
+    /* Event count: epoch (the futex word) and the number of waiters. */
+    alignas(CP__CACHE_LINE) _Atomic uint32_t epoch;
+    _Atomic uint32_t waiters;
+
+    alignas(CP__CACHE_LINE) _Atomic uint64_t pending;
+    _Atomic int state;            /* RUNNING, DRAINING, CANCELLING */
+    _Atomic uint64_t submitted, cancelled;
+
+    unsigned nworkers;
+    unsigned fork_generation;
+    struct worker *workers;
+};
+
+/* The calling thread's worker, if it is one (of any pool). */
+static __thread struct worker *this_worker
+    __attribute__((tls_model("initial-exec")));
+/* The calling thread's most recent unsynced frame task. */
+static __thread struct task *spawn_top
+    __attribute__((tls_model("initial-exec")));
+
+/* fork(): a child inherits pools whose workers do not exist in it. Every
+ * pool remembers the generation it was made in; the child handler bumps the
+ * generation, and every call on an older pool returns CP_ESHUTDOWN. */
+static _Atomic unsigned fork_generation;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_child(void)
+{
+    /* relaxed: the child has a single thread here. */
+    atomic_fetch_add_explicit(&fork_generation, 1, memory_order_relaxed);
+}
+
+static void atfork_register(void)
+{
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
+static bool forked_away(const cp_pool *pool)
+{
+    /* relaxed: set in the single-threaded child before any call can read it. */
+    return pool->fork_generation !=
+           atomic_load_explicit(&fork_generation, memory_order_relaxed);
+}
+
+static bool is_worker_of(const cp_pool *pool)
+{
+    return this_worker && this_worker->pool == pool;
+}
+
+static uintptr_t thread_id(void)
+{
+    return (uintptr_t)&this_worker;
+}
+
+/* Single-writer counter bump: relaxed, only this worker writes it. */
+static void stat_bump(_Atomic uint64_t *counter)
+{
+    atomic_store_explicit(counter,
+                          atomic_load_explicit(counter, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Injection queue (Vyukov's intrusive MPSC queue; consumers serialised)     */
+
+static void inject_push(cp_pool *pool, struct work *w)
+{
+    /* relaxed: published by the release in the store to prev->next. */
+    atomic_store_explicit(&w->next, NULL, memory_order_relaxed);
+    /* seq_cst: orders this publication before the waiter-count read in
+     * notify (the event-count protocol). acq_rel would do for the queue. */
+    struct work *prev = atomic_exchange_explicit(&pool->inject_head, w,
+                                                 memory_order_seq_cst);
+    /* release: pairs with the consumer's acquire load of next, making w's
+     * contents visible to it. */
+    atomic_store_explicit(&prev->next, w, memory_order_release);
+}
+
+/* Consumer only (inject_lock held): the oldest item, or NULL when the queue
+ * is empty or a producer is half-way through a push (it notifies after). */
+static struct work *inject_pop(cp_pool *pool)
+{
+    struct work *tail = pool->inject_tail;
+    /* acquire: pairs with the release store of next in inject_push. */
+    struct work *next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (tail == &pool->inject_stub) {
+        if (!next)
+            return NULL;
+        pool->inject_tail = tail = next;
+        next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    }
+    if (next) {
+        pool->inject_tail = next;
+        return tail;
+    }
+    /* acquire: pairs with the exchange in inject_push. */
+    if (tail != atomic_load_explicit(&pool->inject_head, memory_order_acquire))
+        return NULL; /* a push is in progress */
+    inject_push(pool, &pool->inject_stub);
+    next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (!next)
+        return NULL;
+    pool->inject_tail = next;
+    return tail;
+}
+
+static bool inject_try_lock(cp_pool *pool)
+{
+    /* acquire: pairs with the release in inject_unlock; the previous
+     * consumer's updates of inject_tail are visible to us. The relaxed peek
+     * first keeps idle workers from bouncing the line. */
+    return !atomic_load_explicit(&pool->inject_lock, memory_order_relaxed) &&
+           !atomic_exchange_explicit(&pool->inject_lock, true, memory_order_acquire);
+}
+
+static void inject_unlock(cp_pool *pool)
+{
+    atomic_store_explicit(&pool->inject_lock, false, memory_order_release);
+}
+
+/* Whether the injection queue may hold work (a hint, for parking). */
+static bool inject_nonempty(cp_pool *pool)
+{
+    /* seq_cst: the park protocol's "read theirs" after announcing a waiter. */
+    return atomic_load_explicit(&pool->inject_head, memory_order_seq_cst) !=
+               &pool->inject_stub ||
+           atomic_load_explicit(&pool->inject_stub.next, memory_order_seq_cst) != NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Parking                                                                   */
+
+static void notify(cp_pool *pool, int count)
+{
+    /* seq_cst fence: the work published just before (a deque push or an
+     * injection) is ordered before our read of the waiter count; pairs with
+     * the fence in park. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&pool->waiters, memory_order_seq_cst) == 0)
+        return;
+    /* seq_cst: a new epoch, so a waiter that read the old one does not
+     * sleep (its futex wait compares against the old value). */
+    atomic_fetch_add_explicit(&pool->epoch, 1, memory_order_seq_cst);
+    futex_wake(&pool->epoch, count);
+}
+
+static bool pool_finished(cp_pool *pool)
+{
+    /* seq_cst: pairs with the seq_cst increment of pending in submit and
+     * the store of state in shutdown (see "Shutdown" above). */
+    return atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING &&
+           atomic_load_explicit(&pool->pending, memory_order_seq_cst) == 0;
+}
+
+static bool work_visible(cp_pool *pool)
+{
+    if (inject_nonempty(pool))
+        return true;
+    for (unsigned i = 0; i < pool->nworkers; i++)
+        if (cp__deque_size(&pool->workers[i].deque) > 0)
+            return true;
+    return false;
+}
+
+static void park(struct worker *self)
+{
+    cp_pool *pool = self->pool;
+    /* seq_cst: the epoch we may sleep on, read before we count ourselves in. */
+    uint32_t epoch = atomic_load_explicit(&pool->epoch, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&pool->waiters, 1, memory_order_seq_cst);
+    /* seq_cst fence: "announce, then look", paired with notify's fence. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!work_visible(pool) && !pool_finished(pool)) {
+        stat_bump(&self->parks);
+        futex_wait(&pool->epoch, epoch, NULL);
+    }
+    atomic_fetch_sub_explicit(&pool->waiters, 1, memory_order_seq_cst);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Finding work                                                              */
+
+static uint64_t next_random(struct worker *self)
+{
+    /* xorshift64: enough to spread the choice of victims. */
+    uint64_t x = self->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return self->rng = x;
+}
+
+/* Move a batch from the injection queue to our deque; return one item. */
+static struct work *take_injected(struct worker *self)
+{
+    cp_pool *pool = self->pool;
+    if (!inject_try_lock(pool))
+        return NULL;
+    struct work *first = inject_pop(pool);
+    int moved = 0;
+    for (struct work *w; first && moved < INJECT_BATCH - 1 && (w = inject_pop(pool)); moved++)
+        if (cp__deque_push(&self->deque, w) != 0) {
+            /* No memory to grow the deque: run it ourselves, later. */
+            inject_unlock(pool);
+            inject_push(pool, w);
+            return first;
+        }
+    inject_unlock(pool);
+    if (moved > 0)
+        notify(pool, 1);
+    return first;
+}
+
+static struct work *steal_some(struct worker *self)
+{
+    cp_pool *pool = self->pool;
+    unsigned n = pool->nworkers;
+    unsigned start = (unsigned)(next_random(self) % n);
+    for (unsigned k = 0; k < n; k++) {
+        struct worker *victim = &pool->workers[(start + k) % n];
+        if (victim == self)
+            continue;
+        void *item;
+        cp__steal r;
+        while ((r = cp__deque_steal(&victim->deque, &item)) == CP__STEAL_ABORT)
+            ;
+        if (r == CP__STEAL_OK) {
+            stat_bump(&self->stolen);
+            return item;
+        }
+    }
+    return NULL;
+}
+
+static struct work *find_work(struct worker *self)
+{
+    struct work *w;
+    if (++self->tick % INJECT_EVERY == 0 && (w = take_injected(self)))
+        return w;
+    if ((w = cp__deque_pop(&self->deque)))
+        return w;
+    if ((w = take_injected(self)))
+        return w;
+    return steal_some(self);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Running work                                                              */
+
+static void future_decref(struct cp_future *f)
+{
+    /* acq_rel: the last holder sees every other holder's writes. */
+    if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1)
+        cp__free(f);
+}
+
+/* Make w's state final (DONE or CANCELLED) and wake whoever sleeps on it.
+ * Whoever waits may free w as soon as the state is final; for a frame task,
+ * the futex wake may then find the word reused, which only means a spurious
+ * wake for a futex user there, as futex users must expect. */
+static void work_finish(struct work *w, uint32_t final)
+{
+    /* release: the outcome and result written before are visible to whoever
+     * acquires the final state. */
+    uint32_t old = atomic_exchange_explicit(&w->state, final, memory_order_acq_rel);
+    if (old & ST_WAITERS)
+        futex_wake(&w->state, INT_MAX);
+}
+
+/* Run fn(arg) in a frame on map (taking the map reference). */
+static void *run_in_frame(cp__hamt map, cp_job_fn fn, void *arg)
+{
+    cp_context frame;
+    cp__context_init_frame(&frame, map);
+    cp__context_enter(&frame); /* a fresh frame cannot be busy */
+    void *result = fn(arg);
+    cp__context_leave(&frame);
+    cp__context_fini_frame(&frame);
+    return result;
+}
+
+static void pending_done(cp_pool *pool)
+{
+    /* seq_cst: see "Shutdown"; the last item of a shut-down pool wakes the
+     * workers so they can leave. */
+    if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_seq_cst) == 1 &&
+        atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING)
+        notify(pool, INT_MAX);
+}
+
+static void drop_payload(struct cp_future *f)
+{
+    cp__hamt_decref(f->map);
+    f->map = CP__HAMT_EMPTY;
+    cp_context_free(f->in);
+    f->in = NULL;
+}
+
+static void run_job(struct worker *self, struct cp_future *f)
+{
+    cp_pool *pool = f->pool;
+    /* acquire: the submitter's writes (made before the release in the queue
+     * push) are ours. Claiming it fails only when cp_future_cancel won: it
+     * drops the payload and reports the job; we only drop our reference. */
+    uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
+    do {
+        if ((s & ST_MASK) != ST_PENDING) {
+            future_decref(f);
+            pending_done(pool);
+            return;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&f->w.state, &s,
+                                                    (s & ST_WAITERS) | ST_RUNNING,
+                                                    memory_order_acquire,
+                                                    memory_order_acquire));
+    if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
+        drop_payload(f);
+        f->w.outcome = CP_ECANCELED;
+        /* relaxed: a statistic. */
+        atomic_fetch_add_explicit(&pool->cancelled, 1, memory_order_relaxed);
+        work_finish(&f->w, ST_CANCELLED);
+    } else {
+        /* relaxed: only compared with the reader's own identity. */
+        atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
+        if (f->in) {
+            int err = cp__context_enter(f->in);
+            f->w.outcome = (int16_t)err;
+            if (err == 0) {
+                f->result = f->fn(f->arg);
+                cp__context_leave(f->in);
+            }
+            drop_payload(f);
+        } else {
+            f->result = run_in_frame(f->map, f->fn, f->arg);
+            f->map = CP__HAMT_EMPTY;
+            f->w.outcome = 0;
+        }
+        if (f->w.outcome == 0)
+            stat_bump(&self->completed);
+        work_finish(&f->w, ST_DONE);
+    }
+    future_decref(f);
+    pending_done(pool);
+}
+
+/* A frame task taken by a thread other than its spawner, or by its spawner
+ * from the injection queue's far side. */
+static void run_task(struct worker *self, struct task *t)
+{
+    cp_pool *pool = t->pool;
+    if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
+        cp__hamt_decref(t->map);
+        t->w.outcome = CP_ECANCELED;
+        atomic_fetch_add_explicit(&pool->cancelled, 1, memory_order_relaxed);
+        work_finish(&t->w, ST_CANCELLED);
+    } else {
+        t->u.result = run_in_frame(t->map, t->u.fn, t->arg);
+        t->w.outcome = 0;
+        stat_bump(&self->completed);
+        work_finish(&t->w, ST_DONE);
+    }
+    pending_done(pool);
+}
+
+static void run_work(struct worker *self, struct work *w)
+{
+    if (w->kind == KIND_JOB)
+        run_job(self, (struct cp_future *)w);
+    else
+        run_task(self, (struct task *)w);
+}
+
+/* Whether w's state is final; acquire: pairs with work_finish. */
+static bool work_final(const struct work *w)
+{
+    uint32_t s = atomic_load_explicit(&w->state, memory_order_acquire) & ST_MASK;
+    return s == ST_DONE || s == ST_CANCELLED;
+}
+
+/* Sleep until w's state changes from what we saw, or the deadline
+ * (0: none). Returns false when the deadline has passed. */
+static bool sleep_on(struct work *w, uint64_t deadline)
+{
+    uint32_t s = atomic_load_explicit(&w->state, memory_order_acquire);
+    if ((s & ST_MASK) == ST_DONE || (s & ST_MASK) == ST_CANCELLED)
+        return true;
+    /* relaxed: the futex compares the word itself; work_finish's exchange
+     * sees our bit because it reads the latest value. */
+    if (!(s & ST_WAITERS) &&
+        !atomic_compare_exchange_strong_explicit(&w->state, &s, s | ST_WAITERS,
+                                                 memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return true; /* changed under us: look again */
+    struct timespec rel, *relp = NULL;
+    if (deadline) {
+        uint64_t now = now_ns();
+        if (now >= deadline)
+            return false;
+        rel.tv_sec = (time_t)((deadline - now) / 1000000000u);
+        rel.tv_nsec = (long)((deadline - now) % 1000000000u);
+        relp = &rel;
+    }
+    futex_wait(&w->state, s | ST_WAITERS, relp);
+    return true;
+}
+
+/* Wait until w is final; a worker of pool helps meanwhile. Returns 0, or
+ * CP_ETIMEDOUT when deadline (0: none) passed first. */
+static int wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
+{
+    struct worker *self = pool && is_worker_of(pool) ? this_worker : NULL;
+    while (!work_final(w)) {
+        if (self) {
+            struct work *other = find_work(self);
+            if (other) {
+                run_work(self, other);
+                continue;
+            }
+        }
+        if (deadline && now_ns() >= deadline)
+            return CP_ETIMEDOUT;
+        if (!sleep_on(w, deadline))
+            return CP_ETIMEDOUT;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Workers                                                                   */
+
+static void *worker_main(void *p)
+{
+    struct worker *self = p;
+    cp_pool *pool = self->pool;
+    this_worker = self;
+    for (;;) {
+        struct work *w = find_work(self);
+        if (w) {
+            run_work(self, w);
+            continue;
+        }
+        if (pool_finished(pool))
+            break;
+        /* Search for a while before sleeping: work often comes right back. */
+        uint64_t until = now_ns() + SPIN_NS;
+        while (!(w = find_work(self)) && !pool_finished(pool) && now_ns() < until)
+            ;
+        if (w)
+            run_work(self, w);
+        else if (!pool_finished(pool))
+            park(self);
+    }
+    this_worker = NULL;
+    return NULL;
+}
+
+static void workers_stop(cp_pool *pool, unsigned started)
+{
+    if (atomic_load_explicit(&pool->state, memory_order_seq_cst) == RUNNING)
+        atomic_store_explicit(&pool->state, DRAINING, memory_order_seq_cst);
+    notify(pool, INT_MAX);
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(pool->workers[i].thread, NULL);
+}
+
+static void pool_release(cp_pool *pool, unsigned deques)
+{
+    for (unsigned i = 0; i < deques; i++)
+        cp__deque_destroy(&pool->workers[i].deque);
+    cp__free(pool->workers);
+    cp__free(pool);
+}
+
+int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
+{
+    if (!poolp)
+        return CP_EINVAL;
+    pthread_once(&atfork_once, atfork_register);
+    unsigned n = options ? options->threads : 0;
+    if (n == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus > 0 ? (unsigned)cpus : 1;
+    }
+    const char *name = options && options->name ? options->name : "cp-worker";
+
+    cp_pool *pool = cp__calloc(1, sizeof *pool);
+    if (!pool)
+        return CP_ENOMEM;
+    pool->workers = cp__calloc(n, sizeof *pool->workers);
+    if (!pool->workers) {
+        cp__free(pool);
+        return CP_ENOMEM;
+    }
+    pool->nworkers = n;
+    pool->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    atomic_init(&pool->inject_stub.next, NULL);
+    atomic_init(&pool->inject_head, &pool->inject_stub);
+    pool->inject_tail = &pool->inject_stub;
+    for (unsigned i = 0; i < n; i++) {
+        struct worker *w = &pool->workers[i];
+        if (cp__deque_init(&w->deque, DEQUE_LOG_CAPACITY) != 0) {
+            pool_release(pool, i);
+            return CP_ENOMEM;
+        }
+        w->pool = pool;
+        w->index = i;
+        w->rng = UINT64_C(0x9e3779b97f4a7c15) * (i + 1);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        struct worker *w = &pool->workers[i];
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            workers_stop(pool, i);
+            pool_release(pool, n);
+            return CP_ENOMEM;
+        }
+        /* Linux keeps 15 characters of a thread's name: cut ours there. */
+        char thread_name[64];
+        snprintf(thread_name, sizeof thread_name, "%s-%u", name, i);
+        thread_name[15] = '\0';
+        pthread_setname_np(w->thread, thread_name);
+    }
+    *poolp = pool;
+    return 0;
+}
+
+/* Account for a new work item: 0, or CP_ESHUTDOWN (nothing counted).
+ * A worker of the pool may still add work while the pool drains: that work
+ * belongs to a job already accepted. */
+static int admit(cp_pool *pool)
+{
+    if (forked_away(pool))
+        return CP_ESHUTDOWN;
+    /* seq_cst: raise pending before reading the state (see "Shutdown"). */
+    atomic_fetch_add_explicit(&pool->pending, 1, memory_order_seq_cst);
+    int state = atomic_load_explicit(&pool->state, memory_order_seq_cst);
+    if (state == RUNNING || (state == DRAINING && is_worker_of(pool))) {
+        /* relaxed: a statistic. */
+        atomic_fetch_add_explicit(&pool->submitted, 1, memory_order_relaxed);
+        return 0;
+    }
+    pending_done(pool);
+    return CP_ESHUTDOWN;
+}
+
+/* Queue an admitted work item: on our own deque if we are a worker of the
+ * pool, else on the injection queue. */
+static void enqueue(cp_pool *pool, struct work *w)
+{
+    if (is_worker_of(pool) && cp__deque_push(&this_worker->deque, w) == 0) {
+        notify(pool, 1);
+        return;
+    }
+    inject_push(pool, w);
+    notify(pool, 1);
+}
+
+static int submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
+                  cp_future **future)
+{
+    if (!pool || !fn)
+        return CP_EINVAL;
+    struct cp_future *f = cp__malloc(sizeof *f);
+    if (!f)
+        return CP_ENOMEM;
+    int err = admit(pool);
+    if (err != 0) {
+        cp__free(f);
+        return err;
+    }
+    atomic_init(&f->w.next, NULL);
+    atomic_init(&f->w.state, ST_PENDING);
+    f->w.kind = KIND_JOB;
+    f->w.outcome = 0;
+    atomic_init(&f->refs, future ? 2u : 1u);
+    f->fn = fn;
+    f->arg = arg;
+    f->result = NULL;
+    f->pool = pool;
+    atomic_init(&f->runner, 0);
+    if (in) {
+        cp__context_incref(in);
+        f->in = in;
+        f->map = CP__HAMT_EMPTY;
+    } else {
+        f->in = NULL;
+        f->map = cp__context_capture();
+    }
+    if (future)
+        *future = f;
+    enqueue(pool, &f->w);
+    return 0;
+}
+
+int cp_pool_submit(cp_pool *pool, cp_job_fn fn, void *arg, cp_future **future)
+{
+    return submit(pool, NULL, fn, arg, future);
+}
+
+int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn, void *arg,
+                      cp_future **future)
+{
+    if (!c)
+        return CP_EINVAL;
+    return submit(pool, c, fn, arg, future);
+}
+
+int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how)
+{
+    if (!pool || (how != CP_SHUTDOWN_DRAIN && how != CP_SHUTDOWN_CANCEL))
+        return CP_EINVAL;
+    if (forked_away(pool))
+        return CP_ESHUTDOWN;
+    int expected = RUNNING;
+    /* seq_cst: see "Shutdown". */
+    if (!atomic_compare_exchange_strong_explicit(
+            &pool->state, &expected, how == CP_SHUTDOWN_DRAIN ? DRAINING : CANCELLING,
+            memory_order_seq_cst, memory_order_seq_cst))
+        return CP_ESHUTDOWN;
+    notify(pool, INT_MAX);
+    return 0;
+}
+
+int cp_pool_free(cp_pool *pool)
+{
+    if (!pool)
+        return 0;
+    if (forked_away(pool))
+        return CP_ESHUTDOWN;
+    if (is_worker_of(pool))
+        return CP_EDEADLK;
+    workers_stop(pool, pool->nworkers);
+    pool_release(pool, pool->nworkers);
+    return 0;
+}
+
+int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats)
+{
+    if (!pool || !stats)
+        return CP_EINVAL;
+    /* relaxed throughout: each counter is read atomically, not together. */
+    memset(stats, 0, sizeof *stats);
+    stats->threads = pool->nworkers;
+    stats->submitted = atomic_load_explicit(&pool->submitted, memory_order_relaxed);
+    stats->cancelled = atomic_load_explicit(&pool->cancelled, memory_order_relaxed);
+    for (unsigned i = 0; i < pool->nworkers; i++) {
+        const struct worker *w = &pool->workers[i];
+        stats->completed += atomic_load_explicit(&w->completed, memory_order_relaxed);
+        stats->stolen += atomic_load_explicit(&w->stolen, memory_order_relaxed);
+        stats->parks += atomic_load_explicit(&w->parks, memory_order_relaxed);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Futures                                                                   */
+
+static int future_outcome(struct cp_future *f, void **result)
+{
+    /* A cancel writes no outcome (it may lose the race to a worker that has
+     * written one), so CANCELLED speaks for itself. acquire: pairs with the
+     * final state's release. */
+    uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
+    if ((s & ST_MASK) == ST_CANCELLED)
+        return CP_ECANCELED;
+    int outcome = f->w.outcome;
+    if (outcome == 0 && result)
+        *result = f->result;
+    return outcome;
+}
+
+int cp_future_wait(cp_future *f, void **result)
+{
+    return cp_future_wait_timeout(f, UINT64_MAX, result);
+}
+
+int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns, void **result)
+{
+    if (!f)
+        return CP_EINVAL;
+    if (!work_final(&f->w)) {
+        /* relaxed: equal only if this thread stored it (it runs f now). */
+        if (atomic_load_explicit(&f->runner, memory_order_relaxed) == thread_id())
+            return CP_EDEADLK;
+        uint64_t deadline = 0;
+        if (timeout_ns != UINT64_MAX) {
+            uint64_t now = now_ns();
+            deadline = timeout_ns > UINT64_MAX - now ? UINT64_MAX : now + timeout_ns;
+            if (timeout_ns == 0)
+                return CP_ETIMEDOUT;
+        }
+        int err = wait_work(f->pool, &f->w, deadline);
+        if (err != 0)
+            return err;
+    }
+    return future_outcome(f, result);
+}
+
+bool cp_future_done(const cp_future *f)
+{
+    return f && work_final(&f->w);
+}
+
+int cp_future_cancel(cp_future *f)
+{
+    if (!f)
+        return CP_EINVAL;
+    /* Counted before the claim: once we own the job, the worker that
+     * dequeues it may finish the pool's accounting and the pool may be freed,
+     * so we must not touch the pool after. relaxed: a statistic. */
+    atomic_fetch_add_explicit(&f->pool->cancelled, 1, memory_order_relaxed);
+    uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
+    for (;;) {
+        if ((s & ST_MASK) != ST_PENDING) {
+            atomic_fetch_sub_explicit(&f->pool->cancelled, 1, memory_order_relaxed);
+            return (s & ST_MASK) == ST_CANCELLED ? 0 : CP_EBUSY;
+        }
+        /* acq_rel on success: we take the payload over from the submitter
+         * (acquire), and waiters that see CANCELLED see it final (release). */
+        if (atomic_compare_exchange_weak_explicit(&f->w.state, &s, ST_CANCELLED,
+                                                  memory_order_acq_rel,
+                                                  memory_order_acquire))
+            break;
+    }
+    /* The caller's handle keeps f alive; the payload is ours alone now. */
+    drop_payload(f);
+    if (s & ST_WAITERS)
+        futex_wake(&f->w.state, INT_MAX);
+    return 0;
+}
+
+void cp_future_free(cp_future *f)
+{
+    if (f)
+        future_decref(f);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Frame tasks                                                               */
+
+int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
+{
+    if (!pool || !task || !fn)
+        return CP_EINVAL;
+    int err = admit(pool);
+    if (err != 0)
+        return err;
+    struct task *t = (struct task *)task;
+    atomic_init(&t->w.next, NULL);
+    atomic_init(&t->w.state, ST_PENDING);
+    t->w.kind = KIND_TASK;
+    t->w.outcome = 0;
+    t->u.fn = fn;
+    t->arg = arg;
+    t->map = cp__context_capture();
+    t->pool = pool;
+    t->prev = spawn_top;
+    spawn_top = t;
+    enqueue(pool, &t->w);
+    return 0;
+}
+
+int cp_sync(cp_task *task, void **result)
+{
+    struct task *t = (struct task *)task;
+    if (!t || t != spawn_top)
+        return CP_EINVAL;
+    spawn_top = t->prev;
+    cp_pool *pool = t->pool;
+    if (is_worker_of(pool)) {
+        struct worker *self = this_worker;
+        /* Fast path: nobody took it, it is on top of our deque. Anything
+         * above it was queued by submit and runs now, as help. */
+        struct work *w;
+        while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
+            if (w == &t->w) {
+                t->u.result = run_in_frame(t->map, t->u.fn, t->arg);
+                t->w.outcome = 0;
+                stat_bump(&self->completed);
+                /* relaxed: only this thread looks at the task from now on. */
+                atomic_store_explicit(&t->w.state, ST_DONE, memory_order_relaxed);
+                pending_done(pool);
+                break;
+            }
+            run_work(self, w);
+        }
+    }
+    wait_work(pool, &t->w, 0);
+    if (t->w.outcome == 0 && result)
+        *result = t->u.result;
+    return t->w.outcome;
+}

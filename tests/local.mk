@@ -1,0 +1,52 @@
+# tests/local.mk - the test suite (included from Makefile.am).
+#
+# Criterion unit tests, one file per component, and plain stress programs
+# (tests/stress/) that also run under ThreadSanitizer, where Criterion cannot
+# start. Every test links the internal convenience library to reach test hooks.
+TEST_LIBS = libctxpool-internal.la $(PTHREAD_LIBS)
+TEST_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src
+
+UNIT_TESTS = \
+	tests/test_hamt \
+	tests/test_context \
+	tests/test_deque
+
+STRESS_TESTS = \
+	tests/stress/deque_stress
+
+EXTRA_DIST += tests/stress/check.h tests/exports.sh tests/run-test.sh
+LOG_COMPILER = $(SHELL) $(top_srcdir)/tests/run-test.sh
+SH_LOG_COMPILER = $(SHELL)
+TEST_EXTENSIONS = .sh
+check_PROGRAMS += $(STRESS_TESTS)
+TESTS += $(STRESS_TESTS)
+
+if HAVE_CRITERION
+check_PROGRAMS += $(UNIT_TESTS)
+if !TSAN
+TESTS += $(UNIT_TESTS)
+endif
+endif
+
+# Only cp_* may be exported from the shared library.
+TESTS += tests/exports.sh
+AM_TESTS_ENVIRONMENT = top_builddir='$(top_builddir)'; NM='$(NM)'; export top_builddir NM;
+
+tests_test_hamt_SOURCES = tests/test_hamt.c
+tests_test_hamt_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_hamt_CFLAGS = $(AM_CFLAGS) $(CRITERION_CFLAGS)
+tests_test_hamt_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
+
+tests_test_context_SOURCES = tests/test_context.c
+tests_test_context_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_context_CFLAGS = $(AM_CFLAGS) $(CRITERION_CFLAGS)
+tests_test_context_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
+
+tests_test_deque_SOURCES = tests/test_deque.c
+tests_test_deque_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_deque_CFLAGS = $(AM_CFLAGS) $(CRITERION_CFLAGS)
+tests_test_deque_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
+
+tests_stress_deque_stress_SOURCES = tests/stress/deque_stress.c
+tests_stress_deque_stress_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_deque_stress_LDADD = $(TEST_LIBS)

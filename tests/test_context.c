@@ -1,0 +1,2609 @@
+/* test_context.c - the context core: variables, tokens and contexts (PEP 567).
+ *
+ * Each test pins one behaviour, and most mirror a sentence of Python's
+ * contextvars documentation with the same outcome. Values are small structs
+ * whose destructor counts its calls, so a test sees when the library frees a
+ * value and that it does so exactly once. Criterion runs every test in its own
+ * process, so each one starts with a fresh main-thread base context and fresh
+ * counters.
+ *
+ * Criterion's assertions are only used on the main thread. Helper threads
+ * record the line of their first failed check (TCHECK / RECORD) and hand it
+ * back through their exit value, which the main thread asserts is 0.
+ *
+ * Allocation failure: fail_each_alloc() makes the 1st, 2nd, ... allocation of
+ * a call fail until the call succeeds; every failed call must return
+ * CP_ENOMEM and leave the state as it was (checked through the public
+ * mapping functions and cp_var_get, and by counting destructors), and the
+ * successful call must have made exactly one allocation fewer than the last
+ * failing position (cp__alloc_count), which proves that every allocation it
+ * makes was failed once. Leaks on those paths show up under ASan/valgrind.
+ */
+#include <criterion/criterion.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "ctxpool.h"
+
+/* ------------------------------------------------------------------------ */
+/* Counting values                                                           */
+
+typedef struct tval {
+    atomic_int frees;
+} tval;
+
+static atomic_int total_frees;
+
+static void tval_free(void *p)
+{
+    tval *v = p;
+    /* relaxed: the tests read the counters after a join or on this thread. */
+    atomic_fetch_add_explicit(&v->frees, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&total_frees, 1, memory_order_relaxed);
+}
+
+static int frees_of(tval *v)
+{
+    return atomic_load_explicit(&v->frees, memory_order_relaxed);
+}
+
+static int total(void)
+{
+    return atomic_load_explicit(&total_frees, memory_order_relaxed);
+}
+
+/* A pointer no test ever stores, to see that an output was left untouched. */
+static char untouched_mark;
+#define UNTOUCHED ((void *)&untouched_mark)
+
+/* ------------------------------------------------------------------------ */
+/* Helper threads report failures through their exit value                   */
+
+#define TCHECK(cond)                              \
+    do {                                          \
+        if (!(cond))                              \
+            return (void *)(intptr_t)__LINE__;    \
+    } while (0)
+
+/* For threads that must still reach a barrier: remember the first failure. */
+#define RECORD(failed, cond)                      \
+    do {                                          \
+        if (!(cond) && (failed) == 0)             \
+            (failed) = __LINE__;                  \
+    } while (0)
+
+static void join_ok(pthread_t thread)
+{
+    void *r = UNTOUCHED;
+    cr_assert_eq(pthread_join(thread, &r), 0);
+    cr_assert_null(r, "helper thread failed its check at line %d",
+                   (int)(intptr_t)r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Doing things inside a context                                             */
+
+struct set_args {
+    cp_var *var;
+    void *value;
+    cp_token **token;
+    int rc;
+};
+
+static void *do_set(void *p)
+{
+    struct set_args *a = p;
+    a->rc = cp_var_set(a->var, a->value, a->token);
+    return NULL;
+}
+
+/* cp_var_set inside c; returns what cp_var_set returned. */
+static int set_in(cp_context *c, cp_var *var, void *value, cp_token **token)
+{
+    struct set_args a = {var, value, token, 1};
+    cr_assert_eq(cp_context_run(c, do_set, &a, NULL), 0);
+    return a.rc;
+}
+
+struct reset_args {
+    cp_var *var;
+    cp_token *token;
+    int rc;
+};
+
+static void *do_reset(void *p)
+{
+    struct reset_args *a = p;
+    a->rc = cp_var_reset(a->var, a->token);
+    return NULL;
+}
+
+static int reset_in(cp_context *c, cp_var *var, cp_token *token)
+{
+    struct reset_args a = {var, token, 1};
+    cr_assert_eq(cp_context_run(c, do_reset, &a, NULL), 0);
+    return a.rc;
+}
+
+struct get_args {
+    const cp_var *var;
+    void *value;
+    int rc;
+};
+
+static void *do_get(void *p)
+{
+    struct get_args *a = p;
+    a->value = UNTOUCHED;
+    a->rc = cp_var_get(a->var, &a->value);
+    return NULL;
+}
+
+/* cp_var_get inside c. */
+static int get_in(cp_context *c, const cp_var *var, void **value)
+{
+    struct get_args a = {var, NULL, 1};
+    cr_assert_eq(cp_context_run(c, do_get, &a, NULL), 0);
+    if (a.rc == 0)
+        *value = a.value;
+    else
+        cr_assert_eq(a.value, UNTOUCHED, "a failed get wrote its output");
+    return a.rc;
+}
+
+/* c[var], asserting c has a value for it. */
+static void *value_in(const cp_context *c, const cp_var *var)
+{
+    void *value = UNTOUCHED;
+    cr_assert_eq(cp_context_get(c, var, &value), 0, "no value for %s",
+                 cp_var_name(var));
+    return value;
+}
+
+/* The calling thread's current value of var, asserting there is one. */
+static void *current_value(const cp_var *var)
+{
+    void *value = UNTOUCHED;
+    cr_assert_eq(cp_var_get(var, &value), 0, "no value for %s", cp_var_name(var));
+    return value;
+}
+
+static void assert_unset_here(const cp_var *var)
+{
+    void *value = UNTOUCHED;
+    cr_assert_eq(cp_var_get(var, &value), CP_ENOENT);
+    cr_assert_eq(value, UNTOUCHED);
+}
+
+static void *return_arg(void *arg)
+{
+    return arg;
+}
+
+/* ------------------------------------------------------------------------ */
+/* ContextVar.get: lookup order                                              */
+
+Test(var, get_without_value_or_default_is_enoent)
+{
+    cp_var *v = cp_var_new("v", NULL);
+    cr_assert_not_null(v);
+    assert_unset_here(v);
+    /* Also once the base context exists and holds another variable. */
+    cp_var *other = cp_var_new("other", NULL);
+    int x;
+    cr_assert_eq(cp_var_set(other, &x, NULL), 0);
+    assert_unset_here(v);
+    cp_var_free(other);
+    cp_var_free(v);
+}
+
+Test(var, get_returns_default_when_context_has_no_value)
+{
+    int d;
+    cp_var *v = cp_var_new_default("v", &d, NULL);
+    cr_assert_eq(current_value(v), &d);
+    cp_var_free(v);
+}
+
+Test(var, get_returns_context_value_before_default)
+{
+    int d, x;
+    cp_var *v = cp_var_new_default("v", &d, NULL);
+    cr_assert_eq(cp_var_set(v, &x, NULL), 0);
+    cr_assert_eq(current_value(v), &x);
+    cp_var_free(v);
+}
+
+Test(var, get_or_fallback_wins_over_default)
+{
+    int d, fb;
+    cp_var *v = cp_var_new_default("v", &d, NULL);
+    cr_assert_eq(cp_var_get_or(v, &fb), &fb);
+    cp_var_free(v);
+}
+
+Test(var, get_or_returns_context_value_before_fallback)
+{
+    int d, fb, x;
+    cp_var *v = cp_var_new_default("v", &d, NULL);
+    cr_assert_eq(cp_var_set(v, &x, NULL), 0);
+    cr_assert_eq(cp_var_get_or(v, &fb), &x);
+    cp_var_free(v);
+}
+
+Test(var, get_or_without_value_or_default_returns_fallback)
+{
+    int fb;
+    cp_var *v = cp_var_new("v", NULL);
+    cr_assert_eq(cp_var_get_or(v, &fb), &fb);
+    cr_assert_null(cp_var_get_or(v, NULL));
+    cp_var_free(v);
+}
+
+Test(var, null_value_is_a_value)
+{
+    int d, fb;
+    cp_var *v = cp_var_new_default("v", &d, NULL);
+    cr_assert_eq(cp_var_set(v, NULL, NULL), 0);
+    void *value = UNTOUCHED;
+    cr_assert_eq(cp_var_get(v, &value), 0);
+    cr_assert_null(value);
+    cr_assert_null(cp_var_get_or(v, &fb));
+    cp_context *c = cp_copy_context();
+    cr_assert(cp_context_contains(c, v));
+    cr_assert_null(cp_context_get_or(c, v, &fb));
+    cp_context_free(c);
+    cp_var_free(v);
+}
+
+Test(var, get_sees_each_set_immediately)
+{
+    int a, b, c;
+    cp_var *v = cp_var_new("v", NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(current_value(v), &a);
+    cr_assert_eq(cp_var_set(v, &b, NULL), 0);
+    cr_assert_eq(current_value(v), &b);
+    cr_assert_eq(cp_var_set(v, &c, NULL), 0);
+    cr_assert_eq(current_value(v), &c);
+    cp_var_free(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* ContextVar.name                                                           */
+
+Test(var, name_is_copied_at_creation)
+{
+    char name[] = "request_id";
+    cp_var *v = cp_var_new(name, NULL);
+    name[0] = 'X';
+    cr_assert_str_eq(cp_var_name(v), "request_id");
+    cr_assert_neq((const void *)cp_var_name(v), (const void *)name);
+    cp_var_free(v);
+}
+
+Test(var, null_name_is_empty)
+{
+    cp_var *v = cp_var_new(NULL, NULL);
+    cp_var *d = cp_var_new_default(NULL, NULL, NULL);
+    cr_assert_not_null(v);
+    cr_assert_not_null(d);
+    cr_assert_str_eq(cp_var_name(v), "");
+    cr_assert_str_eq(cp_var_name(d), "");
+    cp_var_free(v);
+    cp_var_free(d);
+}
+
+Test(var, name_of_default_var_is_kept)
+{
+    int d;
+    cp_var *v = cp_var_new_default("with default", &d, NULL);
+    cr_assert_str_eq(cp_var_name(v), "with default");
+    cp_var_free(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Token                                                                     */
+
+Test(token, var_is_the_variable_that_made_it)
+{
+    int x;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &x, &t), 0);
+    cr_assert_not_null(t);
+    cr_assert_eq(cp_token_var(t), v);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(token, old_value_is_the_value_before_the_set)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &b, &t), 0);
+    void *old = UNTOUCHED;
+    cr_assert_eq(cp_token_old_value(t, &old), 0);
+    cr_assert_eq(old, &a);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(token, old_value_of_first_set_is_missing)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    void *old = UNTOUCHED;
+    cr_assert_eq(cp_token_old_value(t, &old), CP_ENOENT);
+    cr_assert_eq(old, UNTOUCHED);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(token, old_value_ignores_the_default)
+{
+    int d, a;
+    cp_var *v = cp_var_new_default("v", &d, NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    void *old = UNTOUCHED;
+    cr_assert_eq(cp_token_old_value(t, &old), CP_ENOENT);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(token, set_of_the_same_value_gives_a_token_with_that_old_value)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    void *old = UNTOUCHED;
+    cr_assert_eq(cp_token_old_value(t, &old), 0);
+    cr_assert_eq(old, &a);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cr_assert_eq(current_value(v), &a);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* ContextVar.reset                                                          */
+
+Test(reset, restores_the_old_value)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &b, &t), 0);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cr_assert_eq(current_value(v), &a);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(reset, to_missing_removes_the_variable)
+{
+    int a, keep;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *other = cp_var_new("other", NULL);
+    cr_assert_eq(cp_var_set(other, &keep, NULL), 0);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    assert_unset_here(v);
+    cp_context *c = cp_copy_context();
+    cr_assert_not(cp_context_contains(c, v));
+    cr_assert_eq(cp_context_len(c), 1);
+    cr_assert_eq(value_in(c, other), &keep);
+    cp_context_free(c);
+    cp_token_free(t);
+    cp_var_free(v);
+    cp_var_free(other);
+}
+
+Test(reset, to_missing_does_not_write_the_default)
+{
+    int d, a;
+    cp_var *v = cp_var_new_default("v", &d, NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cp_context *c = cp_copy_context();
+    cr_assert_not(cp_context_contains(c, v));
+    cr_assert_eq(cp_context_len(c), 0);
+    cr_assert_eq(current_value(v), &d); /* the default still answers get */
+    cp_context_free(c);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(reset, works_in_non_lifo_order)
+{
+    /* Python: t1 = v.set(1); t2 = v.set(2); v.reset(t1) -> MISSING;
+     * v.reset(t2) -> 1. */
+    int one, two;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t1 = NULL, *t2 = NULL;
+    cr_assert_eq(cp_var_set(v, &one, &t1), 0);
+    cr_assert_eq(cp_var_set(v, &two, &t2), 0);
+    cr_assert_eq(cp_var_reset(v, t1), 0);
+    assert_unset_here(v);
+    cr_assert_eq(cp_var_reset(v, t2), 0);
+    cr_assert_eq(current_value(v), &one);
+    cp_token_free(t1);
+    cp_token_free(t2);
+    cp_var_free(v);
+}
+
+Test(reset, works_after_later_sets_of_the_variable)
+{
+    int a, b, c;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &b, &t), 0);
+    cr_assert_eq(cp_var_set(v, &c, NULL), 0);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cr_assert_eq(current_value(v), &a);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(reset, twice_with_one_token_fails_used)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &b, &t), 0);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cr_assert_eq(cp_var_set(v, &b, NULL), 0);
+    cr_assert_eq(cp_var_reset(v, t), CP_ETOKEN_USED);
+    cr_assert_eq(current_value(v), &b, "a refused reset changed the value");
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(reset, with_token_of_other_var_fails)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cr_assert_eq(cp_var_set(w, &b, NULL), 0);
+    cr_assert_eq(cp_var_reset(w, t), CP_ETOKEN_VAR);
+    cr_assert_eq(current_value(v), &a);
+    cr_assert_eq(current_value(w), &b);
+    cp_token_free(t);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(reset, with_token_of_other_context_fails)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0); /* in the base context */
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &b, NULL), 0);
+    cr_assert_eq(reset_in(c, v, t), CP_ETOKEN_CONTEXT);
+    cr_assert_eq(value_in(c, v), &b);
+    cr_assert_eq(current_value(v), &a);
+    cp_context_free(c);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(reset, with_token_of_the_original_fails_in_a_copy)
+{
+    /* A copy is a different Context, as in Python. */
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_context *c = cp_context_new();
+    cp_token *t = NULL;
+    cr_assert_eq(set_in(c, v, &a, &t), 0);
+    cp_context *copy = cp_context_copy(c);
+    cr_assert_eq(reset_in(copy, v, t), CP_ETOKEN_CONTEXT);
+    cr_assert_eq(value_in(copy, v), &a);
+    /* The token still works where it was made. */
+    cr_assert_eq(reset_in(c, v, t), 0);
+    cr_assert_not(cp_context_contains(c, v));
+    cr_assert(cp_context_contains(copy, v));
+    cp_context_free(copy);
+    cp_context_free(c);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(reset, with_token_of_other_thread_base_context_fails)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    struct reset_args r = {v, t, 1};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, do_reset, &r), 0);
+    join_ok(th);
+    cr_assert_eq(r.rc, CP_ETOKEN_CONTEXT);
+    cr_assert_eq(current_value(v), &a);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(reset, used_is_checked_before_other_var)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cr_assert_eq(cp_var_set(w, &b, NULL), 0);
+    /* Used and made by another variable: CPython reports it used. */
+    cr_assert_eq(cp_var_reset(w, t), CP_ETOKEN_USED);
+    cr_assert_eq(current_value(w), &b);
+    cp_token_free(t);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(reset, other_var_is_checked_before_other_context)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cp_context *c = cp_context_new();
+    /* Made by another variable and in another context: CP_ETOKEN_VAR. */
+    cr_assert_eq(reset_in(c, w, t), CP_ETOKEN_VAR);
+    cp_context_free(c);
+    cp_token_free(t);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(reset, used_is_checked_before_other_context)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(reset_in(c, v, t), CP_ETOKEN_USED);
+    cp_context_free(c);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(reset, used_is_checked_before_other_var_and_other_context)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(reset_in(c, w, t), CP_ETOKEN_USED);
+    cp_context_free(c);
+    cp_token_free(t);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(reset, refused_reset_leaves_the_token_usable)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &b, &t), 0);
+    cr_assert_eq(cp_var_reset(w, t), CP_ETOKEN_VAR);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(reset_in(c, v, t), CP_ETOKEN_CONTEXT);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cr_assert_eq(current_value(v), &a);
+    cp_context_free(c);
+    cp_token_free(t);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(reset, does_not_free_the_token)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &b, &t), 0);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    /* The token is still there to read (ASan would see a use after free). */
+    cr_assert_eq(cp_token_var(t), v);
+    void *old = UNTOUCHED;
+    cr_assert_eq(cp_token_old_value(t, &old), 0);
+    cr_assert_eq(old, &a);
+    cr_assert_eq(frees_of(&a), 0);
+    cr_assert_eq(frees_of(&b), 1); /* replaced by the reset, held by nothing */
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+struct later_reset {
+    cp_context *c;
+    cp_var *v;
+    cp_token *t;
+    int rc;
+};
+
+static void *reset_in_context_thread(void *p)
+{
+    struct later_reset *r = p;
+    struct reset_args a = {r->v, r->t, 1};
+    TCHECK(cp_context_run(r->c, do_reset, &a, NULL) == 0);
+    r->rc = a.rc;
+    return NULL;
+}
+
+Test(reset, token_works_in_a_later_run_on_another_thread)
+{
+    /* The token belongs to the context, not to the run or the thread. */
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_context *c = cp_context_new();
+    cp_token *t = NULL;
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(set_in(c, v, &b, &t), 0);
+    struct later_reset r = {c, v, t, 1};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, reset_in_context_thread, &r), 0);
+    join_ok(th);
+    cr_assert_eq(r.rc, 0);
+    cr_assert_eq(value_in(c, v), &a);
+    cp_context_free(c);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Context(), copy_context(), Context.copy()                                 */
+
+Test(context, new_is_empty)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0); /* the current one is not */
+    cp_context *c = cp_context_new();
+    cr_assert_not_null(c);
+    cr_assert_eq(cp_context_len(c), 0);
+    cr_assert_not(cp_context_contains(c, v));
+    cp_iter *it = cp_context_iter(c);
+    cr_assert_not(cp_iter_next(it, NULL, NULL));
+    cp_iter_free(it);
+    void *value;
+    cr_assert_eq(get_in(c, v, &value), CP_ENOENT);
+    cp_context_free(c);
+    cp_var_free(v);
+}
+
+Test(context, copy_context_copies_the_current_values)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(w, &b, NULL), 0);
+    cp_context *c = cp_copy_context();
+    cr_assert_eq(cp_context_len(c), 2);
+    cr_assert_eq(value_in(c, v), &a);
+    cr_assert_eq(value_in(c, w), &b);
+    cp_context_free(c);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(context, copy_context_of_a_fresh_thread_is_empty)
+{
+    cp_context *c = cp_copy_context();
+    cr_assert_not_null(c);
+    cr_assert_eq(cp_context_len(c), 0);
+    cp_context_free(c);
+}
+
+Test(context, copy_context_ignores_later_sets_in_the_current_context)
+{
+    int a, b, x;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cp_context *c = cp_copy_context();
+    cr_assert_eq(cp_var_set(v, &b, NULL), 0);
+    cr_assert_eq(cp_var_set(w, &x, NULL), 0);
+    cr_assert_eq(value_in(c, v), &a);
+    cr_assert_not(cp_context_contains(c, w));
+    cr_assert_eq(cp_context_len(c), 1);
+    cp_context_free(c);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(context, changes_in_a_copy_context_do_not_reach_the_current_one)
+{
+    int a, b, x;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cp_context *c = cp_copy_context();
+    cr_assert_eq(set_in(c, v, &b, NULL), 0);
+    cr_assert_eq(set_in(c, w, &x, NULL), 0);
+    cr_assert_eq(current_value(v), &a);
+    assert_unset_here(w);
+    cp_context_free(c);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(context, context_copy_is_isolated_both_ways)
+{
+    int a, b, c1, c2;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cp_context *orig = cp_context_new();
+    cr_assert_eq(set_in(orig, v, &a, NULL), 0);
+    cp_context *copy = cp_context_copy(orig);
+    cr_assert_not_null(copy);
+    cr_assert_eq(value_in(copy, v), &a);
+    /* original -> copy */
+    cr_assert_eq(set_in(orig, v, &b, NULL), 0);
+    cr_assert_eq(set_in(orig, w, &c1, NULL), 0);
+    cr_assert_eq(value_in(copy, v), &a);
+    cr_assert_not(cp_context_contains(copy, w));
+    /* copy -> original */
+    cr_assert_eq(set_in(copy, w, &c2, NULL), 0);
+    cr_assert_eq(value_in(orig, w), &c1);
+    cr_assert_eq(value_in(copy, w), &c2);
+    cr_assert_eq(value_in(orig, v), &b);
+    cp_context_free(copy);
+    cp_context_free(orig);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(context, values_are_not_copied)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(current_value(v), &a);
+    cp_context *c = cp_copy_context();
+    cp_context *d = cp_context_copy(c);
+    cr_assert_eq(value_in(c, v), &a);
+    cr_assert_eq(value_in(d, v), &a);
+    cr_assert_eq(cp_context_get_or(d, v, NULL), &a);
+    void *value = NULL;
+    cr_assert_eq(get_in(d, v, &value), 0);
+    cr_assert_eq(value, &a);
+    cp_iter *it = cp_context_iter(d);
+    cp_var *k = NULL;
+    value = NULL;
+    cr_assert(cp_iter_next(it, &k, &value));
+    cr_assert_eq(k, v);
+    cr_assert_eq(value, &a);
+    cp_iter_free(it);
+    cp_context_free(d);
+    cp_context_free(c);
+    cp_var_free(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Context.run                                                               */
+
+Test(run, returns_the_result_of_fn)
+{
+    int r;
+    cp_context *c = cp_context_new();
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_context_run(c, return_arg, &r, &result), 0);
+    cr_assert_eq(result, &r);
+    cp_context_free(c);
+}
+
+static atomic_int calls;
+
+static void *count_call(void *arg)
+{
+    atomic_fetch_add_explicit(&calls, 1, memory_order_relaxed);
+    return arg;
+}
+
+Test(run, accepts_a_null_result)
+{
+    cp_context *c = cp_context_new();
+    cr_assert_eq(cp_context_run(c, count_call, NULL, NULL), 0);
+    cr_assert_eq(atomic_load(&calls), 1);
+    cp_context_free(c);
+}
+
+struct run_changes {
+    cp_var *v, *w;
+    void *vv, *wv;
+    int failed;
+};
+
+static void *set_two_and_read(void *p)
+{
+    struct run_changes *r = p;
+    void *value = NULL;
+    RECORD(r->failed, cp_var_set(r->v, r->vv, NULL) == 0);
+    RECORD(r->failed, cp_var_set(r->w, r->wv, NULL) == 0);
+    RECORD(r->failed, cp_var_get(r->v, &value) == 0 && value == r->vv);
+    RECORD(r->failed, cp_var_get(r->w, &value) == 0 && value == r->wv);
+    return NULL;
+}
+
+Test(run, keeps_changes_in_the_context_and_not_in_the_caller)
+{
+    int a, b, x;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cp_context *c = cp_copy_context();
+    struct run_changes r = {v, w, &b, &x, 0};
+    cr_assert_eq(cp_context_run(c, set_two_and_read, &r, NULL), 0);
+    cr_assert_eq(r.failed, 0, "check at line %d failed inside the run", r.failed);
+    cr_assert_eq(value_in(c, v), &b);
+    cr_assert_eq(value_in(c, w), &x);
+    cr_assert_eq(current_value(v), &a);
+    assert_unset_here(w);
+    cp_context *now = cp_copy_context();
+    cr_assert_eq(cp_context_len(now), 1);
+    cp_context_free(now);
+    cp_context_free(c);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(run, later_runs_see_earlier_changes)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    void *value = NULL;
+    cr_assert_eq(get_in(c, v, &value), 0);
+    cr_assert_eq(value, &a);
+    cp_context_free(c);
+    cp_var_free(v);
+}
+
+struct python_example {
+    cp_var *var;
+    cp_context *ctx;
+    void *ham;
+    int failed;
+};
+
+static void *python_example_main(void *p)
+{
+    struct python_example *e = p;
+    void *value = NULL;
+    /* 'var' was set to 'spam' before copy_context() and run(). */
+    RECORD(e->failed, cp_var_set(e->var, e->ham, NULL) == 0);
+    RECORD(e->failed, cp_var_get(e->var, &value) == 0 && value == e->ham);
+    RECORD(e->failed, cp_context_get(e->ctx, e->var, &value) == 0 &&
+                          value == e->ham);
+    return NULL;
+}
+
+Test(run, python_documentation_example)
+{
+    /* var = ContextVar('var'); var.set('spam')
+     * def main(): var.set('ham'); assert var.get() == ctx[var] == 'ham'
+     * ctx = copy_context(); ctx.run(main)
+     * assert ctx[var] == 'ham' and var.get() == 'spam' */
+    char spam[] = "spam", ham[] = "ham";
+    cp_var *var = cp_var_new("var", NULL);
+    cr_assert_eq(cp_var_set(var, spam, NULL), 0);
+    cp_context *ctx = cp_copy_context();
+    struct python_example e = {var, ctx, ham, 0};
+    cr_assert_eq(cp_context_run(ctx, python_example_main, &e, NULL), 0);
+    cr_assert_eq(e.failed, 0, "check at line %d failed inside the run", e.failed);
+    cr_assert_eq(value_in(ctx, var), ham);
+    cr_assert_eq(current_value(var), spam);
+    cp_context_free(ctx);
+    cp_var_free(var);
+}
+
+struct nested {
+    cp_context *outer, *inner;
+    cp_var *v;
+    void *outer_value, *inner_value;
+    int rc;
+    int failed;
+};
+
+static void *check_and_set_inner(void *p)
+{
+    struct nested *n = p;
+    void *value = UNTOUCHED;
+    /* Inside the inner context, the outer's value is not visible. */
+    RECORD(n->failed, cp_var_get(n->v, &value) == CP_ENOENT);
+    RECORD(n->failed, cp_var_set(n->v, n->inner_value, NULL) == 0);
+    return NULL;
+}
+
+static void *nest_other_context(void *p)
+{
+    struct nested *n = p;
+    void *value = NULL;
+    RECORD(n->failed, cp_var_set(n->v, n->outer_value, NULL) == 0);
+    n->rc = cp_context_run(n->inner, check_and_set_inner, n, NULL);
+    /* Back in the outer context, with its own value. */
+    RECORD(n->failed, cp_var_get(n->v, &value) == 0 && value == n->outer_value);
+    return NULL;
+}
+
+Test(run, nested_run_of_another_context_restores_the_outer_one)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    struct nested n = {cp_context_new(), cp_context_new(), v, &a, &b, 1, 0};
+    cr_assert_eq(cp_context_run(n.outer, nest_other_context, &n, NULL), 0);
+    cr_assert_eq(n.rc, 0);
+    cr_assert_eq(n.failed, 0, "check at line %d failed inside the run", n.failed);
+    cr_assert_eq(value_in(n.outer, v), &a);
+    cr_assert_eq(value_in(n.inner, v), &b);
+    assert_unset_here(v);
+    cp_context_free(n.outer);
+    cp_context_free(n.inner);
+    cp_var_free(v);
+}
+
+struct recursion {
+    cp_context *target;
+    cp_context *middle;
+    int rc;
+};
+
+static void *enter_target_again(void *p)
+{
+    struct recursion *r = p;
+    r->rc = cp_context_run(r->target, count_call, NULL, NULL);
+    return NULL;
+}
+
+static void *enter_middle(void *p)
+{
+    struct recursion *r = p;
+    int rc = cp_context_run(r->middle, enter_target_again, r, NULL);
+    return rc == 0 ? NULL : (void *)(intptr_t)rc;
+}
+
+Test(run, recursive_run_is_erecursive_and_fn_is_not_called)
+{
+    cp_context *c = cp_context_new();
+    struct recursion r = {c, NULL, 1};
+    cr_assert_eq(cp_context_run(c, enter_target_again, &r, NULL), 0);
+    cr_assert_eq(r.rc, CP_ERECURSIVE);
+    cr_assert_eq(atomic_load(&calls), 0);
+    /* The refused entry left c usable. */
+    cr_assert_eq(cp_context_run(c, count_call, NULL, NULL), 0);
+    cr_assert_eq(atomic_load(&calls), 1);
+    cp_context_free(c);
+}
+
+Test(run, run_of_a_context_entered_up_the_stack_is_erecursive)
+{
+    cp_context *c = cp_context_new();
+    cp_context *m = cp_context_new();
+    struct recursion r = {c, m, 1};
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_context_run(c, enter_middle, &r, &result), 0);
+    cr_assert_null(result);
+    cr_assert_eq(r.rc, CP_ERECURSIVE);
+    cr_assert_eq(atomic_load(&calls), 0);
+    cp_context_free(m);
+    cp_context_free(c);
+}
+
+struct busy {
+    cp_context *c;
+    pthread_barrier_t entered, checked;
+};
+
+static void *hold_until_checked(void *p)
+{
+    struct busy *b = p;
+    pthread_barrier_wait(&b->entered);
+    pthread_barrier_wait(&b->checked);
+    return NULL;
+}
+
+static void *hold_thread(void *p)
+{
+    struct busy *b = p;
+    int rc = cp_context_run(b->c, hold_until_checked, b, NULL);
+    if (rc != 0) {
+        /* Let the main thread go on; it will see the failure. */
+        pthread_barrier_wait(&b->entered);
+        pthread_barrier_wait(&b->checked);
+        return (void *)(intptr_t)__LINE__;
+    }
+    return NULL;
+}
+
+Test(run, run_while_another_thread_has_it_entered_is_ebusy, .timeout = 30)
+{
+    struct busy b;
+    b.c = cp_context_new();
+    pthread_barrier_init(&b.entered, NULL, 2);
+    pthread_barrier_init(&b.checked, NULL, 2);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, hold_thread, &b), 0);
+    pthread_barrier_wait(&b.entered); /* th is inside the run now */
+    int rc = cp_context_run(b.c, count_call, NULL, NULL);
+    pthread_barrier_wait(&b.checked);
+    join_ok(th);
+    cr_assert_eq(rc, CP_EBUSY);
+    cr_assert_eq(atomic_load(&calls), 0, "fn ran although the entry was refused");
+    /* Once the holder left, the context can be entered again. */
+    cr_assert_eq(cp_context_run(b.c, count_call, NULL, NULL), 0);
+    cr_assert_eq(atomic_load(&calls), 1);
+    pthread_barrier_destroy(&b.entered);
+    pthread_barrier_destroy(&b.checked);
+    cp_context_free(b.c);
+}
+
+struct handover {
+    cp_context *c;
+    cp_var *v;
+    void *expect;
+};
+
+static void *read_in_run(void *p)
+{
+    struct handover *h = p;
+    void *value = NULL;
+    TCHECK(cp_var_get(h->v, &value) == 0);
+    TCHECK(value == h->expect);
+    return NULL;
+}
+
+static void *run_reader_thread(void *p)
+{
+    struct handover *h = p;
+    void *r = UNTOUCHED;
+    TCHECK(cp_context_run(h->c, read_in_run, h, &r) == 0);
+    return r;
+}
+
+Test(run, run_on_another_thread_after_the_first_left_sees_its_changes)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    struct handover h = {c, v, &a};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, run_reader_thread, &h), 0);
+    join_ok(th);
+    cp_context_free(c);
+    cp_var_free(v);
+}
+
+static void *free_own_context(void *p)
+{
+    cp_context_free(p);
+    return p;
+}
+
+Test(run, context_freed_by_its_fn_lives_until_the_run_ends)
+{
+    cp_context *c = cp_context_new();
+    void *result = NULL;
+    cr_assert_eq(cp_context_run(c, free_own_context, c, &result), 0);
+    cr_assert_eq(result, c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The mapping functions (var in ctx, ctx[var], ctx.get, len)                */
+
+Test(mapping, functions_see_the_context_values)
+{
+    int a, b, fb;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cp_var *u = cp_var_new("u", NULL);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(set_in(c, w, &b, NULL), 0);
+    cr_assert(cp_context_contains(c, v));
+    cr_assert(cp_context_contains(c, w));
+    cr_assert_not(cp_context_contains(c, u));
+    cr_assert_eq(value_in(c, v), &a);
+    cr_assert_eq(cp_context_get_or(c, w, &fb), &b);
+    cr_assert_eq(cp_context_get_or(c, u, &fb), &fb);
+    void *value = UNTOUCHED;
+    cr_assert_eq(cp_context_get(c, u, &value), CP_ENOENT);
+    cr_assert_eq(value, UNTOUCHED);
+    cr_assert_eq(cp_context_len(c), 2);
+    cp_context_free(c);
+    cp_var_free(v);
+    cp_var_free(w);
+    cp_var_free(u);
+}
+
+Test(mapping, functions_ignore_variable_defaults)
+{
+    int d, fb;
+    cp_var *v = cp_var_new_default("v", &d, NULL);
+    cp_context *c = cp_context_new();
+    cr_assert_not(cp_context_contains(c, v));
+    void *value = UNTOUCHED;
+    cr_assert_eq(cp_context_get(c, v, &value), CP_ENOENT);
+    cr_assert_eq(value, UNTOUCHED);
+    cr_assert_eq(cp_context_get_or(c, v, &fb), &fb);
+    cr_assert_null(cp_context_get_or(c, v, NULL));
+    cr_assert_eq(cp_context_len(c), 0);
+    /* ...while get inside the context does see the default. */
+    cr_assert_eq(get_in(c, v, &value), 0);
+    cr_assert_eq(value, &d);
+    cp_context_free(c);
+    cp_var_free(v);
+}
+
+struct live {
+    cp_context *c;
+    cp_var *v, *w;
+    void *a, *b;
+    int failed;
+};
+
+static void *set_and_look_live(void *p)
+{
+    struct live *l = p;
+    void *value = NULL;
+    RECORD(l->failed, !cp_context_contains(l->c, l->v));
+    RECORD(l->failed, cp_context_len(l->c) == 0);
+    RECORD(l->failed, cp_var_set(l->v, l->a, NULL) == 0);
+    RECORD(l->failed, cp_context_contains(l->c, l->v));
+    RECORD(l->failed, cp_context_get(l->c, l->v, &value) == 0 && value == l->a);
+    RECORD(l->failed, cp_context_len(l->c) == 1);
+    cp_token *t = NULL;
+    RECORD(l->failed, cp_var_set(l->w, l->b, &t) == 0);
+    RECORD(l->failed, cp_context_get_or(l->c, l->w, NULL) == l->b);
+    RECORD(l->failed, cp_context_len(l->c) == 2);
+    cp_iter *it = cp_context_iter(l->c);
+    size_t n = 0;
+    while (cp_iter_next(it, NULL, NULL))
+        n++;
+    cp_iter_free(it);
+    RECORD(l->failed, n == 2);
+    RECORD(l->failed, cp_var_reset(l->w, t) == 0);
+    RECORD(l->failed, !cp_context_contains(l->c, l->w));
+    RECORD(l->failed, cp_context_len(l->c) == 1);
+    cp_token_free(t);
+    return NULL;
+}
+
+Test(mapping, functions_are_a_live_view_inside_a_run)
+{
+    int a, b;
+    struct live l = {cp_context_new(), cp_var_new("v", NULL),
+                     cp_var_new("w", NULL), &a, &b, 0};
+    cr_assert_eq(cp_context_run(l.c, set_and_look_live, &l, NULL), 0);
+    cr_assert_eq(l.failed, 0, "check at line %d failed inside the run", l.failed);
+    cp_context_free(l.c);
+    cp_var_free(l.v);
+    cp_var_free(l.w);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Iteration (iter, keys, values, items)                                     */
+
+#define NITER 40
+
+Test(iter, yields_each_pair_exactly_once)
+{
+    cp_var *vars[NITER];
+    int values[NITER];
+    cp_context *c = cp_context_new();
+    for (int i = 0; i < NITER; i++) {
+        vars[i] = cp_var_new("v", NULL);
+        cr_assert_eq(set_in(c, vars[i], &values[i], NULL), 0);
+    }
+    int seen[NITER] = {0};
+    cp_iter *it = cp_context_iter(c);
+    cr_assert_not_null(it);
+    cp_var *k;
+    void *value;
+    size_t n = 0;
+    while (cp_iter_next(it, &k, &value)) {
+        n++;
+        int found = -1;
+        for (int i = 0; i < NITER; i++)
+            if (vars[i] == k)
+                found = i;
+        cr_assert_geq(found, 0, "iterator yielded an unknown variable");
+        cr_assert_eq(value, &values[found]);
+        seen[found]++;
+    }
+    cr_assert_eq(n, NITER);
+    for (int i = 0; i < NITER; i++)
+        cr_assert_eq(seen[i], 1, "variable %d seen %d times", i, seen[i]);
+    /* An ended iterator stays ended. */
+    cr_assert_not(cp_iter_next(it, &k, &value));
+    cp_iter_free(it);
+    cp_context_free(c);
+    for (int i = 0; i < NITER; i++)
+        cp_var_free(vars[i]);
+}
+
+Test(iter, snapshot_ignores_later_sets)
+{
+    int a, b, x;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cp_iter *it = cp_context_iter(c);
+    cr_assert_eq(set_in(c, v, &b, NULL), 0);
+    cr_assert_eq(set_in(c, w, &x, NULL), 0);
+    cp_var *k = NULL;
+    void *value = NULL;
+    cr_assert(cp_iter_next(it, &k, &value));
+    cr_assert_eq(k, v);
+    cr_assert_eq(value, &a);
+    cr_assert_not(cp_iter_next(it, &k, &value));
+    cp_iter_free(it);
+    cp_context_free(c);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+Test(iter, of_an_empty_context_ends_at_once)
+{
+    cp_context *c = cp_context_new();
+    cp_iter *it = cp_context_iter(c);
+    cr_assert_not_null(it);
+    cp_var *k = UNTOUCHED;
+    cr_assert_not(cp_iter_next(it, &k, NULL));
+    cp_iter_free(it);
+    cp_context_free(c);
+}
+
+Test(iter, next_accepts_null_outputs)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_var *w = cp_var_new("w", NULL);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(set_in(c, w, &b, NULL), 0);
+    cp_iter *it = cp_context_iter(c);
+    cp_var *k = NULL;
+    void *value = NULL;
+    cr_assert(cp_iter_next(it, &k, NULL)); /* keys() */
+    cr_assert(cp_iter_next(it, NULL, &value)); /* values() */
+    cr_assert_not(cp_iter_next(it, NULL, NULL));
+    cr_assert(k == v || k == w);
+    cr_assert(value == &a || value == &b);
+    cr_assert((k == v) == (value == &b), "keys and values of two different pairs");
+    cp_iter_free(it);
+    cp_context_free(c);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Copies made while a context runs                                          */
+
+struct copy_inside {
+    cp_var *v, *w;
+    void *a, *b, *x;
+    cp_context *outer;
+    cp_context *copy_current, *copy_of_outer;
+    int nested_rc;
+    int failed;
+};
+
+static void *change_nested_copy(void *p)
+{
+    struct copy_inside *ci = p;
+    void *value = NULL;
+    RECORD(ci->failed, cp_var_get(ci->v, &value) == 0 && value == ci->a);
+    RECORD(ci->failed, cp_var_set(ci->v, ci->b, NULL) == 0);
+    RECORD(ci->failed, cp_var_set(ci->w, ci->x, NULL) == 0);
+    return NULL;
+}
+
+static void *copy_while_running(void *p)
+{
+    struct copy_inside *ci = p;
+    void *value = NULL;
+    RECORD(ci->failed, cp_var_set(ci->v, ci->a, NULL) == 0);
+    ci->copy_current = cp_copy_context();
+    ci->copy_of_outer = cp_context_copy(ci->outer);
+    RECORD(ci->failed, ci->copy_current && ci->copy_of_outer);
+    if (!ci->copy_current || !ci->copy_of_outer)
+        return NULL;
+    /* Both copies see the run's change. */
+    RECORD(ci->failed, cp_context_get_or(ci->copy_current, ci->v, NULL) == ci->a);
+    RECORD(ci->failed, cp_context_get_or(ci->copy_of_outer, ci->v, NULL) == ci->a);
+    /* Entering a copy inside the run works, and its changes stay in it. */
+    ci->nested_rc = cp_context_run(ci->copy_current, change_nested_copy, ci, NULL);
+    RECORD(ci->failed, cp_var_get(ci->v, &value) == 0 && value == ci->a);
+    RECORD(ci->failed, cp_var_get(ci->w, &value) == CP_ENOENT);
+    RECORD(ci->failed, !cp_context_contains(ci->outer, ci->w));
+    RECORD(ci->failed, cp_context_len(ci->outer) == 1);
+    return NULL;
+}
+
+Test(copy_while_running, copy_context_inside_a_run_sees_the_runs_changes)
+{
+    int a, b, x;
+    struct copy_inside ci = {cp_var_new("v", NULL), cp_var_new("w", NULL),
+                             &a, &b, &x, cp_context_new(), NULL, NULL, 1, 0};
+    cr_assert_eq(cp_context_run(ci.outer, copy_while_running, &ci, NULL), 0);
+    cr_assert_eq(ci.failed, 0, "check at line %d failed inside the run", ci.failed);
+    cr_assert_eq(value_in(ci.copy_of_outer, ci.v), &a);
+    cr_assert_eq(cp_context_len(ci.copy_of_outer), 1);
+    cp_context_free(ci.copy_current);
+    cp_context_free(ci.copy_of_outer);
+    cp_context_free(ci.outer);
+    cp_var_free(ci.v);
+    cp_var_free(ci.w);
+}
+
+Test(copy_while_running, nested_run_of_the_copy_works_and_keeps_its_changes)
+{
+    int a, b, x;
+    struct copy_inside ci = {cp_var_new("v", NULL), cp_var_new("w", NULL),
+                             &a, &b, &x, cp_context_new(), NULL, NULL, 1, 0};
+    cr_assert_eq(cp_context_run(ci.outer, copy_while_running, &ci, NULL), 0);
+    cr_assert_eq(ci.failed, 0, "check at line %d failed inside the run", ci.failed);
+    cr_assert_eq(ci.nested_rc, 0);
+    cr_assert_eq(value_in(ci.copy_current, ci.v), &b);
+    cr_assert_eq(value_in(ci.copy_current, ci.w), &x);
+    /* ...and not in the outer context. */
+    cr_assert_eq(value_in(ci.outer, ci.v), &a);
+    cr_assert_not(cp_context_contains(ci.outer, ci.w));
+    cp_context_free(ci.copy_current);
+    cp_context_free(ci.copy_of_outer);
+    cp_context_free(ci.outer);
+    cp_var_free(ci.v);
+    cp_var_free(ci.w);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Value destructors: each value freed exactly once, when nothing holds it   */
+
+Test(destructor, replaced_value_is_freed_once)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(frees_of(&a), 0);
+    cr_assert_eq(cp_var_set(v, &b, NULL), 0);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(frees_of(&b), 0);
+    cp_var_free(v);
+    cr_assert_eq(frees_of(&b), 0, "the base context still holds b");
+}
+
+Test(destructor, setting_the_same_value_again_does_not_free_it)
+{
+    tval a = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(frees_of(&a), 0);
+    cr_assert_eq(value_in(c, v), &a);
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&a), 1);
+    cp_var_free(v);
+}
+
+Test(destructor, context_free_frees_its_values_once)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_var *w = cp_var_new("w", tval_free);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(set_in(c, w, &b, NULL), 0);
+    cp_var_free(v);
+    cp_var_free(w);
+    cr_assert_eq(total(), 0);
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(frees_of(&b), 1);
+}
+
+Test(destructor, values_shared_by_copies_are_freed_with_the_last_copy)
+{
+    tval a = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cp_context *d = cp_context_copy(c);
+    cp_context *e = cp_context_copy(d);
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&a), 0);
+    cp_context_free(e);
+    cr_assert_eq(frees_of(&a), 0);
+    cr_assert_eq(value_in(d, v), &a);
+    cp_context_free(d);
+    cr_assert_eq(frees_of(&a), 1);
+    cp_var_free(v);
+}
+
+Test(destructor, value_replaced_in_one_copy_lives_on_in_the_other)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cp_context *d = cp_context_copy(c);
+    cr_assert_eq(set_in(c, v, &b, NULL), 0);
+    cr_assert_eq(frees_of(&a), 0);
+    cr_assert_eq(value_in(d, v), &a);
+    cp_context_free(d);
+    cr_assert_eq(frees_of(&a), 1);
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&b), 1);
+    cp_var_free(v);
+}
+
+Test(destructor, token_keeps_its_old_value_alive)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_context *c = cp_context_new();
+    cp_token *t = NULL;
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(set_in(c, v, &b, &t), 0);
+    cr_assert_eq(frees_of(&a), 0, "the token still refers to a");
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(frees_of(&a), 0);
+    void *old = NULL;
+    cr_assert_eq(cp_token_old_value(t, &old), 0);
+    cr_assert_eq(old, &a);
+    cp_token_free(t);
+    cr_assert_eq(frees_of(&a), 1);
+    cp_var_free(v);
+}
+
+Test(destructor, reset_frees_the_value_it_replaces_and_keeps_the_old_one)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_context *c = cp_context_new();
+    cp_token *t = NULL;
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(set_in(c, v, &b, &t), 0);
+    cr_assert_eq(reset_in(c, v, t), 0);
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(frees_of(&a), 0);
+    cp_token_free(t);
+    cr_assert_eq(frees_of(&a), 0, "the context holds a again");
+    cr_assert_eq(value_in(c, v), &a);
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(total(), 2);
+    cp_var_free(v);
+}
+
+Test(destructor, iterator_keeps_its_snapshot_values_alive)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cp_iter *it = cp_context_iter(c);
+    cr_assert_eq(set_in(c, v, &b, NULL), 0);
+    cr_assert_eq(frees_of(&a), 0);
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(frees_of(&a), 0);
+    cp_var *k = NULL;
+    void *value = NULL;
+    cr_assert(cp_iter_next(it, &k, &value));
+    cr_assert_eq(value, &a);
+    cr_assert_eq(frees_of(&a), 0);
+    cp_iter_free(it);
+    cr_assert_eq(frees_of(&a), 1);
+    cp_var_free(v);
+}
+
+Test(destructor, default_value_is_freed_once_with_the_variable)
+{
+    tval d = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cr_assert_eq(current_value(v), &d);
+    cr_assert_eq(frees_of(&d), 0);
+    cp_var_free(v);
+    cr_assert_eq(frees_of(&d), 1);
+    cr_assert_eq(total(), 1);
+}
+
+Test(destructor, default_value_outlives_var_free_while_a_context_holds_the_var)
+{
+    tval d = {0}, a = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cp_var_free(v);
+    cr_assert_eq(frees_of(&d), 0, "the variable still lives in c");
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(frees_of(&d), 1);
+    cr_assert_eq(total(), 2);
+}
+
+Test(destructor, var_free_while_contexts_hold_values_keeps_them_working)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("name kept", tval_free);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cp_context *d = cp_context_copy(c);
+    cp_token *t = NULL;
+    cr_assert_eq(set_in(d, v, &b, &t), 0);
+    cp_var_free(v); /* v must not be used from here on, except as borrowed */
+    cr_assert_eq(total(), 0);
+
+    /* Reach the variable again through an iterator, which keeps it alive. */
+    cp_iter *it = cp_context_iter(c);
+    cp_var *k = NULL;
+    void *value = NULL;
+    cr_assert(cp_iter_next(it, &k, &value));
+    cr_assert_eq(value, &a);
+    cr_assert_str_eq(cp_var_name(k), "name kept");
+    cr_assert_eq(value_in(c, k), &a);
+    cr_assert_eq(value_in(d, k), &b);
+    cr_assert_eq(cp_context_len(d), 1);
+    cr_assert_eq(cp_token_var(t), k);
+
+    /* Resetting through the token still works. */
+    cr_assert_eq(reset_in(d, cp_token_var(t), t), 0);
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(value_in(d, k), &a);
+    cp_token_free(t);
+    cp_iter_free(it);
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&a), 0, "d still holds a");
+    cp_context_free(d);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(total(), 2);
+}
+
+Test(destructor, null_destructor_leaves_values_alone)
+{
+    /* With a NULL destructor the values are borrowed: nothing may touch them
+     * (ASan would report a free of a stack address). */
+    int a, b;
+    cp_var *v = cp_var_new_default("v", &a, NULL);
+    cr_assert_eq(cp_var_set(v, &b, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cp_var_free(v);
+    cr_assert_eq(total(), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Threads: base contexts and cp_thread_create                               */
+
+struct inherit {
+    cp_var *v, *w;
+    void *parent_value, *child_value;
+    void *seen;
+    int seen_rc;
+};
+
+static void *child_reads_and_sets(void *p)
+{
+    struct inherit *in = p;
+    in->seen = UNTOUCHED;
+    in->seen_rc = cp_var_get(in->v, &in->seen);
+    TCHECK(cp_var_set(in->v, in->child_value, NULL) == 0);
+    TCHECK(cp_var_set(in->w, in->child_value, NULL) == 0);
+    void *value = NULL;
+    TCHECK(cp_var_get(in->v, &value) == 0 && value == in->child_value);
+    return NULL;
+}
+
+Test(threads, thread_create_sees_a_copy_of_the_creators_context)
+{
+    int a, b;
+    struct inherit in = {cp_var_new("v", NULL), cp_var_new("w", NULL), &a, &b,
+                         NULL, 1};
+    cr_assert_eq(cp_var_set(in.v, &a, NULL), 0);
+    pthread_t th;
+    cr_assert_eq(cp_thread_create(&th, NULL, child_reads_and_sets, &in), 0);
+    join_ok(th);
+    cr_assert_eq(in.seen_rc, 0);
+    cr_assert_eq(in.seen, &a);
+    cp_var_free(in.v);
+    cp_var_free(in.w);
+}
+
+Test(threads, thread_create_child_changes_are_not_seen_by_the_creator)
+{
+    int a, b;
+    struct inherit in = {cp_var_new("v", NULL), cp_var_new("w", NULL), &a, &b,
+                         NULL, 1};
+    cr_assert_eq(cp_var_set(in.v, &a, NULL), 0);
+    pthread_t th;
+    cr_assert_eq(cp_thread_create(&th, NULL, child_reads_and_sets, &in), 0);
+    join_ok(th);
+    cr_assert_eq(current_value(in.v), &a);
+    assert_unset_here(in.w);
+    cp_var_free(in.v);
+    cp_var_free(in.w);
+}
+
+Test(threads, thread_create_copy_is_taken_at_creation)
+{
+    /* Python: Thread(context=copy_context()) copies when the thread is made,
+     * here before cp_thread_create returns; later sets are not seen. */
+    int a, b, c;
+    struct inherit in = {cp_var_new("v", NULL), cp_var_new("w", NULL), &a, &c,
+                         NULL, 1};
+    cr_assert_eq(cp_var_set(in.v, &a, NULL), 0);
+    pthread_t th;
+    cr_assert_eq(cp_thread_create(&th, NULL, child_reads_and_sets, &in), 0);
+    cr_assert_eq(cp_var_set(in.v, &b, NULL), 0);
+    join_ok(th);
+    cr_assert_eq(in.seen, &a);
+    cp_var_free(in.v);
+    cp_var_free(in.w);
+}
+
+static void *create_child_inside_run(void *p)
+{
+    struct inherit *in = p;
+    pthread_t th;
+    TCHECK(cp_var_set(in->v, in->parent_value, NULL) == 0);
+    TCHECK(cp_thread_create(&th, NULL, child_reads_and_sets, in) == 0);
+    void *r = UNTOUCHED;
+    TCHECK(pthread_join(th, &r) == 0);
+    TCHECK(r == NULL);
+    return NULL;
+}
+
+Test(threads, thread_create_inside_a_run_copies_the_run_context)
+{
+    int a, b;
+    struct inherit in = {cp_var_new("v", NULL), cp_var_new("w", NULL), &a, &b,
+                         NULL, 1};
+    cp_context *c = cp_context_new();
+    void *r = UNTOUCHED;
+    cr_assert_eq(cp_context_run(c, create_child_inside_run, &in, &r), 0);
+    cr_assert_null(r, "check at line %d failed", (int)(intptr_t)r);
+    cr_assert_eq(in.seen_rc, 0);
+    cr_assert_eq(in.seen, &a);
+    cr_assert_eq(value_in(c, in.v), &a);
+    cr_assert_not(cp_context_contains(c, in.w));
+    cp_context_free(c);
+    cp_var_free(in.v);
+    cp_var_free(in.w);
+}
+
+Test(threads, thread_create_gives_fn_result_as_exit_value)
+{
+    int r;
+    pthread_t th;
+    cr_assert_eq(cp_thread_create(&th, NULL, return_arg, &r), 0);
+    void *result = NULL;
+    cr_assert_eq(pthread_join(th, &result), 0);
+    cr_assert_eq(result, &r);
+}
+
+static void *plain_thread_reads(void *p)
+{
+    struct inherit *in = p;
+    in->seen = UNTOUCHED;
+    in->seen_rc = cp_var_get(in->v, &in->seen);
+    cp_context *c = cp_copy_context();
+    TCHECK(c != NULL);
+    TCHECK(cp_context_len(c) == 0);
+    cp_context_free(c);
+    return NULL;
+}
+
+Test(threads, plain_pthread_starts_with_an_empty_context)
+{
+    int a;
+    struct inherit in = {cp_var_new("v", NULL), NULL, &a, NULL, NULL, 1};
+    cr_assert_eq(cp_var_set(in.v, &a, NULL), 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, plain_thread_reads, &in), 0);
+    join_ok(th);
+    cr_assert_eq(in.seen_rc, CP_ENOENT);
+    cr_assert_eq(in.seen, UNTOUCHED);
+    cp_var_free(in.v);
+}
+
+#define NTHREADS 8
+#define NSHARED 16
+
+struct own_values {
+    cp_var **vars;
+    tval values[NSHARED];
+    pthread_barrier_t *all_set, *all_checked;
+};
+
+static void *set_and_check_own_values(void *p)
+{
+    struct own_values *o = p;
+    int failed = 0;
+    for (int i = 0; i < NSHARED; i++)
+        RECORD(failed, cp_var_set(o->vars[i], &o->values[i], NULL) == 0);
+    pthread_barrier_wait(o->all_set); /* every thread has set its values */
+    for (int i = 0; i < NSHARED; i++) {
+        void *value = NULL;
+        RECORD(failed, cp_var_get(o->vars[i], &value) == 0);
+        RECORD(failed, value == &o->values[i]);
+    }
+    cp_context *c = cp_copy_context();
+    RECORD(failed, cp_context_len(c) == NSHARED);
+    cp_iter *it = cp_context_iter(c);
+    void *value;
+    size_t n = 0;
+    while (cp_iter_next(it, NULL, &value)) {
+        n++;
+        RECORD(failed, (tval *)value >= &o->values[0] &&
+                           (tval *)value < &o->values[NSHARED]);
+    }
+    RECORD(failed, n == NSHARED);
+    cp_iter_free(it);
+    cp_context_free(c);
+    pthread_barrier_wait(o->all_checked); /* nobody exits before all checked */
+    return (void *)(intptr_t)failed;
+}
+
+Test(threads, each_thread_sees_only_its_own_base_context_values, .timeout = 30)
+{
+    cp_var *vars[NSHARED];
+    for (int i = 0; i < NSHARED; i++)
+        vars[i] = cp_var_new("shared", tval_free);
+    static struct own_values own[NTHREADS];
+    pthread_barrier_t all_set, all_checked;
+    pthread_barrier_init(&all_set, NULL, NTHREADS);
+    pthread_barrier_init(&all_checked, NULL, NTHREADS);
+    pthread_t th[NTHREADS];
+    for (int t = 0; t < NTHREADS; t++) {
+        own[t].vars = vars;
+        own[t].all_set = &all_set;
+        own[t].all_checked = &all_checked;
+        cr_assert_eq(pthread_create(&th[t], NULL, set_and_check_own_values, &own[t]), 0);
+    }
+    for (int t = 0; t < NTHREADS; t++)
+        join_ok(th[t]);
+    /* The main thread's context never saw any of it. */
+    for (int i = 0; i < NSHARED; i++)
+        assert_unset_here(vars[i]);
+    pthread_barrier_destroy(&all_set);
+    pthread_barrier_destroy(&all_checked);
+    for (int i = 0; i < NSHARED; i++)
+        cp_var_free(vars[i]);
+}
+
+Test(threads, base_contexts_are_released_at_thread_exit, .timeout = 30)
+{
+    cp_var *vars[NSHARED];
+    for (int i = 0; i < NSHARED; i++)
+        vars[i] = cp_var_new("shared", tval_free);
+    static struct own_values own[NTHREADS];
+    pthread_barrier_t all_set, all_checked;
+    pthread_barrier_init(&all_set, NULL, NTHREADS);
+    pthread_barrier_init(&all_checked, NULL, NTHREADS);
+    pthread_t th[NTHREADS];
+    for (int t = 0; t < NTHREADS; t++) {
+        own[t].vars = vars;
+        own[t].all_set = &all_set;
+        own[t].all_checked = &all_checked;
+        cr_assert_eq(pthread_create(&th[t], NULL, set_and_check_own_values, &own[t]), 0);
+    }
+    for (int t = 0; t < NTHREADS; t++)
+        join_ok(th[t]);
+    cr_assert_eq(total(), NTHREADS * NSHARED);
+    for (int t = 0; t < NTHREADS; t++)
+        for (int i = 0; i < NSHARED; i++)
+            cr_assert_eq(frees_of(&own[t].values[i]), 1);
+    pthread_barrier_destroy(&all_set);
+    pthread_barrier_destroy(&all_checked);
+    for (int i = 0; i < NSHARED; i++)
+        cp_var_free(vars[i]);
+}
+
+Test(threads, thread_create_copy_is_released_at_thread_exit)
+{
+    tval a = {0}, b = {0};
+    /* w borrows its values, so that b has one owner: v in the child. */
+    struct inherit in = {cp_var_new("v", tval_free), cp_var_new("w", NULL),
+                         &a, &b, NULL, 1};
+    cr_assert_eq(cp_var_set(in.v, &a, NULL), 0);
+    pthread_t th;
+    cr_assert_eq(cp_thread_create(&th, NULL, child_reads_and_sets, &in), 0);
+    join_ok(th);
+    /* The child's base context went with the child; a is still the
+     * creator's. */
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(frees_of(&a), 0);
+    cp_var_free(in.v);
+    cp_var_free(in.w);
+}
+
+/* ------------------------------------------------------------------------ */
+/* A reader on another thread never sees a torn context                      */
+
+/* The owner runs inside c and, round after round, sets var 0, 1, ..., RV-1
+ * (each with a token) to that round's values and then resets them in reverse
+ * order. So at every moment c holds exactly the variables 0..n-1 for some n,
+ * all with values of one round (values[round % 2]). A snapshot that breaks
+ * this, or whose len disagrees with its contents, is torn. */
+#define RV 32
+#define RROUNDS 150
+
+struct prefix_world {
+    cp_context *c;
+    cp_var *vars[RV];
+    tval values[2][RV];
+    pthread_barrier_t started;
+    atomic_bool done;
+};
+
+static int var_index(const struct prefix_world *pw, const cp_var *k)
+{
+    for (int i = 0; i < RV; i++)
+        if (pw->vars[i] == k)
+            return i;
+    return -1;
+}
+
+static int parity_of(const struct prefix_world *pw, int i, const void *value)
+{
+    if (value == &pw->values[0][i])
+        return 0;
+    if (value == &pw->values[1][i])
+        return 1;
+    return -1;
+}
+
+/* 0 when the iterator lists exactly vars 0..n-1 (n == expect_n unless that
+ * is SIZE_MAX) with values of one round; else the line of the failed check. */
+static int check_prefix_iter(const struct prefix_world *pw, cp_iter *it,
+                             size_t expect_n)
+{
+    int seen[RV] = {0};
+    int parity = -1;
+    size_t n = 0;
+    cp_var *k;
+    void *value;
+    while (cp_iter_next(it, &k, &value)) {
+        int i = var_index(pw, k);
+        if (i < 0 || seen[i]++)
+            return __LINE__;
+        int p = parity_of(pw, i, value);
+        if (p < 0 || (parity >= 0 && p != parity))
+            return __LINE__;
+        parity = p;
+        n++;
+    }
+    if (expect_n != SIZE_MAX && n != expect_n)
+        return __LINE__;
+    for (size_t i = 0; i < RV; i++)
+        if ((seen[i] != 0) != (i < n))
+            return __LINE__;
+    return 0;
+}
+
+/* 0 when the (unchanging) snapshot snap is consistent. */
+static int check_prefix_snapshot(const struct prefix_world *pw, const cp_context *snap)
+{
+    size_t n = cp_context_len(snap);
+    if (n > RV)
+        return __LINE__;
+    int parity = -1;
+    for (size_t i = 0; i < RV; i++) {
+        void *value = UNTOUCHED;
+        int rc = cp_context_get(snap, pw->vars[i], &value);
+        if (i >= n) {
+            if (rc != CP_ENOENT || cp_context_contains(snap, pw->vars[i]))
+                return __LINE__;
+            continue;
+        }
+        if (rc != 0)
+            return __LINE__;
+        int p = parity_of(pw, (int)i, value);
+        if (p < 0 || (parity >= 0 && p != parity))
+            return __LINE__;
+        parity = p;
+    }
+    cp_iter *it = cp_context_iter(snap);
+    if (!it)
+        return __LINE__;
+    int line = check_prefix_iter(pw, it, n);
+    cp_iter_free(it);
+    return line;
+}
+
+static void *prefix_owner_fn(void *p)
+{
+    struct prefix_world *pw = p;
+    cp_token *tokens[RV];
+    int failed = 0;
+    pthread_barrier_wait(&pw->started);
+    for (int r = 0; r < RROUNDS; r++) {
+        for (int i = 0; i < RV; i++) {
+            RECORD(failed, cp_var_set(pw->vars[i], &pw->values[r % 2][i],
+                                      &tokens[i]) == 0);
+            RECORD(failed, cp_context_len(pw->c) == (size_t)i + 1);
+        }
+        for (int i = RV - 1; i >= 0; i--) {
+            RECORD(failed, cp_var_reset(pw->vars[i], tokens[i]) == 0);
+            cp_token_free(tokens[i]);
+        }
+        RECORD(failed, cp_context_len(pw->c) == 0);
+    }
+    /* release: the reader's acquire load sees everything before it. */
+    atomic_store_explicit(&pw->done, true, memory_order_release);
+    return (void *)(intptr_t)failed;
+}
+
+static void *prefix_owner_thread(void *p)
+{
+    struct prefix_world *pw = p;
+    void *r = UNTOUCHED;
+    int rc = cp_context_run(pw->c, prefix_owner_fn, pw, &r);
+    if (rc != 0) {
+        atomic_store_explicit(&pw->done, true, memory_order_release);
+        pthread_barrier_wait(&pw->started);
+        return (void *)(intptr_t)__LINE__;
+    }
+    return r;
+}
+
+Test(threads, reader_never_sees_a_torn_context_while_its_owner_sets, .timeout = 60)
+{
+    static struct prefix_world pw;
+    pw.c = cp_context_new();
+    for (int i = 0; i < RV; i++)
+        pw.vars[i] = cp_var_new("prefix", tval_free);
+    pthread_barrier_init(&pw.started, NULL, 2);
+    atomic_init(&pw.done, false);
+    pthread_t owner;
+    cr_assert_eq(pthread_create(&owner, NULL, prefix_owner_thread, &pw), 0);
+    pthread_barrier_wait(&pw.started); /* the owner is inside the run */
+    unsigned long reads = 0;
+    int line = 0;
+    do {
+        cp_context *snap = cp_context_copy(pw.c);
+        cr_assert_not_null(snap);
+        line = check_prefix_snapshot(&pw, snap);
+        cp_context_free(snap);
+        cr_assert_eq(line, 0, "torn copy, check at line %d (read %lu)", line, reads);
+
+        cp_iter *it = cp_context_iter(pw.c);
+        cr_assert_not_null(it);
+        line = check_prefix_iter(&pw, it, SIZE_MAX);
+        cp_iter_free(it);
+        cr_assert_eq(line, 0, "torn iterator, check at line %d (read %lu)", line, reads);
+
+        /* Single reads of the live context: each must be a value of a round. */
+        cr_assert_leq(cp_context_len(pw.c), RV);
+        for (int i = 0; i < RV; i += 7) {
+            void *value = NULL;
+            if (cp_context_get(pw.c, pw.vars[i], &value) == 0)
+                cr_assert_geq(parity_of(&pw, i, value), 0);
+        }
+        reads++;
+    } while (!atomic_load_explicit(&pw.done, memory_order_acquire));
+    join_ok(owner);
+    cr_assert_eq(cp_context_len(pw.c), 0);
+    cp_context_free(pw.c);
+    /* Every value set was freed once, none more. */
+    cr_assert_eq(total(), RROUNDS * RV);
+    pthread_barrier_destroy(&pw.started);
+    for (int i = 0; i < RV; i++)
+        cp_var_free(pw.vars[i]);
+}
+
+/* ------------------------------------------------------------------------ */
+/* NULL arguments                                                            */
+
+Test(null, var_functions_reject_null)
+{
+    int a, fb;
+    cp_var *v = cp_var_new("v", NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    void *value = UNTOUCHED;
+    cr_assert_eq(cp_var_get(NULL, &value), CP_EINVAL);
+    cr_assert_eq(value, UNTOUCHED);
+    cr_assert_eq(cp_var_get(v, NULL), CP_EINVAL);
+    cr_assert_eq(cp_var_get_or(NULL, &fb), &fb);
+    cp_token *t = UNTOUCHED;
+    cr_assert_eq(cp_var_set(NULL, &fb, &t), CP_EINVAL);
+    cr_assert_eq(t, UNTOUCHED);
+    cr_assert_eq(cp_var_reset(v, NULL), CP_EINVAL);
+    cr_assert_eq(cp_var_reset(NULL, NULL), CP_EINVAL);
+    cr_assert_str_eq(cp_var_name(NULL), "");
+    cr_assert_eq(current_value(v), &a);
+    cp_var_free(v);
+}
+
+Test(null, reset_with_null_var_fails_and_leaves_the_token_usable)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cr_assert_eq(cp_var_reset(NULL, t), CP_EINVAL);
+    cr_assert_eq(current_value(v), &a);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    assert_unset_here(v);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(null, token_functions_reject_null)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cr_assert_null(cp_token_var(NULL));
+    void *old = UNTOUCHED;
+    cr_assert_eq(cp_token_old_value(NULL, &old), CP_EINVAL);
+    cr_assert_eq(old, UNTOUCHED);
+    cr_assert_eq(cp_token_old_value(t, NULL), CP_EINVAL);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
+Test(null, context_functions_reject_null)
+{
+    int a, fb;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_null(cp_context_copy(NULL));
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_context_run(NULL, count_call, NULL, &result), CP_EINVAL);
+    cr_assert_eq(cp_context_run(c, NULL, NULL, &result), CP_EINVAL);
+    cr_assert_eq(result, UNTOUCHED);
+    cr_assert_eq(atomic_load(&calls), 0);
+    /* The refused run did not leave c entered. */
+    cr_assert_eq(cp_context_run(c, count_call, NULL, NULL), 0);
+    cr_assert_not(cp_context_contains(NULL, v));
+    cr_assert_not(cp_context_contains(c, NULL));
+    void *value = UNTOUCHED;
+    cr_assert_eq(cp_context_get(NULL, v, &value), CP_EINVAL);
+    cr_assert_eq(cp_context_get(c, NULL, &value), CP_EINVAL);
+    cr_assert_eq(value, UNTOUCHED);
+    cr_assert_eq(cp_context_get(c, v, NULL), CP_EINVAL);
+    cr_assert_eq(cp_context_get_or(NULL, v, &fb), &fb);
+    cr_assert_eq(cp_context_get_or(c, NULL, &fb), &fb);
+    cr_assert_eq(cp_context_len(NULL), 0);
+    cr_assert_eq(value_in(c, v), &a);
+    cp_context_free(c);
+    cp_var_free(v);
+}
+
+Test(null, iter_functions_reject_null)
+{
+    cr_assert_null(cp_context_iter(NULL));
+    cp_var *k = UNTOUCHED;
+    void *value = UNTOUCHED;
+    cr_assert_not(cp_iter_next(NULL, &k, &value));
+    cr_assert_eq((void *)k, UNTOUCHED);
+    cr_assert_eq(value, UNTOUCHED);
+}
+
+Test(null, thread_create_rejects_null)
+{
+    pthread_t th;
+    cr_assert_eq(cp_thread_create(NULL, NULL, count_call, NULL), CP_EINVAL);
+    cr_assert_eq(cp_thread_create(&th, NULL, NULL, NULL), CP_EINVAL);
+    cr_assert_eq(atomic_load(&calls), 0);
+}
+
+Test(null, freeing_null_is_harmless)
+{
+    cp_var_free(NULL);
+    cp_token_free(NULL);
+    cp_context_free(NULL);
+    cp_iter_free(NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Allocation failure: CP_ENOMEM / NULL, and nothing changed                 */
+
+typedef int (*attempt_fn)(void *state);
+typedef void (*check_fn)(void *state);
+
+/* Fail the 1st, 2nd, ... allocation of attempt(state) until it succeeds.
+ * Each failure must be CP_ENOMEM and pass unchanged(state). Returns the
+ * number of allocations the successful call made. */
+static unsigned long fail_each_alloc(attempt_fn attempt, check_fn unchanged,
+                                     void *state)
+{
+    for (unsigned long n = 1; n <= 1000; n++) {
+        unsigned long before = cp__alloc_count();
+        cp__alloc_fail_nth(n);
+        int rc = attempt(state);
+        cp__alloc_fail_nth(0);
+        unsigned long made = cp__alloc_count() - before;
+        if (rc == 0) {
+            cr_assert_eq(made, n - 1,
+                         "succeeded although its allocation %lu of %lu failed",
+                         n, made);
+            return made;
+        }
+        cr_assert_eq(rc, CP_ENOMEM, "allocation %lu failing gave %d (%s)", n, rc,
+                     cp_strerror(rc));
+        cr_assert_geq(made, n, "failed with only %lu allocations made", made);
+        unchanged(state);
+    }
+    cr_assert_fail("still failing after 1000 allocations");
+    return 0;
+}
+
+static void nothing_to_check(void *state)
+{
+    (void)state;
+}
+
+struct one_var {
+    cp_var *v;
+    tval d;
+};
+
+static int attempt_var_new(void *p)
+{
+    struct one_var *s = p;
+    s->v = cp_var_new("v", tval_free);
+    return s->v ? 0 : CP_ENOMEM;
+}
+
+Test(enomem, var_new_returns_null)
+{
+    struct one_var s = {0};
+    cr_assert_eq(fail_each_alloc(attempt_var_new, nothing_to_check, &s), 1);
+    cr_assert_str_eq(cp_var_name(s.v), "v");
+    cp_var_free(s.v);
+    cr_assert_eq(total(), 0);
+}
+
+static int attempt_var_new_default(void *p)
+{
+    struct one_var *s = p;
+    s->v = cp_var_new_default("v", &s->d, tval_free);
+    return s->v ? 0 : CP_ENOMEM;
+}
+
+static void default_not_freed(void *p)
+{
+    struct one_var *s = p;
+    cr_assert_eq(frees_of(&s->d), 0, "a failed cp_var_new_default freed the default");
+}
+
+Test(enomem, var_new_default_returns_null_and_does_not_free_the_default)
+{
+    struct one_var s = {0};
+    cr_assert_geq(fail_each_alloc(attempt_var_new_default, default_not_freed, &s), 1);
+    cr_assert_eq(current_value(s.v), &s.d);
+    cp_var_free(s.v);
+    cr_assert_eq(frees_of(&s.d), 1);
+}
+
+/* The main thread's base context holds v = a and w = keep. */
+struct base_set {
+    cp_var *v, *w;
+    tval a, b, keep;
+    cp_token *t;
+    bool with_token;
+};
+
+static void base_set_init(struct base_set *s, bool with_token)
+{
+    s->v = cp_var_new("v", tval_free);
+    s->w = cp_var_new("w", tval_free);
+    s->with_token = with_token;
+    s->t = NULL;
+    cr_assert_eq(cp_var_set(s->v, &s->a, NULL), 0);
+    cr_assert_eq(cp_var_set(s->w, &s->keep, NULL), 0);
+}
+
+static int attempt_base_set(void *p)
+{
+    struct base_set *s = p;
+    return cp_var_set(s->v, &s->b, s->with_token ? &s->t : NULL);
+}
+
+static void base_set_unchanged(void *p)
+{
+    struct base_set *s = p;
+    cr_assert_eq(current_value(s->v), &s->a);
+    cr_assert_eq(current_value(s->w), &s->keep);
+    cr_assert_null(s->t, "a failed set wrote the token");
+    cr_assert_eq(total(), 0, "a failed set freed a value");
+    cp_context *c = cp_copy_context();
+    cr_assert_eq(cp_context_len(c), 2);
+    cr_assert_eq(value_in(c, s->v), &s->a);
+    cp_context_free(c);
+}
+
+Test(enomem, var_set_changes_nothing)
+{
+    struct base_set s = {0};
+    base_set_init(&s, false);
+    cr_assert_geq(fail_each_alloc(attempt_base_set, base_set_unchanged, &s), 1);
+    cr_assert_eq(current_value(s.v), &s.b);
+    cr_assert_eq(frees_of(&s.a), 1);
+    cr_assert_eq(frees_of(&s.b), 0);
+    cp_var_free(s.v);
+    cp_var_free(s.w);
+}
+
+Test(enomem, var_set_with_token_changes_nothing)
+{
+    struct base_set s = {0};
+    base_set_init(&s, true);
+    cr_assert_geq(fail_each_alloc(attempt_base_set, base_set_unchanged, &s), 2);
+    cr_assert_eq(current_value(s.v), &s.b);
+    cr_assert_not_null(s.t);
+    void *old = NULL;
+    cr_assert_eq(cp_token_old_value(s.t, &old), 0);
+    cr_assert_eq(old, &s.a);
+    cr_assert_eq(cp_var_reset(s.v, s.t), 0);
+    cr_assert_eq(current_value(s.v), &s.a);
+    cr_assert_eq(frees_of(&s.b), 1);
+    cr_assert_eq(frees_of(&s.a), 0);
+    cp_token_free(s.t);
+    cp_var_free(s.v);
+    cp_var_free(s.w);
+}
+
+/* A fresh thread's first set, which must also create its base context. */
+struct fresh_set {
+    cp_var *v;
+    tval a;
+    cp_token *t;
+    int rc;
+};
+
+static void *first_set_on_fresh_thread(void *p)
+{
+    struct fresh_set *s = p;
+    s->t = NULL;
+    s->rc = cp_var_set(s->v, &s->a, &s->t);
+    void *value = UNTOUCHED;
+    if (s->rc != 0) {
+        TCHECK(cp_var_get(s->v, &value) == CP_ENOENT);
+        TCHECK(value == UNTOUCHED);
+        TCHECK(s->t == NULL);
+    } else {
+        TCHECK(cp_var_get(s->v, &value) == 0 && value == &s->a);
+        cp_token_free(s->t);
+    }
+    return NULL;
+}
+
+static int attempt_fresh_thread_set(void *p)
+{
+    struct fresh_set *s = p;
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, first_set_on_fresh_thread, s), 0);
+    join_ok(th);
+    return s->rc;
+}
+
+static void fresh_set_unchanged(void *p)
+{
+    struct fresh_set *s = p;
+    /* The thread is gone; had its set taken the value, its exit would have
+     * freed it. */
+    cr_assert_eq(frees_of(&s->a), 0, "a failed first set took or freed the value");
+}
+
+Test(enomem, first_var_set_on_a_fresh_thread_changes_nothing, .timeout = 60)
+{
+    struct fresh_set s = {0};
+    s.v = cp_var_new("v", tval_free);
+    cr_assert_geq(fail_each_alloc(attempt_fresh_thread_set, fresh_set_unchanged, &s), 3);
+    /* The successful set was released with its thread. */
+    cr_assert_eq(frees_of(&s.a), 1);
+    cp_var_free(s.v);
+}
+
+/* A heap context with NBIG variables, each vars[i] = values[i]. */
+#define NBIG 200
+
+struct big {
+    cp_context *c;
+    cp_var *vars[NBIG];
+    tval values[NBIG];
+    cp_var *extra;       /* not in c unless extra_in */
+    tval extra_value, replacement;
+    bool extra_in;
+    cp_token *t;
+    cp_context *copy;
+    cp_iter *it;
+};
+
+static struct big big;
+
+static void big_init(void)
+{
+    big.c = cp_context_new();
+    for (int i = 0; i < NBIG; i++) {
+        big.vars[i] = cp_var_new("big", tval_free);
+        cr_assert_eq(set_in(big.c, big.vars[i], &big.values[i], NULL), 0);
+    }
+    big.extra = cp_var_new("extra", tval_free);
+    big.extra_in = false;
+    big.t = NULL;
+}
+
+static void big_unchanged(void *p)
+{
+    (void)p;
+    cr_assert_eq(cp_context_len(big.c), NBIG + (big.extra_in ? 1 : 0));
+    for (int i = 0; i < NBIG; i++)
+        cr_assert_eq(value_in(big.c, big.vars[i]), &big.values[i]);
+    if (big.extra_in)
+        cr_assert_eq(value_in(big.c, big.extra), &big.extra_value);
+    else
+        cr_assert_not(cp_context_contains(big.c, big.extra));
+    cr_assert_eq(total(), 0, "a failed call freed a value");
+}
+
+static void big_fini(void)
+{
+    cp_context_free(big.c);
+    for (int i = 0; i < NBIG; i++)
+        cp_var_free(big.vars[i]);
+    cp_var_free(big.extra);
+}
+
+static int attempt_big_set_new(void *p)
+{
+    (void)p;
+    return set_in(big.c, big.extra, &big.extra_value, &big.t);
+}
+
+static void big_set_unchanged(void *p)
+{
+    big_unchanged(p);
+    cr_assert_null(big.t, "a failed set wrote the token");
+}
+
+Test(enomem, var_set_of_a_new_var_in_a_large_context_changes_nothing)
+{
+    big_init();
+    cr_assert_geq(fail_each_alloc(attempt_big_set_new, big_set_unchanged, NULL), 3);
+    cr_assert_eq(value_in(big.c, big.extra), &big.extra_value);
+    cr_assert_eq(cp_context_len(big.c), NBIG + 1);
+    cr_assert_eq(total(), 0);
+    cp_token_free(big.t);
+    big_fini();
+    cr_assert_eq(total(), NBIG + 1);
+}
+
+static int attempt_big_replace(void *p)
+{
+    (void)p;
+    return set_in(big.c, big.vars[NBIG / 2], &big.replacement, NULL);
+}
+
+Test(enomem, var_set_replacing_a_value_in_a_large_context_changes_nothing)
+{
+    big_init();
+    cr_assert_geq(fail_each_alloc(attempt_big_replace, big_unchanged, NULL), 2);
+    cr_assert_eq(value_in(big.c, big.vars[NBIG / 2]), &big.replacement);
+    cr_assert_eq(frees_of(&big.values[NBIG / 2]), 1);
+    cr_assert_eq(total(), 1);
+    big_fini();
+    cr_assert_eq(total(), NBIG + 1);
+}
+
+static int attempt_big_reset(void *p)
+{
+    (void)p;
+    return reset_in(big.c, big.vars[NBIG / 3], big.t);
+}
+
+static void big_reset_unchanged(void *p)
+{
+    (void)p;
+    cr_assert_eq(cp_context_len(big.c), NBIG);
+    for (int i = 0; i < NBIG; i++)
+        cr_assert_eq(value_in(big.c, big.vars[i]),
+                     i == NBIG / 3 ? &big.replacement : &big.values[i]);
+    cr_assert_eq(total(), 0, "a failed reset freed a value");
+}
+
+Test(enomem, var_reset_to_an_old_value_in_a_large_context_changes_nothing)
+{
+    big_init();
+    cr_assert_eq(set_in(big.c, big.vars[NBIG / 3], &big.replacement, &big.t), 0);
+    cr_assert_geq(fail_each_alloc(attempt_big_reset, big_reset_unchanged, NULL), 1);
+    cr_assert_eq(value_in(big.c, big.vars[NBIG / 3]), &big.values[NBIG / 3]);
+    cr_assert_eq(frees_of(&big.replacement), 1);
+    cr_assert_eq(total(), 1);
+    /* The successful reset used the token. */
+    cr_assert_eq(reset_in(big.c, big.vars[NBIG / 3], big.t), CP_ETOKEN_USED);
+    cp_token_free(big.t);
+    big_fini();
+    cr_assert_eq(total(), NBIG + 1);
+}
+
+static int attempt_big_reset_to_missing(void *p)
+{
+    (void)p;
+    return reset_in(big.c, big.extra, big.t);
+}
+
+Test(enomem, var_reset_to_missing_in_a_large_context_changes_nothing)
+{
+    big_init();
+    cr_assert_eq(set_in(big.c, big.extra, &big.extra_value, &big.t), 0);
+    big.extra_in = true;
+    cr_assert_geq(fail_each_alloc(attempt_big_reset_to_missing, big_unchanged, NULL), 1);
+    cr_assert_not(cp_context_contains(big.c, big.extra));
+    cr_assert_eq(cp_context_len(big.c), NBIG);
+    cr_assert_eq(frees_of(&big.extra_value), 1);
+    cp_token_free(big.t);
+    big_fini();
+    cr_assert_eq(total(), NBIG + 1);
+}
+
+static int attempt_big_copy(void *p)
+{
+    (void)p;
+    big.copy = cp_context_copy(big.c);
+    return big.copy ? 0 : CP_ENOMEM;
+}
+
+Test(enomem, context_copy_returns_null_and_changes_nothing)
+{
+    big_init();
+    cr_assert_eq(fail_each_alloc(attempt_big_copy, big_unchanged, NULL), 1);
+    cr_assert_eq(cp_context_len(big.copy), NBIG);
+    cr_assert_eq(value_in(big.copy, big.vars[7]), &big.values[7]);
+    cp_context_free(big.copy);
+    cr_assert_eq(total(), 0);
+    big_fini();
+    cr_assert_eq(total(), NBIG);
+}
+
+static int attempt_big_iter(void *p)
+{
+    (void)p;
+    big.it = cp_context_iter(big.c);
+    return big.it ? 0 : CP_ENOMEM;
+}
+
+Test(enomem, context_iter_returns_null_and_changes_nothing)
+{
+    big_init();
+    cr_assert_eq(fail_each_alloc(attempt_big_iter, big_unchanged, NULL), 1);
+    size_t n = 0;
+    while (cp_iter_next(big.it, NULL, NULL))
+        n++;
+    cr_assert_eq(n, NBIG);
+    cp_iter_free(big.it);
+    big_fini();
+    cr_assert_eq(total(), NBIG);
+}
+
+struct copy_current {
+    cp_var *v;
+    tval a;
+    cp_context *copy;
+};
+
+static int attempt_copy_context(void *p)
+{
+    struct copy_current *s = p;
+    s->copy = cp_copy_context();
+    return s->copy ? 0 : CP_ENOMEM;
+}
+
+static void copy_current_unchanged(void *p)
+{
+    struct copy_current *s = p;
+    cr_assert_eq(current_value(s->v), &s->a);
+    cr_assert_eq(total(), 0);
+}
+
+Test(enomem, copy_context_returns_null_and_changes_nothing)
+{
+    struct copy_current s = {0};
+    s.v = cp_var_new("v", tval_free);
+    cr_assert_eq(cp_var_set(s.v, &s.a, NULL), 0);
+    cr_assert_eq(fail_each_alloc(attempt_copy_context, copy_current_unchanged, &s), 1);
+    cr_assert_eq(value_in(s.copy, s.v), &s.a);
+    cp_context_free(s.copy);
+    cr_assert_eq(total(), 0);
+    cp_var_free(s.v);
+}
+
+static int attempt_context_new(void *p)
+{
+    cp_context **c = p;
+    *c = cp_context_new();
+    return *c ? 0 : CP_ENOMEM;
+}
+
+Test(enomem, context_new_returns_null)
+{
+    cp_context *c = NULL;
+    cr_assert_eq(fail_each_alloc(attempt_context_new, nothing_to_check, &c), 1);
+    cr_assert_eq(cp_context_len(c), 0);
+    cp_context_free(c);
+}
+
+struct create {
+    cp_var *v;
+    tval a;
+    pthread_t th;
+    struct inherit in;
+};
+
+static int attempt_thread_create(void *p)
+{
+    struct create *s = p;
+    return cp_thread_create(&s->th, NULL, child_reads_and_sets, &s->in);
+}
+
+static void thread_create_unchanged(void *p)
+{
+    struct create *s = p;
+    cr_assert_eq(current_value(s->v), &s->a);
+    cr_assert_eq(total(), 0);
+    cr_assert_eq(s->in.seen, NULL, "fn ran although cp_thread_create failed");
+}
+
+Test(enomem, thread_create_fails_and_changes_nothing)
+{
+    tval b = {0};
+    struct create s = {0};
+    s.v = cp_var_new("v", tval_free);
+    s.in = (struct inherit){s.v, cp_var_new("w", NULL), &s.a, &b, NULL, 1};
+    cr_assert_eq(cp_var_set(s.v, &s.a, NULL), 0);
+    cr_assert_geq(fail_each_alloc(attempt_thread_create, thread_create_unchanged, &s), 1);
+    join_ok(s.th);
+    cr_assert_eq(s.in.seen_rc, 0);
+    cr_assert_eq(s.in.seen, &s.a);
+    cr_assert_eq(current_value(s.v), &s.a);
+    /* The child's base context went with it: b freed, a still shared. */
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(frees_of(&s.a), 0);
+    cr_assert_eq(total(), 1);
+    cp_var_free(s.v);
+    cp_var_free(s.in.w);
+}

@@ -1,0 +1,766 @@
+/* test_hamt.c - tests of the persistent HAMT (src/hamt.c).
+ *
+ * Items carry their own hash, so the tests choose hashes directly to build
+ * exact shapes: collisions, array nodes, the deepest possible path. Every
+ * item is made by mk() and released through count_release(), so a test can
+ * check that each item was released exactly once when the last map went.
+ */
+#include "alloc.h"
+#include "ctxpool.h"
+#include "hamt.h"
+
+#include <criterion/criterion.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                   */
+/* ------------------------------------------------------------------------ */
+
+#define NKEYS 4096
+static char keys[NKEYS]; /* key i is &keys[i]: keys compare by address */
+#define KEY(i) ((const void *)&keys[(i)])
+#define VAL(v) ((void *)(uintptr_t)(v))
+
+/* Tests run one per process (Criterion forks), so plain counters do. */
+static size_t created, released;
+
+static void count_release(cp__hamt_item *item)
+{
+    released++;
+    free(item);
+}
+
+/* A new item (one reference, the caller's) for key i. */
+static cp__hamt_item *mk(uint32_t hash, unsigned i, uintptr_t value)
+{
+    cp__hamt_item *item = malloc(sizeof *item);
+    cr_assert_not_null(item);
+    cp__hamt_item_init(item, hash, KEY(i), VAL(value), count_release);
+    created++;
+    return item;
+}
+
+/* m with key i (hash) set to value; m itself is dropped. */
+static cp__hamt put(cp__hamt m, uint32_t hash, unsigned i, uintptr_t value)
+{
+    cp__hamt_item *item = mk(hash, i, value);
+    cp__hamt out;
+    cr_assert_eq(cp__hamt_set(m, item, &out), 0);
+    cp__hamt_item_decref(item);
+    cp__hamt_decref(m);
+    cr_assert_eq(cp__hamt_check(out), 0, "check: %d", cp__hamt_check(out));
+    return out;
+}
+
+/* m without key i (hash), which must be present; m itself is dropped. */
+static cp__hamt del(cp__hamt m, uint32_t hash, unsigned i)
+{
+    cp__hamt out;
+    cr_assert_eq(cp__hamt_delete(m, hash, KEY(i), &out), 0);
+    cr_assert_eq(out.count, m.count - 1);
+    cp__hamt_decref(m);
+    cr_assert_eq(cp__hamt_check(out), 0, "check: %d", cp__hamt_check(out));
+    return out;
+}
+
+/* The value of key i in m, or 0 when absent. */
+static uintptr_t get(cp__hamt m, uint32_t hash, unsigned i)
+{
+    cp__hamt_item *item = cp__hamt_find(m, hash, KEY(i));
+    if (item == NULL)
+        return 0;
+    cr_assert_eq(item->key, KEY(i));
+    cr_assert_eq(item->hash, hash);
+    return (uintptr_t)item->value;
+}
+
+static cp__hamt_shape shape(cp__hamt m)
+{
+    cp__hamt_shape s;
+    cp__hamt_shape_of(m, &s);
+    return s;
+}
+
+/* A reference model: value[i] (0: absent) and hash[i] for keys 0..n-1. */
+typedef struct model {
+    unsigned n;
+    uint32_t hash[NKEYS];
+    uintptr_t value[NKEYS];
+} model;
+
+/* Check m against the model completely: count, check, every find, and an
+ * iteration that yields each present key exactly once with its value. */
+static void verify(cp__hamt m, const model *ref)
+{
+    static unsigned char seen[NKEYS];
+    size_t count = 0;
+    for (unsigned i = 0; i < ref->n; i++) {
+        cr_assert_eq(get(m, ref->hash[i], i), ref->value[i], "key %u", i);
+        count += ref->value[i] != 0;
+    }
+    cr_assert_eq(m.count, count);
+    cr_assert_eq(cp__hamt_check(m), 0, "check: %d", cp__hamt_check(m));
+    cr_assert_eq(shape(m).items, count);
+
+    memset(seen, 0, sizeof seen);
+    cp__hamt_iter it;
+    cp__hamt_iter_init(&it, m);
+    size_t steps = 0;
+    for (cp__hamt_item *item; (item = cp__hamt_iter_next(&it)) != NULL;) {
+        unsigned i = (unsigned)((const char *)item->key - keys);
+        cr_assert_lt(i, ref->n);
+        cr_assert_eq(seen[i], 0, "key %u seen twice", i);
+        seen[i] = 1;
+        cr_assert_eq((uintptr_t)item->value, ref->value[i]);
+        steps++;
+    }
+    cr_assert_eq(steps, count);
+    cr_assert_null(cp__hamt_iter_next(&it), "a finished iterator stays finished");
+}
+
+/* Build a map of keys 0..n-1 with the given hashes, value i + 1. */
+static cp__hamt build(model *ref, unsigned n, const uint32_t *hashes)
+{
+    cp__hamt m = CP__HAMT_EMPTY;
+    memset(ref, 0, sizeof *ref);
+    ref->n = n;
+    for (unsigned i = 0; i < n; i++) {
+        ref->hash[i] = hashes[i];
+        ref->value[i] = i + 1;
+        m = put(m, hashes[i], i, i + 1);
+    }
+    verify(m, ref);
+    return m;
+}
+
+/* Drop m and check that every item ever made was released exactly once. */
+static void drop_all(cp__hamt m)
+{
+    cp__hamt_decref(m);
+    cr_assert_eq(released, created, "released %zu of %zu items", released, created);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Basics                                                                    */
+/* ------------------------------------------------------------------------ */
+
+Test(hamt, empty_map_finds_nothing_deletes_enoent_iterates_nothing)
+{
+    cp__hamt m = CP__HAMT_EMPTY, out = {(cp__hamt_node *)&out, 77};
+    cr_assert_null(cp__hamt_find(m, 42, KEY(0)));
+    cr_assert_eq(cp__hamt_delete(m, 42, KEY(0), &out), CP_ENOENT);
+    cr_assert_eq(out.count, 77, "*out untouched");
+    cp__hamt_iter it;
+    cp__hamt_iter_init(&it, m);
+    cr_assert_null(cp__hamt_iter_next(&it));
+    cr_assert_eq(cp__hamt_check(m), 0);
+    cp__hamt_shape s = shape(m);
+    cr_assert_eq(s.items + s.bitmap_nodes + s.array_nodes + s.collision_nodes +
+                     s.max_depth, 0);
+    cp__hamt_incref(m); /* no-ops on an empty map */
+    cp__hamt_decref(m);
+    cp__hamt_item_decref(NULL);
+}
+
+Test(hamt, set_then_find_returns_the_item)
+{
+    cp__hamt_item *item = mk(7, 0, 100);
+    cp__hamt m;
+    cr_assert_eq(cp__hamt_set(CP__HAMT_EMPTY, item, &m), 0);
+    cr_assert_eq(m.count, 1);
+    cr_assert_eq(cp__hamt_find(m, 7, KEY(0)), item);
+    cr_assert_null(cp__hamt_find(m, 7, KEY(1)), "same hash, other key");
+    cr_assert_null(cp__hamt_find(m, 8, KEY(0)), "same key, other hash");
+    cr_assert_null(cp__hamt_find(m, 7 + 32, KEY(0)), "same first chunk");
+    cr_assert_eq(atomic_load(&item->refs), 2, "the map holds its own reference");
+    cp__hamt_item_decref(item);
+    cr_assert_eq(cp__hamt_check(m), 0);
+    drop_all(m);
+}
+
+Test(hamt, overwrite_replaces_value_and_keeps_count)
+{
+    cp__hamt m = put(CP__HAMT_EMPTY, 1, 0, 10);
+    m = put(m, 2, 1, 20);
+    m = put(m, 1, 0, 11);
+    cr_assert_eq(m.count, 2);
+    cr_assert_eq(get(m, 1, 0), 11);
+    cr_assert_eq(get(m, 2, 1), 20);
+    cr_assert_eq(released, 1, "the replaced item is released");
+    drop_all(m);
+}
+
+Test(hamt, set_identical_value_returns_same_root)
+{
+    cp__hamt m = put(CP__HAMT_EMPTY, 1, 0, 10);
+    m = put(m, 1 + 32, 1, 20); /* a subtree under the root */
+    cp__hamt_item *same = mk(1 + 32, 1, 20);
+    cp__hamt out;
+    cr_assert_eq(cp__hamt_set(m, same, &out), 0);
+    cr_assert_eq(out.root, m.root);
+    cr_assert_eq(out.count, m.count);
+    cr_assert_eq(cp__hamt_find(out, 1 + 32, KEY(1))->value, VAL(20));
+    cr_assert_neq(cp__hamt_find(out, 1 + 32, KEY(1)), same, "old item kept");
+    cr_assert_eq(atomic_load(&same->refs), 1, "the map took no reference");
+    cp__hamt_item_decref(same);
+    cp__hamt_decref(out); /* out was one more reference on the same root */
+    drop_all(m);
+}
+
+Test(hamt, set_same_item_again_returns_same_root)
+{
+    cp__hamt_item *item = mk(5, 0, 50);
+    cp__hamt m, out;
+    cr_assert_eq(cp__hamt_set(CP__HAMT_EMPTY, item, &m), 0);
+    cr_assert_eq(cp__hamt_set(m, item, &out), 0);
+    cr_assert_eq(out.root, m.root);
+    cp__hamt_decref(out);
+    cp__hamt_item_decref(item);
+    drop_all(m);
+}
+
+Test(hamt, delete_absent_key_returns_enoent_and_leaves_map_intact)
+{
+    model ref;
+    const uint32_t hashes[] = {1, 1 + 32, 1 + 64, 9, 9, 0x40000001};
+    cp__hamt m = build(&ref, 6, hashes);
+    cp__hamt out = {NULL, 12345};
+    /* absent chunk at the root, absent deeper, same hash other key (item),
+     * same hash other key (collision), hash differing only at the top */
+    const uint32_t probe_hash[] = {2, 1 + 96, 1, 9, 0x80000001, 1 + 32};
+    const unsigned probe_key[] = {10, 10, 1, 10, 10, 0};
+    for (unsigned k = 0; k < 6; k++) {
+        cr_assert_eq(cp__hamt_delete(m, probe_hash[k], KEY(probe_key[k]), &out),
+                     CP_ENOENT, "probe %u", k);
+        cr_assert_eq(out.count, 12345, "*out untouched");
+        cr_assert_null(out.root);
+    }
+    verify(m, &ref);
+    drop_all(m);
+}
+
+Test(hamt, delete_last_key_gives_empty_map)
+{
+    cp__hamt m = put(CP__HAMT_EMPTY, 3, 0, 1);
+    m = del(m, 3, 0);
+    cr_assert_null(m.root);
+    cr_assert_eq(m.count, 0);
+    drop_all(m);
+}
+
+Test(hamt, check_reports_count_mismatch)
+{
+    cp__hamt m = put(CP__HAMT_EMPTY, 3, 0, 1);
+    cr_assert_eq(cp__hamt_check((cp__hamt){m.root, 2}), -13);
+    cr_assert_eq(cp__hamt_check((cp__hamt){m.root, 0}), -1);
+    cr_assert_eq(cp__hamt_check((cp__hamt){NULL, 1}), -1);
+    drop_all(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Collisions                                                                */
+/* ------------------------------------------------------------------------ */
+
+Test(hamt, colliding_keys_are_all_findable_in_a_collision_node)
+{
+    model ref;
+    const uint32_t hashes[] = {0xABCD, 0xABCD, 0xABCD};
+    cp__hamt m = build(&ref, 3, hashes);
+    cp__hamt_shape s = shape(m);
+    cr_assert_eq(s.collision_nodes, 1);
+    cr_assert_eq(s.bitmap_nodes, 1);
+    cr_assert_eq(s.items, 3);
+    cr_assert_eq(s.max_depth, 2, "root, then the collision node in its slot");
+    cr_assert_null(cp__hamt_find(m, 0xABCD, KEY(3)));
+    drop_all(m);
+}
+
+Test(hamt, overwrite_in_collision_node_keeps_count)
+{
+    model ref;
+    const uint32_t hashes[] = {0xABCD, 0xABCD, 0xABCD};
+    cp__hamt m = build(&ref, 3, hashes);
+    m = put(m, 0xABCD, 1, 99);
+    ref.value[1] = 99;
+    cr_assert_eq(m.count, 3);
+    verify(m, &ref);
+    cr_assert_eq(shape(m).collision_nodes, 1);
+    drop_all(m);
+}
+
+Test(hamt, delete_through_collision_node_to_item_and_to_empty)
+{
+    model ref;
+    const uint32_t hashes[] = {0xABCD, 0xABCD, 0xABCD};
+    cp__hamt m = build(&ref, 3, hashes);
+    m = del(m, 0xABCD, 1);
+    ref.value[1] = 0;
+    verify(m, &ref);
+    cr_assert_eq(shape(m).collision_nodes, 1);
+    m = del(m, 0xABCD, 0);
+    ref.value[0] = 0;
+    verify(m, &ref);
+    cp__hamt_shape s = shape(m);
+    cr_assert_eq(s.collision_nodes, 0, "a lone collided item becomes an item");
+    cr_assert_eq(s.max_depth, 1);
+    m = del(m, 0xABCD, 2);
+    cr_assert_null(m.root);
+    drop_all(m);
+}
+
+Test(hamt, collision_node_moves_up_when_its_sibling_goes)
+{
+    /* Keys 0 and 1 collide; key 2 shares their first four chunks, so the
+     * collision node starts at depth 5 next to key 2. */
+    model ref;
+    const uint32_t h = 0x000ABCDE, other = h ^ (UINT32_C(1) << 20);
+    const uint32_t hashes[] = {h, h, other};
+    cp__hamt m = build(&ref, 3, hashes);
+    cr_assert_eq(shape(m).max_depth, 6);
+    m = del(m, other, 2);
+    ref.value[2] = 0;
+    verify(m, &ref);
+    cp__hamt_shape s = shape(m);
+    cr_assert_eq(s.max_depth, 2, "no chain of one-entry nodes is left");
+    cr_assert_eq(s.bitmap_nodes, 1);
+    cr_assert_eq(s.collision_nodes, 1);
+    /* and a key on the old path can be added back */
+    m = put(m, other, 2, 3);
+    ref.value[2] = 3;
+    verify(m, &ref);
+    cr_assert_eq(shape(m).max_depth, 6);
+    drop_all(m);
+}
+
+Test(hamt, key_next_to_collision_node_splits_it_off)
+{
+    model ref;
+    const uint32_t hashes[] = {0x21, 0x21, 0x41, 0x21 | 0x40000000};
+    cp__hamt m = build(&ref, 4, hashes);
+    cp__hamt_shape s = shape(m);
+    cr_assert_eq(s.collision_nodes, 1);
+    cr_assert_eq(s.items, 4);
+    cr_assert_eq(s.max_depth, 8, "0x21 and 0x40000021 part only at shift 30");
+    drop_all(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Array nodes                                                               */
+/* ------------------------------------------------------------------------ */
+
+Test(hamt, seventeen_first_chunks_promote_root_to_array_node_and_back)
+{
+    model ref;
+    uint32_t hashes[17];
+    for (unsigned i = 0; i < 17; i++)
+        hashes[i] = i * 2 + 1 + (i << 10); /* first chunks 1, 3, ..., 33 & 31 */
+    hashes[16] = 0; /* chunk 0: 17 distinct first chunks */
+    cp__hamt m = build(&ref, 16, hashes);
+    cp__hamt_shape s = shape(m);
+    cr_assert_eq(s.bitmap_nodes, 1, "16 entries still fit a bitmap node");
+    cr_assert_eq(s.array_nodes, 0);
+
+    m = put(m, hashes[16], 16, 17);
+    ref.n = 17;
+    ref.hash[16] = hashes[16];
+    ref.value[16] = 17;
+    verify(m, &ref);
+    s = shape(m);
+    cr_assert_eq(s.array_nodes, 1);
+    cr_assert_eq(s.bitmap_nodes, 0);
+    cr_assert_eq(s.max_depth, 1);
+
+    /* 16 entries: still an array node (hysteresis) */
+    m = del(m, hashes[3], 3);
+    ref.value[3] = 0;
+    verify(m, &ref);
+    cr_assert_eq(shape(m).array_nodes, 1);
+
+    /* 15: a bitmap node again */
+    m = del(m, hashes[5], 5);
+    ref.value[5] = 0;
+    verify(m, &ref);
+    s = shape(m);
+    cr_assert_eq(s.array_nodes, 0);
+    cr_assert_eq(s.bitmap_nodes, 1);
+
+    m = del(m, hashes[0], 0);
+    ref.value[0] = 0;
+    verify(m, &ref);
+    cr_assert_eq(m.count, 14);
+    cr_assert_eq(shape(m).array_nodes, 0);
+
+    for (unsigned i = 0; i < 17; i++) {
+        if (ref.value[i] != 0) {
+            m = del(m, hashes[i], i);
+            ref.value[i] = 0;
+            verify(m, &ref);
+        }
+    }
+    cr_assert_null(m.root);
+    drop_all(m);
+}
+
+Test(hamt, array_node_below_the_root_holds_subtrees)
+{
+    /* 32 first-level children under one root chunk, some of them subtrees
+     * and collision nodes, then everything deleted in a scrambled order. */
+    model ref;
+    static uint32_t hashes[100];
+    for (unsigned i = 0; i < 96; i++)
+        hashes[i] = 7 | ((i % 32) << 5) | ((i / 32) << 10);
+    for (unsigned i = 96; i < 100; i++)
+        hashes[i] = hashes[i - 96]; /* collisions with keys 0..3 */
+    cp__hamt m = build(&ref, 100, hashes);
+    cp__hamt_shape s = shape(m);
+    cr_assert_eq(s.array_nodes, 1);
+    cr_assert_eq(s.bitmap_nodes, 1 + 32);
+    cr_assert_eq(s.collision_nodes, 4);
+    cr_assert_eq(s.max_depth, 4);
+    for (unsigned k = 0; k < 100; k++) {
+        unsigned i = (k * 37) % 100;
+        m = del(m, hashes[i], i);
+        ref.value[i] = 0;
+        verify(m, &ref);
+    }
+    cr_assert_null(m.root);
+    drop_all(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Depth                                                                     */
+/* ------------------------------------------------------------------------ */
+
+Test(hamt, hashes_differing_only_in_top_bits_build_the_deepest_tree)
+{
+    model ref;
+    const uint32_t low = 0x2ABCDEF1 & 0x3FFFFFFF;
+    const uint32_t hashes[] = {low, low | 0x40000000, low | 0x80000000,
+                               low | 0xC0000000};
+    cp__hamt m = build(&ref, 4, hashes);
+    cp__hamt_shape s = shape(m);
+    cr_assert_eq(s.max_depth, 7, "7 levels of 5 bits");
+    cr_assert_eq(s.bitmap_nodes, 7);
+    cr_assert_eq(s.items, 4);
+    /* deleting down to one key removes the whole chain */
+    for (unsigned i = 0; i < 3; i++) {
+        m = del(m, hashes[i], i);
+        ref.value[i] = 0;
+        verify(m, &ref);
+    }
+    s = shape(m);
+    cr_assert_eq(s.max_depth, 1);
+    cr_assert_eq(s.bitmap_nodes, 1);
+    drop_all(m);
+}
+
+Test(hamt, collisions_at_the_deepest_level_reach_depth_eight)
+{
+    model ref;
+    const uint32_t low = 0x1F0F0F0F & 0x3FFFFFFF;
+    const uint32_t hashes[] = {low, low | 0x40000000, low | 0x80000000,
+                               low | 0xC0000000, low, low | 0x40000000,
+                               low | 0xC0000000, low | 0xC0000000};
+    cp__hamt m = build(&ref, 8, hashes);
+    cp__hamt_shape s = shape(m);
+    cr_assert_eq(s.max_depth, CP__HAMT_MAX_DEPTH);
+    cr_assert_eq(s.collision_nodes, 3);
+    cr_assert_eq(s.items, 8);
+    /* remove them in an order that collapses collision nodes and chains */
+    const unsigned order[] = {4, 0, 7, 2, 5, 6, 3, 1};
+    for (unsigned k = 0; k < 8; k++) {
+        unsigned i = order[k];
+        m = del(m, hashes[i], i);
+        ref.value[i] = 0;
+        verify(m, &ref);
+    }
+    cr_assert_null(m.root);
+    drop_all(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Persistence and item lifetime                                             */
+/* ------------------------------------------------------------------------ */
+
+Test(hamt, old_maps_are_unchanged_by_set_and_delete_on_new_ones)
+{
+    static model ref[5];
+    const uint32_t hashes[] = {1, 33, 65, 2, 2, 0x40000001, 3};
+    cp__hamt v[5];
+    v[0] = build(&ref[0], 7, hashes);
+    ref[1] = ref[0];
+    cp__hamt_incref(v[0]);
+    v[1] = put(v[0], 33, 1, 100); /* overwrite deep */
+    ref[1].value[1] = 100;
+    ref[2] = ref[1];
+    cp__hamt_incref(v[1]);
+    v[2] = del(v[1], 2, 3); /* out of a collision node */
+    ref[2].value[3] = 0;
+    ref[3] = ref[2];
+    cp__hamt_incref(v[2]);
+    v[3] = put(v[2], 0x80000001, 7, 8); /* new key on the deepest path */
+    ref[3].n = 8;
+    ref[3].hash[7] = 0x80000001;
+    ref[3].value[7] = 8;
+    ref[4] = ref[3];
+    cp__hamt_incref(v[3]);
+    v[4] = del(v[3], 1, 0);
+    ref[4].value[0] = 0;
+    for (unsigned k = 0; k < 5; k++)
+        verify(v[k], &ref[k]);
+    for (unsigned k = 0; k < 4; k++)
+        cp__hamt_decref(v[k]);
+    verify(v[4], &ref[4]);
+    drop_all(v[4]);
+}
+
+Test(hamt, shared_items_are_released_once_when_the_last_map_goes)
+{
+    cp__hamt_item *a = mk(10, 0, 1), *b = mk(10, 1, 2), *c = mk(42, 2, 3);
+    cp__hamt maps[20];
+    maps[0] = CP__HAMT_EMPTY;
+    cr_assert_eq(cp__hamt_set(maps[0], a, &maps[1]), 0);
+    cr_assert_eq(cp__hamt_set(maps[1], b, &maps[2]), 0);
+    cr_assert_eq(cp__hamt_set(maps[2], c, &maps[3]), 0);
+    for (unsigned k = 4; k < 20; k++) { /* many versions sharing a, b, c */
+        cp__hamt_item *x = mk((uint32_t)k * 1000, k, k);
+        cr_assert_eq(cp__hamt_set(maps[k - 1], x, &maps[k]), 0);
+        cp__hamt_item_decref(x);
+    }
+    cp__hamt_item_decref(a);
+    cp__hamt_item_decref(b);
+    cp__hamt_item_decref(c);
+    cr_assert_eq(released, 0);
+    for (unsigned k = 19; k >= 4; k--) {
+        cp__hamt_decref(maps[k]);
+        cr_assert_eq(released, 19 - k + 1, "only the item unique to maps[%u]", k);
+    }
+    cp__hamt_decref(maps[3]);
+    cr_assert_eq(released, 17, "c went with the last map holding it");
+    cp__hamt_decref(maps[2]);
+    cr_assert_eq(released, 18, "b too; a is still in maps[1]");
+    cr_assert_eq(cp__hamt_find(maps[1], 10, KEY(0)), a);
+    cp__hamt_decref(maps[1]);
+    cr_assert_eq(released, 19);
+    cr_assert_eq(created, 19);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Allocation failure                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* Set item in m with every allocation failing in turn: each attempt returns
+ * CP_ENOMEM, leaves *out alone, takes no reference on item and leaves m
+ * intact; then the set succeeds. Returns the allocations it needed. */
+static unsigned long set_under_failures(cp__hamt *m, const model *ref,
+                                        cp__hamt_item *item)
+{
+    cp__hamt out;
+    unsigned long before = cp__alloc_count();
+    cr_assert_eq(cp__hamt_set(*m, item, &out), 0);
+    unsigned long allocs = cp__alloc_count() - before;
+    cp__hamt_decref(out);
+    for (unsigned long n = 1; n <= allocs; n++) {
+        cp__hamt sentinel = {(cp__hamt_node *)&sentinel, 4242};
+        out = sentinel;
+        cp__alloc_fail_nth(n);
+        int rc = cp__hamt_set(*m, item, &out);
+        cp__alloc_fail_nth(0);
+        cr_assert_eq(rc, CP_ENOMEM, "allocation %lu of %lu", n, allocs);
+        cr_assert_eq(out.root, sentinel.root);
+        cr_assert_eq(out.count, 4242);
+        cr_assert_eq(atomic_load(&item->refs), 1, "no reference kept on item");
+        verify(*m, ref);
+    }
+    cr_assert_eq(cp__hamt_set(*m, item, &out), 0);
+    cp__hamt_decref(*m);
+    *m = out;
+    return allocs;
+}
+
+static unsigned long delete_under_failures(cp__hamt *m, const model *ref,
+                                           uint32_t hash, unsigned i)
+{
+    cp__hamt out;
+    unsigned long before = cp__alloc_count();
+    cr_assert_eq(cp__hamt_delete(*m, hash, KEY(i), &out), 0);
+    unsigned long allocs = cp__alloc_count() - before;
+    cp__hamt_decref(out);
+    for (unsigned long n = 1; n <= allocs; n++) {
+        cp__hamt sentinel = {(cp__hamt_node *)&sentinel, 4242};
+        out = sentinel;
+        cp__alloc_fail_nth(n);
+        int rc = cp__hamt_delete(*m, hash, KEY(i), &out);
+        cp__alloc_fail_nth(0);
+        cr_assert_eq(rc, CP_ENOMEM, "allocation %lu of %lu", n, allocs);
+        cr_assert_eq(out.root, sentinel.root);
+        cr_assert_eq(out.count, 4242);
+        verify(*m, ref);
+    }
+    cr_assert_eq(cp__hamt_delete(*m, hash, KEY(i), &out), 0);
+    cp__hamt_decref(*m);
+    *m = out;
+    return allocs;
+}
+
+Test(hamt, set_fails_cleanly_at_every_allocation)
+{
+    static model ref;
+    static uint32_t hashes[40];
+    for (unsigned i = 0; i < 16; i++)
+        hashes[i] = i; /* 16 root entries: the next new chunk promotes */
+    hashes[16] = 0x00F00001; /* under chunk 1, beside key 1 */
+    hashes[17] = 0x00F00001; /* collides with key 16 */
+    cp__hamt m = build(&ref, 18, hashes);
+
+    struct { uint32_t hash; unsigned key; unsigned long min_allocs; } cases[] = {
+        {0x40F00001, 18, 7}, /* shares 6 chunks with 16/17: path + chain */
+        {0x00F00001, 19, 3}, /* a third item in the collision node */
+        {0x00F00001, 16, 3}, /* overwrite inside the collision node */
+        {20, 20, 1},         /* a 17th root chunk: promotion */
+        {0x00000401, 21, 2}, /* beside key 1 in the array node's subtree */
+        {5, 5, 1},           /* overwrite in the array node */
+    };
+    for (unsigned k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        unsigned i = cases[k].key;
+        cp__hamt_item *item = mk(cases[k].hash, i, 1000 + k);
+        unsigned long allocs = set_under_failures(&m, &ref, item);
+        cp__hamt_item_decref(item);
+        cr_assert_geq(allocs, cases[k].min_allocs, "case %u made %lu", k, allocs);
+        if (i >= ref.n)
+            ref.n = i + 1;
+        ref.hash[i] = cases[k].hash;
+        ref.value[i] = 1000 + k;
+        verify(m, &ref);
+    }
+    cr_assert_eq(shape(m).array_nodes, 1);
+    drop_all(m);
+}
+
+Test(hamt, delete_fails_cleanly_at_every_allocation)
+{
+    static model ref;
+    static uint32_t hashes[24];
+    for (unsigned i = 0; i < 17; i++)
+        hashes[i] = i; /* root array node of 17 */
+    hashes[17] = 0x40F00001; /* deep beside key 1 */
+    hashes[18] = 0x80F00001;
+    hashes[19] = 0x80F00001; /* collides with 18 */
+    hashes[20] = 0x80F00001;
+    cp__hamt m = build(&ref, 21, hashes);
+    cr_assert_eq(shape(m).array_nodes, 1);
+
+    const unsigned order[] = {20, 17, 19, 3, 0, 1, 18, 4};
+    for (unsigned k = 0; k < sizeof order / sizeof order[0]; k++) {
+        unsigned i = order[k];
+        unsigned long allocs = delete_under_failures(&m, &ref, hashes[i], i);
+        cr_assert_geq(allocs, 1);
+        ref.value[i] = 0;
+        verify(m, &ref);
+    }
+    cr_assert_eq(shape(m).array_nodes, 0, "demoted on the way");
+    drop_all(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Random operations against a reference model                               */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15u;
+
+static uint32_t rnd(void) /* xorshift64*, fixed seed: reproducible */
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (uint32_t)((rng_state * 0x2545F4914F6CDD1Du) >> 32);
+}
+
+Test(hamt, random_sets_and_deletes_match_a_reference_model)
+{
+    static model ref, snap_ref;
+    const unsigned nkeys = 600, ops = 10000;
+    ref.n = nkeys;
+    for (unsigned i = 0; i < nkeys; i++) {
+        switch (i % 4) {
+        case 0: ref.hash[i] = rnd() & 0x7; break;         /* many collisions */
+        case 1: ref.hash[i] = rnd() & 0xC000001F; break;  /* deep paths */
+        case 2: ref.hash[i] = rnd() & 0x000003FF; break;  /* two levels */
+        default: ref.hash[i] = rnd(); break;
+        }
+    }
+    cp__hamt m = CP__HAMT_EMPTY, snap = CP__HAMT_EMPTY;
+    size_t count = 0;
+    uintptr_t next_value = 1;
+    unsigned same_roots = 0, enoents = 0;
+
+    for (unsigned op = 0; op < ops; op++) {
+        unsigned i = rnd() % nkeys;
+        uint32_t h = ref.hash[i];
+        cp__hamt out;
+        if (rnd() % 100 < 55) {
+            bool same = ref.value[i] != 0 && rnd() % 10 == 0;
+            uintptr_t v = same ? ref.value[i] : next_value++;
+            cp__hamt_item *item = mk(h, i, v);
+            cr_assert_eq(cp__hamt_set(m, item, &out), 0);
+            cp__hamt_item_decref(item);
+            if (same) {
+                cr_assert_eq(out.root, m.root);
+                same_roots++;
+            }
+            count += ref.value[i] == 0;
+            ref.value[i] = v;
+            cp__hamt_decref(m);
+            m = out;
+        } else {
+            out = (cp__hamt){NULL, 999};
+            int rc = cp__hamt_delete(m, h, KEY(i), &out);
+            if (ref.value[i] == 0) {
+                cr_assert_eq(rc, CP_ENOENT);
+                cr_assert_eq(out.count, 999);
+                enoents++;
+            } else {
+                cr_assert_eq(rc, 0);
+                ref.value[i] = 0;
+                count--;
+                cp__hamt_decref(m);
+                m = out;
+            }
+        }
+        cr_assert_eq(get(m, h, i), ref.value[i], "op %u", op);
+        cr_assert_eq(m.count, count, "op %u", op);
+        if (op % 100 == 0)
+            cr_assert_eq(cp__hamt_check(m), 0, "op %u: %d", op, cp__hamt_check(m));
+        if (op % 1000 == 999)
+            verify(m, &ref);
+        if (op == ops / 2) {
+            cp__hamt_incref(m);
+            snap = m;
+            snap_ref = ref;
+        }
+    }
+    verify(m, &ref);
+    cr_assert_gt(same_roots, 0);
+    cr_assert_gt(enoents, 0);
+    cp__hamt_shape s = shape(m);
+    cr_assert_gt(s.collision_nodes, 0, "the weak hashes collided");
+    cr_assert_gt(s.array_nodes, 0);
+
+    verify(snap, &snap_ref); /* the snapshot is untouched by later ops */
+    cp__hamt_decref(m);
+    verify(snap, &snap_ref);
+
+    /* delete everything from the snapshot, checking as we go */
+    for (unsigned i = 0; i < nkeys; i++) {
+        if (snap_ref.value[i] != 0) {
+            snap = del(snap, snap_ref.hash[i], i);
+            snap_ref.value[i] = 0;
+        }
+    }
+    verify(snap, &snap_ref);
+    cr_assert_null(snap.root);
+    drop_all(snap);
+}
