@@ -97,9 +97,9 @@ CP_EXPORT cp_var *cp_var_new(const char *name, void (*free_value)(void *));
 /* cp_var_new_default - as cp_var_new, with a default value
  * (ContextVar(name, default=...)). cp_var_get returns the default where the
  * current context has no value for the variable.
- * Ownership: the variable owns default_value from this call on (also when the
- *   call fails and returns NULL, free_value is NOT called: nothing changed),
- *   and frees it with free_value when the variable is destroyed.
+ * Ownership: on success the variable owns default_value and frees it with
+ *   free_value when the variable is destroyed. On failure (NULL) nothing
+ *   changed: default_value is still the caller's, and was not freed.
  * Returns the variable, or NULL when memory ran out. Threads: any thread. */
 CP_EXPORT cp_var *cp_var_new_default(const char *name, void *default_value,
                                      void (*free_value)(void *));
@@ -137,7 +137,11 @@ CP_EXPORT void *cp_var_get_or(const cp_var *var, void *fallback);
  * Returns 0; CP_EINVAL when var is NULL; CP_ENOMEM when memory ran out (the
  *   context is unchanged, value is not taken and not freed).
  * Ownership: on success the library owns value (see cp_var_new) and the caller
- *   owns *token (free it with cp_token_free).
+ *   owns *token (free it with cp_token_free). Pass each owned value to the
+ *   library once: setting a pointer it already owns is allowed only where it
+ *   is the variable's current value in this context (the set then changes
+ *   nothing); anywhere else free_value would run for it twice. Values with a
+ *   NULL free_value are borrowed and may be set anywhere, any number of times.
  * Threads: any thread; changes only the calling thread's current context. */
 CP_EXPORT int cp_var_set(cp_var *var, void *value, cp_token **token);
 
@@ -203,6 +207,8 @@ CP_EXPORT void cp_context_free(cp_context *c);
  * Returns 0 once fn has returned; CP_EBUSY when another thread has c entered;
  * CP_ERECURSIVE when this thread has (anywhere up its stack); CP_EINVAL for
  * NULL c or fn. On an error fn is not called.
+ * fn must return: a thread that ends inside fn (pthread_exit, longjmp out of
+ * it) leaves c entered for good, and later runs get CP_EBUSY.
  * Threads: any thread. Ordering: everything done in c by its previous runs,
  * on any thread, happens-before fn starts. */
 CP_EXPORT int cp_context_run(cp_context *c, void *(*fn)(void *), void *arg,
@@ -345,7 +351,9 @@ typedef struct cp_pool_stats {
     unsigned threads;
     uint64_t submitted; /* jobs accepted by submit, submit_in and spawn */
     uint64_t completed; /* jobs whose function ran to its end */
-    uint64_t cancelled; /* jobs reported CP_ECANCELED */
+    uint64_t cancelled; /* jobs reported CP_ECANCELED (one cancelled by
+                           cp_future_cancel is counted when a worker
+                           discards it from its queue) */
     uint64_t stolen;    /* jobs a worker took from another worker's deque */
     uint64_t parks;     /* times a worker went to sleep for lack of work */
 } cp_pool_stats;

@@ -5,32 +5,28 @@
  * changed, what frees memory from the old one) that nothing here needs. The
  * hook exists so that every allocation path can be failed on purpose.
  *
- * Invariant: the countdown is 0 when the hook is off; a positive value n means
- * "the nth allocation from now fails". Only the allocation that moves it from
- * 1 to 0 fails.
+ * The hook is per thread: a test arms it on the thread that makes the call
+ * it aims at, and allocations other threads make at the same time (a pool's
+ * workers, a thread the call starts) neither count nor fail. Per-thread
+ * state also keeps the hook free of shared cache lines on the hot path.
+ *
+ * Invariant: the countdown is 0 when the hook is off; a positive value n
+ * means "the nth allocation from now on this thread fails". Only the
+ * allocation that moves it from 1 to 0 fails.
  */
 #include "alloc.h"
 
-#include <stdatomic.h>
 #include <stdlib.h>
 
-/* countdown: relaxed everywhere: it orders nothing else, and a test arms it on
- * the thread that then makes the allocations it is aiming at. */
-static atomic_ulong countdown;
-/* allocations: a statistic for tests, relaxed for the same reason. */
-static atomic_ulong allocations;
+static __thread unsigned long countdown
+    __attribute__((tls_model("initial-exec")));
+static __thread unsigned long allocations
+    __attribute__((tls_model("initial-exec")));
 
 static int should_fail(void)
 {
-    atomic_fetch_add_explicit(&allocations, 1, memory_order_relaxed);
-    unsigned long n = atomic_load_explicit(&countdown, memory_order_relaxed);
-    while (n != 0) {
-        if (atomic_compare_exchange_weak_explicit(&countdown, &n, n - 1,
-                                                  memory_order_relaxed,
-                                                  memory_order_relaxed))
-            return n == 1;
-    }
-    return 0;
+    allocations++;
+    return countdown != 0 && --countdown == 0;
 }
 
 void *cp__malloc(size_t size)
@@ -50,10 +46,10 @@ void cp__free(void *ptr)
 
 void cp__alloc_fail_nth(unsigned long nth)
 {
-    atomic_store_explicit(&countdown, nth, memory_order_relaxed);
+    countdown = nth;
 }
 
 unsigned long cp__alloc_count(void)
 {
-    return atomic_load_explicit(&allocations, memory_order_relaxed);
+    return allocations;
 }

@@ -3,8 +3,8 @@
  *
  * Every allocation in ctxpool goes through cp__malloc/cp__calloc so that tests
  * can make the Nth one fail and check that the call reports CP_ENOMEM, changes
- * nothing and leaks nothing. The hook costs one relaxed atomic load per
- * allocation when unused.
+ * nothing and leaks nothing. The hook costs a thread-local increment and
+ * test per allocation.
  */
 #ifndef CTXPOOL_ALLOC_H
 #define CTXPOOL_ALLOC_H
@@ -15,11 +15,12 @@ void *cp__malloc(size_t size);
 void *cp__calloc(size_t count, size_t size);
 void cp__free(void *ptr);
 
-/* Test hook: the nth allocation from now on (1 = the next one) returns NULL,
- * once; 0 turns the hook off. Counts allocations of all threads. */
+/* Test hook: the nth allocation the calling thread makes from now on
+ * (1 = the next one) returns NULL, once; 0 turns the hook off. Other
+ * threads' allocations neither count nor fail. */
 void cp__alloc_fail_nth(unsigned long nth);
 
-/* Test hook: how many allocations the library has made since it loaded. */
+/* Test hook: how many allocations the calling thread has made. */
 unsigned long cp__alloc_count(void);
 
 #endif /* CTXPOOL_ALLOC_H */

@@ -89,10 +89,12 @@ struct cp__thread {
     const cp_var *cache_var;
     void *cache_value;
     uint64_t cache_gen;
+    cp__borrow *borrows; /* this thread's borrowed captures, newest first */
 };
 
+/* gen starts at 1 so that the empty cache (cache_gen 0) never matches. */
 static __thread struct cp__thread self
-    __attribute__((tls_model("initial-exec")));
+    __attribute__((tls_model("initial-exec"))) = {.gen = 1};
 
 static pthread_key_t base_key;
 static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;
@@ -151,15 +153,37 @@ static cp__hamt map_ref(const cp_context *c)
     return m;
 }
 
+/* Borrows on this thread that refer to old take their own reference before
+ * the map they borrowed can go. (A borrow of an equal root made in another
+ * frame takes one too: harmless, it is dropped at unborrow.) */
+static void materialise_borrows(cp__hamt old)
+{
+    if (!old.root)
+        return;
+    for (cp__borrow *b = self.borrows; b; b = b->prev)
+        if (!b->owned && b->map.root == old.root) {
+            cp__hamt_incref(old);
+            b->owned = true;
+        }
+}
+
 /* Owner only: replace c's map with m (taking that reference). */
 static void map_swap(cp_context *c, cp__hamt m)
 {
-    map_lock(c);
     cp__hamt old = c->map;
-    c->map = m;
-    map_unlock(c);
+    if (c->shared) {
+        map_lock(c);
+        c->map = m;
+        map_unlock(c);
+    } else {
+        c->map = m;
+    }
     self.gen++;
-    cp__hamt_decref(old);
+    if (self.borrows)
+        materialise_borrows(old);
+    if (c->owns_map)
+        cp__hamt_decref(old);
+    c->owns_map = true;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -279,17 +303,19 @@ static void base_key_create(void)
     base_key_error = pthread_key_create(&base_key, base_release);
 }
 
-static cp_context *context_alloc(cp__hamt map, uintptr_t owner)
+static cp_context *context_alloc(cp__hamt map, bool shared)
 {
     cp_context *c = cp__malloc(sizeof *c);
     if (!c)
         return NULL;
     atomic_init(&c->refs, 1);
-    atomic_init(&c->owner, owner);
+    atomic_init(&c->owner, 0);
     atomic_init(&c->lock, false);
+    c->shared = shared;
     c->map = map;
     c->prev = NULL;
     c->token_id = 0;
+    c->owns_map = true;
     return c;
 }
 
@@ -307,8 +333,10 @@ static int base_adopt(cp_context *base)
 {
     if (base_key_ready() != 0 || pthread_setspecific(base_key, base) != 0)
         return CP_ENOMEM;
-    /* relaxed: the context is not shared yet. */
+    /* relaxed: the context is not shared yet, and never will be: a base
+     * context is never handed out, so its map needs no lock. */
     atomic_store_explicit(&base->owner, self_id(), memory_order_relaxed);
+    base->shared = false;
     self.base = base;
     if (!self.current)
         self.current = base;
@@ -321,7 +349,7 @@ static int base_adopt(cp_context *base)
 static cp_context *current_context(void)
 {
     if (!self.current) {
-        cp_context *base = context_alloc(CP__HAMT_EMPTY, 0);
+        cp_context *base = context_alloc(CP__HAMT_EMPTY, false);
         if (!base)
             return NULL;
         if (base_adopt(base) != 0) {
@@ -348,13 +376,19 @@ static const cp__hamt_item *current_item(const cp_var *var)
     return self.current ? cp__hamt_find(self.current->map, var->hash, var) : NULL;
 }
 
-/* The current context's value for var; false when it has none. */
-static bool current_value(const cp_var *var, void **value)
+/* The cache hit: the hot path of every get, kept a leaf function. */
+static inline bool cache_hit(const cp_var *var, void **value)
 {
-    if (self.cache_var == var && self.cache_gen == self.gen) {
-        *value = self.cache_value;
-        return true;
-    }
+    if (self.cache_var != var || self.cache_gen != self.gen)
+        return false;
+    *value = self.cache_value;
+    return true;
+}
+
+/* The current context's value for var, looked up in the map and cached;
+ * false when it has none. Out of line, so the hit path needs no frame. */
+static __attribute__((noinline)) bool lookup_value(const cp_var *var, void **value)
+{
     const cp__hamt_item *item = current_item(var);
     if (!item)
         return false;
@@ -365,11 +399,11 @@ static bool current_value(const cp_var *var, void **value)
     return true;
 }
 
-int cp_var_get(const cp_var *var, void **value)
+static __attribute__((noinline)) int get_slow(const cp_var *var, void **value)
 {
     if (!var || !value)
         return CP_EINVAL;
-    if (current_value(var, value))
+    if (lookup_value(var, value))
         return 0;
     if (!var->has_default)
         return CP_ENOENT;
@@ -377,10 +411,21 @@ int cp_var_get(const cp_var *var, void **value)
     return 0;
 }
 
+int cp_var_get(const cp_var *var, void **value)
+{
+    /* NULL arguments take the slow path, which reports them (a NULL var
+     * never hits: the cache holds only variables that had a value). */
+    if (value && cache_hit(var, value))
+        return 0;
+    return get_slow(var, value);
+}
+
 void *cp_var_get_or(const cp_var *var, void *fallback)
 {
     void *value;
-    return var && current_value(var, &value) ? value : fallback;
+    if (var && (cache_hit(var, &value) || lookup_value(var, &value)))
+        return value;
+    return fallback;
 }
 
 int cp_var_set(cp_var *var, void *value, cp_token **token)
@@ -505,13 +550,13 @@ void cp__context_incref(cp_context *c)
 
 cp_context *cp_context_new(void)
 {
-    return context_alloc(CP__HAMT_EMPTY, 0);
+    return context_alloc(CP__HAMT_EMPTY, true);
 }
 
 cp_context *cp_copy_context(void)
 {
     cp__hamt m = cp__context_capture();
-    cp_context *c = context_alloc(m, 0);
+    cp_context *c = context_alloc(m, true);
     if (!c)
         cp__hamt_decref(m);
     return c;
@@ -522,7 +567,7 @@ cp_context *cp_context_copy(const cp_context *c)
     if (!c)
         return NULL;
     cp__hamt m = map_ref(c);
-    cp_context *copy = context_alloc(m, 0);
+    cp_context *copy = context_alloc(m, true);
     if (!copy)
         cp__hamt_decref(m);
     return copy;
@@ -534,19 +579,42 @@ void cp_context_free(cp_context *c)
         context_decref(c);
 }
 
-void cp__context_init_frame(cp_context *c, cp__hamt map)
+void cp__context_init_frame(cp_context *c, cp__hamt map, bool owned)
 {
     atomic_init(&c->refs, 1);
     atomic_init(&c->owner, 0);
     atomic_init(&c->lock, false);
+    c->shared = false;
     c->map = map;
     c->prev = NULL;
     c->token_id = 0;
+    c->owns_map = owned;
 }
 
 void cp__context_fini_frame(cp_context *c)
 {
-    cp__hamt_decref(c->map);
+    if (c->owns_map)
+        cp__hamt_decref(c->map);
+}
+
+void cp__context_borrow(cp__borrow *b)
+{
+    b->map = self.current ? self.current->map : CP__HAMT_EMPTY;
+    b->owned = false;
+    b->prev = self.borrows;
+    self.borrows = b;
+}
+
+cp__borrow *cp__context_borrow_top(void)
+{
+    return self.borrows;
+}
+
+void cp__context_unborrow(cp__borrow *b)
+{
+    self.borrows = b->prev;
+    if (b->owned)
+        cp__hamt_decref(b->map);
 }
 
 int cp__context_enter(cp_context *c)

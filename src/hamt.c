@@ -202,10 +202,20 @@ static unsigned chunk_of(uint32_t hash, unsigned shift)
     return (hash >> shift) & (BRANCHES - 1);
 }
 
+/* Bits set in x, in plain C11 (SWAR): without -mpopcnt, compilers turn
+ * their builtin into a library call, which is slower than this. */
+static inline unsigned popcount32(uint32_t x)
+{
+    x = x - ((x >> 1) & UINT32_C(0x55555555));
+    x = (x & UINT32_C(0x33333333)) + ((x >> 2) & UINT32_C(0x33333333));
+    x = (x + (x >> 4)) & UINT32_C(0x0f0f0f0f);
+    return (unsigned)((x * UINT32_C(0x01010101)) >> 24);
+}
+
 /* Index of chunk c's entry in a bitmap node with these bits. */
 static unsigned bitmap_index(uint32_t bits, unsigned c)
 {
-    return (unsigned)__builtin_popcount(bits & ((UINT32_C(1) << c) - 1));
+    return popcount32(bits & ((UINT32_C(1) << c) - 1));
 }
 
 /* Number of slots allocated in node. */

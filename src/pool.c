@@ -56,6 +56,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -113,13 +114,18 @@ struct work {
     _Atomic(struct work *) next; /* injection queue link */
     _Atomic uint32_t state;
     uint8_t kind;
+    bool counted;                /* counted in the pool's pending */
     int16_t outcome;             /* 0 or CP_E*, written before state is final */
 };
+
+struct job_cache;
 
 /* A heap job; also the user's future. */
 struct cp_future {
     struct work w;
     atomic_uint refs;            /* the pool's while queued, the user's handle */
+    struct job_cache *home;      /* where it goes back when both are dropped */
+    struct cp_future *free_next; /* link in its home's free lists */
     cp_job_fn fn;
     void *arg;
     void *result;
@@ -129,7 +135,9 @@ struct cp_future {
     _Atomic uintptr_t runner;    /* the thread running it, to detect self-waits */
 };
 
-/* A frame task, laid over cp_task (64 bytes). */
+/* A frame task, laid over cp_task (64 bytes). Its context is a borrowed
+ * capture of the spawner's (context.h): no atomic operation when spawned. The
+ * borrow stack of the spawning thread is also how cp_sync checks the order. */
 struct task {
     struct work w;
     union {
@@ -137,9 +145,7 @@ struct task {
         void *result;            /* after */
     } u;
     void *arg;
-    cp__hamt map;
-    struct task *prev;           /* the spawning thread's previous unsynced task */
-    cp_pool *pool;
+    cp__borrow borrow;
 };
 
 _Static_assert(sizeof(struct task) <= sizeof(cp_task), "cp_task is too small");
@@ -155,9 +161,12 @@ struct worker {
     unsigned index;
     uint64_t rng;
     unsigned tick;               /* items run, for injection-queue fairness */
+    int64_t credit;              /* counted items this worker finished, less
+                                    those it added, not yet applied to the
+                                    pool's pending (see pending_flush) */
     /* Statistics: written by this worker only (relaxed load + store), read
      * by cp_pool_get_stats from any thread (relaxed). */
-    _Atomic uint64_t completed, stolen, parks;
+    _Atomic uint64_t completed, stolen, parks, submitted, cancelled;
 };
 
 enum { RUNNING = 0, DRAINING = 1, CANCELLING = 2 };
@@ -170,13 +179,17 @@ struct cp_pool {
     atomic_bool inject_lock;
     struct work inject_stub;
 
-    /* Event count: epoch (the futex word) and the number of waiters. */
+    /* Event count: epoch (the futex word) and the number of waiters; and
+     * the number of workers searching for work before they park. */
     alignas(CP__CACHE_LINE) _Atomic uint32_t epoch;
     _Atomic uint32_t waiters;
+    _Atomic uint32_t searching;
 
+    /* Written by submitters outside the pool, and by workers in batches. */
     alignas(CP__CACHE_LINE) _Atomic uint64_t pending;
-    _Atomic int state;            /* RUNNING, DRAINING, CANCELLING */
-    _Atomic uint64_t submitted, cancelled;
+    _Atomic uint64_t submitted;   /* by threads outside the pool */
+    /* Read by every worker for every item: a line of its own. */
+    alignas(CP__CACHE_LINE) _Atomic int state; /* RUNNING, DRAINING, CANCELLING */
 
     unsigned nworkers;
     unsigned fork_generation;
@@ -186,10 +199,6 @@ struct cp_pool {
 /* The calling thread's worker, if it is one (of any pool). */
 static __thread struct worker *this_worker
     __attribute__((tls_model("initial-exec")));
-/* The calling thread's most recent unsynced frame task. */
-static __thread struct task *spawn_top
-    __attribute__((tls_model("initial-exec")));
-
 /* fork(): a child inherits pools whose workers do not exist in it. Every
  * pool remembers the generation it was made in; the child handler bumps the
  * generation, and every call on an older pool returns CP_ESHUTDOWN. */
@@ -302,18 +311,42 @@ static bool inject_nonempty(cp_pool *pool)
 /* ------------------------------------------------------------------------ */
 /* Parking                                                                   */
 
-static void notify(cp_pool *pool, int count)
+static void wake(cp_pool *pool, int count)
 {
-    /* seq_cst fence: the work published just before (a deque push or an
-     * injection) is ordered before our read of the waiter count; pairs with
-     * the fence in park. */
-    atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&pool->waiters, memory_order_seq_cst) == 0)
         return;
     /* seq_cst: a new epoch, so a waiter that read the old one does not
      * sleep (its futex wait compares against the old value). */
     atomic_fetch_add_explicit(&pool->epoch, 1, memory_order_seq_cst);
     futex_wake(&pool->epoch, count);
+}
+
+/* New work was published: make sure some worker will look. No wake when a
+ * worker is searching: it will find the work, and wakes the next worker when
+ * it does (see worker_main), as Go's and Tokio's schedulers do; so a stream
+ * of submits costs no system calls while the pool is busy. */
+static void notify_published(cp_pool *pool)
+{
+    if (atomic_load_explicit(&pool->searching, memory_order_seq_cst) == 0)
+        wake(pool, 1);
+}
+
+static void notify(cp_pool *pool)
+{
+    /* seq_cst fence: the work published just before (a deque push, whose
+     * store is only a release) is ordered before our reads of the searching
+     * and waiter counts; pairs with the fence in park, which a searcher
+     * passes after it stops searching and before it looks for work one last
+     * time. An injection needs no fence: its exchange is seq_cst itself. */
+    atomic_thread_fence(memory_order_seq_cst);
+    notify_published(pool);
+}
+
+/* Wake every worker: shutdown, and the end of the last pending item. */
+static void notify_all(cp_pool *pool)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    wake(pool, INT_MAX);
 }
 
 static bool pool_finished(cp_pool *pool)
@@ -379,7 +412,7 @@ static struct work *take_injected(struct worker *self)
         }
     inject_unlock(pool);
     if (moved > 0)
-        notify(pool, 1);
+        notify(pool);
     return first;
 }
 
@@ -419,11 +452,13 @@ static struct work *find_work(struct worker *self)
 /* ------------------------------------------------------------------------ */
 /* Running work                                                              */
 
+static void job_release(struct cp_future *f);
+
 static void future_decref(struct cp_future *f)
 {
     /* acq_rel: the last holder sees every other holder's writes. */
     if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1)
-        cp__free(f);
+        job_release(f);
 }
 
 /* Make w's state final (DONE or CANCELLED) and wake whoever sleeps on it.
@@ -439,11 +474,11 @@ static void work_finish(struct work *w, uint32_t final)
         futex_wake(&w->state, INT_MAX);
 }
 
-/* Run fn(arg) in a frame on map (taking the map reference). */
-static void *run_in_frame(cp__hamt map, cp_job_fn fn, void *arg)
+/* Run fn(arg) in a frame on map: taking its reference (owned) or borrowing. */
+static void *run_in_frame(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
 {
     cp_context frame;
-    cp__context_init_frame(&frame, map);
+    cp__context_init_frame(&frame, map, owned);
     cp__context_enter(&frame); /* a fresh frame cannot be busy */
     void *result = fn(arg);
     cp__context_leave(&frame);
@@ -451,13 +486,42 @@ static void *run_in_frame(cp__hamt map, cp_job_fn fn, void *arg)
     return result;
 }
 
-static void pending_done(cp_pool *pool)
+/* Take n finished items off the pool's pending count. */
+static void pending_sub(cp_pool *pool, uint64_t n)
 {
     /* seq_cst: see "Shutdown"; the last item of a shut-down pool wakes the
      * workers so they can leave. */
-    if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_seq_cst) == 1 &&
+    if (atomic_fetch_sub_explicit(&pool->pending, n, memory_order_seq_cst) == n &&
         atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING)
-        notify(pool, INT_MAX);
+        notify_all(pool);
+}
+
+/* Workers keep their part of pending in a local credit, applied in batches,
+ * so a stream of jobs does not bounce pending's cache line between the
+ * submitter and every worker. The true count is pending minus the credits.
+ * A worker applies its credit before it looks whether the pool is finished,
+ * so it never leaves while it holds items it added; a worker adds items only
+ * while it runs one that is still counted, so pending cannot reach zero
+ * while any item is queued or running, except for an instant in which
+ * another worker may leave a draining pool early: the items still run, on
+ * the workers that remain. */
+#define FLUSH_EVERY 64
+static void pending_flush(struct worker *self)
+{
+    int64_t credit = self->credit;
+    self->credit = 0;
+    if (credit > 0)
+        pending_sub(self->pool, (uint64_t)credit);
+    else if (credit < 0)
+        /* seq_cst: see "Shutdown". */
+        atomic_fetch_add_explicit(&self->pool->pending, (uint64_t)-credit,
+                                  memory_order_seq_cst);
+}
+
+static void pending_done(struct worker *self)
+{
+    if (++self->credit >= FLUSH_EVERY)
+        pending_flush(self);
 }
 
 static void drop_payload(struct cp_future *f)
@@ -470,15 +534,18 @@ static void drop_payload(struct cp_future *f)
 
 static void run_job(struct worker *self, struct cp_future *f)
 {
-    cp_pool *pool = f->pool;
+    cp_pool *pool = self->pool;
     /* acquire: the submitter's writes (made before the release in the queue
      * push) are ours. Claiming it fails only when cp_future_cancel won: it
      * drops the payload and reports the job; we only drop our reference. */
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
     do {
         if ((s & ST_MASK) != ST_PENDING) {
+            /* Cancelled by cp_future_cancel, which cannot count it: the
+             * pool may be gone by the time a cancel returns. */
+            stat_bump(&self->cancelled);
             future_decref(f);
-            pending_done(pool);
+            pending_done(self);
             return;
         }
     } while (!atomic_compare_exchange_weak_explicit(&f->w.state, &s,
@@ -488,8 +555,7 @@ static void run_job(struct worker *self, struct cp_future *f)
     if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
         drop_payload(f);
         f->w.outcome = CP_ECANCELED;
-        /* relaxed: a statistic. */
-        atomic_fetch_add_explicit(&pool->cancelled, 1, memory_order_relaxed);
+        stat_bump(&self->cancelled);
         work_finish(&f->w, ST_CANCELLED);
     } else {
         /* relaxed: only compared with the reader's own identity. */
@@ -503,7 +569,7 @@ static void run_job(struct worker *self, struct cp_future *f)
             }
             drop_payload(f);
         } else {
-            f->result = run_in_frame(f->map, f->fn, f->arg);
+            f->result = run_in_frame(f->map, true, f->fn, f->arg);
             f->map = CP__HAMT_EMPTY;
             f->w.outcome = 0;
         }
@@ -512,26 +578,30 @@ static void run_job(struct worker *self, struct cp_future *f)
         work_finish(&f->w, ST_DONE);
     }
     future_decref(f);
-    pending_done(pool);
+    pending_done(self);
 }
 
 /* A frame task taken by a thread other than its spawner, or by its spawner
  * from the injection queue's far side. */
 static void run_task(struct worker *self, struct task *t)
 {
-    cp_pool *pool = t->pool;
+    cp_pool *pool = self->pool;
+    bool counted = t->w.counted; /* read before the spawner may free t */
+    /* relaxed: a hint; a task that races with the start of a cancel runs. */
     if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
-        cp__hamt_decref(t->map);
         t->w.outcome = CP_ECANCELED;
-        atomic_fetch_add_explicit(&pool->cancelled, 1, memory_order_relaxed);
+        stat_bump(&self->cancelled);
         work_finish(&t->w, ST_CANCELLED);
     } else {
-        t->u.result = run_in_frame(t->map, t->u.fn, t->arg);
+        /* The spawner keeps the borrowed map alive until cp_sync returns. */
+        void *result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
+        t->u.result = result;
         t->w.outcome = 0;
         stat_bump(&self->completed);
         work_finish(&t->w, ST_DONE);
     }
-    pending_done(pool);
+    if (counted)
+        pending_done(self);
 }
 
 static void run_work(struct worker *self, struct work *w)
@@ -591,6 +661,8 @@ static int wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
         }
         if (deadline && now_ns() >= deadline)
             return CP_ETIMEDOUT;
+        if (self)
+            pending_flush(self);
         if (!sleep_on(w, deadline))
             return CP_ETIMEDOUT;
     }
@@ -611,15 +683,32 @@ static void *worker_main(void *p)
             run_work(self, w);
             continue;
         }
+        pending_flush(self);
         if (pool_finished(pool))
             break;
-        /* Search for a while before sleeping: work often comes right back. */
-        uint64_t until = now_ns() + SPIN_NS;
-        while (!(w = find_work(self)) && !pool_finished(pool) && now_ns() < until)
-            ;
-        if (w)
-            run_work(self, w);
-        else if (!pool_finished(pool))
+        /* Search for a while before sleeping: work often comes right back.
+         * At most half the workers search at once; the rest park at once.
+         * relaxed: a limit on spinning, not a condition of correctness. */
+        uint32_t searchers = atomic_load_explicit(&pool->searching, memory_order_relaxed);
+        if (searchers < (pool->nworkers + 1) / 2) {
+            /* seq_cst: read by notify; see there. */
+            atomic_fetch_add_explicit(&pool->searching, 1, memory_order_seq_cst);
+            uint64_t until = now_ns() + SPIN_NS;
+            while (!(w = find_work(self)) && !pool_finished(pool) && now_ns() < until)
+                sched_yield(); /* an oversubscribed submitter needs the CPU */
+            /* seq_cst: before the last look in park (notify's pairing). */
+            uint32_t left = atomic_fetch_sub_explicit(&pool->searching, 1,
+                                                      memory_order_seq_cst) - 1;
+            if (w) {
+                /* The last searcher found work: there may be more, and
+                 * nobody is searching now. */
+                if (left == 0)
+                    notify(pool);
+                run_work(self, w);
+                continue;
+            }
+        }
+        if (!pool_finished(pool))
             park(self);
     }
     this_worker = NULL;
@@ -630,7 +719,7 @@ static void workers_stop(cp_pool *pool, unsigned started)
 {
     if (atomic_load_explicit(&pool->state, memory_order_seq_cst) == RUNNING)
         atomic_store_explicit(&pool->state, DRAINING, memory_order_seq_cst);
-    notify(pool, INT_MAX);
+    notify_all(pool);
     for (unsigned i = 0; i < started; i++)
         pthread_join(pool->workers[i].thread, NULL);
 }
@@ -695,22 +784,31 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     return 0;
 }
 
-/* Account for a new work item: 0, or CP_ESHUTDOWN (nothing counted).
- * A worker of the pool may still add work while the pool drains: that work
- * belongs to a job already accepted. */
+/* Account for a new counted work item: 0, or CP_ESHUTDOWN (nothing
+ * counted). A worker of the pool may still add work while the pool drains:
+ * that work belongs to a job already accepted. */
 static int admit(cp_pool *pool)
 {
     if (forked_away(pool))
         return CP_ESHUTDOWN;
+    if (is_worker_of(pool)) {
+        struct worker *self = this_worker;
+        /* relaxed: our own item runs before we finish, or the drain waits. */
+        if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING)
+            return CP_ESHUTDOWN;
+        if (--self->credit <= -FLUSH_EVERY)
+            pending_flush(self);
+        stat_bump(&self->submitted);
+        return 0;
+    }
     /* seq_cst: raise pending before reading the state (see "Shutdown"). */
     atomic_fetch_add_explicit(&pool->pending, 1, memory_order_seq_cst);
-    int state = atomic_load_explicit(&pool->state, memory_order_seq_cst);
-    if (state == RUNNING || (state == DRAINING && is_worker_of(pool))) {
+    if (atomic_load_explicit(&pool->state, memory_order_seq_cst) == RUNNING) {
         /* relaxed: a statistic. */
         atomic_fetch_add_explicit(&pool->submitted, 1, memory_order_relaxed);
         return 0;
     }
-    pending_done(pool);
+    pending_sub(pool, 1);
     return CP_ESHUTDOWN;
 }
 
@@ -719,11 +817,141 @@ static int admit(cp_pool *pool)
 static void enqueue(cp_pool *pool, struct work *w)
 {
     if (is_worker_of(pool) && cp__deque_push(&this_worker->deque, w) == 0) {
-        notify(pool, 1);
+        notify(pool);
+    } else {
+        inject_push(pool, w);
+        notify_published(pool);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Job caches                                                                */
+
+/* Every thread that submits keeps a cache of jobs, so that a steady stream
+ * of submits allocates nothing. A job goes back to the cache of the thread
+ * that allocated it (its home): onto the home's own list when that thread
+ * frees it, else onto the home's returned stack, which the home takes whole
+ * with one exchange when its own list runs dry (so popping has no ABA
+ * problem). When the home thread exits it closes the stack; jobs that come
+ * back to a closed home are freed. The cache lives while its thread or any of
+ * its jobs does. */
+struct job_cache {
+    struct cp_future *local;                /* home thread only */
+    _Atomic(struct cp_future *) returned;   /* any thread pushes */
+    atomic_size_t refs;                     /* the thread + its jobs */
+};
+
+static struct cp_future closed_marker;
+#define CACHE_CLOSED (&closed_marker)
+
+static __thread struct job_cache *my_cache
+    __attribute__((tls_model("initial-exec")));
+static pthread_key_t cache_key;
+static pthread_once_t cache_key_once = PTHREAD_ONCE_INIT;
+static int cache_key_error;
+
+static void cache_decref(struct job_cache *c, size_t n)
+{
+    /* acq_rel: the last one out sees every other's pushes before freeing. */
+    if (atomic_fetch_sub_explicit(&c->refs, n, memory_order_acq_rel) == n)
+        cp__free(c);
+}
+
+static size_t free_list(struct cp_future *f)
+{
+    size_t n = 0;
+    for (struct cp_future *next; f; f = next, n++) {
+        next = f->free_next;
+        cp__free(f);
+    }
+    return n;
+}
+
+static void cache_close(void *p)
+{
+    struct job_cache *c = p;
+    my_cache = NULL;
+    size_t n = free_list(c->local);
+    /* acquire: pairs with the release pushes, so their links are visible. */
+    n += free_list(atomic_exchange_explicit(&c->returned, CACHE_CLOSED,
+                                            memory_order_acquire));
+    cache_decref(c, n + 1);
+}
+
+static void cache_key_create(void)
+{
+    cache_key_error = pthread_key_create(&cache_key, cache_close);
+}
+
+/* This thread's cache, made on first use; NULL without memory for it. */
+static struct job_cache *cache_get(void)
+{
+    if (my_cache)
+        return my_cache;
+    pthread_once(&cache_key_once, cache_key_create);
+    struct job_cache *c = cache_key_error ? NULL : cp__malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    c->local = NULL;
+    atomic_init(&c->returned, NULL);
+    atomic_init(&c->refs, 1);
+    if (pthread_setspecific(cache_key, c) != 0) {
+        cp__free(c);
+        return NULL;
+    }
+    return my_cache = c;
+}
+
+static struct cp_future *job_alloc(void)
+{
+    struct job_cache *c = cache_get();
+    if (c) {
+        if (!c->local)
+            /* acquire: pairs with the release in job_release. */
+            c->local = atomic_exchange_explicit(&c->returned, NULL,
+                                                memory_order_acquire);
+        struct cp_future *f = c->local;
+        if (f) {
+            c->local = f->free_next;
+            return f;
+        }
+    }
+    struct cp_future *f = cp__malloc(sizeof *f);
+    if (f) {
+        f->home = c;
+        if (c)
+            /* relaxed: the new job is the reference; nothing to order. */
+            atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    }
+    return f;
+}
+
+/* The last reference to f is gone: back to its home. */
+static void job_release(struct cp_future *f)
+{
+    struct job_cache *c = f->home;
+    if (!c) {
+        cp__free(f);
         return;
     }
-    inject_push(pool, w);
-    notify(pool, 1);
+    if (c == my_cache) {
+        f->free_next = c->local;
+        c->local = f;
+        return;
+    }
+    struct cp_future *head = atomic_load_explicit(&c->returned, memory_order_relaxed);
+    do {
+        if (head == CACHE_CLOSED) {
+            cp__free(f);
+            cache_decref(c, 1);
+            return;
+        }
+        f->free_next = head;
+        /* release: f's link (and our last writes to it) before it is seen;
+         * pairs with the home's acquire exchange. */
+    } while (!atomic_compare_exchange_weak_explicit(&c->returned, &head, f,
+                                                    memory_order_release,
+                                                    memory_order_relaxed));
 }
 
 static int submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
@@ -731,17 +959,18 @@ static int submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
 {
     if (!pool || !fn)
         return CP_EINVAL;
-    struct cp_future *f = cp__malloc(sizeof *f);
+    struct cp_future *f = job_alloc();
     if (!f)
         return CP_ENOMEM;
     int err = admit(pool);
     if (err != 0) {
-        cp__free(f);
+        job_release(f);
         return err;
     }
     atomic_init(&f->w.next, NULL);
     atomic_init(&f->w.state, ST_PENDING);
     f->w.kind = KIND_JOB;
+    f->w.counted = true;
     f->w.outcome = 0;
     atomic_init(&f->refs, future ? 2u : 1u);
     f->fn = fn;
@@ -788,7 +1017,7 @@ int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how)
             &pool->state, &expected, how == CP_SHUTDOWN_DRAIN ? DRAINING : CANCELLING,
             memory_order_seq_cst, memory_order_seq_cst))
         return CP_ESHUTDOWN;
-    notify(pool, INT_MAX);
+    notify_all(pool);
     return 0;
 }
 
@@ -813,10 +1042,11 @@ int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats)
     memset(stats, 0, sizeof *stats);
     stats->threads = pool->nworkers;
     stats->submitted = atomic_load_explicit(&pool->submitted, memory_order_relaxed);
-    stats->cancelled = atomic_load_explicit(&pool->cancelled, memory_order_relaxed);
     for (unsigned i = 0; i < pool->nworkers; i++) {
         const struct worker *w = &pool->workers[i];
+        stats->submitted += atomic_load_explicit(&w->submitted, memory_order_relaxed);
         stats->completed += atomic_load_explicit(&w->completed, memory_order_relaxed);
+        stats->cancelled += atomic_load_explicit(&w->cancelled, memory_order_relaxed);
         stats->stolen += atomic_load_explicit(&w->stolen, memory_order_relaxed);
         stats->parks += atomic_load_explicit(&w->parks, memory_order_relaxed);
     }
@@ -876,16 +1106,12 @@ int cp_future_cancel(cp_future *f)
 {
     if (!f)
         return CP_EINVAL;
-    /* Counted before the claim: once we own the job, the worker that
-     * dequeues it may finish the pool's accounting and the pool may be freed,
-     * so we must not touch the pool after. relaxed: a statistic. */
-    atomic_fetch_add_explicit(&f->pool->cancelled, 1, memory_order_relaxed);
+    /* The pool is not touched here: once the job is ours, the worker that
+     * dequeues it may finish the pool's accounting and the pool be freed. */
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
     for (;;) {
-        if ((s & ST_MASK) != ST_PENDING) {
-            atomic_fetch_sub_explicit(&f->pool->cancelled, 1, memory_order_relaxed);
+        if ((s & ST_MASK) != ST_PENDING)
             return (s & ST_MASK) == ST_CANCELLED ? 0 : CP_EBUSY;
-        }
         /* acq_rel on success: we take the payload over from the submitter
          * (acquire), and waiters that see CANCELLED see it final (release). */
         if (atomic_compare_exchange_weak_explicit(&f->w.state, &s, ST_CANCELLED,
@@ -913,20 +1139,25 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
 {
     if (!pool || !task || !fn)
         return CP_EINVAL;
-    int err = admit(pool);
-    if (err != 0)
-        return err;
     struct task *t = (struct task *)task;
+    /* A worker's task is part of the job that spawns it, which stays counted
+     * until the task is synced: it needs no count of its own. */
+    bool counted = !is_worker_of(pool);
+    if (counted) {
+        int err = admit(pool);
+        if (err != 0)
+            return err;
+    } else if (forked_away(pool)) {
+        return CP_ESHUTDOWN;
+    }
     atomic_init(&t->w.next, NULL);
     atomic_init(&t->w.state, ST_PENDING);
     t->w.kind = KIND_TASK;
+    t->w.counted = counted;
     t->w.outcome = 0;
     t->u.fn = fn;
     t->arg = arg;
-    t->map = cp__context_capture();
-    t->pool = pool;
-    t->prev = spawn_top;
-    spawn_top = t;
+    cp__context_borrow(&t->borrow);
     enqueue(pool, &t->w);
     return 0;
 }
@@ -934,29 +1165,29 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
 int cp_sync(cp_task *task, void **result)
 {
     struct task *t = (struct task *)task;
-    if (!t || t != spawn_top)
+    if (!t || &t->borrow != cp__context_borrow_top())
         return CP_EINVAL;
-    spawn_top = t->prev;
-    cp_pool *pool = t->pool;
-    if (is_worker_of(pool)) {
+    if (!t->w.counted) {
+        /* Spawned by this worker onto its own deque. Fast path: nobody took
+         * it, it is on top of the deque. Anything above it was queued by a
+         * submit and runs now, as help. */
         struct worker *self = this_worker;
-        /* Fast path: nobody took it, it is on top of our deque. Anything
-         * above it was queued by submit and runs now, as help. */
         struct work *w;
         while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
             if (w == &t->w) {
-                t->u.result = run_in_frame(t->map, t->u.fn, t->arg);
-                t->w.outcome = 0;
+                t->u.result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
                 stat_bump(&self->completed);
-                /* relaxed: only this thread looks at the task from now on. */
+                /* relaxed: no other thread looks at the task any more. */
                 atomic_store_explicit(&t->w.state, ST_DONE, memory_order_relaxed);
-                pending_done(pool);
                 break;
             }
             run_work(self, w);
         }
+        wait_work(self->pool, &t->w, 0);
+    } else {
+        wait_work(NULL, &t->w, 0);
     }
-    wait_work(pool, &t->w, 0);
+    cp__context_unborrow(&t->borrow);
     if (t->w.outcome == 0 && result)
         *result = t->u.result;
     return t->w.outcome;

@@ -7,12 +7,14 @@ TEST_LIBS = libctxpool-internal.la $(PTHREAD_LIBS)
 TEST_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src
 
 UNIT_TESTS = \
+	tests/test_error \
 	tests/test_hamt \
 	tests/test_context \
 	tests/test_deque
 
 STRESS_TESTS = \
-	tests/stress/deque_stress
+	tests/stress/deque_stress \
+	tests/stress/context_stress
 
 EXTRA_DIST += tests/stress/check.h tests/exports.sh tests/run-test.sh
 LOG_COMPILER = $(SHELL) $(top_srcdir)/tests/run-test.sh
@@ -50,3 +52,12 @@ tests_test_deque_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
 tests_stress_deque_stress_SOURCES = tests/stress/deque_stress.c
 tests_stress_deque_stress_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_deque_stress_LDADD = $(TEST_LIBS)
+
+tests_test_error_SOURCES = tests/test_error.c
+tests_test_error_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_error_CFLAGS = $(AM_CFLAGS) $(CRITERION_CFLAGS)
+tests_test_error_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
+
+tests_stress_context_stress_SOURCES = tests/stress/context_stress.c
+tests_stress_context_stress_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_context_stress_LDADD = $(TEST_LIBS)

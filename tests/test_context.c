@@ -274,6 +274,60 @@ Test(var, get_sees_each_set_immediately)
     cp_var_free(v);
 }
 
+struct cached {
+    cp_var *v;
+    void *value;
+    int rc;
+};
+
+static void *get_twice(void *p)
+{
+    struct cached *g = p;
+    g->value = UNTOUCHED;
+    g->rc = cp_var_get(g->v, &g->value);
+    void *again = UNTOUCHED;
+    if (cp_var_get(g->v, &again) != g->rc || again != g->value)
+        g->rc = 99;
+    return NULL;
+}
+
+Test(var, get_inside_a_run_does_not_see_a_value_read_outside_it)
+{
+    /* A get just before entering a context must not answer the next get
+     * inside it, nor a get inside answer the next one after leaving. */
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_context *with = cp_context_new();
+    cp_context *without = cp_context_new();
+    cr_assert_eq(set_in(with, v, &b, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(current_value(v), &a);
+    struct cached g = {v, NULL, 1};
+    cr_assert_eq(cp_context_run(with, get_twice, &g, NULL), 0);
+    cr_assert_eq(g.rc, 0);
+    cr_assert_eq(g.value, &b);
+    cr_assert_eq(current_value(v), &a);
+    cr_assert_eq(cp_context_run(without, get_twice, &g, NULL), 0);
+    cr_assert_eq(g.rc, CP_ENOENT);
+    cr_assert_eq(current_value(v), &a);
+    cp_context_free(with);
+    cp_context_free(without);
+    cp_var_free(v);
+}
+
+Test(var, get_after_reset_does_not_see_the_value_read_before_it)
+{
+    int a;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0);
+    cr_assert_eq(current_value(v), &a);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    assert_unset_here(v);
+    cp_token_free(t);
+    cp_var_free(v);
+}
+
 /* ------------------------------------------------------------------------ */
 /* ContextVar.name                                                           */
 
@@ -2287,19 +2341,25 @@ Test(enomem, var_set_with_token_changes_nothing)
     cp_var_free(s.w);
 }
 
-/* A fresh thread's first set, which must also create its base context. */
+/* A fresh thread's first set, which must also create its base context. The
+ * allocation hook is per thread, so the fresh thread arms it itself. */
 struct fresh_set {
     cp_var *v;
     tval a;
     cp_token *t;
     int rc;
+    unsigned long fail_nth, made;
 };
 
 static void *first_set_on_fresh_thread(void *p)
 {
     struct fresh_set *s = p;
     s->t = NULL;
+    unsigned long before = cp__alloc_count();
+    cp__alloc_fail_nth(s->fail_nth);
     s->rc = cp_var_set(s->v, &s->a, &s->t);
+    cp__alloc_fail_nth(0);
+    s->made = cp__alloc_count() - before;
     void *value = UNTOUCHED;
     if (s->rc != 0) {
         TCHECK(cp_var_get(s->v, &value) == CP_ENOENT);
@@ -2310,15 +2370,6 @@ static void *first_set_on_fresh_thread(void *p)
         cp_token_free(s->t);
     }
     return NULL;
-}
-
-static int attempt_fresh_thread_set(void *p)
-{
-    struct fresh_set *s = p;
-    pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, first_set_on_fresh_thread, s), 0);
-    join_ok(th);
-    return s->rc;
 }
 
 static void fresh_set_unchanged(void *p)
@@ -2333,7 +2384,22 @@ Test(enomem, first_var_set_on_a_fresh_thread_changes_nothing, .timeout = 60)
 {
     struct fresh_set s = {0};
     s.v = cp_var_new("v", tval_free);
-    cr_assert_geq(fail_each_alloc(attempt_fresh_thread_set, fresh_set_unchanged, &s), 3);
+    /* As fail_each_alloc, with the failures made on the fresh thread. */
+    unsigned long n;
+    for (n = 1; n <= 1000; n++) {
+        pthread_t th;
+        s.fail_nth = n;
+        cr_assert_eq(pthread_create(&th, NULL, first_set_on_fresh_thread, &s), 0);
+        join_ok(th);
+        if (s.rc == 0) {
+            cr_assert_eq(s.made, n - 1, "succeeded although allocation %lu failed", n);
+            break;
+        }
+        cr_assert_eq(s.rc, CP_ENOMEM, "allocation %lu failing gave %d", n, s.rc);
+        cr_assert_geq(s.made, n, "failed with only %lu allocations made", s.made);
+        fresh_set_unchanged(&s);
+    }
+    cr_assert_geq(s.made, 3, "a first set makes the base, the item and the token");
     /* The successful set was released with its thread. */
     cr_assert_eq(frees_of(&s.a), 1);
     cp_var_free(s.v);
