@@ -16,7 +16,20 @@
  */
 #include "alloc.h"
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define CACHE_SMALL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CACHE_SMALL 0
+#endif
+#endif
+#ifndef CACHE_SMALL
+#define CACHE_SMALL 1
+#endif
 
 static __thread unsigned long countdown
     __attribute__((tls_model("initial-exec")));
@@ -52,4 +65,99 @@ void cp__alloc_fail_nth(unsigned long nth)
 unsigned long cp__alloc_count(void)
 {
     return allocations;
+}
+
+/* Small-object lists: one per 16-byte size class up to SMALL_MAX, at most
+ * SMALL_KEEP objects each; a thread's lists are freed when it exits. */
+#define SMALL_GRAIN 16
+#define SMALL_MAX 512
+#define SMALL_CLASSES (SMALL_MAX / SMALL_GRAIN)
+#define SMALL_KEEP 32
+
+struct small_free {
+    struct small_free *next;
+};
+
+struct small_cache {
+    struct small_free *head[SMALL_CLASSES];
+    unsigned count[SMALL_CLASSES];
+    bool registered; /* the exit destructor will run for this thread */
+};
+
+static __thread struct small_cache small
+    __attribute__((tls_model("initial-exec")));
+static pthread_key_t small_key;
+static pthread_once_t small_key_once = PTHREAD_ONCE_INIT;
+static int small_key_error;
+
+static void small_release(void *unused)
+{
+    (void)unused;
+    for (unsigned c = 0; c < SMALL_CLASSES; c++) {
+        for (struct small_free *f = small.head[c], *next; f; f = next) {
+            next = f->next;
+            free(f);
+        }
+        small.head[c] = NULL;
+        small.count[c] = 0;
+    }
+    small.registered = false;
+}
+
+static void small_key_create(void)
+{
+    small_key_error = pthread_key_create(&small_key, small_release);
+}
+
+/* Whether this thread may keep objects: its exit must free them. */
+static bool small_register(void)
+{
+    if (small.registered)
+        return true;
+    pthread_once(&small_key_once, small_key_create);
+    /* Any non-NULL value makes the destructor run at thread exit. */
+    small.registered = !small_key_error &&
+                       pthread_setspecific(small_key, &small) == 0;
+    return small.registered;
+}
+
+static size_t small_class(size_t size)
+{
+    return (size + SMALL_GRAIN - 1) / SMALL_GRAIN - 1;
+}
+
+void *cp__alloc_small(size_t size)
+{
+    if (should_fail())
+        return NULL;
+    if (!CACHE_SMALL || size > SMALL_MAX || size == 0)
+        return malloc(size);
+    size_t c = small_class(size);
+    struct small_free *f = small.head[c];
+    if (f) {
+        small.head[c] = f->next;
+        small.count[c]--;
+        return f;
+    }
+    /* The whole class size, so any size of the class can reuse it. */
+    return malloc((c + 1) * SMALL_GRAIN);
+}
+
+void cp__free_small(void *ptr, size_t size)
+{
+    if (!ptr)
+        return;
+    if (!CACHE_SMALL || size > SMALL_MAX || size == 0) {
+        free(ptr);
+        return;
+    }
+    size_t c = small_class(size);
+    if (small.count[c] >= SMALL_KEEP || !small_register()) {
+        free(ptr);
+        return;
+    }
+    struct small_free *f = ptr;
+    f->next = small.head[c];
+    small.head[c] = f;
+    small.count[c]++;
 }

@@ -42,7 +42,7 @@
  * - A thread's current context is entered by that thread (owner == self);
  *   its base context has owner == self from creation on.
  * - Every item holds one reference on its variable; every token holds one on
- *   its variable and one on its old item, if any.
+ *   its old item, or, when the variable had no value, one on the variable.
  */
 #include "config.h"
 
@@ -69,7 +69,7 @@ struct cp_var {
 };
 
 struct cp_token {
-    cp_var *var;          /* one reference */
+    cp_var *var;          /* held by old, or by a reference of our own */
     cp__hamt_item *old;   /* one reference; NULL: the variable had no value */
     uint64_t context_id;  /* token_id of the context the set was made in */
     atomic_bool used;     /* written by the context's owner; read relaxed */
@@ -269,12 +269,12 @@ static void item_release(cp__hamt_item *item)
     if (var->free_value)
         var->free_value(item->value);
     var_decref(var);
-    cp__free(item);
+    cp__free_small(item, sizeof *item);
 }
 
 static cp__hamt_item *item_new(cp_var *var, void *value)
 {
-    cp__hamt_item *item = cp__malloc(sizeof *item);
+    cp__hamt_item *item = cp__alloc_small(sizeof *item);
     if (!item)
         return NULL;
     cp__hamt_item_init(item, var->hash, var, value, item_release);
@@ -305,7 +305,7 @@ static void base_key_create(void)
 
 static cp_context *context_alloc(cp__hamt map, bool shared)
 {
-    cp_context *c = cp__malloc(sizeof *c);
+    cp_context *c = cp__alloc_small(sizeof *c);
     if (!c)
         return NULL;
     atomic_init(&c->refs, 1);
@@ -353,7 +353,7 @@ static cp_context *current_context(void)
         if (!base)
             return NULL;
         if (base_adopt(base) != 0) {
-            cp__free(base);
+            cp__free_small(base, sizeof *base);
             return NULL;
         }
     }
@@ -438,7 +438,7 @@ int cp_var_set(cp_var *var, void *value, cp_token **token)
     cp__hamt_item *old = cp__hamt_find(c->map, var->hash, var);
     cp_token *tok = NULL;
     if (token) {
-        tok = cp__malloc(sizeof *tok);
+        tok = cp__alloc_small(sizeof *tok);
         if (!tok)
             return CP_ENOMEM;
     }
@@ -452,12 +452,12 @@ int cp_var_set(cp_var *var, void *value, cp_token **token)
             if (item) {
                 /* Not taken: undo item_new without freeing the value. */
                 var_decref(var);
-                cp__free(item);
+                cp__free_small(item, sizeof *item);
             }
-            cp__free(tok);
+            cp__free_small(tok, sizeof *tok);
             return CP_ENOMEM;
         }
-        cp__hamt_item_decref(item); /* the new map holds it now */
+        cp__hamt_item_disown(item); /* the new map, not yet published, holds it */
     }
     if (tok) {
         if (c->token_id == 0)
@@ -465,10 +465,13 @@ int cp_var_set(cp_var *var, void *value, cp_token **token)
             c->token_id = atomic_fetch_add_explicit(&next_token_id, 1,
                                                     memory_order_relaxed);
         tok->var = var;
-        var_incref(var);
         tok->old = old;
+        /* The old item holds var for the token; without one, the token
+         * holds var itself. */
         if (old)
             cp__hamt_item_incref(old);
+        else
+            var_incref(var);
         tok->context_id = c->token_id;
         atomic_init(&tok->used, false);
         *token = tok;
@@ -524,9 +527,11 @@ void cp_token_free(cp_token *token)
 {
     if (!token)
         return;
-    cp__hamt_item_decref(token->old);
-    var_decref(token->var);
-    cp__free(token);
+    if (token->old)
+        cp__hamt_item_decref(token->old);
+    else
+        var_decref(token->var);
+    cp__free_small(token, sizeof *token);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -539,7 +544,7 @@ static void context_decref(cp_context *c)
     if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
         return;
     cp__hamt_decref(c->map);
-    cp__free(c);
+    cp__free_small(c, sizeof *c);
 }
 
 void cp__context_incref(cp_context *c)
@@ -716,7 +721,7 @@ cp_iter *cp_context_iter(const cp_context *c)
 {
     if (!c)
         return NULL;
-    cp_iter *it = cp__malloc(sizeof *it);
+    cp_iter *it = cp__alloc_small(sizeof *it);
     if (!it)
         return NULL;
     it->map = map_ref(c);
@@ -743,7 +748,7 @@ void cp_iter_free(cp_iter *it)
     if (!it)
         return;
     cp__hamt_decref(it->map);
-    cp__free(it);
+    cp__free_small(it, sizeof *it);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -126,6 +126,7 @@
 #include <assert.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 /* ------------------------------------------------------------------------ */
 /* Nodes and slots                                                           */
@@ -254,6 +255,15 @@ void cp__hamt_item_incref(cp__hamt_item *item)
 
 /* Drop one reference on item; the last one calls item->release (if set).
  * NULL: no-op. */
+void cp__hamt_item_disown(cp__hamt_item *item)
+{
+    /* relaxed load and store: no other thread can reach the item, so no
+     * other thread can change the count between them. */
+    size_t refs = atomic_load_explicit(&item->refs, memory_order_relaxed);
+    assert(refs > 1);
+    atomic_store_explicit(&item->refs, refs - 1, memory_order_relaxed);
+}
+
 void cp__hamt_item_decref(cp__hamt_item *item)
 {
     if (item == NULL)
@@ -265,6 +275,12 @@ void cp__hamt_item_decref(cp__hamt_item *item)
         if (item->release != NULL)
             item->release(item);
     }
+}
+
+/* Bytes of a node with nslots slots. */
+static size_t node_size(uint32_t nslots)
+{
+    return sizeof(cp__hamt_node) + (size_t)nslots * sizeof(slot);
 }
 
 /* Take one more reference on node; the caller holds one already. */
@@ -289,7 +305,7 @@ static void node_decref(cp__hamt_node *node)
     uint32_t n = node_slots(node);
     for (uint32_t i = 0; i < n; i++)
         slot_decref(node->entries[i]);
-    cp__free(node);
+    cp__free_small(node, node_size(n));
 }
 
 static void slot_incref(slot s)
@@ -338,11 +354,12 @@ void cp__hamt_decref(cp__hamt m)
 static cp__hamt_node *node_alloc(enum node_kind kind, uint32_t nslots,
                                  uint32_t count, uint32_t bits)
 {
-    size_t size = sizeof(cp__hamt_node) + (size_t)nslots * sizeof(slot);
-    cp__hamt_node *node = kind == KIND_ARRAY ? cp__calloc(1, size)
-                                             : cp__malloc(size);
+    size_t size = node_size(nslots);
+    cp__hamt_node *node = cp__alloc_small(size);
     if (node == NULL)
         return NULL;
+    if (kind == KIND_ARRAY)
+        memset(node->entries, 0, (size_t)nslots * sizeof(slot));
     atomic_init(&node->refs, 1);
     node->kind = (uint8_t)kind;
     node->count = count;

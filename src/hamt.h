@@ -29,6 +29,10 @@ void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
                         void *value, void (*release)(cp__hamt_item *));
 void cp__hamt_item_incref(cp__hamt_item *item);
 void cp__hamt_item_decref(cp__hamt_item *item); /* NULL: no-op */
+/* Drop the creator's reference to an item that no other thread can reach
+ * yet (listed only by maps this thread has not published), which another
+ * reference keeps alive: a plain decrement, no atomic read-modify-write. */
+void cp__hamt_item_disown(cp__hamt_item *item);
 
 typedef struct cp__hamt_node cp__hamt_node;
 
