@@ -80,21 +80,9 @@ struct cp_iter {
     cp__hamt_iter it;
 };
 
-/* The state of one thread. Its address is the thread's identity in
- * cp_context.owner. initial-exec: one %fs-relative load, no __tls_get_addr. */
-struct cp__thread {
-    cp_context *current; /* NULL until the thread needs a base context */
-    cp_context *base;
-    uint64_t gen;        /* bumped whenever the current map may change */
-    const cp_var *cache_var;
-    void *cache_value;
-    uint64_t cache_gen;
-    cp__borrow *borrows; /* this thread's borrowed captures, newest first */
-};
-
-/* gen starts at 1 so that the empty cache (cache_gen 0) never matches. */
-static __thread struct cp__thread self
-    __attribute__((tls_model("initial-exec"))) = {.gen = 1};
+/* The calling thread's state (context.h). gen starts at 1 so that the
+ * empty cache (cache_gen 0) never matches. */
+__thread struct cp__thread cp__self = {.gen = 1};
 
 static pthread_key_t base_key;
 static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;
@@ -103,10 +91,6 @@ static int base_key_error;
 /* Token identities: relaxed, only uniqueness matters. */
 static _Atomic uint64_t next_token_id = 1;
 
-static uintptr_t self_id(void)
-{
-    return (uintptr_t)&self;
-}
 
 /* ------------------------------------------------------------------------ */
 /* The map lock                                                              */
@@ -136,7 +120,7 @@ static void map_unlock(const cp_context *c)
  * its own identity there, so seeing it proves it. */
 static bool owned_here(const cp_context *c)
 {
-    return atomic_load_explicit(&c->owner, memory_order_relaxed) == self_id();
+    return atomic_load_explicit(&c->owner, memory_order_relaxed) == cp__self_id();
 }
 
 /* A reference to c's map, safe from any thread. */
@@ -160,7 +144,7 @@ static void materialise_borrows(cp__hamt old)
 {
     if (!old.root)
         return;
-    for (cp__borrow *b = self.borrows; b; b = b->prev)
+    for (cp__borrow *b = cp__self.borrows; b; b = b->prev)
         if (!b->owned && b->map.root == old.root) {
             cp__hamt_incref(old);
             b->owned = true;
@@ -178,8 +162,8 @@ static void map_swap(cp_context *c, cp__hamt m)
     } else {
         c->map = m;
     }
-    self.gen++;
-    if (self.borrows)
+    cp__self.gen++;
+    if (cp__self.borrows)
         materialise_borrows(old);
     if (c->owns_map)
         cp__hamt_decref(old);
@@ -289,11 +273,11 @@ static void context_decref(cp_context *c);
 
 static void base_release(void *base)
 {
-    if (self.base == base) {
-        self.base = NULL;
-        if (self.current == base)
-            self.current = NULL;
-        self.gen++;
+    if (cp__self.base == base) {
+        cp__self.base = NULL;
+        if (cp__self.current == base)
+            cp__self.current = NULL;
+        cp__self.gen++;
     }
     context_decref(base);
 }
@@ -335,12 +319,12 @@ static int base_adopt(cp_context *base)
         return CP_ENOMEM;
     /* relaxed: the context is not shared yet, and never will be: a base
      * context is never handed out, so its map needs no lock. */
-    atomic_store_explicit(&base->owner, self_id(), memory_order_relaxed);
+    atomic_store_explicit(&base->owner, cp__self_id(), memory_order_relaxed);
     base->shared = false;
-    self.base = base;
-    if (!self.current)
-        self.current = base;
-    self.gen++;
+    cp__self.base = base;
+    if (!cp__self.current)
+        cp__self.current = base;
+    cp__self.gen++;
     return 0;
 }
 
@@ -348,7 +332,7 @@ static int base_adopt(cp_context *base)
  * could not be made. */
 static cp_context *current_context(void)
 {
-    if (!self.current) {
+    if (!cp__self.current) {
         cp_context *base = context_alloc(CP__HAMT_EMPTY, false);
         if (!base)
             return NULL;
@@ -357,12 +341,12 @@ static cp_context *current_context(void)
             return NULL;
         }
     }
-    return self.current;
+    return cp__self.current;
 }
 
 cp__hamt cp__context_capture(void)
 {
-    cp__hamt m = self.current ? self.current->map : CP__HAMT_EMPTY;
+    cp__hamt m = cp__self.current ? cp__self.current->map : CP__HAMT_EMPTY;
     cp__hamt_incref(m);
     return m;
 }
@@ -373,15 +357,15 @@ cp__hamt cp__context_capture(void)
 /* The current context's item for var, or NULL. */
 static const cp__hamt_item *current_item(const cp_var *var)
 {
-    return self.current ? cp__hamt_find(self.current->map, var->hash, var) : NULL;
+    return cp__self.current ? cp__hamt_find(cp__self.current->map, var->hash, var) : NULL;
 }
 
 /* The cache hit: the hot path of every get, kept a leaf function. */
 static inline bool cache_hit(const cp_var *var, void **value)
 {
-    if (self.cache_var != var || self.cache_gen != self.gen)
+    if (cp__self.cache_var != var || cp__self.cache_gen != cp__self.gen)
         return false;
-    *value = self.cache_value;
+    *value = cp__self.cache_value;
     return true;
 }
 
@@ -392,9 +376,9 @@ static __attribute__((noinline)) bool lookup_value(const cp_var *var, void **val
     const cp__hamt_item *item = current_item(var);
     if (!item)
         return false;
-    self.cache_var = var;
-    self.cache_value = item->value;
-    self.cache_gen = self.gen;
+    cp__self.cache_var = var;
+    cp__self.cache_value = item->value;
+    cp__self.cache_gen = cp__self.gen;
     *value = item->value;
     return true;
 }
@@ -490,7 +474,7 @@ int cp_var_reset(cp_var *var, cp_token *token)
         return CP_ETOKEN_USED;
     if (token->var != var)
         return CP_ETOKEN_VAR;
-    cp_context *c = self.current;
+    cp_context *c = cp__self.current;
     if (!c || c->token_id != token->context_id)
         return CP_ETOKEN_CONTEXT;
     cp__hamt next;
@@ -584,66 +568,28 @@ void cp_context_free(cp_context *c)
         context_decref(c);
 }
 
-void cp__context_init_frame(cp_context *c, cp__hamt map, bool owned)
-{
-    atomic_init(&c->refs, 1);
-    atomic_init(&c->owner, 0);
-    atomic_init(&c->lock, false);
-    c->shared = false;
-    c->map = map;
-    c->prev = NULL;
-    c->token_id = 0;
-    c->owns_map = owned;
-}
-
-void cp__context_fini_frame(cp_context *c)
-{
-    if (c->owns_map)
-        cp__hamt_decref(c->map);
-}
-
-void cp__context_borrow(cp__borrow *b)
-{
-    b->map = self.current ? self.current->map : CP__HAMT_EMPTY;
-    b->owned = false;
-    b->prev = self.borrows;
-    self.borrows = b;
-}
-
-cp__borrow *cp__context_borrow_top(void)
-{
-    return self.borrows;
-}
-
-void cp__context_unborrow(cp__borrow *b)
-{
-    self.borrows = b->prev;
-    if (b->owned)
-        cp__hamt_decref(b->map);
-}
-
 int cp__context_enter(cp_context *c)
 {
     uintptr_t expected = 0;
     /* acquire on success: pairs with the release in cp__context_leave, so
      * every change the previous owner made happens-before ours. relaxed on
      * failure: we only report who holds it. */
-    if (!atomic_compare_exchange_strong_explicit(&c->owner, &expected, self_id(),
+    if (!atomic_compare_exchange_strong_explicit(&c->owner, &expected, cp__self_id(),
                                                  memory_order_acquire,
                                                  memory_order_relaxed))
-        return expected == self_id() ? CP_ERECURSIVE : CP_EBUSY;
+        return expected == cp__self_id() ? CP_ERECURSIVE : CP_EBUSY;
     cp__context_incref(c);
-    c->prev = self.current;
-    self.current = c;
-    self.gen++;
+    c->prev = cp__self.current;
+    cp__self.current = c;
+    cp__self.gen++;
     return 0;
 }
 
 void cp__context_leave(cp_context *c)
 {
-    self.current = c->prev;
+    cp__self.current = c->prev;
     c->prev = NULL;
-    self.gen++;
+    cp__self.gen++;
     /* release: publishes our changes to c to its next owner (the acquire in
      * cp__context_enter) and to later readers of c->owner. */
     atomic_store_explicit(&c->owner, 0, memory_order_release);

@@ -42,28 +42,102 @@ struct cp_context {
 /* A new reference to the calling thread's current map (empty if none). */
 cp__hamt cp__context_capture(void);
 
-/* Make c a frame on map. owned: whether the frame takes a reference the
- * caller holds, or borrows map from someone who keeps it alive until the
- * frame is finished. Finish with cp__context_fini_frame, which drops the map
- * the frame holds then, if it holds a reference. */
-void cp__context_init_frame(cp_context *c, cp__hamt map, bool owned);
-void cp__context_fini_frame(cp_context *c);
-
 /* Borrowed captures, for frame tasks: a capture of the current map that
  * takes no reference (no atomic operation), valid while the thread's current
  * map stays the same. If the thread changes a map that a borrow on its stack
- * refers to, the borrow takes a reference first ("materialises"), so the
- * capture stays valid until cp__context_unborrow. Borrows nest strictly:
- * unborrow only the most recent one. */
+ * refers to, the borrow takes a reference first ("materialises", in
+ * context.c's map_swap), so the capture stays valid until
+ * cp__context_unborrow. Borrows nest strictly: unborrow only the most
+ * recent one. */
 typedef struct cp__borrow {
     cp__hamt map;
     struct cp__borrow *prev;
     bool owned;
 } cp__borrow;
 
-void cp__context_borrow(cp__borrow *b);
-cp__borrow *cp__context_borrow_top(void);
-void cp__context_unborrow(cp__borrow *b);
+/* The state of one thread, kept by context.c. Its address is the thread's
+ * identity in cp_context.owner. It is declared here so that the pool's
+ * per-task steps (frames, borrows) inline into the pool: they run once per
+ * spawn. initial-exec: one %fs-relative access, no __tls_get_addr. */
+struct cp__thread {
+    cp_context *current; /* NULL until the thread needs a base context */
+    cp_context *base;
+    uint64_t gen;        /* bumped whenever the current map may change */
+    const cp_var *cache_var;
+    void *cache_value;
+    uint64_t cache_gen;
+    cp__borrow *borrows; /* this thread's borrowed captures, newest first */
+};
+
+extern __thread struct cp__thread cp__self
+    __attribute__((tls_model("initial-exec")));
+
+static inline uintptr_t cp__self_id(void)
+{
+    return (uintptr_t)&cp__self;
+}
+
+/* Make c a frame on map. owned: whether the frame takes a reference the
+ * caller holds, or borrows map from someone who keeps it alive until the
+ * frame is finished. Finish with cp__context_fini_frame, which drops the map
+ * the frame holds then, if it holds a reference. */
+static inline void cp__context_init_frame(cp_context *c, cp__hamt map, bool owned)
+{
+    atomic_init(&c->refs, 1);
+    atomic_init(&c->owner, 0);
+    atomic_init(&c->lock, false);
+    c->shared = false;
+    c->map = map;
+    c->prev = NULL;
+    c->token_id = 0;
+    c->owns_map = owned;
+}
+
+static inline void cp__context_fini_frame(cp_context *c)
+{
+    if (c->owns_map)
+        cp__hamt_decref(c->map);
+}
+
+/* Enter and leave a frame: as cp__context_enter and leave, but without
+ * atomic read-modify-writes, since no other thread can reach a frame.
+ * Entering a frame cannot fail. relaxed: only this thread ever looks at a
+ * frame's owner. */
+static inline void cp__context_enter_frame(cp_context *c)
+{
+    atomic_store_explicit(&c->owner, cp__self_id(), memory_order_relaxed);
+    c->prev = cp__self.current;
+    cp__self.current = c;
+    cp__self.gen++;
+}
+
+static inline void cp__context_leave_frame(cp_context *c)
+{
+    cp__self.current = c->prev;
+    c->prev = NULL;
+    cp__self.gen++;
+    atomic_store_explicit(&c->owner, 0, memory_order_relaxed);
+}
+
+static inline void cp__context_borrow(cp__borrow *b)
+{
+    b->map = cp__self.current ? cp__self.current->map : CP__HAMT_EMPTY;
+    b->owned = false;
+    b->prev = cp__self.borrows;
+    cp__self.borrows = b;
+}
+
+static inline cp__borrow *cp__context_borrow_top(void)
+{
+    return cp__self.borrows;
+}
+
+static inline void cp__context_unborrow(cp__borrow *b)
+{
+    cp__self.borrows = b->prev;
+    if (b->owned)
+        cp__hamt_decref(b->map);
+}
 
 /* Take one more reference to a heap context (not a frame). */
 void cp__context_incref(cp_context *c);

@@ -53,6 +53,7 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdalign.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -108,7 +109,8 @@ enum {
     ST_WAITERS = 4
 };
 
-enum work_kind { KIND_JOB, KIND_TASK };
+/* KIND_PRIVATE: a frame task kept by its spawner, in no queue (see cp_spawn). */
+enum work_kind { KIND_JOB, KIND_TASK, KIND_PRIVATE };
 
 struct work {
     _Atomic(struct work *) next; /* injection queue link */
@@ -184,6 +186,7 @@ struct cp_pool {
     alignas(CP__CACHE_LINE) _Atomic uint32_t epoch;
     _Atomic uint32_t waiters;
     _Atomic uint32_t searching;
+    _Atomic uint32_t waking;     /* a wake-one is on its way to a sleeper */
 
     /* Written by submitters outside the pool, and by workers in batches. */
     alignas(CP__CACHE_LINE) _Atomic uint64_t pending;
@@ -327,8 +330,14 @@ static void wake(cp_pool *pool, int count)
  * of submits costs no system calls while the pool is busy. */
 static void notify_published(cp_pool *pool)
 {
-    if (atomic_load_explicit(&pool->searching, memory_order_seq_cst) == 0)
-        wake(pool, 1);
+    /* seq_cst loads: the event-count protocol's "read theirs". While a
+     * wake is on its way, the worker it wakes will search and find this
+     * work too: no second wake (and system call) for it. */
+    if (atomic_load_explicit(&pool->searching, memory_order_seq_cst) != 0 ||
+        atomic_load_explicit(&pool->waiters, memory_order_seq_cst) == 0 ||
+        atomic_exchange_explicit(&pool->waking, 1, memory_order_seq_cst) != 0)
+        return;
+    wake(pool, 1);
 }
 
 static void notify(cp_pool *pool)
@@ -380,6 +389,11 @@ static void park(struct worker *self)
         futex_wait(&pool->epoch, epoch, NULL);
     }
     atomic_fetch_sub_explicit(&pool->waiters, 1, memory_order_seq_cst);
+    /* seq_cst: whoever leaves park ends the wake in flight, woken or not.
+     * Ending it early (another worker is the one woken) costs at most one
+     * more wake; it cannot stay set, since every waiter counted when it was
+     * set leaves park after the epoch it bumped. */
+    atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -479,9 +493,9 @@ static void *run_in_frame(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
 {
     cp_context frame;
     cp__context_init_frame(&frame, map, owned);
-    cp__context_enter(&frame); /* a fresh frame cannot be busy */
+    cp__context_enter_frame(&frame);
     void *result = fn(arg);
-    cp__context_leave(&frame);
+    cp__context_leave_frame(&frame);
     cp__context_fini_frame(&frame);
     return result;
 }
@@ -646,6 +660,35 @@ static bool sleep_on(struct work *w, uint64_t deadline)
     return true;
 }
 
+/* Look for work for a while (SPIN_NS) before sleeping, counted as
+ * searching so that busy workers publish work for us (see notify and
+ * cp_spawn). Stops early when awaited (if any) is final, or else when the
+ * pool is finished. At most half the workers search at once; the rest go to
+ * sleep at once. Returns the work found, or NULL. */
+static struct work *search(struct worker *self, const struct work *awaited)
+{
+    cp_pool *pool = self->pool;
+    /* relaxed: a limit on spinning, not a condition of correctness. */
+    if (atomic_load_explicit(&pool->searching, memory_order_relaxed) >=
+        (pool->nworkers + 1) / 2)
+        return NULL;
+    /* seq_cst: read by notify; see there. */
+    atomic_fetch_add_explicit(&pool->searching, 1, memory_order_seq_cst);
+    struct work *w;
+    uint64_t until = now_ns() + SPIN_NS;
+    while (!(w = find_work(self)) &&
+           !(awaited ? work_final(awaited) : pool_finished(pool)) && now_ns() < until)
+        sched_yield(); /* an oversubscribed submitter needs the CPU */
+    /* seq_cst: before the last look in park (notify's pairing). */
+    uint32_t left = atomic_fetch_sub_explicit(&pool->searching, 1,
+                                              memory_order_seq_cst) - 1;
+    /* The last searcher found work: there may be more, and nobody is
+     * searching now. */
+    if (w && left == 0)
+        notify(pool);
+    return w;
+}
+
 /* Wait until w is final; a worker of pool helps meanwhile. Returns 0, or
  * CP_ETIMEDOUT when deadline (0: none) passed first. */
 static int wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
@@ -654,10 +697,14 @@ static int wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
     while (!work_final(w)) {
         if (self) {
             struct work *other = find_work(self);
+            if (!other && !deadline)
+                other = search(self, w);
             if (other) {
                 run_work(self, other);
                 continue;
             }
+            if (work_final(w))
+                break;
         }
         if (deadline && now_ns() >= deadline)
             return CP_ETIMEDOUT;
@@ -686,29 +733,10 @@ static void *worker_main(void *p)
         pending_flush(self);
         if (pool_finished(pool))
             break;
-        /* Search for a while before sleeping: work often comes right back.
-         * At most half the workers search at once; the rest park at once.
-         * relaxed: a limit on spinning, not a condition of correctness. */
-        uint32_t searchers = atomic_load_explicit(&pool->searching, memory_order_relaxed);
-        if (searchers < (pool->nworkers + 1) / 2) {
-            /* seq_cst: read by notify; see there. */
-            atomic_fetch_add_explicit(&pool->searching, 1, memory_order_seq_cst);
-            uint64_t until = now_ns() + SPIN_NS;
-            while (!(w = find_work(self)) && !pool_finished(pool) && now_ns() < until)
-                sched_yield(); /* an oversubscribed submitter needs the CPU */
-            /* seq_cst: before the last look in park (notify's pairing). */
-            uint32_t left = atomic_fetch_sub_explicit(&pool->searching, 1,
-                                                      memory_order_seq_cst) - 1;
-            if (w) {
-                /* The last searcher found work: there may be more, and
-                 * nobody is searching now. */
-                if (left == 0)
-                    notify(pool);
-                run_work(self, w);
-                continue;
-            }
-        }
-        if (!pool_finished(pool))
+        /* Work often comes right back: search before sleeping. */
+        if ((w = search(self, NULL)))
+            run_work(self, w);
+        else if (!pool_finished(pool))
             park(self);
     }
     this_worker = NULL;
@@ -1135,6 +1163,45 @@ void cp_future_free(cp_future *f)
 /* ------------------------------------------------------------------------ */
 /* Frame tasks                                                               */
 
+/* Whether some worker of the pool is idle: searching for work or parked.
+ * relaxed: a hint for where to put a new task. A stale answer costs only
+ * parallelism: a task kept private while a worker turns idle is still run,
+ * by its spawner, and the spawner's next spawn sees the idle worker. */
+static bool workers_idle(const cp_pool *pool)
+{
+    return atomic_load_explicit(&pool->searching, memory_order_relaxed) != 0 ||
+           atomic_load_explicit(&pool->waiters, memory_order_relaxed) != 0;
+}
+
+/* Frame tasks. A worker's task is queued on its deque, where thieves can take
+ * it, only when some worker is idle; while every worker is busy there is
+ * nobody to take it, and it stays private: recorded on the spawner's borrow
+ * stack and nowhere else, spawned and synced without one atomic
+ * read-modify-write or fence (as in the private deques of Acar, Charguéraud
+ * and Rainey, PPoPP 2013, here with the idle workers' counts standing in for
+ * their steal requests). When a spawn finds a worker idle, it publishes the
+ * spawner's oldest private task, which in divide-and-conquer code is the
+ * largest (as Lace moves its split point), and keeps the new one private;
+ * only when there is none is the new task queued. A spawn publishes nothing
+ * while the spawner's deque still holds a task for the idle to take. Cilk-style fork-join
+ * spawns far more often than workers go idle, so idle workers still find
+ * work quickly. */
+
+static struct task *task_of(cp__borrow *b)
+{
+    return (struct task *)((char *)b - offsetof(struct task, borrow));
+}
+
+/* The oldest private task on this thread's borrow stack (every borrow there
+ * is a frame task's), or NULL. */
+static struct task *oldest_private(void)
+{
+    struct task *oldest = NULL;
+    for (cp__borrow *b = cp__context_borrow_top(); b; b = b->prev)
+        if (task_of(b)->w.kind == KIND_PRIVATE)
+            oldest = task_of(b);
+    return oldest;
+}
 int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
 {
     if (!pool || !task || !fn)
@@ -1152,14 +1219,38 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     }
     atomic_init(&t->w.next, NULL);
     atomic_init(&t->w.state, ST_PENDING);
-    t->w.kind = KIND_TASK;
     t->w.counted = counted;
     t->w.outcome = 0;
     t->u.fn = fn;
     t->arg = arg;
+    if (!counted) {
+        /* One published task at a time is enough for the idle to take. */
+        bool idle = workers_idle(pool) && cp__deque_size(&this_worker->deque) == 0;
+        struct task *publish = idle ? oldest_private() : NULL;
+        cp__context_borrow(&t->borrow);
+        t->w.kind = KIND_PRIVATE;
+        if (!idle)
+            return 0;
+        if (!publish)
+            publish = t;
+        /* kind before the push, whose release publishes it to thieves. */
+        publish->w.kind = KIND_TASK;
+        enqueue(pool, &publish->w);
+        return 0;
+    }
     cp__context_borrow(&t->borrow);
+    t->w.kind = KIND_TASK;
     enqueue(pool, &t->w);
     return 0;
+}
+
+/* Run a task on its spawner's thread, in a frame on its borrowed map. */
+static void run_inline(struct worker *self, struct task *t)
+{
+    t->u.result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
+    stat_bump(&self->completed);
+    /* relaxed: no other thread looks at the task any more. */
+    atomic_store_explicit(&t->w.state, ST_DONE, memory_order_relaxed);
 }
 
 int cp_sync(cp_task *task, void **result)
@@ -1167,18 +1258,19 @@ int cp_sync(cp_task *task, void **result)
     struct task *t = (struct task *)task;
     if (!t || &t->borrow != cp__context_borrow_top())
         return CP_EINVAL;
-    if (!t->w.counted) {
-        /* Spawned by this worker onto its own deque. Fast path: nobody took
+    if (t->w.kind == KIND_PRIVATE) {
+        /* Running now, still on the borrow stack: no longer one to publish. */
+        t->w.kind = KIND_TASK;
+        run_inline(this_worker, t);
+    } else if (!t->w.counted) {
+        /* Queued by this worker on its own deque. Fast path: nobody took
          * it, it is on top of the deque. Anything above it was queued by a
          * submit and runs now, as help. */
         struct worker *self = this_worker;
         struct work *w;
         while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
             if (w == &t->w) {
-                t->u.result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
-                stat_bump(&self->completed);
-                /* relaxed: no other thread looks at the task any more. */
-                atomic_store_explicit(&t->w.state, ST_DONE, memory_order_relaxed);
+                run_inline(self, t);
                 break;
             }
             run_work(self, w);
