@@ -88,8 +88,10 @@ demo)
     install_packages $build_packages
     bootstrap
     configure_build release
-    say "demo: a request ID follows each request across the pool's workers"
-    exec build/release/examples/request_ids
+    say "demo: four clients talk to an echo server at once. Each connection's pool job
+    sets client_addr once; render_goodbye(), three calls down and given no
+    address, reads it from the context, so every client gets its own address back."
+    exec build/release/examples/echo_server
     ;;
 test)
     install_packages $build_packages $test_packages

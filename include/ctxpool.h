@@ -394,8 +394,12 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
  * no other worker took it, else helps with other work until it is done.
  * Syncs on one thread come in reverse order of its spawns (nested like
  * scopes); a sync out of that order returns CP_EINVAL and waits for nothing.
- * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first;
- * CP_EINVAL. result may be NULL. Threads: the thread that spawned task. */
+ * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first
+ * (only a task spawned from outside the pool: a worker's tasks belong to the
+ * running job that spawned them, which a cancel lets finish); CP_EINVAL.
+ * result may be NULL. Threads: the thread that spawned task. Call it before
+ * leaving the context the spawn was made in (before the cp_context_run or
+ * job that spawned returns): the task runs in a borrowed view of it. */
 CP_EXPORT int cp_sync(cp_task *task, void **result);
 
 #ifdef __cplusplus

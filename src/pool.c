@@ -35,7 +35,10 @@
  * "write mine, then read theirs" with seq_cst, so at least one of them sees
  * the other: either the worker finds the work, or the publisher sees the
  * waiter and the bumped epoch makes its futex wait return. A worker spins for
- * a bounded time (SPIN_NS) before it parks; an idle pool uses no CPU.
+ * a bounded time (SPIN_NS) before it parks; an idle pool uses no CPU. The
+ * protocol's seq_cst fences order nothing but itself: all data crosses
+ * threads through release/acquire operations, which ThreadSanitizer sees
+ * (it does not model fences), so its runs check every handoff.
  *
  * Shutdown. `pending` counts the work items accepted and not yet finished.
  * Workers leave when the pool is shut down and pending is zero. A submit
@@ -382,6 +385,14 @@ static void park(struct worker *self)
     /* seq_cst: the epoch we may sleep on, read before we count ourselves in. */
     uint32_t epoch = atomic_load_explicit(&pool->epoch, memory_order_seq_cst);
     atomic_fetch_add_explicit(&pool->waiters, 1, memory_order_seq_cst);
+    /* seq_cst: a wake in flight may have found no waiter (it then bumps
+     * nothing), and notifiers that see the flag skip their wake. Clearing it
+     * here, counted in and before the last look, covers them: a notifier
+     * that read the flag before this store published its work before that,
+     * so the look below sees the work; one that reads a flag set again after
+     * it sees us counted, through the setter, whose wake bumps the epoch
+     * under us. */
+    atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
     /* seq_cst fence: "announce, then look", paired with notify's fence. */
     atomic_thread_fence(memory_order_seq_cst);
     if (!work_visible(pool) && !pool_finished(pool)) {
@@ -445,6 +456,12 @@ static struct work *steal_some(struct worker *self)
             ;
         if (r == CP__STEAL_OK) {
             stat_bump(&self->stolen);
+            /* More where that came from: wake another worker to take it,
+             * as a batch from the injection queue does. Without this, a
+             * worker that wakes and steals, rather than finding the work
+             * while searching, would leave the rest to sleeping workers. */
+            if (cp__deque_size(&victim->deque) > 0)
+                notify(pool);
             return item;
         }
     }
@@ -500,13 +517,17 @@ static void *run_in_frame(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
     return result;
 }
 
-/* Take n finished items off the pool's pending count. */
-static void pending_sub(cp_pool *pool, uint64_t n)
+/* Apply delta (items added, less items finished) to the pool's pending
+ * count. Whichever change brings a shut-down pool's count to zero wakes the
+ * workers so they can leave. The count may dip below zero for a while (it
+ * wraps; see the credits below), so this is checked for either sign. */
+static void pending_apply(cp_pool *pool, int64_t delta)
 {
-    /* seq_cst: see "Shutdown"; the last item of a shut-down pool wakes the
-     * workers so they can leave. */
-    if (atomic_fetch_sub_explicit(&pool->pending, n, memory_order_seq_cst) == n &&
-        atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING)
+    /* seq_cst: see "Shutdown". Unsigned wrap-around adds a negative delta. */
+    uint64_t after = atomic_fetch_add_explicit(&pool->pending, (uint64_t)delta,
+                                               memory_order_seq_cst) +
+                     (uint64_t)delta;
+    if (after == 0 && atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING)
         notify_all(pool);
 }
 
@@ -524,12 +545,8 @@ static void pending_flush(struct worker *self)
 {
     int64_t credit = self->credit;
     self->credit = 0;
-    if (credit > 0)
-        pending_sub(self->pool, (uint64_t)credit);
-    else if (credit < 0)
-        /* seq_cst: see "Shutdown". */
-        atomic_fetch_add_explicit(&self->pool->pending, (uint64_t)-credit,
-                                  memory_order_seq_cst);
+    if (credit != 0)
+        pending_apply(self->pool, -credit);
 }
 
 static void pending_done(struct worker *self)
@@ -601,8 +618,10 @@ static void run_task(struct worker *self, struct task *t)
 {
     cp_pool *pool = self->pool;
     bool counted = t->w.counted; /* read before the spawner may free t */
-    /* relaxed: a hint; a task that races with the start of a cancel runs. */
-    if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
+    /* A worker's task is part of the running job that spawned it, which a
+     * cancel lets finish; a task spawned from outside is a job of its own.
+     * relaxed: a hint; a task that races with the start of a cancel runs. */
+    if (counted && atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
         t->w.outcome = CP_ECANCELED;
         stat_bump(&self->cancelled);
         work_finish(&t->w, ST_CANCELLED);
@@ -663,14 +682,21 @@ static bool sleep_on(struct work *w, uint64_t deadline)
 /* Look for work for a while (SPIN_NS) before sleeping, counted as
  * searching so that busy workers publish work for us (see notify and
  * cp_spawn). Stops early when awaited (if any) is final, or else when the
- * pool is finished. At most half the workers search at once; the rest go to
- * sleep at once. Returns the work found, or NULL. */
-static struct work *search(struct worker *self, const struct work *awaited)
+ * pool is finished. At most half the workers search at once and the rest go
+ * to sleep at once, except a worker just woken (woken), which must look: a
+ * wake promises that someone will. Returns the work found, or NULL.
+ *
+ * A searcher that finds work, whatever work, and was the last one searching
+ * wakes another worker. That is what keeps a wake-up from being lost when
+ * the worker woken for one item takes another: the one it left is then
+ * looked for by the next (Go's scheduler keeps the same rule). */
+static struct work *search(struct worker *self, const struct work *awaited,
+                           bool woken)
 {
     cp_pool *pool = self->pool;
     /* relaxed: a limit on spinning, not a condition of correctness. */
-    if (atomic_load_explicit(&pool->searching, memory_order_relaxed) >=
-        (pool->nworkers + 1) / 2)
+    if (!woken && atomic_load_explicit(&pool->searching, memory_order_relaxed) >=
+                      (pool->nworkers + 1) / 2)
         return NULL;
     /* seq_cst: read by notify; see there. */
     atomic_fetch_add_explicit(&pool->searching, 1, memory_order_seq_cst);
@@ -682,8 +708,6 @@ static struct work *search(struct worker *self, const struct work *awaited)
     /* seq_cst: before the last look in park (notify's pairing). */
     uint32_t left = atomic_fetch_sub_explicit(&pool->searching, 1,
                                               memory_order_seq_cst) - 1;
-    /* The last searcher found work: there may be more, and nobody is
-     * searching now. */
     if (w && left == 0)
         notify(pool);
     return w;
@@ -698,7 +722,7 @@ static int wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
         if (self) {
             struct work *other = find_work(self);
             if (!other && !deadline)
-                other = search(self, w);
+                other = search(self, w, false);
             if (other) {
                 run_work(self, other);
                 continue;
@@ -724,8 +748,10 @@ static void *worker_main(void *p)
     struct worker *self = p;
     cp_pool *pool = self->pool;
     this_worker = self;
+    bool woken = false;
     for (;;) {
-        struct work *w = find_work(self);
+        struct work *w = woken ? search(self, NULL, true) : find_work(self);
+        woken = false;
         if (w) {
             run_work(self, w);
             continue;
@@ -734,10 +760,12 @@ static void *worker_main(void *p)
         if (pool_finished(pool))
             break;
         /* Work often comes right back: search before sleeping. */
-        if ((w = search(self, NULL)))
+        if ((w = search(self, NULL, false))) {
             run_work(self, w);
-        else if (!pool_finished(pool))
+        } else if (!pool_finished(pool)) {
             park(self);
+            woken = true;
+        }
     }
     this_worker = NULL;
     return NULL;
@@ -836,7 +864,7 @@ static int admit(cp_pool *pool)
         atomic_fetch_add_explicit(&pool->submitted, 1, memory_order_relaxed);
         return 0;
     }
-    pending_sub(pool, 1);
+    pending_apply(pool, -1);
     return CP_ESHUTDOWN;
 }
 

@@ -10,13 +10,16 @@ UNIT_TESTS = \
 	tests/test_error \
 	tests/test_hamt \
 	tests/test_context \
-	tests/test_deque
+	tests/test_deque \
+	tests/test_pool
 
 STRESS_TESTS = \
 	tests/stress/deque_stress \
-	tests/stress/context_stress
+	tests/stress/context_stress \
+	tests/stress/pool_stress
 
-EXTRA_DIST += tests/stress/check.h tests/exports.sh tests/run-test.sh
+EXTRA_DIST += tests/stress/check.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
+	tests/examples.sh tests/install.sh
 LOG_COMPILER = $(SHELL) $(top_srcdir)/tests/run-test.sh
 SH_LOG_COMPILER = $(SHELL)
 TEST_EXTENSIONS = .sh
@@ -32,7 +35,13 @@ endif
 
 # Only cp_* may be exported from the shared library.
 TESTS += tests/exports.sh
-AM_TESTS_ENVIRONMENT = top_builddir='$(top_builddir)'; NM='$(NM)'; export top_builddir NM;
+AM_TESTS_ENVIRONMENT = top_builddir='$(top_builddir)'; NM='$(NM)'; export top_builddir NM; \
+	LSAN_OPTIONS=suppressions='$(abs_top_srcdir)/tests/lsan.supp'; export LSAN_OPTIONS; \
+	MAKE='$(MAKE)'; CC='$(CC)'; PKG_CONFIG='$(PKG_CONFIG)'; SANITIZER_FLAGS='$(SANITIZER_FLAGS)'; \
+	export MAKE CC PKG_CONFIG SANITIZER_FLAGS;
+
+# Examples (their output) and the installed library (DESTDIR, pkg-config).
+TESTS += tests/examples.sh tests/install.sh
 
 tests_test_hamt_SOURCES = tests/test_hamt.c
 tests_test_hamt_CPPFLAGS = $(TEST_CPPFLAGS)
@@ -52,6 +61,15 @@ tests_test_deque_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
 tests_stress_deque_stress_SOURCES = tests/stress/deque_stress.c
 tests_stress_deque_stress_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_deque_stress_LDADD = $(TEST_LIBS)
+
+tests_test_pool_SOURCES = tests/test_pool.c
+tests_test_pool_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_pool_CFLAGS = $(AM_CFLAGS) $(CRITERION_CFLAGS)
+tests_test_pool_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
+
+tests_stress_pool_stress_SOURCES = tests/stress/pool_stress.c
+tests_stress_pool_stress_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_pool_stress_LDADD = $(TEST_LIBS)
 
 tests_test_error_SOURCES = tests/test_error.c
 tests_test_error_CPPFLAGS = $(TEST_CPPFLAGS)

@@ -1,0 +1,640 @@
+/* pool_stress.c - the pool under load: context flow through random job trees,
+ * cancels and a CP_SHUTDOWN_CANCEL under fire, lost wake-ups, frame tasks.
+ *
+ * Four phases, each checked exactly:
+ * 1. Trees: random job trees (depth up to 8, fan-out up to 8), some children
+ *    waited for (fork-join, the waiting worker helps), some fire and forget.
+ *    Each job checks that it sees exactly the variables its submitter had at
+ *    submit time (the expected values travel with the job), sets some of its
+ *    own, and checks after its children that none of their changes reached
+ *    it. Each job id runs exactly once (a counter per id). Values are heap
+ *    boxes whose destructor counts: at the end, frees == sets.
+ * 2. Mixed: 4 outside threads submit, jobs submit jobs, outside threads
+ *    cancel some of their jobs and wait for some at once, and the main thread
+ *    calls cp_pool_shutdown(CP_SHUTDOWN_CANCEL) half way. Every accepted job
+ *    ran exactly once or reported CP_ECANCELED, never both, never neither;
+ *    every wait returns; stats add up.
+ * 3. Lost wake-ups: rounds of "pool idle, an outside thread submits one job
+ *    and waits for it", with random pauses on both sides, some of them about
+ *    as long as the workers' search before parking, so that the submit meets
+ *    a worker at every point of going to sleep.
+ * 4. Frame tasks: recursive cp_spawn/cp_sync trees from several outside
+ *    threads at once and from inside a job, each checking its context.
+ *
+ * A watchdog thread turns a hang into a failure: if the progress counter
+ * does not move for WATCHDOG_SECONDS, it prints the phase and exits 1. That
+ * is a hang detector, not a timing assertion.
+ *
+ * Size: stress_ops() (check.h): argv[1] or CP_STRESS_SCALE times DEFAULT_OPS
+ * jobs for phase 1; the other phases are sized from it. Under
+ * ThreadSanitizer the default is divided by TSAN_DIVISOR so that the whole
+ * program stays under a minute on two cores.
+ *
+ * Exits 0 on success; on failure prints where and why, exits 1.
+ */
+#include "check.h"
+#include "ctxpool.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <sched.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_OPS 1000000ULL
+
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+#ifdef UNDER_TSAN
+#define TSAN_DIVISOR 2
+#else
+#define TSAN_DIVISOR 1
+#endif
+
+#define WATCHDOG_SECONDS 60
+
+enum { NVARS = 4, MAX_DEPTH = 8, MAX_FANOUT = 8 };
+
+/* ------------------------------------------------------------------------ */
+/* Shared helpers                                                            */
+
+static uint64_t splitmix(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Busy-wait about ns nanoseconds (no sleep: the point is to stay on CPU). */
+static void spin_ns(uint64_t ns)
+{
+    if (ns == 0)
+        return;
+    uint64_t until = now_ns() + ns;
+    while (now_ns() < until)
+        ;
+}
+
+/* Progress for the watchdog; relaxed: only "did it move" matters. */
+static atomic_ullong progress;
+static const char *_Atomic phase = "start";
+
+static void tick(void)
+{
+    atomic_fetch_add_explicit(&progress, 1, memory_order_relaxed);
+}
+
+static void *watchdog_main(void *arg)
+{
+    (void)arg;
+    unsigned long long last = atomic_load_explicit(&progress, memory_order_relaxed);
+    unsigned still = 0;
+    for (;;) {
+        struct timespec t = {0, 100000000}; /* 0.1 s */
+        nanosleep(&t, NULL);
+        unsigned long long now = atomic_load_explicit(&progress, memory_order_relaxed);
+        if (now != last) {
+            last = now;
+            still = 0;
+        } else if (++still >= WATCHDOG_SECONDS * 10) {
+            fprintf(stderr, "pool_stress: no progress for %d s in phase \"%s\": "
+                    "a hang (lost wake-up or a wait that never returns)\n",
+                    WATCHDOG_SECONDS, atomic_load(&phase));
+            _exit(1);
+        }
+    }
+    return NULL;
+}
+
+/* Values: heap boxes; the destructor counts every free. */
+typedef struct box {
+    uint64_t n;
+} box;
+
+static atomic_ullong sets, frees;
+static cp_var *vars[NVARS];
+
+static void box_free(void *p)
+{
+    atomic_fetch_add_explicit(&frees, 1, memory_order_relaxed);
+    free(p);
+}
+
+static void set_var(int v, uint64_t n)
+{
+    box *b = malloc(sizeof *b);
+    CHECK(b != NULL, "out of memory");
+    b->n = n;
+    CHECK(cp_var_set(vars[v], b, NULL) == 0, "cp_var_set failed");
+    atomic_fetch_add_explicit(&sets, 1, memory_order_relaxed);
+}
+
+/* The value of vars[v] here: its box's number, or 0 for none. */
+static uint64_t get_var(int v)
+{
+    void *p = NULL;
+    int rc = cp_var_get(vars[v], &p);
+    if (rc == CP_ENOENT)
+        return 0;
+    CHECK(rc == 0 && p != NULL, "cp_var_get: %s", cp_strerror(rc));
+    return ((box *)p)->n;
+}
+
+static void check_vars(const uint64_t expect[NVARS], const char *who, uint64_t id)
+{
+    for (int v = 0; v < NVARS; v++) {
+        uint64_t got = get_var(v);
+        CHECK(got == expect[v], "%s %" PRIu64 ": var %d is %" PRIu64
+              ", its submitter had %" PRIu64, who, id, v, got, expect[v]);
+    }
+}
+
+static cp_pool *new_pool(unsigned threads, const char *name)
+{
+    cp_pool *pool = NULL;
+    cp_pool_options o = {.threads = threads, .name = name};
+    int rc = cp_pool_new(&pool, &o);
+    CHECK(rc == 0, "cp_pool_new: %s", cp_strerror(rc));
+    return pool;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Phase 1: random job trees                                                 */
+
+typedef struct tree_job {
+    uint64_t id;
+    unsigned depth;
+    uint64_t seed;
+    uint64_t expect[NVARS];
+} tree_job;
+
+static cp_pool *tree_pool;
+static uint64_t tree_budget;
+static atomic_ullong tree_next_id;
+static atomic_uchar *tree_ran;
+
+static void *tree_run(void *p);
+
+/* A new job below the caller, or NULL when the budget is spent. */
+static tree_job *tree_child(unsigned depth, uint64_t seed, const uint64_t expect[NVARS])
+{
+    uint64_t id = atomic_fetch_add_explicit(&tree_next_id, 1, memory_order_relaxed);
+    if (id >= tree_budget)
+        return NULL;
+    tree_job *j = malloc(sizeof *j);
+    CHECK(j != NULL, "out of memory");
+    j->id = id;
+    j->depth = depth;
+    j->seed = seed;
+    memcpy(j->expect, expect, sizeof j->expect);
+    return j;
+}
+
+static void *tree_run(void *p)
+{
+    tree_job *j = p;
+    check_vars(j->expect, "tree job", j->id);
+    unsigned char before = atomic_fetch_add_explicit(&tree_ran[j->id], 1,
+                                                     memory_order_relaxed);
+    CHECK(before == 0, "tree job %" PRIu64 " ran twice", j->id);
+    tick();
+    uint64_t rng = j->seed;
+    uint64_t mine[NVARS];
+    memcpy(mine, j->expect, sizeof mine);
+    for (int v = 0; v < NVARS; v++)
+        if (splitmix(&rng) % 3 == 0) {
+            mine[v] = (splitmix(&rng) | 1);
+            set_var(v, mine[v]);
+        }
+    check_vars(mine, "tree job (after its sets)", j->id);
+    if (j->depth < MAX_DEPTH) {
+        unsigned fanout = (unsigned)(splitmix(&rng) % (MAX_FANOUT + 1));
+        cp_future *waited[MAX_FANOUT];
+        unsigned nwaited = 0;
+        for (unsigned i = 0; i < fanout; i++) {
+            tree_job *c = tree_child(j->depth + 1, splitmix(&rng), mine);
+            if (!c)
+                break;
+            bool wait = splitmix(&rng) & 1;
+            int rc = cp_pool_submit(tree_pool, tree_run, c, wait ? &waited[nwaited] : NULL);
+            CHECK(rc == 0, "submit from a job: %s", cp_strerror(rc));
+            if (wait)
+                nwaited++;
+        }
+        for (unsigned i = 0; i < nwaited; i++) {
+            int rc = cp_future_wait(waited[i], NULL);
+            CHECK(rc == 0, "wait in a job: %s", cp_strerror(rc));
+            cp_future_free(waited[i]);
+        }
+    }
+    /* Nothing the children did reached us. */
+    check_vars(mine, "tree job (after its children)", j->id);
+    free(j);
+    return NULL;
+}
+
+struct tree_args {
+    unsigned threads;
+    uint64_t seed;
+};
+
+/* Runs inside a context the caller frees afterwards. */
+static void *tree_phase(void *p)
+{
+    struct tree_args *a = p;
+    uint64_t rng = a->seed;
+    tree_pool = new_pool(a->threads, "tree");
+    enum { ROOTS = 4 };
+    while (atomic_load_explicit(&tree_next_id, memory_order_relaxed) < tree_budget) {
+        uint64_t mine[NVARS];
+        for (int v = 0; v < NVARS; v++) {
+            uint64_t r = splitmix(&rng);
+            if (r % 4 == 0) {
+                mine[v] = get_var(v); /* keep */
+            } else {
+                mine[v] = r | 1;
+                set_var(v, mine[v]);
+            }
+        }
+        cp_future *f[ROOTS];
+        unsigned n = 0;
+        for (; n < ROOTS; n++) {
+            tree_job *j = tree_child(0, splitmix(&rng), mine);
+            if (!j)
+                break;
+            int rc = cp_pool_submit(tree_pool, tree_run, j, &f[n]);
+            CHECK(rc == 0, "submit: %s", cp_strerror(rc));
+        }
+        for (unsigned i = 0; i < n; i++) {
+            int rc = cp_future_wait(f[i], NULL);
+            CHECK(rc == 0, "wait: %s", cp_strerror(rc));
+            cp_future_free(f[i]);
+        }
+        check_vars(mine, "tree phase main thread", 0);
+    }
+    CHECK(cp_pool_free(tree_pool) == 0, "cp_pool_free");
+    return NULL;
+}
+
+static void phase_trees(uint64_t jobs)
+{
+    atomic_store(&phase, "trees");
+    tree_ran = calloc(jobs, sizeof *tree_ran);
+    CHECK(tree_ran != NULL, "out of memory");
+    const unsigned threads[] = {1, 4};
+    for (int t = 0; t < 2; t++) {
+        tree_budget = jobs / 2;
+        atomic_store(&tree_next_id, 0);
+        memset(tree_ran, 0, jobs * sizeof *tree_ran);
+        cp_context *ctx = cp_context_new();
+        CHECK(ctx != NULL, "out of memory");
+        struct tree_args a = {threads[t], 0x1234 + (uint64_t)t};
+        CHECK(cp_context_run(ctx, tree_phase, &a, NULL) == 0, "run");
+        cp_context_free(ctx);
+        for (uint64_t i = 0; i < tree_budget; i++)
+            CHECK(atomic_load_explicit(&tree_ran[i], memory_order_relaxed) == 1,
+                  "%u workers: tree job %" PRIu64 " ran %u times", threads[t], i,
+                  atomic_load_explicit(&tree_ran[i], memory_order_relaxed));
+    }
+    free(tree_ran);
+    CHECK(atomic_load(&sets) == atomic_load(&frees),
+          "%llu values set, %llu freed", atomic_load(&sets), atomic_load(&frees));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Phase 2: mixed load, cancels, shutdown(CANCEL) in the middle              */
+
+typedef struct slot {
+    _Atomic(cp_future *) future; /* release by the submitter, acquire by main */
+    atomic_int ran;
+    atomic_int cancel_rc;        /* 1: not cancelled by anyone */
+} slot;
+
+static slot *slots;
+static uint64_t mixed_cap;
+static atomic_ullong mixed_next;
+static atomic_ullong mixed_accepted;
+static cp_pool *mixed_pool;
+static sem_t half_way;
+static atomic_bool half_way_posted;
+
+static void *mixed_job(void *p);
+
+/* Submit one job with a new id; false when the pool refuses or cap is hit. */
+static bool mixed_submit(uint64_t *rng, bool maybe_cancel)
+{
+    uint64_t id = atomic_fetch_add_explicit(&mixed_next, 1, memory_order_relaxed);
+    if (id >= mixed_cap)
+        return false;
+    cp_future *f = NULL;
+    int rc = cp_pool_submit(mixed_pool, mixed_job, (void *)(uintptr_t)id, &f);
+    if (rc == CP_ESHUTDOWN)
+        return false;
+    CHECK(rc == 0, "submit: %s", cp_strerror(rc));
+    uint64_t n = atomic_fetch_add_explicit(&mixed_accepted, 1, memory_order_relaxed) + 1;
+    if (n >= mixed_cap / 2 && !atomic_exchange(&half_way_posted, true))
+        sem_post(&half_way);
+    uint64_t r = splitmix(rng);
+    if (maybe_cancel && r % 8 == 0) {
+        int c = cp_future_cancel(f);
+        CHECK(c == 0 || c == CP_EBUSY, "cancel: %s", cp_strerror(c));
+        atomic_store_explicit(&slots[id].cancel_rc, c, memory_order_relaxed);
+    } else if (maybe_cancel && r % 8 == 1) {
+        int w = cp_future_wait(f, NULL);
+        CHECK(w == 0 || w == CP_ECANCELED, "wait: %s", cp_strerror(w));
+    }
+    atomic_store_explicit(&slots[id].future, f, memory_order_release);
+    return true;
+}
+
+static void *mixed_job(void *p)
+{
+    uint64_t id = (uintptr_t)p;
+    int before = atomic_fetch_add_explicit(&slots[id].ran, 1, memory_order_relaxed);
+    CHECK(before == 0, "mixed job %" PRIu64 " ran twice", id);
+    tick();
+    uint64_t rng = id * 7919 + 1;
+    uint64_t r = splitmix(&rng);
+    if (r % 4 == 0)
+        mixed_submit(&rng, false);
+    if (r % 16 == 1)
+        spin_ns(splitmix(&rng) % 2000);
+    return NULL;
+}
+
+static void *mixed_outside(void *p)
+{
+    uint64_t rng = (uintptr_t)p;
+    while (mixed_submit(&rng, true))
+        tick();
+    return NULL;
+}
+
+static void phase_mixed(uint64_t jobs)
+{
+    atomic_store(&phase, "mixed");
+    enum { ROUNDS = 4, OUTSIDE = 4 };
+    mixed_cap = jobs / ROUNDS;
+    if (mixed_cap < 16)
+        mixed_cap = 16;
+    slots = calloc(mixed_cap, sizeof *slots);
+    CHECK(slots != NULL, "out of memory");
+    for (int round = 0; round < ROUNDS; round++) {
+        for (uint64_t i = 0; i < mixed_cap; i++) {
+            atomic_init(&slots[i].future, NULL);
+            atomic_init(&slots[i].ran, 0);
+            atomic_init(&slots[i].cancel_rc, 1);
+        }
+        atomic_store(&mixed_next, 0);
+        atomic_store(&mixed_accepted, 0);
+        atomic_store(&half_way_posted, false);
+        CHECK(sem_init(&half_way, 0, 0) == 0, "sem_init");
+        mixed_pool = new_pool(3, "mixed");
+        pthread_t th[OUTSIDE];
+        for (int i = 0; i < OUTSIDE; i++)
+            CHECK(pthread_create(&th[i], NULL, mixed_outside,
+                                 (void *)(uintptr_t)(round * 100 + i + 1)) == 0,
+                  "pthread_create");
+        while (sem_wait(&half_way) != 0)
+            ;
+        CHECK(cp_pool_shutdown(mixed_pool, CP_SHUTDOWN_CANCEL) == 0, "shutdown");
+        for (int i = 0; i < OUTSIDE; i++)
+            CHECK(pthread_join(th[i], NULL) == 0, "join");
+        /* Parents have smaller ids than their children: waiting in id order,
+         * each job's own submits are visible once its submitter was waited. */
+        uint64_t ids = atomic_load(&mixed_next);
+        if (ids > mixed_cap)
+            ids = mixed_cap;
+        uint64_t ran = 0, cancelled = 0, accepted = 0;
+        for (uint64_t i = 0; i < ids; i++) {
+            cp_future *f = atomic_load_explicit(&slots[i].future, memory_order_acquire);
+            if (!f) {
+                CHECK(atomic_load(&slots[i].ran) == 0, "refused job %" PRIu64 " ran", i);
+                continue;
+            }
+            accepted++;
+            int rc = cp_future_wait(f, NULL);
+            int runs = atomic_load(&slots[i].ran);
+            if (rc == 0) {
+                CHECK(runs == 1, "job %" PRIu64 " reported done, ran %d times", i, runs);
+                ran++;
+            } else {
+                CHECK(rc == CP_ECANCELED, "job %" PRIu64 ": %s", i, cp_strerror(rc));
+                CHECK(runs == 0, "job %" PRIu64 " reported cancelled but ran", i);
+                cancelled++;
+            }
+            if (atomic_load(&slots[i].cancel_rc) == 0)
+                CHECK(rc == CP_ECANCELED, "job %" PRIu64 ": cancel said 0, wait %s",
+                      i, cp_strerror(rc));
+            tick();
+        }
+        CHECK(accepted == atomic_load(&mixed_accepted), "%" PRIu64 " futures, %llu "
+              "accepted", accepted, atomic_load(&mixed_accepted));
+        cp_pool_stats st;
+        CHECK(cp_pool_get_stats(mixed_pool, &st) == 0, "stats");
+        CHECK(st.submitted == accepted, "stats: %" PRIu64 " submitted, %" PRIu64
+              " accepted", st.submitted, accepted);
+        CHECK(st.completed == ran, "stats: %" PRIu64 " completed, %" PRIu64 " ran",
+              st.completed, ran);
+        /* A job cancelled by cp_future_cancel is counted when a worker
+         * dequeues it, which may come after its wait returned. */
+        CHECK(st.cancelled <= cancelled, "stats: %" PRIu64 " cancelled, %" PRIu64
+              " reported cancelled", st.cancelled, cancelled);
+        CHECK(cp_pool_free(mixed_pool) == 0, "free");
+        for (uint64_t i = 0; i < ids; i++)
+            cp_future_free(atomic_load(&slots[i].future));
+        sem_destroy(&half_way);
+    }
+    free(slots);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Phase 3: lost wake-ups                                                    */
+
+/* A pause that covers "not at all", "a few hundred ns" and "about as long
+ * as a worker searches before it parks" (50 us in pool.c). */
+static uint64_t random_pause(uint64_t *rng)
+{
+    uint64_t r = splitmix(rng);
+    switch (r % 8) {
+    case 0:
+        return 0;
+    case 1: case 2: case 3:
+        return (r >> 8) % 500;
+    case 4: case 5:
+        return (r >> 8) % 5000;
+    default:
+        return 20000 + (r >> 8) % 100000;
+    }
+}
+
+static void *wake_job(void *p)
+{
+    uint64_t rng = (uintptr_t)p;
+    spin_ns(splitmix(&rng) % 300);
+    return p;
+}
+
+static void phase_wakeups(uint64_t rounds)
+{
+    atomic_store(&phase, "lost wake-ups");
+    const unsigned threads[] = {1, 2};
+    uint64_t rng = 42;
+    for (int t = 0; t < 2; t++) {
+        cp_pool *pool = new_pool(threads[t], "wake");
+        for (uint64_t i = 0; i < rounds / 2; i++) {
+            spin_ns(random_pause(&rng));
+            cp_future *f = NULL;
+            void *arg = (void *)(uintptr_t)(i + 1);
+            CHECK(cp_pool_submit(pool, wake_job, arg, &f) == 0, "submit");
+            spin_ns(random_pause(&rng) / 4);
+            void *r = NULL;
+            CHECK(cp_future_wait(f, &r) == 0 && r == arg, "wait");
+            cp_future_free(f);
+            tick();
+        }
+        CHECK(cp_pool_free(pool) == 0, "free");
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Phase 4: frame tasks from several threads                                 */
+
+static cp_pool *task_pool;
+
+struct task_arg {
+    uint64_t n;      /* nodes in this subtree */
+    uint64_t expect; /* vars[0] as the spawner had it */
+};
+
+/* Counts the nodes of a random-ish binary tree of n nodes with tasks. */
+static void *task_tree(void *p)
+{
+    struct task_arg *a = p;
+    CHECK(get_var(0) == a->expect, "task sees %" PRIu64 ", spawner had %" PRIu64,
+          get_var(0), a->expect);
+    if (a->n <= 1)
+        return (void *)(uintptr_t)a->n;
+    uint64_t rest = a->n - 1;
+    uint64_t left = rest / 2 + (rest & 1 ? (a->n % 3 == 0) : 0);
+    /* The child sees what we have now; change ours sometimes. */
+    uint64_t mine = a->expect;
+    if (a->n % 5 == 0) {
+        mine = a->n * 2 + 1;
+        set_var(0, mine);
+    }
+    struct task_arg la = {left, mine}, ra = {rest - left, mine};
+    cp_task t;
+    int rc = cp_spawn(task_pool, &t, task_tree, &la);
+    CHECK(rc == 0, "spawn: %s", cp_strerror(rc));
+    /* The right half runs here, in our own context: its sets are ours. */
+    uint64_t r = (uintptr_t)task_tree(&ra);
+    uint64_t ours = get_var(0);
+    void *l = NULL;
+    rc = cp_sync(&t, &l);
+    CHECK(rc == 0, "sync: %s", cp_strerror(rc));
+    CHECK(get_var(0) == ours, "a task's change reached its spawner");
+    if (a->n % 64 == 0)
+        tick();
+    return (void *)(uintptr_t)(1 + r + (uintptr_t)l);
+}
+
+struct task_thread {
+    uint64_t n, id;
+};
+
+static void *task_outside(void *p)
+{
+    struct task_thread *tt = p;
+    uint64_t value = 1000 + tt->id * 2 + 1;
+    set_var(0, value);
+    struct task_arg a = {tt->n, value};
+    uint64_t got = (uintptr_t)task_tree(&a);
+    CHECK(got == tt->n, "outside task tree of %" PRIu64 " counted %" PRIu64, tt->n, got);
+    return NULL;
+}
+
+static void phase_tasks(uint64_t nodes)
+{
+    atomic_store(&phase, "frame tasks");
+    enum { OUTSIDE = 3 };
+    task_pool = new_pool(3, "task");
+    uint64_t per = nodes / (OUTSIDE + 1);
+    if (per < 1)
+        per = 1;
+    /* from inside a job, concurrently with the outside threads */
+    set_var(0, 7);
+    struct task_arg inside = {per, 7};
+    cp_future *f = NULL;
+    CHECK(cp_pool_submit(task_pool, task_tree, &inside, &f) == 0, "submit");
+    pthread_t th[OUTSIDE];
+    struct task_thread tt[OUTSIDE];
+    for (int i = 0; i < OUTSIDE; i++) {
+        tt[i] = (struct task_thread){per, (uint64_t)i};
+        CHECK(cp_thread_create(&th[i], NULL, task_outside, &tt[i]) == 0, "thread");
+    }
+    for (int i = 0; i < OUTSIDE; i++)
+        CHECK(pthread_join(th[i], NULL) == 0, "join");
+    void *r = NULL;
+    CHECK(cp_future_wait(f, &r) == 0, "wait");
+    CHECK((uintptr_t)r == per, "inside task tree of %" PRIu64 " counted %" PRIuPTR,
+          per, (uintptr_t)r);
+    cp_future_free(f);
+    CHECK(cp_pool_free(task_pool) == 0, "free");
+}
+
+/* ------------------------------------------------------------------------ */
+
+static double seconds_since(uint64_t t0)
+{
+    return (double)(now_ns() - t0) / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t ops = stress_ops(argc, argv, DEFAULT_OPS / TSAN_DIVISOR);
+    for (int v = 0; v < NVARS; v++) {
+        vars[v] = cp_var_new("stress", box_free);
+        CHECK(vars[v] != NULL, "out of memory");
+    }
+    pthread_t wd;
+    CHECK(pthread_create(&wd, NULL, watchdog_main, NULL) == 0, "watchdog");
+    pthread_detach(wd);
+
+    uint64_t t0 = now_ns();
+    phase_trees(ops);
+    double t_trees = seconds_since(t0);
+    t0 = now_ns();
+    phase_mixed(ops / 5);
+    double t_mixed = seconds_since(t0);
+    t0 = now_ns();
+    phase_wakeups(ops / 10 > 2 ? ops / 10 : 2);
+    double t_wake = seconds_since(t0);
+    t0 = now_ns();
+    phase_tasks(ops);
+    double t_tasks = seconds_since(t0);
+
+    printf("pool_stress: %" PRIu64 " ops: trees %.2f s, mixed %.2f s, "
+           "wake-ups %.2f s, tasks %.2f s\n", ops, t_trees, t_mixed, t_wake, t_tasks);
+    return 0;
+}

@@ -1,0 +1,1789 @@
+/* test_pool.c - the work-stealing pool: context flow, futures, cancel,
+ * shutdown, frame tasks, fork, errors and allocation failure.
+ *
+ * Each test pins one behaviour of the pool as include/ctxpool.h and
+ * shared/spec/api.md describe it. Criterion runs every test in its own
+ * process, so each one starts with fresh counters and a fresh main-thread
+ * base context.
+ *
+ * No test sleeps to wait for a thread and none asserts on time: a job that
+ * must stay queued or running is held by a gate (a flag under a mutex and a
+ * condition variable) that the test opens, a job that must have started
+ * posts a semaphore, and everything else is waited for with the pool's own
+ * futures, cp_sync or a join. Tests that could hang on a bug have a Criterion
+ * timeout, which turns the hang into a failure.
+ *
+ * Criterion's assertions are only used on the main thread. Jobs and helper
+ * threads record the line of their first failed check (JCHECK), and the main
+ * thread asserts that no check failed (jobs_ok).
+ */
+#define _GNU_SOURCE /* pthread_timedjoin_np, pthread_getname_np */
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <pthread.h>
+#include <sched.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "ctxpool.h"
+
+/* ------------------------------------------------------------------------ */
+/* Checks off the main thread                                                */
+
+/* The line of the first failed JCHECK in a job or helper thread, 0 if none.
+ * seq_cst: rare and cheap; read by the main thread after a wait or join. */
+static atomic_int failed_line;
+
+#define JCHECK(cond)                                                       \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            int zero_ = 0;                                                 \
+            atomic_compare_exchange_strong(&failed_line, &zero_, __LINE__);\
+        }                                                                  \
+    } while (0)
+
+static void jobs_ok(void)
+{
+    int line = atomic_load(&failed_line);
+    cr_assert_eq(line, 0, "a job or helper thread failed its check at line %d",
+                 line);
+}
+
+/* A pointer no test ever stores, to see that an output was left untouched. */
+static char untouched_mark;
+#define UNTOUCHED ((void *)&untouched_mark)
+
+/* ------------------------------------------------------------------------ */
+/* Gates, counters and small jobs                                            */
+
+/* A gate holds jobs until the test opens it. */
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool open;
+} gate;
+
+#define GATE_INITIALIZER {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false}
+
+static void gate_open(gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_pass(gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* A job that posts `started`, then waits at `g`. */
+typedef struct blocker {
+    sem_t started;
+    gate g;
+} blocker;
+
+static void blocker_init(blocker *b)
+{
+    cr_assert_eq(sem_init(&b->started, 0, 0), 0);
+    b->g = (gate)GATE_INITIALIZER;
+}
+
+static void *blocker_job(void *p)
+{
+    blocker *b = p;
+    sem_post(&b->started);
+    gate_pass(&b->g);
+    return p;
+}
+
+/* Submit a blocker and wait until a worker runs it: that worker is then
+ * busy until the gate opens. */
+static cp_future *occupy_worker(cp_pool *pool, blocker *b)
+{
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, blocker_job, b, &f), 0);
+    cr_assert_eq(sem_wait(&b->started), 0);
+    return f;
+}
+
+/* Counts its runs in the atomic_int arg; returns arg. relaxed: read after a
+ * wait or cp_pool_free, which order it. */
+static void *count_job(void *p)
+{
+    atomic_fetch_add_explicit((atomic_int *)p, 1, memory_order_relaxed);
+    return p;
+}
+
+static int runs(atomic_int *counter)
+{
+    return atomic_load_explicit(counter, memory_order_relaxed);
+}
+
+/* Values whose destructor counts its calls. */
+static atomic_int frees;
+
+static void count_free(void *p)
+{
+    (void)p;
+    atomic_fetch_add(&frees, 1);
+}
+
+static cp_pool *new_pool(unsigned threads)
+{
+    cp_pool *pool = NULL;
+    cp_pool_options options = {.threads = threads, .name = "test"};
+    cr_assert_eq(cp_pool_new(&pool, &options), 0);
+    cr_assert_not_null(pool);
+    return pool;
+}
+
+static void free_pool(cp_pool *pool)
+{
+    cr_assert_eq(cp_pool_free(pool), 0);
+}
+
+/* Wait for f, assert its outcome, free it; returns its result. */
+static void *wait_ok(cp_future *f)
+{
+    void *result = UNTOUCHED;
+    int rc = cp_future_wait(f, &result);
+    cr_assert_eq(rc, 0, "wait: %s", cp_strerror(rc));
+    cp_future_free(f);
+    return result;
+}
+
+static void stats_of(cp_pool *pool, cp_pool_stats *stats)
+{
+    cr_assert_eq(cp_pool_get_stats(pool, stats), 0);
+}
+
+static const unsigned thread_counts[] = {1, 2, 4};
+#define N_THREAD_COUNTS (sizeof thread_counts / sizeof thread_counts[0])
+
+/* ------------------------------------------------------------------------ */
+/* Context flow                                                              */
+
+/* The value of var in the calling thread's current context, or UNTOUCHED. */
+static void *get_here(const cp_var *var)
+{
+    void *v = UNTOUCHED;
+    if (cp_var_get(var, &v) != 0)
+        return UNTOUCHED;
+    return v;
+}
+
+struct deep {
+    cp_pool *pool;
+    cp_var *rid;
+    void *expect;
+    int level;
+};
+
+/* Checks the request ID, then submits the next level and waits for it;
+ * returns the deepest level that saw the ID. */
+static void *deep_job(void *p)
+{
+    struct deep *d = p;
+    if (get_here(d->rid) != d->expect) {
+        JCHECK(!"request id not seen");
+        return (void *)(intptr_t)(d->level - 1);
+    }
+    if (d->level == 5)
+        return (void *)(intptr_t)5;
+    struct deep child = *d;
+    child.level++;
+    cp_future *f = NULL;
+    JCHECK(cp_pool_submit(d->pool, deep_job, &child, &f) == 0);
+    void *r = NULL;
+    JCHECK(cp_future_wait(f, &r) == 0);
+    cp_future_free(f);
+    return r;
+}
+
+Test(flow, request_id_set_before_submit_is_seen_five_levels_deep, .timeout = 60)
+{
+    static char request[] = "req-42";
+    cp_var *rid = cp_var_new("request_id", NULL);
+    cr_assert_eq(cp_var_set(rid, request, NULL), 0);
+    for (size_t i = 0; i < N_THREAD_COUNTS; i++) {
+        cp_pool *pool = new_pool(thread_counts[i]);
+        struct deep d = {pool, rid, request, 0};
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(pool, deep_job, &d, &f), 0);
+        cr_assert_eq((intptr_t)wait_ok(f), 5, "on %u workers",
+                     thread_counts[i]);
+        free_pool(pool);
+    }
+    jobs_ok();
+    cr_assert_eq(get_here(rid), request);
+    cp_var_free(rid);
+}
+
+struct sibling {
+    cp_pool *pool;
+    cp_var *rid;
+    void *parent_value;
+    char own[24];
+};
+
+static void *sibling_job(void *p)
+{
+    struct sibling *s = p;
+    JCHECK(get_here(s->rid) == s->parent_value);
+    JCHECK(cp_var_set(s->rid, s->own, NULL) == 0);
+    /* A child sees the sibling's own value. */
+    struct deep child = {s->pool, s->rid, s->own, 5};
+    cp_future *f = NULL;
+    JCHECK(cp_pool_submit(s->pool, deep_job, &child, &f) == 0);
+    void *r = NULL;
+    JCHECK(cp_future_wait(f, &r) == 0 && (intptr_t)r == 5);
+    cp_future_free(f);
+    JCHECK(get_here(s->rid) == s->own);
+    return NULL;
+}
+
+enum { SIBLINGS = 8 };
+
+struct parent {
+    cp_pool *pool;
+    cp_var *rid;
+    void *main_value;
+    char value[16];
+    struct sibling sibs[SIBLINGS];
+};
+
+static void *parent_job(void *p)
+{
+    struct parent *pa = p;
+    JCHECK(get_here(pa->rid) == pa->main_value);
+    JCHECK(cp_var_set(pa->rid, pa->value, NULL) == 0);
+    cp_future *f[SIBLINGS];
+    for (int i = 0; i < SIBLINGS; i++) {
+        pa->sibs[i].pool = pa->pool;
+        pa->sibs[i].rid = pa->rid;
+        pa->sibs[i].parent_value = pa->value;
+        snprintf(pa->sibs[i].own, sizeof pa->sibs[i].own, "sibling-%d", i);
+        f[i] = NULL;
+        JCHECK(cp_pool_submit(pa->pool, sibling_job, &pa->sibs[i], &f[i]) == 0);
+    }
+    for (int i = 0; i < SIBLINGS; i++) {
+        JCHECK(cp_future_wait(f[i], NULL) == 0);
+        cp_future_free(f[i]);
+    }
+    JCHECK(get_here(pa->rid) == pa->value);
+    return NULL;
+}
+
+Test(flow, siblings_changes_reach_neither_each_other_nor_parent_nor_submitter,
+     .timeout = 60)
+{
+    static char main_value[] = "main";
+    cp_var *rid = cp_var_new("request_id", NULL);
+    cr_assert_eq(cp_var_set(rid, main_value, NULL), 0);
+    for (size_t i = 0; i < N_THREAD_COUNTS; i++) {
+        cp_pool *pool = new_pool(thread_counts[i]);
+        struct parent pa = {.pool = pool, .rid = rid, .main_value = main_value};
+        strcpy(pa.value, "parent");
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(pool, parent_job, &pa, &f), 0);
+        wait_ok(f);
+        jobs_ok();
+        cr_assert_eq(get_here(rid), main_value, "on %u workers",
+                     thread_counts[i]);
+        free_pool(pool);
+    }
+    cp_var_free(rid);
+}
+
+struct read_var {
+    cp_var *var;
+};
+
+static void *read_var_job(void *p)
+{
+    return get_here(((struct read_var *)p)->var);
+}
+
+Test(flow, job_sees_the_context_as_it_was_at_submit_not_later_sets,
+     .timeout = 30)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    struct read_var rv = {v};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, read_var_job, &rv, &f), 0);
+    cr_assert_eq(cp_var_set(v, &b, NULL), 0); /* the job is still queued */
+    gate_open(&bl.g);
+    wait_ok(busy);
+    cr_assert_eq(wait_ok(f), &a);
+    free_pool(pool);
+    cp_var_free(v);
+}
+
+static void *set_var_job(void *p)
+{
+    static int job_value;
+    JCHECK(cp_var_set(((struct read_var *)p)->var, &job_value, NULL) == 0);
+    return &job_value;
+}
+
+Test(flow, submit_in_job_changes_stay_in_its_context_and_not_the_submitters,
+     .timeout = 30)
+{
+    cp_var *v = cp_var_new("v", NULL);
+    cp_context *c = cp_context_new();
+    cp_pool *pool = new_pool(2);
+    struct read_var rv = {v};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit_in(pool, c, set_var_job, &rv, &f), 0);
+    void *set = wait_ok(f);
+    void *seen = UNTOUCHED;
+    cr_assert_eq(cp_context_get(c, v, &seen), 0);
+    cr_assert_eq(seen, set);
+    cr_assert_eq(get_here(v), UNTOUCHED);
+    /* A later submit_in job in c sees it. */
+    cr_assert_eq(cp_pool_submit_in(pool, c, read_var_job, &rv, &f), 0);
+    cr_assert_eq(wait_ok(f), set);
+    jobs_ok();
+    free_pool(pool);
+    cp_context_free(c);
+    cp_var_free(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The lifespan scenario                                                     */
+
+static int db_handle, config_handle;
+
+struct app_vars {
+    cp_var *db, *config, *request;
+};
+
+static void *lifespan_job(void *p)
+{
+    struct app_vars *v = p;
+    JCHECK(cp_var_set(v->db, &db_handle, NULL) == 0);
+    JCHECK(cp_var_set(v->config, &config_handle, NULL) == 0);
+    return NULL;
+}
+
+enum { ENDPOINTS = 16 };
+
+struct endpoint {
+    struct app_vars *v;
+    int id;
+    pthread_barrier_t *all_set;
+};
+
+static void *endpoint_job(void *p)
+{
+    struct endpoint *e = p;
+    JCHECK(get_here(e->v->db) == &db_handle);
+    JCHECK(get_here(e->v->config) == &config_handle);
+    JCHECK(get_here(e->v->request) == UNTOUCHED);
+    JCHECK(cp_var_set(e->v->request, &e->id, NULL) == 0);
+    JCHECK(get_here(e->v->request) == &e->id);
+    return NULL;
+}
+
+Test(lifespan, endpoints_see_lifespan_state_and_keep_their_own_changes,
+     .timeout = 60)
+{
+    struct app_vars v = {cp_var_new("db", NULL), cp_var_new("config", NULL),
+                         cp_var_new("request", NULL)};
+    cp_pool *pool = new_pool(4);
+    cp_context *app = cp_context_new();
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit_in(pool, app, lifespan_job, &v, &f), 0);
+    wait_ok(f);
+
+    struct endpoint eps[ENDPOINTS];
+    cp_context *ctx[ENDPOINTS];
+    cp_future *fs[ENDPOINTS];
+    for (int i = 0; i < ENDPOINTS; i++) {
+        eps[i] = (struct endpoint){&v, i, NULL};
+        ctx[i] = cp_context_copy(app);
+        cr_assert_not_null(ctx[i]);
+        cr_assert_eq(cp_pool_submit_in(pool, ctx[i], endpoint_job, &eps[i], &fs[i]), 0);
+    }
+    for (int i = 0; i < ENDPOINTS; i++)
+        wait_ok(fs[i]);
+    jobs_ok();
+    for (int i = 0; i < ENDPOINTS; i++) {
+        void *seen = UNTOUCHED;
+        cr_assert_eq(cp_context_get(ctx[i], v.request, &seen), 0);
+        cr_assert_eq(seen, &eps[i].id, "endpoint %d sees another's request", i);
+        cr_assert_eq(cp_context_len(ctx[i]), 3);
+        cp_context_free(ctx[i]);
+    }
+    cr_assert_eq(cp_context_len(app), 2);
+    cr_assert_not(cp_context_contains(app, v.request));
+    cr_assert_eq(cp_context_get_or(app, v.db, NULL), &db_handle);
+    cr_assert_eq(cp_context_get_or(app, v.config, NULL), &config_handle);
+    free_pool(pool);
+    cp_context_free(app);
+    cp_var_free(v.db);
+    cp_var_free(v.config);
+    cp_var_free(v.request);
+}
+
+struct setter {
+    cp_var *var;
+    void *value;
+};
+
+static void *set_in_run(void *p)
+{
+    struct setter *s = p;
+    JCHECK(cp_var_set(s->var, s->value, NULL) == 0);
+    return NULL;
+}
+
+Test(lifespan, pool_keeps_its_own_reference_to_a_submit_in_context, .timeout = 30)
+{
+    static int value;
+    cp_var *v = cp_var_new("v", count_free);
+    cp_context *c = cp_context_new();
+    struct setter s = {v, &value};
+    cr_assert_eq(cp_context_run(c, set_in_run, &s, NULL), 0);
+
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    struct read_var rv = {v};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit_in(pool, c, read_var_job, &rv, &f), 0);
+    cp_context_free(c); /* the caller's reference; the job is still queued */
+    cr_assert_eq(atomic_load(&frees), 0, "the context died with the caller's ref");
+    gate_open(&bl.g);
+    wait_ok(busy);
+    cr_assert_eq(wait_ok(f), &value);
+    /* The job is done: the pool's reference is gone, and with it the value. */
+    cr_assert_eq(atomic_load(&frees), 1);
+    jobs_ok();
+    free_pool(pool);
+    cp_var_free(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Snapshots of a running job                                                */
+
+enum { STEPS = 3 };
+
+struct snapper {
+    cp_var *step;
+    int values[STEPS];
+    cp_context *snaps[STEPS];
+    sem_t published, ack;
+};
+
+static void *snapper_job(void *p)
+{
+    struct snapper *s = p;
+    for (int k = 0; k < STEPS; k++) {
+        JCHECK(cp_var_set(s->step, &s->values[k], NULL) == 0);
+        s->snaps[k] = cp_copy_context();
+        sem_post(&s->published);
+        sem_wait(&s->ack);
+    }
+    return NULL;
+}
+
+struct submit_from_run {
+    cp_pool *pool;
+    struct read_var *rv;
+    cp_future *f;
+    int rc;
+};
+
+static void *submit_from_run(void *p)
+{
+    struct submit_from_run *a = p;
+    a->rc = cp_pool_submit(a->pool, read_var_job, a->rv, &a->f);
+    return NULL;
+}
+
+Test(snapshot, jobs_started_from_a_running_jobs_snapshot_see_what_it_had_set,
+     .timeout = 60)
+{
+    struct snapper s = {.step = cp_var_new("step", NULL)};
+    cr_assert_eq(sem_init(&s.published, 0, 0), 0);
+    cr_assert_eq(sem_init(&s.ack, 0, 0), 0);
+    cp_pool *pool = new_pool(2); /* one runs the snapper, one the readers */
+    cp_future *long_running = NULL;
+    cr_assert_eq(cp_pool_submit(pool, snapper_job, &s, &long_running), 0);
+    struct read_var rv = {s.step};
+    for (int k = 0; k < STEPS; k++) {
+        cr_assert_eq(sem_wait(&s.published), 0);
+        cr_assert_not_null(s.snaps[k]);
+        /* submit_in on a copy of the snapshot */
+        cp_context *copy = cp_context_copy(s.snaps[k]);
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit_in(pool, copy, read_var_job, &rv, &f), 0);
+        cp_context_free(copy);
+        cr_assert_eq(wait_ok(f), &s.values[k], "submit_in at step %d", k);
+        /* cp_context_run of a copy, on this thread */
+        copy = cp_context_copy(s.snaps[k]);
+        void *seen = UNTOUCHED;
+        cr_assert_eq(cp_context_run(copy, read_var_job, &rv, &seen), 0);
+        cr_assert_eq(seen, &s.values[k], "run at step %d", k);
+        /* a plain submit from inside a run of the copy */
+        struct submit_from_run a = {pool, &rv, NULL, 1};
+        cr_assert_eq(cp_context_run(copy, submit_from_run, &a, NULL), 0);
+        cr_assert_eq(a.rc, 0);
+        cr_assert_eq(wait_ok(a.f), &s.values[k], "submit in run at step %d", k);
+        cp_context_free(copy);
+        sem_post(&s.ack);
+    }
+    wait_ok(long_running);
+    jobs_ok();
+    /* A snapshot keeps what it had; the job's later sets are not in it. */
+    for (int k = 0; k < STEPS; k++) {
+        cr_assert_eq(cp_context_get_or(s.snaps[k], s.step, NULL), &s.values[k]);
+        cp_context_free(s.snaps[k]);
+    }
+    cr_assert_eq(get_here(s.step), UNTOUCHED);
+    free_pool(pool);
+    cp_var_free(s.step);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Busy and recursive contexts                                               */
+
+struct holder {
+    sem_t entered;
+    gate release;
+};
+
+static void *hold_inside(void *p)
+{
+    struct holder *h = p;
+    sem_post(&h->entered);
+    gate_pass(&h->release);
+    return NULL;
+}
+
+struct hold_thread {
+    cp_context *c;
+    struct holder *h;
+    int rc;
+};
+
+static void *hold_thread_main(void *p)
+{
+    struct hold_thread *t = p;
+    t->rc = cp_context_run(t->c, hold_inside, t->h, NULL);
+    return NULL;
+}
+
+Test(busy, submit_in_a_context_another_thread_has_entered_is_ebusy_and_never_runs,
+     .timeout = 30)
+{
+    cp_context *c = cp_context_new();
+    struct holder h = {.release = GATE_INITIALIZER};
+    cr_assert_eq(sem_init(&h.entered, 0, 0), 0);
+    struct hold_thread t = {c, &h, 1};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, hold_thread_main, &t), 0);
+    cr_assert_eq(sem_wait(&h.entered), 0);
+
+    cp_pool *pool = new_pool(2);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit_in(pool, c, count_job, &ran, &f), 0);
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_future_wait(f, &result), CP_EBUSY);
+    cr_assert_eq(result, UNTOUCHED);
+    cr_assert(cp_future_done(f));
+    cp_future_free(f);
+    cr_assert_eq(runs(&ran), 0);
+
+    gate_open(&h.release);
+    cr_assert_eq(pthread_join(th, NULL), 0);
+    cr_assert_eq(t.rc, 0);
+    /* Once the holder has left, the same submit runs. */
+    cr_assert_eq(cp_pool_submit_in(pool, c, count_job, &ran, &f), 0);
+    wait_ok(f);
+    cr_assert_eq(runs(&ran), 1);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.submitted, 2);
+    cr_assert_eq(st.completed, 1);
+    free_pool(pool);
+    cp_context_free(c);
+}
+
+struct recursive {
+    cp_pool *pool;
+    cp_context *c;
+    atomic_int inner_runs;
+};
+
+static void *outer_in_c(void *p)
+{
+    struct recursive *r = p;
+    cp_future *f = NULL;
+    JCHECK(cp_pool_submit_in(r->pool, r->c, count_job, &r->inner_runs, &f) == 0);
+    int rc = cp_future_wait(f, NULL);
+    cp_future_free(f);
+    return (void *)(intptr_t)rc;
+}
+
+Test(busy, submit_in_waited_for_inside_the_same_context_is_erecursive,
+     .timeout = 30)
+{
+    cp_context *c = cp_context_new();
+    cp_pool *pool = new_pool(1);
+    struct recursive r = {pool, c, 0};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit_in(pool, c, outer_in_c, &r, &f), 0);
+    cr_assert_eq((intptr_t)wait_ok(f), CP_ERECURSIVE);
+    cr_assert_eq(runs(&r.inner_runs), 0);
+    jobs_ok();
+    free_pool(pool);
+    cp_context_free(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fork-join: fib(22)                                                        */
+
+#define FIB_N 22
+#define FIB_VALUE 17711
+
+static cp_pool *fib_pool;
+static cp_var *fib_tag;
+static int fib_tag_value;
+
+static void *fib_future(void *arg)
+{
+    intptr_t n = (intptr_t)arg;
+    JCHECK(get_here(fib_tag) == &fib_tag_value);
+    if (n < 2)
+        return (void *)n;
+    cp_future *f = NULL;
+    if (cp_pool_submit(fib_pool, fib_future, (void *)(n - 1), &f) != 0) {
+        JCHECK(!"submit failed");
+        return NULL;
+    }
+    intptr_t b = (intptr_t)fib_future((void *)(n - 2));
+    void *a = NULL;
+    JCHECK(cp_future_wait(f, &a) == 0);
+    cp_future_free(f);
+    return (void *)((intptr_t)a + b);
+}
+
+static void *fib_task(void *arg)
+{
+    intptr_t n = (intptr_t)arg;
+    JCHECK(get_here(fib_tag) == &fib_tag_value);
+    if (n < 2)
+        return (void *)n;
+    cp_task t;
+    if (cp_spawn(fib_pool, &t, fib_task, (void *)(n - 1)) != 0) {
+        JCHECK(!"spawn failed");
+        return NULL;
+    }
+    intptr_t b = (intptr_t)fib_task((void *)(n - 2));
+    void *a = NULL;
+    JCHECK(cp_sync(&t, &a) == 0);
+    return (void *)((intptr_t)a + b);
+}
+
+static void fib_everywhere(cp_job_fn fib)
+{
+    fib_tag = cp_var_new("fib", NULL);
+    cr_assert_eq(cp_var_set(fib_tag, &fib_tag_value, NULL), 0);
+    for (size_t i = 0; i < N_THREAD_COUNTS; i++) {
+        fib_pool = new_pool(thread_counts[i]);
+        /* from inside the pool */
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(fib_pool, fib, (void *)(intptr_t)FIB_N, &f), 0);
+        cr_assert_eq((intptr_t)wait_ok(f), FIB_VALUE, "in a job, %u workers",
+                     thread_counts[i]);
+        /* from an outside thread */
+        cr_assert_eq((intptr_t)fib((void *)(intptr_t)FIB_N), FIB_VALUE,
+                     "outside, %u workers", thread_counts[i]);
+        jobs_ok();
+        free_pool(fib_pool);
+    }
+    cp_var_free(fib_tag);
+}
+
+Test(fork_join, fib_with_futures_is_right_on_1_2_4_workers_inside_and_outside,
+     .timeout = 120)
+{
+    fib_everywhere(fib_future);
+}
+
+Test(fork_join, fib_with_frame_tasks_is_right_on_1_2_4_workers_inside_and_outside,
+     .timeout = 120)
+{
+    fib_everywhere(fib_task);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Many outside submitters                                                   */
+
+enum { SUBMITTERS = 4, PER_SUBMITTER = 25000, SUBMISSIONS = SUBMITTERS * PER_SUBMITTER };
+
+static atomic_int job_runs[SUBMISSIONS];
+
+struct submitter {
+    cp_pool *pool;
+    pthread_barrier_t *start;
+    int first;
+    cp_future **futures;
+};
+
+static void *submitter_main(void *p)
+{
+    struct submitter *s = p;
+    pthread_barrier_wait(s->start);
+    for (int i = 0; i < PER_SUBMITTER; i++)
+        JCHECK(cp_pool_submit(s->pool, count_job, &job_runs[s->first + i],
+                              &s->futures[s->first + i]) == 0);
+    return NULL;
+}
+
+Test(submit, hundred_thousand_jobs_from_four_outside_threads_run_exactly_once,
+     .timeout = 120)
+{
+    cp_pool *pool = new_pool(4);
+    cp_future **futures = calloc(SUBMISSIONS, sizeof *futures);
+    cr_assert_not_null(futures);
+    pthread_barrier_t start;
+    cr_assert_eq(pthread_barrier_init(&start, NULL, SUBMITTERS), 0);
+    struct submitter s[SUBMITTERS];
+    pthread_t th[SUBMITTERS];
+    for (int i = 0; i < SUBMITTERS; i++) {
+        s[i] = (struct submitter){pool, &start, i * PER_SUBMITTER, futures};
+        cr_assert_eq(pthread_create(&th[i], NULL, submitter_main, &s[i]), 0);
+    }
+    for (int i = 0; i < SUBMITTERS; i++)
+        cr_assert_eq(pthread_join(th[i], NULL), 0);
+    jobs_ok();
+    for (int i = 0; i < SUBMISSIONS; i++)
+        cr_assert_eq(wait_ok(futures[i]), &job_runs[i]);
+    for (int i = 0; i < SUBMISSIONS; i++)
+        cr_assert_eq(runs(&job_runs[i]), 1, "job %d ran %d times", i,
+                     runs(&job_runs[i]));
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.submitted, SUBMISSIONS);
+    cr_assert_eq(st.completed, SUBMISSIONS);
+    cr_assert_eq(st.cancelled, 0);
+    cr_assert_eq(st.threads, 4);
+    free_pool(pool);
+    free(futures);
+    pthread_barrier_destroy(&start);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Waiting and cancelling                                                    */
+
+Test(future, wait_returns_the_job_result, .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    cr_assert_eq(wait_ok(f), &ran);
+    cr_assert_eq(runs(&ran), 1);
+    free_pool(pool);
+}
+
+Test(future, wait_timeout_is_etimedout_while_the_job_is_held_then_wait_succeeds,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, blocker_job, &bl, &f), 0);
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_future_wait_timeout(f, 1000000, &result), CP_ETIMEDOUT);
+    cr_assert_eq(result, UNTOUCHED);
+    cr_assert_eq(sem_wait(&bl.started), 0);
+    cr_assert_eq(cp_future_wait_timeout(f, 2000000, &result), CP_ETIMEDOUT);
+    cr_assert_not(cp_future_done(f));
+    gate_open(&bl.g);
+    cr_assert_eq(cp_future_wait_timeout(f, UINT64_MAX - 1, &result), 0);
+    cr_assert_eq(result, &bl);
+    cr_assert_eq(cp_future_wait(f, &result), 0); /* again: same outcome */
+    cp_future_free(f);
+    free_pool(pool);
+}
+
+Test(future, wait_timeout_zero_polls, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    cr_assert_eq(cp_future_wait_timeout(busy, 0, NULL), CP_ETIMEDOUT);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    cr_assert_eq(cp_future_wait_timeout(f, 0, NULL), CP_ETIMEDOUT);
+    gate_open(&bl.g);
+    wait_ok(busy);
+    cr_assert_eq(cp_future_wait(f, NULL), 0);
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_future_wait_timeout(f, 0, &result), 0);
+    cr_assert_eq(result, &ran);
+    cp_future_free(f);
+    free_pool(pool);
+}
+
+static void *wait_in_thread(void *p)
+{
+    void *result = NULL;
+    JCHECK(cp_future_wait(p, &result) == 0);
+    return result;
+}
+
+Test(future, several_threads_may_wait_on_one_future, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, blocker_job, &bl, &f), 0);
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, wait_in_thread, f), 0);
+    gate_open(&bl.g);
+    for (int i = 0; i < 3; i++) {
+        void *r = NULL;
+        cr_assert_eq(pthread_join(th[i], &r), 0);
+        cr_assert_eq(r, &bl);
+    }
+    jobs_ok();
+    wait_ok(f);
+    free_pool(pool);
+}
+
+Test(cancel, before_start_the_job_never_runs_and_wait_is_ecanceled, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    cr_assert_eq(cp_future_cancel(f), 0);
+    cr_assert(cp_future_done(f));
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_future_wait(f, &result), CP_ECANCELED); /* at once */
+    cr_assert_eq(result, UNTOUCHED);
+    cr_assert_eq(cp_future_cancel(f), 0, "a second cancel is also 0");
+    gate_open(&bl.g);
+    wait_ok(busy);
+    /* The worker has dequeued it by now or does so while draining. */
+    free_pool(pool);
+    cr_assert_eq(runs(&ran), 0);
+    cr_assert_eq(cp_future_wait(f, NULL), CP_ECANCELED);
+    cp_future_free(f);
+}
+
+Test(cancel, counts_in_stats_once, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    cr_assert_eq(cp_future_cancel(f), 0);
+    cr_assert_eq(cp_future_cancel(f), 0);
+    gate_open(&bl.g);
+    wait_ok(busy);
+    /* A job after it: once it is done, the cancelled one was dequeued. */
+    cp_future *g = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &g), 0);
+    wait_ok(g);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.submitted, 3);
+    cr_assert_eq(st.cancelled, 1);
+    cr_assert_eq(st.completed, 2);
+    cr_assert_eq(runs(&ran), 1);
+    cp_future_free(f);
+    free_pool(pool);
+}
+
+Test(cancel, after_start_is_ebusy_and_the_job_finishes, .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *f = occupy_worker(pool, &bl);
+    cr_assert_eq(cp_future_cancel(f), CP_EBUSY);
+    gate_open(&bl.g);
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_future_wait(f, &result), 0);
+    cr_assert_eq(result, &bl);
+    cr_assert_eq(cp_future_cancel(f), CP_EBUSY, "after it finished");
+    cr_assert_eq(cp_future_wait(f, NULL), 0);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.cancelled, 0);
+    cp_future_free(f);
+    free_pool(pool);
+}
+
+Test(future, freed_before_its_job_finishes_the_job_still_runs, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    cp_future_free(f); /* queued */
+    cp_future_free(busy); /* running */
+    gate_open(&bl.g);
+    free_pool(pool); /* drains */
+    cr_assert_eq(runs(&ran), 1);
+}
+
+Test(future, outlives_its_pool, .timeout = 30)
+{
+    /* A future is the user's handle: after cp_pool_free it still answers. */
+    cp_pool *pool = new_pool(1);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    cr_assert_eq(cp_future_wait(f, NULL), 0);
+    free_pool(pool);
+    cr_assert(cp_future_done(f));
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_future_wait(f, &result), 0);
+    cr_assert_eq(result, &ran);
+    cr_assert_eq(cp_future_wait_timeout(f, 0, NULL), 0);
+    cr_assert_eq(cp_future_cancel(f), CP_EBUSY);
+    cp_future_free(f);
+}
+
+struct self_wait {
+    sem_t stored;
+    cp_future *self;
+    int rc_wait, rc_timed, rc_zero;
+};
+
+static void *wait_on_self(void *p)
+{
+    struct self_wait *s = p;
+    sem_wait(&s->stored);
+    s->rc_wait = cp_future_wait(s->self, NULL);
+    s->rc_timed = cp_future_wait_timeout(s->self, 1000000000, NULL);
+    s->rc_zero = cp_future_wait_timeout(s->self, 0, NULL);
+    return NULL;
+}
+
+Test(future, wait_by_the_job_on_its_own_future_is_edeadlk, .timeout = 30)
+{
+    for (size_t i = 0; i < N_THREAD_COUNTS; i++) {
+        cp_pool *pool = new_pool(thread_counts[i]);
+        struct self_wait s = {.rc_wait = 1, .rc_timed = 1, .rc_zero = 1};
+        cr_assert_eq(sem_init(&s.stored, 0, 0), 0);
+        cr_assert_eq(cp_pool_submit(pool, wait_on_self, &s, &s.self), 0);
+        sem_post(&s.stored);
+        cr_assert_eq(cp_future_wait(s.self, NULL), 0);
+        cr_assert_eq(s.rc_wait, CP_EDEADLK);
+        cr_assert_eq(s.rc_timed, CP_EDEADLK);
+        /* A poll is not a wait; either answer is honest, but not 0. */
+        cr_assert(s.rc_zero == CP_EDEADLK || s.rc_zero == CP_ETIMEDOUT);
+        cp_future_free(s.self);
+        free_pool(pool);
+    }
+}
+
+struct free_from_worker {
+    cp_pool *pool;
+    int rc;
+};
+
+static void *free_own_pool(void *p)
+{
+    struct free_from_worker *a = p;
+    a->rc = cp_pool_free(a->pool);
+    return NULL;
+}
+
+Test(pool, free_from_its_own_worker_is_edeadlk_and_does_nothing, .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    struct free_from_worker a = {pool, 1};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, free_own_pool, &a, &f), 0);
+    wait_ok(f);
+    cr_assert_eq(a.rc, CP_EDEADLK);
+    /* The pool still works. */
+    atomic_int ran = 0;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    wait_ok(f);
+    cr_assert_eq(runs(&ran), 1);
+    free_pool(pool);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shutdown                                                                  */
+
+Test(shutdown, submit_submit_in_and_spawn_after_shutdown_are_eshutdown,
+     .timeout = 30)
+{
+    enum cp_shutdown modes[] = {CP_SHUTDOWN_DRAIN, CP_SHUTDOWN_CANCEL};
+    for (int m = 0; m < 2; m++) {
+        cp_pool *pool = new_pool(2);
+        cr_assert_eq(cp_pool_shutdown(pool, modes[m]), 0);
+        atomic_int ran = 0;
+        cp_future *f = UNTOUCHED;
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), CP_ESHUTDOWN);
+        cr_assert_eq(f, UNTOUCHED);
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran, NULL), CP_ESHUTDOWN);
+        cp_context *c = cp_context_new();
+        cr_assert_eq(cp_pool_submit_in(pool, c, count_job, &ran, &f), CP_ESHUTDOWN);
+        cr_assert_eq(f, UNTOUCHED);
+        cp_task t;
+        cr_assert_eq(cp_spawn(pool, &t, count_job, &ran), CP_ESHUTDOWN);
+        cr_assert_eq(cp_sync(&t, NULL), CP_EINVAL, "a refused spawn has nothing to sync");
+        cp_pool_stats st;
+        stats_of(pool, &st);
+        cr_assert_eq(st.submitted, 0);
+        free_pool(pool);
+        cr_assert_eq(runs(&ran), 0);
+        cp_context_free(c);
+    }
+}
+
+Test(shutdown, a_second_shutdown_is_eshutdown, .timeout = 30)
+{
+    enum cp_shutdown modes[] = {CP_SHUTDOWN_DRAIN, CP_SHUTDOWN_CANCEL};
+    for (int first = 0; first < 2; first++)
+        for (int second = 0; second < 2; second++) {
+            cp_pool *pool = new_pool(1);
+            cr_assert_eq(cp_pool_shutdown(pool, modes[first]), 0);
+            cr_assert_eq(cp_pool_shutdown(pool, modes[second]), CP_ESHUTDOWN);
+            free_pool(pool);
+        }
+}
+
+Test(shutdown, unknown_mode_is_einval_and_changes_nothing, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    cr_assert_eq(cp_pool_shutdown(pool, (enum cp_shutdown)7), CP_EINVAL);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    wait_ok(f);
+    free_pool(pool);
+}
+
+enum { QUEUED = 200 };
+
+Test(shutdown, drain_runs_every_queued_job, .timeout = 60)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    static atomic_int ran[QUEUED];
+    cp_future *f[QUEUED];
+    for (int i = 0; i < QUEUED; i++)
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran[i], &f[i]), 0);
+    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_DRAIN), 0);
+    gate_open(&bl.g);
+    wait_ok(busy);
+    for (int i = 0; i < QUEUED; i++)
+        cr_assert_eq(wait_ok(f[i]), &ran[i]);
+    for (int i = 0; i < QUEUED; i++)
+        cr_assert_eq(runs(&ran[i]), 1);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.submitted, QUEUED + 1);
+    cr_assert_eq(st.completed, QUEUED + 1);
+    cr_assert_eq(st.cancelled, 0);
+    free_pool(pool);
+}
+
+Test(shutdown, drain_by_free_runs_every_queued_fire_and_forget_job, .timeout = 60)
+{
+    cp_pool *pool = new_pool(2);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    cp_future_free(busy);
+    atomic_int ran = 0;
+    for (int i = 0; i < QUEUED; i++)
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran, NULL), 0);
+    gate_open(&bl.g);
+    free_pool(pool);
+    cr_assert_eq(runs(&ran), QUEUED);
+}
+
+Test(shutdown, cancel_reports_each_job_cancelled_or_run_exactly_once, .timeout = 60)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    static atomic_int ran[QUEUED];
+    cp_future *f[QUEUED];
+    for (int i = 0; i < QUEUED; i++)
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran[i], &f[i]), 0);
+    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_CANCEL), 0);
+    gate_open(&bl.g);
+    /* The running job finishes. */
+    cr_assert_eq(wait_ok(busy), &bl);
+    int cancelled = 0, completed = 0;
+    for (int i = 0; i < QUEUED; i++) {
+        int rc = cp_future_wait(f[i], NULL);
+        cr_assert(rc == 0 || rc == CP_ECANCELED, "job %d: %s", i, cp_strerror(rc));
+        if (rc == 0) {
+            cr_assert_eq(runs(&ran[i]), 1, "job %d reported run", i);
+            completed++;
+        } else {
+            cr_assert_eq(runs(&ran[i]), 0, "job %d reported cancelled but ran", i);
+            cancelled++;
+        }
+        cp_future_free(f[i]);
+    }
+    /* The only worker was held: none of them could start before shutdown. */
+    cr_assert_eq(cancelled, QUEUED);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.submitted, QUEUED + 1);
+    cr_assert_eq(st.cancelled, (uint64_t)cancelled);
+    cr_assert_eq(st.completed, (uint64_t)completed + 1);
+    free_pool(pool);
+    for (int i = 0; i < QUEUED; i++)
+        cr_assert_eq(runs(&ran[i]), 0);
+}
+
+Test(shutdown, cancel_cancels_a_task_spawned_from_outside_not_yet_started,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    atomic_int ran = 0;
+    cp_task t;
+    cr_assert_eq(cp_spawn(pool, &t, count_job, &ran), 0);
+    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_CANCEL), 0);
+    gate_open(&bl.g);
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_sync(&t, &result), CP_ECANCELED);
+    cr_assert_eq(result, UNTOUCHED);
+    wait_ok(busy);
+    free_pool(pool);
+    cr_assert_eq(runs(&ran), 0);
+}
+
+struct spawn_then_hold {
+    cp_pool *pool;
+    blocker bl;
+    atomic_int ran;
+    int spawn_rc, sync_rc;
+};
+
+static void *spawn_then_hold_job(void *p)
+{
+    struct spawn_then_hold *s = p;
+    cp_task t;
+    s->spawn_rc = cp_spawn(s->pool, &t, count_job, &s->ran);
+    blocker_job(&s->bl);
+    s->sync_rc = s->spawn_rc == 0 ? cp_sync(&t, NULL) : 1;
+    return NULL;
+}
+
+Test(shutdown, cancel_lets_a_running_job_finish_its_own_tasks, .timeout = 30)
+{
+    /* The only worker spawned the task and is held when shutdown(CANCEL)
+     * comes. A worker's task belongs to the running job that spawned it, and
+     * a cancel lets running jobs finish (ctxpool.h, cp_sync): it runs once. */
+    cp_pool *pool = new_pool(1);
+    struct spawn_then_hold s = {.pool = pool, .ran = 0, .spawn_rc = 1, .sync_rc = 1};
+    blocker_init(&s.bl);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, spawn_then_hold_job, &s, &f), 0);
+    cr_assert_eq(sem_wait(&s.bl.started), 0);
+    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_CANCEL), 0);
+    gate_open(&s.bl.g);
+    wait_ok(f);
+    cr_assert_eq(s.spawn_rc, 0);
+    cr_assert_eq(s.sync_rc, 0, "cp_sync returned %d after CP_SHUTDOWN_CANCEL",
+                 s.sync_rc);
+    cr_assert_eq(runs(&s.ran), 1);
+    free_pool(pool);
+}
+
+static void *spawn_during_drain(void *p)
+{
+    struct spawn_then_hold *s = p;
+    blocker_job(&s->bl);
+    cp_task t;
+    s->spawn_rc = cp_spawn(s->pool, &t, count_job, &s->ran);
+    s->sync_rc = s->spawn_rc == 0 ? cp_sync(&t, NULL) : 1;
+    return NULL;
+}
+
+Test(shutdown, a_worker_may_still_spawn_while_the_pool_drains, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    struct spawn_then_hold s = {.pool = pool, .ran = 0, .spawn_rc = 1, .sync_rc = 1};
+    blocker_init(&s.bl);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, spawn_during_drain, &s, &f), 0);
+    cr_assert_eq(sem_wait(&s.bl.started), 0);
+    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_DRAIN), 0);
+    cp_task t;
+    cr_assert_eq(cp_spawn(pool, &t, count_job, &s.ran), CP_ESHUTDOWN,
+                 "an outside thread may not");
+    gate_open(&s.bl.g);
+    wait_ok(f);
+    cr_assert_eq(s.spawn_rc, 0);
+    cr_assert_eq(s.sync_rc, 0);
+    cr_assert_eq(runs(&s.ran), 1);
+    free_pool(pool);
+}
+
+enum { CHILDREN = 10 };
+
+struct credit {
+    cp_pool *pool;
+    sem_t child_ran, parent_held;
+    gate release;
+};
+
+static void *post_child(void *p)
+{
+    sem_post(&((struct credit *)p)->child_ran);
+    return NULL;
+}
+
+/* Submits children that the other worker must run (this one does not help
+ * while it waits on a semaphore), then holds its worker until released. */
+static void *parent_of_stolen_children(void *p)
+{
+    struct credit *c = p;
+    for (int i = 0; i < CHILDREN; i++)
+        JCHECK(cp_pool_submit(c->pool, post_child, c, NULL) == 0);
+    for (int i = 0; i < CHILDREN; i++)
+        sem_wait(&c->child_ran);
+    sem_post(&c->parent_held);
+    gate_pass(&c->release);
+    return NULL;
+}
+
+/* Wait (bounded, no time measured) until some worker has gone to sleep
+ * since stats were `before`. Only aims the test at an interleaving; the test
+ * is valid whichever way it goes. */
+static void let_a_worker_park(cp_pool *pool, uint64_t before)
+{
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    for (int spins = 0; spins < 200000 && st.parks == before; spins++) {
+        sched_yield();
+        stats_of(pool, &st);
+    }
+}
+
+static void *free_in_thread(void *p)
+{
+    return (void *)(intptr_t)cp_pool_free(p);
+}
+
+Test(shutdown, free_returns_after_a_job_whose_children_another_worker_ran,
+     .timeout = 120)
+{
+    /* Worker A runs the children a job on worker B submitted, while the job
+     * still runs; cp_pool_free is called before the job ends. Every worker
+     * must leave, however the two workers' accounting of those jobs
+     * interleaves with the free: a hang here is a worker asleep forever. */
+    for (int round = 0; round < 10; round++) {
+        cp_pool *pool = new_pool(2);
+        struct credit c = {.pool = pool, .release = GATE_INITIALIZER};
+        cr_assert_eq(sem_init(&c.child_ran, 0, 0), 0);
+        cr_assert_eq(sem_init(&c.parent_held, 0, 0), 0);
+        cr_assert_eq(cp_pool_submit(pool, parent_of_stolen_children, &c, NULL), 0);
+        cr_assert_eq(sem_wait(&c.parent_held), 0);
+        cp_pool_stats st;
+        stats_of(pool, &st);
+        let_a_worker_park(pool, st.parks); /* A, after the children */
+        stats_of(pool, &st);
+        pthread_t th;
+        cr_assert_eq(pthread_create(&th, NULL, free_in_thread, pool), 0);
+        let_a_worker_park(pool, st.parks); /* A again, after free's wake-up */
+        gate_open(&c.release);
+        /* A hang detector, not a timing assertion: 30 s for a join that
+         * takes microseconds. */
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 30;
+        void *rc = NULL;
+        int joined = pthread_timedjoin_np(th, &rc, &deadline);
+        cr_assert_eq(joined, 0, "round %d: cp_pool_free did not return: a worker "
+                     "sleeps although the pool has drained", round);
+        cr_assert_eq((intptr_t)rc, 0);
+        jobs_ok();
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Nothing leaks from one job into the next                                  */
+
+struct leaker {
+    cp_var *var;
+    int value;
+};
+
+static void *set_and_leave(void *p)
+{
+    struct leaker *l = p;
+    JCHECK(cp_var_set(l->var, &l->value, NULL) == 0);
+    JCHECK(get_here(l->var) == &l->value);
+    JCHECK(atomic_load(&frees) == 0);
+    return NULL;
+}
+
+static void *context_len_here(void *p)
+{
+    (void)p;
+    cp_context *c = cp_copy_context();
+    size_t n = c ? cp_context_len(c) : 99;
+    cp_context_free(c);
+    return (void *)n;
+}
+
+Test(base, a_job_that_never_resets_leaks_nothing_into_the_next_job, .timeout = 30)
+{
+    struct leaker l = {cp_var_new("leak", count_free), 0};
+    cp_pool *pool = new_pool(1);
+    for (int round = 1; round <= 3; round++) {
+        atomic_store(&frees, 0);
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(pool, set_and_leave, &l, &f), 0);
+        wait_ok(f);
+        cr_assert_eq(atomic_load(&frees), 1, "round %d: the job's value was "
+                     "freed %d times after it ended", round, atomic_load(&frees));
+        struct read_var rv = {l.var};
+        cr_assert_eq(cp_pool_submit(pool, read_var_job, &rv, &f), 0);
+        cr_assert_eq(wait_ok(f), UNTOUCHED, "the next job sees the value");
+        cr_assert_eq(cp_pool_submit(pool, context_len_here, NULL, &f), 0);
+        cr_assert_eq((size_t)wait_ok(f), 0);
+        jobs_ok();
+    }
+    free_pool(pool);
+    cr_assert_eq(atomic_load(&frees), 1);
+    cp_var_free(l.var);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Frame tasks                                                               */
+
+Test(task, sync_out_of_order_is_einval_and_waits_for_nothing, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    cp_future *busy = occupy_worker(pool, &bl);
+    atomic_int ran_a = 0, ran_b = 0;
+    cp_task a, b;
+    cr_assert_eq(cp_spawn(pool, &a, count_job, &ran_a), 0);
+    cr_assert_eq(cp_spawn(pool, &b, count_job, &ran_b), 0);
+    /* The worker is held: a sync that waited would hang here. */
+    void *result = UNTOUCHED;
+    cr_assert_eq(cp_sync(&a, &result), CP_EINVAL);
+    cr_assert_eq(result, UNTOUCHED);
+    cr_assert_eq(runs(&ran_a), 0);
+    gate_open(&bl.g);
+    cr_assert_eq(cp_sync(&b, &result), 0);
+    cr_assert_eq(result, &ran_b);
+    cr_assert_eq(cp_sync(&a, &result), 0);
+    cr_assert_eq(result, &ran_a);
+    cr_assert_eq(cp_sync(&a, NULL), CP_EINVAL, "synced twice");
+    wait_ok(busy);
+    cr_assert_eq(runs(&ran_a), 1);
+    cr_assert_eq(runs(&ran_b), 1);
+    free_pool(pool);
+}
+
+struct out_of_order {
+    cp_pool *pool;
+    atomic_int ran_a, ran_b;
+    int rc_wrong, ran_a_after_wrong, rc_b, rc_a;
+};
+
+static void *sync_out_of_order_in_job(void *p)
+{
+    struct out_of_order *o = p;
+    cp_task a, b;
+    JCHECK(cp_spawn(o->pool, &a, count_job, &o->ran_a) == 0);
+    JCHECK(cp_spawn(o->pool, &b, count_job, &o->ran_b) == 0);
+    o->rc_wrong = cp_sync(&a, NULL);
+    o->ran_a_after_wrong = runs(&o->ran_a);
+    o->rc_b = cp_sync(&b, NULL);
+    o->rc_a = cp_sync(&a, NULL);
+    return NULL;
+}
+
+Test(task, sync_out_of_order_on_a_worker_is_einval_and_runs_nothing, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    struct out_of_order o = {.pool = pool};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, sync_out_of_order_in_job, &o, &f), 0);
+    wait_ok(f);
+    jobs_ok();
+    cr_assert_eq(o.rc_wrong, CP_EINVAL);
+    cr_assert_eq(o.ran_a_after_wrong, 0);
+    cr_assert_eq(o.rc_b, 0);
+    cr_assert_eq(o.rc_a, 0);
+    cr_assert_eq(runs(&o.ran_a), 1);
+    cr_assert_eq(runs(&o.ran_b), 1);
+    free_pool(pool);
+}
+
+Test(task, child_sees_the_spawners_context_and_keeps_its_changes, .timeout = 30)
+{
+    static int v1;
+    cp_var *v = cp_var_new("v", NULL);
+    cr_assert_eq(cp_var_set(v, &v1, NULL), 0);
+    cp_pool *pool = new_pool(2);
+    struct read_var rv = {v};
+    cp_task t;
+    cr_assert_eq(cp_spawn(pool, &t, read_var_job, &rv), 0);
+    void *result = NULL;
+    cr_assert_eq(cp_sync(&t, &result), 0);
+    cr_assert_eq(result, &v1);
+    cr_assert_eq(cp_spawn(pool, &t, set_var_job, &rv), 0);
+    cr_assert_eq(cp_sync(&t, &result), 0);
+    cr_assert_eq(get_here(v), &v1, "a task's set reached its spawner");
+    jobs_ok();
+    free_pool(pool);
+    cp_var_free(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Options and stats                                                         */
+
+Test(options, zero_threads_means_one_per_online_cpu, .timeout = 30)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cr_assert_gt(cpus, 0);
+    cp_pool *pool = NULL;
+    cp_pool_options options = {.threads = 0, .name = NULL};
+    cr_assert_eq(cp_pool_new(&pool, &options), 0);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.threads, (unsigned)cpus);
+    free_pool(pool);
+    cr_assert_eq(cp_pool_new(&pool, NULL), 0);
+    stats_of(pool, &st);
+    cr_assert_eq(st.threads, (unsigned)cpus);
+    cr_assert_eq(st.submitted, 0);
+    cr_assert_eq(st.completed, 0);
+    free_pool(pool);
+}
+
+enum { MAX_NAMED = 4 };
+
+struct names {
+    pthread_barrier_t all_here;
+    atomic_int next;
+    char name[MAX_NAMED][16];
+};
+
+static void *read_name_job(void *p)
+{
+    struct names *n = p;
+    /* Every job of the round waits here, so each holds its own worker. */
+    pthread_barrier_wait(&n->all_here);
+    int i = atomic_fetch_add(&n->next, 1);
+    JCHECK(i < MAX_NAMED);
+    if (i < MAX_NAMED)
+        JCHECK(pthread_getname_np(pthread_self(), n->name[i], sizeof n->name[i]) == 0);
+    return NULL;
+}
+
+/* Run one job on each of the pool's `threads` workers; collect the names. */
+static void worker_names(const char *prefix, unsigned threads, struct names *n)
+{
+    cp_pool *pool = NULL;
+    cp_pool_options options = {.threads = threads, .name = prefix};
+    cr_assert_eq(cp_pool_new(&pool, &options), 0);
+    memset(n, 0, sizeof *n);
+    cr_assert_eq(pthread_barrier_init(&n->all_here, NULL, threads), 0);
+    cp_future *f[MAX_NAMED];
+    for (unsigned i = 0; i < threads; i++)
+        cr_assert_eq(cp_pool_submit(pool, read_name_job, n, &f[i]), 0);
+    for (unsigned i = 0; i < threads; i++)
+        wait_ok(f[i]);
+    jobs_ok();
+    pthread_barrier_destroy(&n->all_here);
+    free_pool(pool);
+}
+
+static bool has_name(const struct names *n, unsigned count, const char *name)
+{
+    for (unsigned i = 0; i < count; i++)
+        if (strcmp(n->name[i], name) == 0)
+            return true;
+    return false;
+}
+
+Test(options, workers_are_named_prefix_dash_index, .timeout = 30)
+{
+    struct names n;
+    worker_names("pool", 3, &n);
+    cr_assert(has_name(&n, 3, "pool-0"), "names: %s %s %s", n.name[0], n.name[1], n.name[2]);
+    cr_assert(has_name(&n, 3, "pool-1"), "names: %s %s %s", n.name[0], n.name[1], n.name[2]);
+    cr_assert(has_name(&n, 3, "pool-2"), "names: %s %s %s", n.name[0], n.name[1], n.name[2]);
+}
+
+Test(options, default_worker_name_is_cp_worker, .timeout = 30)
+{
+    struct names n;
+    worker_names(NULL, 1, &n);
+    cr_assert_str_eq(n.name[0], "cp-worker-0");
+}
+
+Test(options, worker_names_are_cut_at_15_characters, .timeout = 30)
+{
+    struct names n;
+    worker_names("abcdefghijklm", 2, &n); /* 13 + "-i": exactly 15 */
+    cr_assert(has_name(&n, 2, "abcdefghijklm-0"), "names: %s %s", n.name[0], n.name[1]);
+    cr_assert(has_name(&n, 2, "abcdefghijklm-1"), "names: %s %s", n.name[0], n.name[1]);
+    worker_names("abcdefghijklmnopqrstuvwxyz", 2, &n);
+    cr_assert_str_eq(n.name[0], "abcdefghijklmno");
+    cr_assert_str_eq(n.name[1], "abcdefghijklmno");
+}
+
+/* ------------------------------------------------------------------------ */
+/* fork()                                                                    */
+
+Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    wait_ok(f);
+    cp_context *c = cp_context_new();
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int bad = 0;
+        cp_future *cf = UNTOUCHED;
+        cp_task t;
+        int rc[5];
+        rc[0] = cp_pool_submit(pool, count_job, &ran, &cf);
+        rc[1] = cp_pool_submit_in(pool, c, count_job, &ran, NULL);
+        rc[2] = cp_spawn(pool, &t, count_job, &ran);
+        rc[3] = cp_pool_shutdown(pool, CP_SHUTDOWN_DRAIN);
+        rc[4] = cp_pool_free(pool);
+        for (int i = 0; i < 5; i++)
+            if (rc[i] != CP_ESHUTDOWN)
+                bad |= 1 << i;
+        if (cf != UNTOUCHED)
+            bad |= 32;
+        if (runs(&ran) != 1)
+            bad |= 64;
+        if (bad)
+            fprintf(stderr, "forked child: submit %d, submit_in %d, spawn %d, "
+                    "shutdown %d, free %d (want %d each)\n", rc[0], rc[1],
+                    rc[2], rc[3], rc[4], CP_ESHUTDOWN);
+        _exit(bad);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "child died: status %#x", status);
+    cr_assert_eq(WEXITSTATUS(status), 0, "child failures (bits: 1 submit, 2 "
+                 "submit_in, 4 spawn, 8 shutdown, 16 free, 32 future written, "
+                 "64 ran): %#x",
+                 WEXITSTATUS(status));
+    /* The parent's pool is untouched. */
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    wait_ok(f);
+    cr_assert_eq(runs(&ran), 2);
+    free_pool(pool);
+    cp_context_free(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* NULL arguments                                                            */
+
+Test(null, pool_functions_reject_null, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    atomic_int ran = 0;
+    cp_context *c = cp_context_new();
+    cp_future *f = UNTOUCHED;
+
+    cr_assert_eq(cp_pool_new(NULL, NULL), CP_EINVAL);
+    cr_assert_eq(cp_pool_submit(NULL, count_job, &ran, &f), CP_EINVAL);
+    cr_assert_eq(cp_pool_submit(pool, NULL, &ran, &f), CP_EINVAL);
+    cr_assert_eq(cp_pool_submit_in(NULL, c, count_job, &ran, &f), CP_EINVAL);
+    cr_assert_eq(cp_pool_submit_in(pool, NULL, count_job, &ran, &f), CP_EINVAL);
+    cr_assert_eq(cp_pool_submit_in(pool, c, NULL, &ran, &f), CP_EINVAL);
+    cr_assert_eq(f, UNTOUCHED);
+    cr_assert_eq(cp_future_wait(NULL, NULL), CP_EINVAL);
+    cr_assert_eq(cp_future_wait_timeout(NULL, 0, NULL), CP_EINVAL);
+    cr_assert_eq(cp_future_wait_timeout(NULL, 1000, NULL), CP_EINVAL);
+    cr_assert_not(cp_future_done(NULL));
+    cr_assert_eq(cp_future_cancel(NULL), CP_EINVAL);
+    cp_future_free(NULL);
+    cr_assert_eq(cp_pool_shutdown(NULL, CP_SHUTDOWN_DRAIN), CP_EINVAL);
+    cr_assert_eq(cp_pool_shutdown(NULL, CP_SHUTDOWN_CANCEL), CP_EINVAL);
+    cp_pool_stats st;
+    cr_assert_eq(cp_pool_get_stats(NULL, &st), CP_EINVAL);
+    cr_assert_eq(cp_pool_get_stats(pool, NULL), CP_EINVAL);
+    cr_assert_eq(cp_pool_free(NULL), 0);
+    pthread_t th;
+    cr_assert_eq(cp_thread_create(NULL, NULL, count_job, &ran), CP_EINVAL);
+    cr_assert_eq(cp_thread_create(&th, NULL, NULL, &ran), CP_EINVAL);
+    cp_task t;
+    cr_assert_eq(cp_spawn(NULL, &t, count_job, &ran), CP_EINVAL);
+    cr_assert_eq(cp_spawn(pool, NULL, count_job, &ran), CP_EINVAL);
+    cr_assert_eq(cp_spawn(pool, &t, NULL, &ran), CP_EINVAL);
+    cr_assert_eq(cp_sync(NULL, NULL), CP_EINVAL);
+
+    /* None of that counted or ran anything. */
+    stats_of(pool, &st);
+    cr_assert_eq(st.submitted, 0);
+    free_pool(pool);
+    cr_assert_eq(runs(&ran), 0);
+    cp_context_free(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Out of memory                                                             */
+
+/* The number of threads of this process. */
+static int thread_count(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    cr_assert_not_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+Test(oom, pool_new_fails_cleanly_at_every_allocation, .timeout = 60)
+{
+    int threads_before = thread_count();
+    cp_pool_options options = {.threads = 4, .name = "oom"};
+    unsigned long nth;
+    for (nth = 1;; nth++) {
+        cp_pool *pool = UNTOUCHED;
+        unsigned long before = cp__alloc_count();
+        cp__alloc_fail_nth(nth);
+        int rc = cp_pool_new(&pool, &options);
+        cp__alloc_fail_nth(0);
+        unsigned long made = cp__alloc_count() - before;
+        if (rc == 0) {
+            /* The first call not to fail made every allocation there is. */
+            cr_assert_eq(made, nth - 1, "succeeded with %lu allocations "
+                         "after failing at %lu", made, nth - 1);
+            free_pool(pool);
+            break;
+        }
+        cr_assert_eq(rc, CP_ENOMEM, "failing allocation %lu: %s", nth,
+                     cp_strerror(rc));
+        cr_assert_eq(pool, UNTOUCHED);
+        cr_assert_eq(made, nth, "the call went on after allocation %lu failed", nth);
+        cr_assert_eq(thread_count(), threads_before,
+                     "threads left running after failing allocation %lu", nth);
+        cr_assert_lt(nth, 1000);
+    }
+    cr_assert_gt(nth, 2, "cp_pool_new made fewer allocations than expected");
+    cr_assert_eq(thread_count(), threads_before);
+}
+
+struct oom_submit {
+    cp_pool *pool;
+    cp_context *in;
+    unsigned long nth;
+    atomic_int *ran;
+    int rc;
+    void *future;
+};
+
+/* On a fresh thread (no job cache yet): fail its nth allocation, submit. */
+static void *oom_submit_thread(void *p)
+{
+    struct oom_submit *o = p;
+    cp_future *f = UNTOUCHED;
+    cp__alloc_fail_nth(o->nth);
+    o->rc = o->in ? cp_pool_submit_in(o->pool, o->in, count_job, o->ran, &f)
+                  : cp_pool_submit(o->pool, count_job, o->ran, &f);
+    cp__alloc_fail_nth(0);
+    o->future = f;
+    if (o->rc == 0) {
+        JCHECK(cp_future_wait(f, NULL) == 0);
+        cp_future_free(f);
+    }
+    return NULL;
+}
+
+Test(oom, submit_fails_cleanly_and_the_job_never_runs, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    atomic_int ran = 0;
+    cp_context *c = cp_context_new();
+    int enomem = 0, ok = 0;
+    for (int with_context = 0; with_context < 2; with_context++)
+        for (unsigned long nth = 1; nth <= 4; nth++) {
+            struct oom_submit o = {pool, with_context ? c : NULL, nth, &ran, 1, NULL};
+            pthread_t th;
+            cr_assert_eq(pthread_create(&th, NULL, oom_submit_thread, &o), 0);
+            cr_assert_eq(pthread_join(th, NULL), 0);
+            jobs_ok();
+            cr_assert(o.rc == 0 || o.rc == CP_ENOMEM, "failing allocation %lu: %s",
+                      nth, cp_strerror(o.rc));
+            if (o.rc == 0) {
+                ok++;
+            } else {
+                enomem++;
+                cr_assert_eq(o.future, UNTOUCHED);
+            }
+            cr_assert_eq(runs(&ran), ok, "a failed submit ran its job");
+        }
+    cr_assert_gt(enomem, 0, "no allocation of submit could be made to fail");
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.submitted, (uint64_t)ok);
+    free_pool(pool);
+    cr_assert_eq(runs(&ran), ok);
+    cp_context_free(c);
+}
