@@ -3,9 +3,10 @@
 #
 #   ./dev.sh demo    install what is missing, build, run the demo
 #   ./dev.sh test    install what is missing, then the whole test suite:
-#                    a normal build (make check, valgrind, install test,
-#                    distcheck), an ASan+UBSan build, a TSan build, and the
-#                    fuzzer for FUZZ_SECONDS (default 60)
+#                    a normal build (make check, including the examples and
+#                    an install test; then make check under valgrind), an
+#                    ASan+UBSan build, a TSan build, the fuzzer for
+#                    FUZZ_SECONDS (default 60), and make distcheck
 #
 # On Debian or Ubuntu as root (or with sudo) it installs the packages it
 # needs with apt-get. Builds go to build/<kind>/ beside this script.
@@ -65,6 +66,22 @@ count_results() {
     failed=$((failed + ${f:-0} + ${e:-0}))
 }
 
+# timed NAME COMMAND...: run a step that is not a test suite, reporting its
+# time; counted as one test.
+timed() {
+    name=$1
+    shift
+    start=$(date +%s)
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "dev.sh: $name took $(($(date +%s) - start)) s"
+    else
+        echo "dev.sh: $name failed"
+        echo "$passed passed, $((failed + 1)) failed"
+        exit 1
+    fi
+}
+
 # check KIND [make variables...]: make check in build/KIND, reporting time.
 check() {
     kind=$1
@@ -109,6 +126,11 @@ test)
     say "ThreadSanitizer build (plain stress programs: Criterion cannot start under TSan)"
     configure_build tsan --enable-tsan
     check tsan
+    say "fuzzing contexts and the trie for ${FUZZ_SECONDS:-60} s (libFuzzer, ASan, UBSan)"
+    timed fuzz make -s -C build/release fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+    say "make distcheck: the tarball builds, passes its tests and installs"
+    timed distcheck sh -c 'make -s -C build/release distcheck >build/release/distcheck.log 2>&1 ||
+        { tail -n 40 build/release/distcheck.log; exit 1; }'
     echo "$passed passed, $failed failed"
     ;;
 *)

@@ -250,7 +250,8 @@ CP_EXPORT cp_iter *cp_context_iter(const cp_context *c);
  * Threads: one thread at a time per iterator. */
 CP_EXPORT bool cp_iter_next(cp_iter *it, cp_var **var, void **value);
 
-/* cp_iter_free - free an iterator and its snapshot. NULL: no-op. */
+/* cp_iter_free - free an iterator and its snapshot. NULL: no-op.
+ * Threads: any thread, once per iterator. */
 CP_EXPORT void cp_iter_free(cp_iter *it);
 
 /* ------------------------------------------------------------------------ */
@@ -280,7 +281,9 @@ CP_EXPORT int cp_pool_new(cp_pool **pool, const cp_pool_options *options);
  * captures that job's current context, its changes included.
  * future: receives a future for the job's outcome; NULL: fire and forget.
  * Returns 0; CP_EINVAL for NULL pool or fn; CP_ESHUTDOWN after
- * cp_pool_shutdown; CP_ENOMEM. On an error fn will never run.
+ * cp_pool_shutdown (a job of the pool may still submit while the pool
+ * drains: that work belongs to a job already accepted; not after a cancel
+ * shutdown); CP_ENOMEM. On an error fn will never run.
  * Ordering: everything the caller did before the submit happens-before fn
  * starts; fn's end happens-before cp_future_wait returns.
  * Threads: any thread, including the pool's own workers. */
@@ -301,7 +304,9 @@ CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
  * result: receives fn's return value when the outcome is 0; may be NULL.
  * Returns the job's outcome: 0 (it ran), CP_ECANCELED, CP_EBUSY or
  * CP_ERECURSIVE (a submit_in job whose context was entered elsewhere), or
- * CP_EINVAL for NULL f. Called on a worker of the pool, it runs other jobs
+ * CP_EINVAL for NULL f, or CP_EDEADLK when called from inside the job itself
+ * (or from a job its thread runs while it waits): nothing is waited for.
+ * Called on a worker of the pool, it runs other jobs
  * while it waits, so fork-join never deadlocks, with any number of threads.
  * Ordering: the job's end happens-before this returns.
  * Threads: any thread; several threads may wait on one future. */
@@ -309,7 +314,10 @@ CP_EXPORT int cp_future_wait(cp_future *f, void **result);
 
 /* cp_future_wait_timeout - as cp_future_wait, waiting at most timeout_ns
  * nanoseconds; CP_ETIMEDOUT when the job has not finished by then (it goes
- * on; wait again or free the future). A timeout of 0 polls. */
+ * on; wait again or free the future). A timeout of 0 polls; UINT64_MAX waits
+ * without limit. On a worker of the pool it runs other jobs while it waits,
+ * as cp_future_wait does, so it may return later than the limit by the
+ * length of a job it ran. Threads: as cp_future_wait. */
 CP_EXPORT int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns,
                                      void **result);
 
@@ -344,7 +352,15 @@ CP_EXPORT int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how);
 /* cp_pool_free - shutdown(CP_SHUTDOWN_DRAIN) if not yet done, wait for every
  * job and worker to finish, free the pool. NULL: no-op, returns 0.
  * Returns 0; CP_EDEADLK when called from one of the pool's own workers
- * (nothing is done). Threads: any thread but the pool's workers, once. */
+ * (nothing is done); CP_ESHUTDOWN in a child process (see fork below).
+ * Threads: any thread but the pool's workers, once.
+ *
+ * fork(): a child process inherits the pool's memory but not its workers.
+ * In the child, every call on an inherited pool (submit, submit_in, spawn,
+ * shutdown, free) returns CP_ESHUTDOWN and changes nothing; the child cannot
+ * free it (its memory stays until the child exits) but may make new pools.
+ * Futures of an inherited pool that were not final at the fork never will
+ * be in the child. Contexts and variables work in the child as before. */
 CP_EXPORT int cp_pool_free(cp_pool *pool);
 
 typedef struct cp_pool_stats {
@@ -383,10 +399,13 @@ typedef struct cp_task {
 /* cp_spawn - queue fn(arg) to run in a copy of the caller's current context.
  * task: storage owned by the caller (a local variable is typical); it must
  *   stay in place until cp_sync returns.
- * On a worker of pool nothing is allocated. From a thread outside the pool
- * the task goes through the pool's shared queue and cp_sync blocks.
+ * Nothing is allocated. On a worker of pool the task stays with the spawner
+ * (no atomic operation) while every worker is busy, and is offered to idle
+ * workers otherwise; from a thread outside the pool it goes through the
+ * pool's shared queue and cp_sync blocks.
  * Returns 0; CP_EINVAL for NULL arguments; CP_ESHUTDOWN after shutdown
- * (a worker may still spawn while the pool drains); CP_ENOMEM.
+ * when called from outside the pool (a worker's spawns belong to the job it
+ * runs and are accepted until the pool is freed).
  * Threads: any thread. */
 CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
 

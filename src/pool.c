@@ -166,6 +166,11 @@ struct worker {
     unsigned index;
     uint64_t rng;
     unsigned tick;               /* items run, for injection-queue fairness */
+    /* Jobs going back to one home cache (see job_release), pushed there
+     * together: one atomic operation per batch instead of one per job. */
+    struct job_cache *ret_home;
+    struct cp_future *ret_head, *ret_tail;
+    unsigned ret_count;
     int64_t credit;              /* counted items this worker finished, less
                                     those it added, not yet applied to the
                                     pool's pending (see pending_flush) */
@@ -484,6 +489,7 @@ static struct work *find_work(struct worker *self)
 /* Running work                                                              */
 
 static void job_release(struct cp_future *f);
+static void returns_flush(struct worker *self);
 
 static void future_decref(struct cp_future *f)
 {
@@ -757,6 +763,7 @@ static void *worker_main(void *p)
             continue;
         }
         pending_flush(self);
+        returns_flush(self);
         if (pool_finished(pool))
             break;
         /* Work often comes right back: search before sleeping. */
@@ -767,6 +774,7 @@ static void *worker_main(void *p)
             woken = true;
         }
     }
+    returns_flush(self);
     this_worker = NULL;
     return NULL;
 }
@@ -982,7 +990,41 @@ static struct cp_future *job_alloc(void)
     return f;
 }
 
-/* The last reference to f is gone: back to its home. */
+/* Push the chain head..tail of n jobs onto home c's returned stack, or free
+ * them if c's thread has exited. */
+static void cache_return(struct job_cache *c, struct cp_future *head,
+                         struct cp_future *tail, size_t n)
+{
+    struct cp_future *top = atomic_load_explicit(&c->returned, memory_order_relaxed);
+    do {
+        if (top == CACHE_CLOSED) {
+            tail->free_next = NULL; /* a failed try below linked it on */
+            free_list(head);
+            cache_decref(c, n);
+            return;
+        }
+        tail->free_next = top;
+        /* release: the chain's links (and our last writes to the jobs)
+         * before the home sees them; pairs with its acquire exchange. */
+    } while (!atomic_compare_exchange_weak_explicit(&c->returned, &top, head,
+                                                    memory_order_release,
+                                                    memory_order_relaxed));
+}
+
+#define RETURN_BATCH 32
+
+static void returns_flush(struct worker *self)
+{
+    if (self->ret_count == 0)
+        return;
+    cache_return(self->ret_home, self->ret_head, self->ret_tail, self->ret_count);
+    self->ret_home = NULL;
+    self->ret_head = self->ret_tail = NULL;
+    self->ret_count = 0;
+}
+
+/* The last reference to f is gone: back to its home. A worker batches jobs
+ * for one home; anyone else returns them one at a time. */
 static void job_release(struct cp_future *f)
 {
     struct job_cache *c = f->home;
@@ -995,19 +1037,20 @@ static void job_release(struct cp_future *f)
         c->local = f;
         return;
     }
-    struct cp_future *head = atomic_load_explicit(&c->returned, memory_order_relaxed);
-    do {
-        if (head == CACHE_CLOSED) {
-            cp__free(f);
-            cache_decref(c, 1);
-            return;
-        }
-        f->free_next = head;
-        /* release: f's link (and our last writes to it) before it is seen;
-         * pairs with the home's acquire exchange. */
-    } while (!atomic_compare_exchange_weak_explicit(&c->returned, &head, f,
-                                                    memory_order_release,
-                                                    memory_order_relaxed));
+    struct worker *self = this_worker;
+    if (!self) {
+        cache_return(c, f, f, 1);
+        return;
+    }
+    if (self->ret_home != c)
+        returns_flush(self);
+    self->ret_home = c;
+    f->free_next = self->ret_head;
+    self->ret_head = f;
+    if (!self->ret_tail)
+        self->ret_tail = f;
+    if (++self->ret_count >= RETURN_BATCH)
+        returns_flush(self);
 }
 
 static int submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
