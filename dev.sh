@@ -127,7 +127,9 @@ test)
     configure_build tsan --enable-tsan
     check tsan
     say "fuzzing contexts and the trie for ${FUZZ_SECONDS:-60} s (libFuzzer, ASan, UBSan)"
-    timed fuzz make -s -C build/release fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+    timed fuzz sh -c 'make -s -C build/release fuzz FUZZ_SECONDS="$1" >build/release/fuzz.log 2>&1 ||
+        { tail -n 60 build/release/fuzz.log; exit 1; }
+        grep -E "^stat::|^Done" build/release/fuzz.log' fuzz "${FUZZ_SECONDS:-60}"
     say "make distcheck: the tarball builds, passes its tests and installs"
     timed distcheck sh -c 'make -s -C build/release distcheck >build/release/distcheck.log 2>&1 ||
         { tail -n 40 build/release/distcheck.log; exit 1; }'

@@ -29,16 +29,17 @@
  * either this thread (CP_ERECURSIVE) or another one (CP_EBUSY). A context is
  * therefore never entered twice at once, and an entry never waits.
  *
- * The get cache. cp_var_get remembers its last hit in the thread state, with
- * the thread's generation number, which every set, reset, enter and leave on
- * this thread bumps. Only this thread changes its current map, so an unchanged
- * generation proves the cached value is still the context's. (CPython caches
- * in the variable itself, which is unsound without a GIL: cpython#121546.) A
- * cached variable cannot be freed and its address reused while the cache is
- * valid, because the current map still holds an item for it.
+ * The get cache. cp_var_get remembers its last hit (variable and value) in
+ * the thread state, and every set, reset, enter and leave on this thread
+ * forgets it. Only this thread changes its current map, so a remembered
+ * variable proves the cached value is still the context's; a hit is one load
+ * and one compare. (CPython caches in the variable itself, which is unsound
+ * without a GIL: cpython#121546.) A cached variable cannot be freed and its
+ * address reused while the cache holds it, because the current map still
+ * holds an item for it.
  *
  * Invariants:
- * - c->map is changed only by c's owner and only under c->lock.
+ * - c->map is changed only by c's owner, and under c->lock when c is shared.
  * - A thread's current context is entered by that thread (owner == self);
  *   its base context has owner == self from creation on.
  * - Every item holds one reference on its variable; every token holds one on
@@ -80,9 +81,9 @@ struct cp_iter {
     cp__hamt_iter it;
 };
 
-/* The calling thread's state (context.h). gen starts at 1 so that the
- * empty cache (cache_gen 0) never matches. */
-__thread struct cp__thread cp__self = {.gen = 1};
+/* The calling thread's state (context.h), its get cache empty. */
+const char cp__no_var;
+__thread struct cp__thread cp__self = {.cache_var = CP__NO_VAR};
 
 static pthread_key_t base_key;
 static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;
@@ -162,7 +163,7 @@ static void map_swap(cp_context *c, cp__hamt m)
     } else {
         c->map = m;
     }
-    cp__self.gen++;
+    cp__cache_forget();
     if (cp__self.borrows)
         materialise_borrows(old);
     if (c->owns_map)
@@ -277,7 +278,7 @@ static void base_release(void *base)
         cp__self.base = NULL;
         if (cp__self.current == base)
             cp__self.current = NULL;
-        cp__self.gen++;
+        cp__cache_forget();
     }
     context_decref(base);
 }
@@ -324,7 +325,7 @@ static int base_adopt(cp_context *base)
     cp__self.base = base;
     if (!cp__self.current)
         cp__self.current = base;
-    cp__self.gen++;
+    cp__cache_forget();
     return 0;
 }
 
@@ -363,7 +364,7 @@ static const cp__hamt_item *current_item(const cp_var *var)
 /* The cache hit: the hot path of every get, kept a leaf function. */
 static inline bool cache_hit(const cp_var *var, void **value)
 {
-    if (cp__self.cache_var != var || cp__self.cache_gen != cp__self.gen)
+    if (cp__self.cache_var != var)
         return false;
     *value = cp__self.cache_value;
     return true;
@@ -378,7 +379,6 @@ static __attribute__((noinline)) bool lookup_value(const cp_var *var, void **val
         return false;
     cp__self.cache_var = var;
     cp__self.cache_value = item->value;
-    cp__self.cache_gen = cp__self.gen;
     *value = item->value;
     return true;
 }
@@ -581,7 +581,7 @@ int cp__context_enter(cp_context *c)
     cp__context_incref(c);
     c->prev = cp__self.current;
     cp__self.current = c;
-    cp__self.gen++;
+    cp__cache_forget();
     return 0;
 }
 
@@ -589,7 +589,7 @@ void cp__context_leave(cp_context *c)
 {
     cp__self.current = c->prev;
     c->prev = NULL;
-    cp__self.gen++;
+    cp__cache_forget();
     /* release: publishes our changes to c to its next owner (the acquire in
      * cp__context_enter) and to later readers of c->owner. */
     atomic_store_explicit(&c->owner, 0, memory_order_release);

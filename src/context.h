@@ -62,15 +62,25 @@ typedef struct cp__borrow {
 struct cp__thread {
     cp_context *current; /* NULL until the thread needs a base context */
     cp_context *base;
-    uint64_t gen;        /* bumped whenever the current map may change */
+    /* The last variable cp_var_get found in the current map, and its value;
+     * CP__NO_VAR whenever the current map may have changed since. */
     const cp_var *cache_var;
     void *cache_value;
-    uint64_t cache_gen;
     cp__borrow *borrows; /* this thread's borrowed captures, newest first */
 };
 
 extern __thread struct cp__thread cp__self
     __attribute__((tls_model("initial-exec")));
+
+/* An address no variable has (nor NULL): the empty get cache. */
+extern const char cp__no_var;
+#define CP__NO_VAR ((const cp_var *)&cp__no_var)
+
+/* The current map may change, or another context becomes current. */
+static inline void cp__cache_forget(void)
+{
+    cp__self.cache_var = CP__NO_VAR;
+}
 
 static inline uintptr_t cp__self_id(void)
 {
@@ -108,14 +118,14 @@ static inline void cp__context_enter_frame(cp_context *c)
     atomic_store_explicit(&c->owner, cp__self_id(), memory_order_relaxed);
     c->prev = cp__self.current;
     cp__self.current = c;
-    cp__self.gen++;
+    cp__cache_forget();
 }
 
 static inline void cp__context_leave_frame(cp_context *c)
 {
     cp__self.current = c->prev;
     c->prev = NULL;
-    cp__self.gen++;
+    cp__cache_forget();
     atomic_store_explicit(&c->owner, 0, memory_order_relaxed);
 }
 

@@ -111,10 +111,11 @@ static void *blocker_job(void *p)
     return p;
 }
 
-/* Submit a blocker and wait until a worker runs it: that worker is then
- * busy until the gate opens. */
+/* Set up b, submit a blocker and wait until a worker runs it: that worker
+ * is then busy until the gate opens. */
 static cp_future *occupy_worker(cp_pool *pool, blocker *b)
 {
+    blocker_init(b);
     cp_future *f = NULL;
     cr_assert_eq(cp_pool_submit(pool, blocker_job, b, &f), 0);
     cr_assert_eq(sem_wait(&b->started), 0);
@@ -326,7 +327,6 @@ Test(flow, job_sees_the_context_as_it_was_at_submit_not_later_sets,
     cp_var *v = cp_var_new("v", NULL);
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     cr_assert_eq(cp_var_set(v, &a, NULL), 0);
     struct read_var rv = {v};
@@ -469,7 +469,6 @@ Test(lifespan, pool_keeps_its_own_reference_to_a_submit_in_context, .timeout = 3
 
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     struct read_var rv = {v};
     cp_future *f = NULL;
@@ -839,7 +838,6 @@ Test(future, wait_timeout_zero_polls, .timeout = 30)
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     cr_assert_eq(cp_future_wait_timeout(busy, 0, NULL), CP_ETIMEDOUT);
     atomic_int ran = 0;
@@ -888,7 +886,6 @@ Test(cancel, before_start_the_job_never_runs_and_wait_is_ecanceled, .timeout = 3
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     atomic_int ran = 0;
     cp_future *f = NULL;
@@ -912,7 +909,6 @@ Test(cancel, counts_in_stats_once, .timeout = 30)
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     atomic_int ran = 0;
     cp_future *f = NULL;
@@ -939,7 +935,6 @@ Test(cancel, after_start_is_ebusy_and_the_job_finishes, .timeout = 30)
 {
     cp_pool *pool = new_pool(2);
     blocker bl;
-    blocker_init(&bl);
     cp_future *f = occupy_worker(pool, &bl);
     cr_assert_eq(cp_future_cancel(f), CP_EBUSY);
     gate_open(&bl.g);
@@ -959,7 +954,6 @@ Test(future, freed_before_its_job_finishes_the_job_still_runs, .timeout = 30)
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     atomic_int ran = 0;
     cp_future *f = NULL;
@@ -1110,7 +1104,6 @@ Test(shutdown, drain_runs_every_queued_job, .timeout = 60)
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     static atomic_int ran[QUEUED];
     cp_future *f[QUEUED];
@@ -1135,7 +1128,6 @@ Test(shutdown, drain_by_free_runs_every_queued_fire_and_forget_job, .timeout = 6
 {
     cp_pool *pool = new_pool(2);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     cp_future_free(busy);
     atomic_int ran = 0;
@@ -1150,7 +1142,6 @@ Test(shutdown, cancel_reports_each_job_cancelled_or_run_exactly_once, .timeout =
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     static atomic_int ran[QUEUED];
     cp_future *f[QUEUED];
@@ -1190,7 +1181,6 @@ Test(shutdown, cancel_cancels_a_task_spawned_from_outside_not_yet_started,
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     atomic_int ran = 0;
     cp_task t;
@@ -1222,18 +1212,31 @@ static void *spawn_then_hold_job(void *p)
     return NULL;
 }
 
+/* On pool (1 worker), run job with s while the main thread shuts the pool
+ * down with how as soon as the job holds. Returns the job's future; the
+ * caller releases the job with gate_open(&s->bl.g) and waits for it. */
+static cp_future *hold_job_across_shutdown(cp_pool *pool, cp_job_fn job,
+                                           struct spawn_then_hold *s,
+                                           enum cp_shutdown how)
+{
+    *s = (struct spawn_then_hold){.pool = pool, .ran = 0, .spawn_rc = 1, .sync_rc = 1};
+    blocker_init(&s->bl);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, job, s, &f), 0);
+    cr_assert_eq(sem_wait(&s->bl.started), 0);
+    cr_assert_eq(cp_pool_shutdown(pool, how), 0);
+    return f;
+}
+
 Test(shutdown, cancel_lets_a_running_job_finish_its_own_tasks, .timeout = 30)
 {
     /* The only worker spawned the task and is held when shutdown(CANCEL)
      * comes. A worker's task belongs to the running job that spawned it, and
      * a cancel lets running jobs finish (ctxpool.h, cp_sync): it runs once. */
     cp_pool *pool = new_pool(1);
-    struct spawn_then_hold s = {.pool = pool, .ran = 0, .spawn_rc = 1, .sync_rc = 1};
-    blocker_init(&s.bl);
-    cp_future *f = NULL;
-    cr_assert_eq(cp_pool_submit(pool, spawn_then_hold_job, &s, &f), 0);
-    cr_assert_eq(sem_wait(&s.bl.started), 0);
-    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_CANCEL), 0);
+    struct spawn_then_hold s;
+    cp_future *f = hold_job_across_shutdown(pool, spawn_then_hold_job, &s,
+                                            CP_SHUTDOWN_CANCEL);
     gate_open(&s.bl.g);
     wait_ok(f);
     cr_assert_eq(s.spawn_rc, 0);
@@ -1256,12 +1259,9 @@ static void *spawn_during_drain(void *p)
 Test(shutdown, a_worker_may_still_spawn_while_the_pool_drains, .timeout = 30)
 {
     cp_pool *pool = new_pool(1);
-    struct spawn_then_hold s = {.pool = pool, .ran = 0, .spawn_rc = 1, .sync_rc = 1};
-    blocker_init(&s.bl);
-    cp_future *f = NULL;
-    cr_assert_eq(cp_pool_submit(pool, spawn_during_drain, &s, &f), 0);
-    cr_assert_eq(sem_wait(&s.bl.started), 0);
-    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_DRAIN), 0);
+    struct spawn_then_hold s;
+    cp_future *f = hold_job_across_shutdown(pool, spawn_during_drain, &s,
+                                            CP_SHUTDOWN_DRAIN);
     cp_task t;
     cr_assert_eq(cp_spawn(pool, &t, count_job, &s.ran), CP_ESHUTDOWN,
                  "an outside thread may not");
@@ -1411,7 +1411,6 @@ Test(task, sync_out_of_order_is_einval_and_waits_for_nothing, .timeout = 30)
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
-    blocker_init(&bl);
     cp_future *busy = occupy_worker(pool, &bl);
     atomic_int ran_a = 0, ran_b = 0;
     cp_task a, b;
