@@ -353,7 +353,9 @@ CP_EXPORT int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how);
  * job and worker to finish, free the pool. NULL: no-op, returns 0.
  * Returns 0; CP_EDEADLK when called from one of the pool's own workers
  * (nothing is done); CP_ESHUTDOWN in a child process (see fork below).
- * Threads: any thread but the pool's workers, once.
+ * Threads: any thread but the pool's workers, once, when no other call on
+ * the pool is in progress or can come (a submit may still be returning
+ * after its job has finished).
  *
  * fork(): a child process inherits the pool's memory but not its workers.
  * In the child, every call on an inherited pool (submit, submit_in, spawn,

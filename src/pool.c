@@ -106,10 +106,11 @@ static uint64_t now_ns(void)
 enum {
     ST_PENDING = 0,
     ST_RUNNING = 1,
-    ST_DONE = 2,     /* ran, or found its context busy: outcome tells */
+    ST_DONE = 2,       /* ran, or found its context busy: outcome tells */
     ST_CANCELLED = 3,
-    ST_MASK = 3,
-    ST_WAITERS = 4
+    ST_CANCELLING = 4, /* claimed by cp_future_cancel, not final yet */
+    ST_MASK = 7,
+    ST_WAITERS = 8
 };
 
 /* KIND_PRIVATE: a frame task kept by its spawner, in no queue (see cp_spawn). */
@@ -185,6 +186,7 @@ struct cp_pool {
     /* Injection queue: producers exchange head, the consumer (whoever holds
      * inject_lock) walks from tail. */
     alignas(CP__CACHE_LINE) _Atomic(struct work *) inject_head;
+    _Atomic uint64_t injected;   /* items pushed and not yet popped */
     alignas(CP__CACHE_LINE) struct work *inject_tail;
     atomic_bool inject_lock;
     struct work inject_stub;
@@ -255,7 +257,8 @@ static void stat_bump(_Atomic uint64_t *counter)
 /* ------------------------------------------------------------------------ */
 /* Injection queue (Vyukov's intrusive MPSC queue; consumers serialised)     */
 
-static void inject_push(cp_pool *pool, struct work *w)
+/* Link w in (the stub as well as real items). */
+static void inject_link(cp_pool *pool, struct work *w)
 {
     /* relaxed: published by the release in the store to prev->next. */
     atomic_store_explicit(&w->next, NULL, memory_order_relaxed);
@@ -266,6 +269,16 @@ static void inject_push(cp_pool *pool, struct work *w)
     /* release: pairs with the consumer's acquire load of next, making w's
      * contents visible to it. */
     atomic_store_explicit(&prev->next, w, memory_order_release);
+}
+
+static void inject_push(cp_pool *pool, struct work *w)
+{
+    /* seq_cst: counted before it is linked, so the count never says empty
+     * while an item is queued or being linked; the park protocol reads it
+     * (inject_nonempty). The queue's own links cannot tell that reliably:
+     * while a consumer puts the stub back, a push may be half done. */
+    atomic_fetch_add_explicit(&pool->injected, 1, memory_order_seq_cst);
+    inject_link(pool, w);
 }
 
 /* Consumer only (inject_lock held): the oldest item, or NULL when the queue
@@ -288,7 +301,7 @@ static struct work *inject_pop(cp_pool *pool)
     /* acquire: pairs with the exchange in inject_push. */
     if (tail != atomic_load_explicit(&pool->inject_head, memory_order_acquire))
         return NULL; /* a push is in progress */
-    inject_push(pool, &pool->inject_stub);
+    inject_link(pool, &pool->inject_stub);
     next = atomic_load_explicit(&tail->next, memory_order_acquire);
     if (!next)
         return NULL;
@@ -310,13 +323,12 @@ static void inject_unlock(cp_pool *pool)
     atomic_store_explicit(&pool->inject_lock, false, memory_order_release);
 }
 
-/* Whether the injection queue may hold work (a hint, for parking). */
+/* Whether the injection queue holds work, or work being linked. */
 static bool inject_nonempty(cp_pool *pool)
 {
-    /* seq_cst: the park protocol's "read theirs" after announcing a waiter. */
-    return atomic_load_explicit(&pool->inject_head, memory_order_seq_cst) !=
-               &pool->inject_stub ||
-           atomic_load_explicit(&pool->inject_stub.next, memory_order_seq_cst) != NULL;
+    /* seq_cst: the park protocol's "read theirs" after announcing a waiter;
+     * pairs with the increment in inject_push. */
+    return atomic_load_explicit(&pool->injected, memory_order_seq_cst) != 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -435,12 +447,23 @@ static struct work *take_injected(struct worker *self)
     int moved = 0;
     for (struct work *w; first && moved < INJECT_BATCH - 1 && (w = inject_pop(pool)); moved++)
         if (cp__deque_push(&self->deque, w) != 0) {
-            /* No memory to grow the deque: run it ourselves, later. */
+            /* No memory to grow the deque: back where it came from (counted
+             * again by the push; taken off with the others below). */
             inject_unlock(pool);
             inject_push(pool, w);
+            notify_published(pool);
+            atomic_fetch_sub_explicit(&pool->injected, (uint64_t)moved + 2,
+                                      memory_order_relaxed);
+            if (moved > 0)
+                notify(pool);
             return first;
         }
     inject_unlock(pool);
+    if (first)
+        /* relaxed: only makes the count smaller, after the items are ours;
+         * once per batch, so the submitters keep the line. */
+        atomic_fetch_sub_explicit(&pool->injected, (uint64_t)moved + 1,
+                                  memory_order_relaxed);
     if (moved > 0)
         notify(pool);
     return first;
@@ -716,8 +739,18 @@ static struct work *search(struct worker *self, const struct work *awaited,
                                               memory_order_seq_cst) - 1;
     if (w && left == 0)
         notify(pool);
+    else if (!w && awaited) {
+        /* We stop searching without going to park, where a searcher looks
+         * one last time: look here, as park does, for work whose wake was
+         * skipped because we were searching. seq_cst fence: as in park. */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (work_visible(pool))
+            notify_published(pool);
+    }
     return w;
 }
+
+static bool offer_private(struct worker *self);
 
 /* Wait until w is final; a worker of pool helps meanwhile. Returns 0, or
  * CP_ETIMEDOUT when deadline (0: none) passed first. */
@@ -727,6 +760,9 @@ static int wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
     while (!work_final(w)) {
         if (self) {
             struct work *other = find_work(self);
+            /* Our own private tasks first: what we wait for may need them. */
+            if (!other && offer_private(self))
+                continue;
             if (!other && !deadline)
                 other = search(self, w, false);
             if (other) {
@@ -781,8 +817,12 @@ static void *worker_main(void *p)
 
 static void workers_stop(cp_pool *pool, unsigned started)
 {
-    if (atomic_load_explicit(&pool->state, memory_order_seq_cst) == RUNNING)
-        atomic_store_explicit(&pool->state, DRAINING, memory_order_seq_cst);
+    /* seq_cst: see "Shutdown". A compare-and-swap, so that a concurrent
+     * cp_pool_shutdown(CANCEL) is not turned into a drain. */
+    int running = RUNNING;
+    atomic_compare_exchange_strong_explicit(&pool->state, &running, DRAINING,
+                                            memory_order_seq_cst,
+                                            memory_order_seq_cst);
     notify_all(pool);
     for (unsigned i = 0; i < started; i++)
         pthread_join(pool->workers[i].thread, NULL);
@@ -1209,19 +1249,24 @@ int cp_future_cancel(cp_future *f)
      * dequeues it may finish the pool's accounting and the pool be freed. */
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
     for (;;) {
-        if ((s & ST_MASK) != ST_PENDING)
-            return (s & ST_MASK) == ST_CANCELLED ? 0 : CP_EBUSY;
-        /* acq_rel on success: we take the payload over from the submitter
-         * (acquire), and waiters that see CANCELLED see it final (release). */
-        if (atomic_compare_exchange_weak_explicit(&f->w.state, &s, ST_CANCELLED,
-                                                  memory_order_acq_rel,
+        uint32_t st = s & ST_MASK;
+        if (st == ST_CANCELLED || st == ST_CANCELLING)
+            return 0;
+        if (st != ST_PENDING)
+            return CP_EBUSY;
+        /* acquire on success: we take the payload over from the submitter.
+         * CANCELLING, not final: waiters keep waiting, and so nobody may
+         * free f while we still use it below. */
+        if (atomic_compare_exchange_weak_explicit(&f->w.state, &s,
+                                                  (s & ST_WAITERS) | ST_CANCELLING,
+                                                  memory_order_acquire,
                                                   memory_order_acquire))
             break;
     }
-    /* The caller's handle keeps f alive; the payload is ours alone now. */
+    /* The caller's handle keeps f alive; the payload is ours alone now. The
+     * final state is the last thing we do to f (work_finish wakes waiters). */
     drop_payload(f);
-    if (s & ST_WAITERS)
-        futex_wake(&f->w.state, INT_MAX);
+    work_finish(&f->w, ST_CANCELLED);
     return 0;
 }
 
@@ -1250,28 +1295,34 @@ static bool workers_idle(const cp_pool *pool)
  * stack and nowhere else, spawned and synced without one atomic
  * read-modify-write or fence (as in the private deques of Acar, Charguéraud
  * and Rainey, PPoPP 2013, here with the idle workers' counts standing in for
- * their steal requests). When a spawn finds a worker idle, it publishes the
- * spawner's oldest private task, which in divide-and-conquer code is the
- * largest (as Lace moves its split point), and keeps the new one private;
- * only when there is none is the new task queued. A spawn publishes nothing
- * while the spawner's deque still holds a task for the idle to take. Cilk-style fork-join
- * spawns far more often than workers go idle, so idle workers still find
- * work quickly. */
+ * their steal requests). When a spawn or a sync finds a worker idle, the
+ * spawner offers its oldest private task, which in divide-and-conquer code
+ * is the largest (as Lace moves its split point); it offers nothing while
+ * its deque still holds a task for the idle to take. A worker about to wait
+ * offers its private tasks too: what it waits for may depend on them.
+ * Cilk-style fork-join spawns and syncs far more often than workers go
+ * idle, so idle workers still find work quickly. */
 
 static struct task *task_of(cp__borrow *b)
 {
     return (struct task *)((char *)b - offsetof(struct task, borrow));
 }
 
-/* The oldest private task on this thread's borrow stack (every borrow there
- * is a frame task's), or NULL. */
-static struct task *oldest_private(void)
+/* Queue this worker's oldest private task (on its borrow stack, where every
+ * borrow is a frame task's) on its deque, where idle workers can take it.
+ * Returns whether there was one. */
+static bool offer_private(struct worker *self)
 {
     struct task *oldest = NULL;
     for (cp__borrow *b = cp__context_borrow_top(); b; b = b->prev)
         if (task_of(b)->w.kind == KIND_PRIVATE)
             oldest = task_of(b);
-    return oldest;
+    if (!oldest)
+        return false;
+    /* kind before the push, whose release publishes it to thieves. */
+    oldest->w.kind = KIND_TASK;
+    enqueue(self->pool, &oldest->w);
+    return true;
 }
 int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
 {
@@ -1295,18 +1346,11 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     t->u.fn = fn;
     t->arg = arg;
     if (!counted) {
-        /* One published task at a time is enough for the idle to take. */
-        bool idle = workers_idle(pool) && cp__deque_size(&this_worker->deque) == 0;
-        struct task *publish = idle ? oldest_private() : NULL;
         cp__context_borrow(&t->borrow);
         t->w.kind = KIND_PRIVATE;
-        if (!idle)
-            return 0;
-        if (!publish)
-            publish = t;
-        /* kind before the push, whose release publishes it to thieves. */
-        publish->w.kind = KIND_TASK;
-        enqueue(pool, &publish->w);
+        /* One published task at a time is enough for the idle to take. */
+        if (workers_idle(pool) && cp__deque_size(&this_worker->deque) == 0)
+            offer_private(this_worker);
         return 0;
     }
     cp__context_borrow(&t->borrow);
@@ -1330,9 +1374,14 @@ int cp_sync(cp_task *task, void **result)
     if (!t || &t->borrow != cp__context_borrow_top())
         return CP_EINVAL;
     if (t->w.kind == KIND_PRIVATE) {
-        /* Running now, still on the borrow stack: no longer one to publish. */
+        struct worker *self = this_worker;
+        /* Running now, still on the borrow stack: no longer one to publish.
+         * Syncs may come without spawns for a while: offer older private
+         * tasks to idle workers here too. */
         t->w.kind = KIND_TASK;
-        run_inline(this_worker, t);
+        if (workers_idle(self->pool) && cp__deque_size(&self->deque) == 0)
+            offer_private(self);
+        run_inline(self, t);
     } else if (!t->w.counted) {
         /* Queued by this worker on its own deque. Fast path: nobody took
          * it, it is on top of the deque. Anything above it was queued by a
