@@ -534,8 +534,12 @@ static double run_idle(void *arg)
     uint64_t t = bench_now_ns();
     sleep_ns(IDLE_NS);
     uint64_t wall = bench_now_ns() - t;
-    uint64_t workers = (cpu_ns(RUSAGE_SELF) - self) - (cpu_ns(RUSAGE_THREAD) - main_thread);
-    return 100.0 * (double)workers / (double)wall;
+    /* The process's and the thread's clocks are sampled apart, so when the
+     * workers used nothing the difference can come out a little below zero:
+     * that is a zero. */
+    int64_t workers = (int64_t)(cpu_ns(RUSAGE_SELF) - self) -
+                      (int64_t)(cpu_ns(RUSAGE_THREAD) - main_thread);
+    return workers > 0 ? 100.0 * (double)workers / (double)wall : 0.0;
 }
 
 static void bench_idle(void)
