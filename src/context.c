@@ -214,7 +214,7 @@ static cp_var *var_make(const char *name, bool has_default, void *default_value,
     cp_var *var = cp__malloc(sizeof *var + len + 1);
     if (!var)
         return NULL;
-    atomic_init(&var->refs, 1);
+    atomic_init(&var->refs, 1); /* not yet shared */
     var->hash = hash_address(var);
     var->has_default = has_default;
     var->default_value = default_value;
@@ -293,9 +293,9 @@ static cp_context *context_alloc(cp__hamt map, bool shared)
     cp_context *c = cp__alloc_small(sizeof *c);
     if (!c)
         return NULL;
-    atomic_init(&c->refs, 1);
-    atomic_init(&c->owner, 0);
-    atomic_init(&c->lock, false);
+    atomic_init(&c->refs, 1); /* not yet shared */
+    atomic_init(&c->owner, 0); /* not yet shared */
+    atomic_init(&c->lock, false); /* not yet shared */
     c->shared = shared;
     c->map = map;
     c->prev = NULL;
@@ -457,7 +457,7 @@ int cp_var_set(cp_var *var, void *value, cp_token **token)
         else
             var_incref(var);
         tok->context_id = c->token_id;
-        atomic_init(&tok->used, false);
+        atomic_init(&tok->used, false); /* not yet shared */
         *token = tok;
     }
     map_swap(c, next);

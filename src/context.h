@@ -93,9 +93,9 @@ static inline uintptr_t cp__self_id(void)
  * the frame holds then, if it holds a reference. */
 static inline void cp__context_init_frame(cp_context *c, cp__hamt map, bool owned)
 {
-    atomic_init(&c->refs, 1);
-    atomic_init(&c->owner, 0);
-    atomic_init(&c->lock, false);
+    atomic_init(&c->refs, 1); /* not yet shared */
+    atomic_init(&c->owner, 0); /* not yet shared */
+    atomic_init(&c->lock, false); /* not yet shared */
     c->shared = false;
     c->map = map;
     c->prev = NULL;

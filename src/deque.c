@@ -146,9 +146,9 @@ int cp__deque_init(cp__deque *d, unsigned log_capacity)
     if (a == NULL)
         return CP_ENOMEM;
     /* No other thread sees d yet: plain initialisation. */
-    atomic_init(&d->top, 0);
-    atomic_init(&d->bottom, 0);
-    atomic_init(&d->buffer, a);
+    atomic_init(&d->top, 0); /* not yet shared */
+    atomic_init(&d->bottom, 0); /* not yet shared */
+    atomic_init(&d->buffer, a); /* not yet shared */
     d->retired = NULL;
     return 0;
 }

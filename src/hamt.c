@@ -238,7 +238,7 @@ void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
                         void *value, void (*release)(cp__hamt_item *))
 {
     /* Not yet shared: a plain initialisation. */
-    atomic_init(&item->refs, 1);
+    atomic_init(&item->refs, 1); /* not yet shared */
     item->hash = hash;
     item->key = key;
     item->value = value;
@@ -360,7 +360,7 @@ static cp__hamt_node *node_alloc(enum node_kind kind, uint32_t nslots,
         return NULL;
     if (kind == KIND_ARRAY)
         memset(node->entries, 0, (size_t)nslots * sizeof(slot));
-    atomic_init(&node->refs, 1);
+    atomic_init(&node->refs, 1); /* not yet shared */
     node->kind = (uint8_t)kind;
     node->count = count;
     node->bits = bits;

@@ -858,8 +858,9 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     }
     pool->nworkers = n;
     pool->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
-    atomic_init(&pool->inject_stub.next, NULL);
-    atomic_init(&pool->inject_head, &pool->inject_stub);
+    /* atomic_init: no worker exists yet, nothing is shared. */
+    atomic_init(&pool->inject_stub.next, NULL); /* not yet shared */
+    atomic_init(&pool->inject_head, &pool->inject_stub); /* not yet shared */
     pool->inject_tail = &pool->inject_stub;
     for (unsigned i = 0; i < n; i++) {
         struct worker *w = &pool->workers[i];
@@ -997,8 +998,8 @@ static struct job_cache *cache_get(void)
     if (!c)
         return NULL;
     c->local = NULL;
-    atomic_init(&c->returned, NULL);
-    atomic_init(&c->refs, 1);
+    atomic_init(&c->returned, NULL); /* not yet shared */
+    atomic_init(&c->refs, 1); /* not yet shared */
     if (pthread_setspecific(cache_key, c) != 0) {
         cp__free(c);
         return NULL;
@@ -1106,17 +1107,17 @@ static int submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
         job_release(f);
         return err;
     }
-    atomic_init(&f->w.next, NULL);
-    atomic_init(&f->w.state, ST_PENDING);
+    atomic_init(&f->w.next, NULL); /* not yet shared */
+    atomic_init(&f->w.state, ST_PENDING); /* not yet shared */
     f->w.kind = KIND_JOB;
     f->w.counted = true;
     f->w.outcome = 0;
-    atomic_init(&f->refs, future ? 2u : 1u);
+    atomic_init(&f->refs, future ? 2u : 1u); /* not yet shared */
     f->fn = fn;
     f->arg = arg;
     f->result = NULL;
     f->pool = pool;
-    atomic_init(&f->runner, 0);
+    atomic_init(&f->runner, 0); /* not yet shared */
     if (in) {
         cp__context_incref(in);
         f->in = in;
@@ -1339,8 +1340,8 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     } else if (forked_away(pool)) {
         return CP_ESHUTDOWN;
     }
-    atomic_init(&t->w.next, NULL);
-    atomic_init(&t->w.state, ST_PENDING);
+    atomic_init(&t->w.next, NULL); /* not yet shared */
+    atomic_init(&t->w.state, ST_PENDING); /* not yet shared */
     t->w.counted = counted;
     t->w.outcome = 0;
     t->u.fn = fn;
