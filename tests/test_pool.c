@@ -765,6 +765,65 @@ static void *submitter_main(void *p)
     return NULL;
 }
 
+/* Jobs that can only finish together: each arrives, then sleeps (up to a
+ * generous deadline, a hang detector) until all of its round have arrived,
+ * as handlers blocked on their clients do. Returns the number that had
+ * arrived when it stopped waiting. */
+struct rendezvous {
+    pthread_mutex_t lock;
+    pthread_cond_t all_here;
+    int arrived, expected;
+};
+
+static void *rendezvous_job(void *p)
+{
+    struct rendezvous *r = p;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 30;
+    pthread_mutex_lock(&r->lock);
+    if (++r->arrived == r->expected)
+        pthread_cond_broadcast(&r->all_here);
+    while (r->arrived < r->expected &&
+           pthread_cond_timedwait(&r->all_here, &r->lock, &deadline) == 0)
+        ;
+    int arrived = r->arrived;
+    pthread_mutex_unlock(&r->lock);
+    return (void *)(intptr_t)arrived;
+}
+
+Test(submit, every_worker_wakes_for_jobs_that_wait_for_each_other, .timeout = 120)
+{
+    /* A worker woken for one job may take another; the rule that the last
+     * searcher to find work wakes the next must still get every job of a
+     * round started, or the round waits for a worker that sleeps. Submits
+     * come with gaps of varying length, to meet workers at every stage of
+     * waking and parking. */
+    enum { WORKERS = 4, ROUNDS = 300 };
+    cp_pool *pool = new_pool(WORKERS);
+    for (int round = 0; round < ROUNDS; round++) {
+        struct rendezvous r = {.lock = PTHREAD_MUTEX_INITIALIZER,
+                               .all_here = PTHREAD_COND_INITIALIZER,
+                               .arrived = 0, .expected = WORKERS};
+        cp_future *f[WORKERS];
+        for (int i = 0; i < WORKERS; i++) {
+            cr_assert_eq(cp_pool_submit(pool, rendezvous_job, &r, &f[i]), 0);
+            for (int spin = (round * 7 + i * 13) % 5 * 50; spin > 0; spin--)
+                sched_yield();
+        }
+        for (int i = 0; i < WORKERS; i++) {
+            void *arrived = NULL;
+            cr_assert_eq(cp_future_wait(f[i], &arrived), 0);
+            cr_assert_eq((intptr_t)arrived, WORKERS,
+                         "round %d: a job gave up with %d of %d started: one was "
+                         "left queued while a worker slept",
+                         round, (int)(intptr_t)arrived, WORKERS);
+            cp_future_free(f[i]);
+        }
+    }
+    free_pool(pool);
+}
+
 Test(submit, hundred_thousand_jobs_from_four_outside_threads_run_exactly_once,
      .timeout = 120)
 {
