@@ -596,11 +596,6 @@ void cp__context_leave(cp_context *c)
     context_decref(c);
 }
 
-bool cp__context_entered_here(const cp_context *c)
-{
-    return owned_here(c);
-}
-
 int cp_context_run(cp_context *c, void *(*fn)(void *), void *arg, void **result)
 {
     if (!c || !fn)

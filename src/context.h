@@ -158,7 +158,4 @@ void cp__context_incref(cp_context *c);
 int cp__context_enter(cp_context *c);
 void cp__context_leave(cp_context *c);
 
-/* Whether this thread has c entered anywhere up its stack. */
-bool cp__context_entered_here(const cp_context *c);
-
 #endif /* CTXPOOL_CONTEXT_H */
