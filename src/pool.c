@@ -51,6 +51,7 @@
  */
 #include "config.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -167,6 +168,10 @@ struct worker {
     unsigned index;
     uint64_t rng;
     unsigned tick;               /* items run, for injection-queue fairness */
+    /* This worker's private frame tasks (see cp_spawn), oldest to newest,
+     * linked through their w.next, which a private task does not use
+     * otherwise. Owner only. */
+    struct task *priv_oldest, *priv_newest;
     /* Jobs going back to one home cache (see job_release), pushed there
      * together: one atomic operation per batch instead of one per job. */
     struct job_cache *ret_home;
@@ -764,7 +769,7 @@ static int wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
             if (!other && offer_private(self))
                 continue;
             if (!other && !deadline)
-                other = search(self, w, false);
+                other = search(self, w, true); /* a waiter must look */
             if (other) {
                 run_work(self, other);
                 continue;
@@ -1309,22 +1314,54 @@ static struct task *task_of(cp__borrow *b)
     return (struct task *)((char *)b - offsetof(struct task, borrow));
 }
 
-/* Queue this worker's oldest private task (on its borrow stack, where every
- * borrow is a frame task's) on its deque, where idle workers can take it.
- * Returns whether there was one. */
+/* The private task after t (newer), or NULL. relaxed: owner only. */
+static struct task *priv_next(const struct task *t)
+{
+    return (struct task *)atomic_load_explicit(&t->w.next, memory_order_relaxed);
+}
+
+static void priv_set_next(struct task *t, struct task *next)
+{
+    atomic_store_explicit(&t->w.next, next ? &next->w : NULL, memory_order_relaxed);
+}
+
+/* Queue this worker's oldest private task on its deque, where idle workers
+ * can take it. Returns whether there was one. O(1). */
 static bool offer_private(struct worker *self)
 {
-    struct task *oldest = NULL;
-    for (cp__borrow *b = cp__context_borrow_top(); b; b = b->prev)
-        if (task_of(b)->w.kind == KIND_PRIVATE)
-            oldest = task_of(b);
+    struct task *oldest = self->priv_oldest;
     if (!oldest)
         return false;
+    self->priv_oldest = priv_next(oldest);
+    if (!self->priv_oldest)
+        self->priv_newest = NULL;
     /* kind before the push, whose release publishes it to thieves. */
     oldest->w.kind = KIND_TASK;
     enqueue(self->pool, &oldest->w);
     return true;
 }
+
+/* Take t, which is being synced, off the private list. Syncs come in
+ * reverse order of spawns and offers take the oldest first, so t is the
+ * newest private task; the one before it is the nearest private task down
+ * the borrow stack (where every borrow is a frame task's), usually the next. */
+static void priv_remove_newest(struct worker *self, struct task *t)
+{
+    assert(self->priv_newest == t);
+    if (self->priv_oldest == t) {
+        self->priv_oldest = self->priv_newest = NULL;
+        return;
+    }
+    for (cp__borrow *b = t->borrow.prev; b; b = b->prev) {
+        struct task *older = task_of(b);
+        if (older->w.kind == KIND_PRIVATE) {
+            priv_set_next(older, NULL);
+            self->priv_newest = older;
+            return;
+        }
+    }
+}
+
 int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
 {
     if (!pool || !task || !fn)
@@ -1347,11 +1384,18 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     t->u.fn = fn;
     t->arg = arg;
     if (!counted) {
+        struct worker *self = this_worker;
         cp__context_borrow(&t->borrow);
         t->w.kind = KIND_PRIVATE;
+        priv_set_next(t, NULL);
+        if (self->priv_newest)
+            priv_set_next(self->priv_newest, t);
+        else
+            self->priv_oldest = t;
+        self->priv_newest = t;
         /* One published task at a time is enough for the idle to take. */
-        if (workers_idle(pool) && cp__deque_size(&this_worker->deque) == 0)
-            offer_private(this_worker);
+        if (workers_idle(pool) && cp__deque_size(&self->deque) == 0)
+            offer_private(self);
         return 0;
     }
     cp__context_borrow(&t->borrow);
@@ -1379,6 +1423,7 @@ int cp_sync(cp_task *task, void **result)
         /* Running now, still on the borrow stack: no longer one to publish.
          * Syncs may come without spawns for a while: offer older private
          * tasks to idle workers here too. */
+        priv_remove_newest(self, t);
         t->w.kind = KIND_TASK;
         if (workers_idle(self->pool) && cp__deque_size(&self->deque) == 0)
             offer_private(self);
