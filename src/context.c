@@ -124,17 +124,29 @@ static bool owned_here(const cp_context *c)
     return atomic_load_explicit(&c->owner, memory_order_relaxed) == cp__self_id();
 }
 
+/* Start reading c's map from any thread: its owner, the only writer, needs
+ * nothing; any other thread takes the lock. Returns whether it did. */
+static bool read_begin(const cp_context *c)
+{
+    if (owned_here(c))
+        return false;
+    map_lock(c);
+    return true;
+}
+
+static void read_end(const cp_context *c, bool locked)
+{
+    if (locked)
+        map_unlock(c);
+}
+
 /* A reference to c's map, safe from any thread. */
 static cp__hamt map_ref(const cp_context *c)
 {
-    if (owned_here(c)) {
-        cp__hamt_incref(c->map);
-        return c->map;
-    }
-    map_lock(c);
+    bool locked = read_begin(c);
     cp__hamt m = c->map;
     cp__hamt_incref(m);
-    map_unlock(c);
+    read_end(c, locked);
     return m;
 }
 
@@ -613,17 +625,11 @@ int cp_context_run(cp_context *c, void *(*fn)(void *), void *arg, void **result)
 /* c's item for var, read safely from any thread; *value filled when found. */
 static bool context_lookup(const cp_context *c, const cp_var *var, void **value)
 {
-    if (owned_here(c)) {
-        const cp__hamt_item *item = cp__hamt_find(c->map, var->hash, var);
-        if (item)
-            *value = item->value;
-        return item != NULL;
-    }
-    map_lock(c);
+    bool locked = read_begin(c);
     const cp__hamt_item *item = cp__hamt_find(c->map, var->hash, var);
     if (item)
         *value = item->value;
-    map_unlock(c);
+    read_end(c, locked);
     return item != NULL;
 }
 
@@ -650,11 +656,9 @@ size_t cp_context_len(const cp_context *c)
 {
     if (!c)
         return 0;
-    if (owned_here(c))
-        return c->map.count;
-    map_lock(c);
+    bool locked = read_begin(c);
     size_t n = c->map.count;
-    map_unlock(c);
+    read_end(c, locked);
     return n;
 }
 

@@ -21,11 +21,12 @@
  * CP_ERECURSIVE instead of running when that fails.
  *
  * Waiting. A thread that waits for a job or task and is a worker of the pool
- * helps: it runs its own deque's work, the injection queue's, and steals,
- * until what it waits for is done; only when a full search finds nothing does
- * it sleep on the item's state word. Nothing is lost by sleeping then: the
- * awaited item is not in any queue, so another thread is running it or is
- * about to (a thief that took it), and it wakes us when it is done.
+ * helps: it offers its own private tasks, runs its own deque's work, the
+ * injection queue's, and steals, until what it waits for is done; only when
+ * a search finds nothing does it sleep on the item's state word. Whoever
+ * finishes the item wakes it. The item may still be queued then (behind
+ * other work in a busy worker's deque); it is not lost, only later: the
+ * waiter's last look (in search) wakes another worker for any work visible.
  *
  * Parking. Idle workers sleep on an event count (the futex word `epoch` with a
  * count of waiters beside it): a worker announces itself as a waiter, then
@@ -424,8 +425,8 @@ static void park(struct worker *self)
     atomic_fetch_sub_explicit(&pool->waiters, 1, memory_order_seq_cst);
     /* seq_cst: whoever leaves park ends the wake in flight, woken or not.
      * Ending it early (another worker is the one woken) costs at most one
-     * more wake; it cannot stay set, since every waiter counted when it was
-     * set leaves park after the epoch it bumped. */
+     * more wake. A flag left set by a wake that found no waiter is harmless:
+     * the next worker to park clears it before its last look (above). */
     atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
 }
 
@@ -679,11 +680,16 @@ static void run_work(struct worker *self, struct work *w)
         run_task(self, (struct task *)w);
 }
 
+/* Whether a state word's state is final. */
+static bool state_final(uint32_t s)
+{
+    return (s & ST_MASK) == ST_DONE || (s & ST_MASK) == ST_CANCELLED;
+}
+
 /* Whether w's state is final; acquire: pairs with work_finish. */
 static bool work_final(const struct work *w)
 {
-    uint32_t s = atomic_load_explicit(&w->state, memory_order_acquire) & ST_MASK;
-    return s == ST_DONE || s == ST_CANCELLED;
+    return state_final(atomic_load_explicit(&w->state, memory_order_acquire));
 }
 
 /* Sleep until w's state changes from what we saw, or the deadline
@@ -691,7 +697,7 @@ static bool work_final(const struct work *w)
 static bool sleep_on(struct work *w, uint64_t deadline)
 {
     uint32_t s = atomic_load_explicit(&w->state, memory_order_acquire);
-    if ((s & ST_MASK) == ST_DONE || (s & ST_MASK) == ST_CANCELLED)
+    if (state_final(s))
         return true;
     /* relaxed: the futex compares the word itself; work_finish's exchange
      * sees our bit because it reads the latest value. */
