@@ -3,7 +3,9 @@
  * A context is a persistent map (hamt.c) from variables to values, held by a
  * cp_context object. Copying a context copies one reference to the map, so it
  * costs the same whatever the number of variables. A set makes a new map that
- * shares all but one path with the old one and swaps it in.
+ * shares all but one path with the old one; the nodes of that path that
+ * nobody else holds (none, right after a copy; all, once the copy is gone)
+ * are reused in place instead of copied (hamt.c, "Reuse").
  *
  * Values. Each value the library owns sits in a map item (cp__hamt_item),
  * reference-counted by every map node and token that lists it. The item holds
@@ -15,13 +17,13 @@
  * Threads. Each thread has a current context: the innermost context it has
  * entered, else its base context, made on the first set and released by a
  * pthread key destructor when the thread exits. Only the thread that has a
- * context entered (its owner) changes the context's map. The owner swaps the
- * map under a small spin lock, and other threads take the lock to read it or
- * to take their own reference to it. The lock makes the reader's "load the
- * root, then take a reference" step atomic with respect to the owner's "swap
- * the root, then drop the old one", which would otherwise let a reader take a
- * reference to a root being freed (the race of cpython#155519). The owner
- * reads its own map without the lock: nobody else writes it.
+ * context entered (its owner) changes the context's map. The owner changes
+ * the map under a small spin lock, and other threads take the lock to read it
+ * or to take their own reference to it. The lock makes the reader's "load the
+ * root, then take a reference" step atomic with respect to the owner's
+ * change, which would otherwise let a reader take a reference to a root
+ * being freed (the race of cpython#155519), or read nodes being reused. The
+ * owner reads its own map without the lock: nobody else writes it.
  *
  * Entering. cp__context_enter claims a context with a compare-and-swap of its
  * owner field from 0 to the calling thread's identity (the address of its
@@ -150,46 +152,61 @@ static cp__hamt map_ref(const cp_context *c)
     return m;
 }
 
-/* Borrows on this thread that refer to old take their own reference before
- * the map they borrowed can go. (A borrow of an equal root made in another
- * frame takes one too: harmless, it is dropped at unborrow.) */
-static void materialise_borrows(cp__hamt old)
+/* Borrows on this thread that refer to m take their own reference, so that
+ * m's nodes are out of their reach before a change reuses them. (A borrow
+ * of an equal root made in another frame takes one too: harmless, it is
+ * dropped at unborrow.) */
+static void materialise_borrows(cp__hamt m)
 {
-    if (!old.root)
+    if (!m.root)
         return;
     for (cp__borrow *b = cp__self.borrows; b; b = b->prev)
-        if (!b->owned && b->map.root == old.root) {
-            cp__hamt_incref(old);
+        if (!b->owned && b->map.root == m.root) {
+            cp__hamt_incref(m);
             b->owned = true;
         }
 }
 
-/* Owner only: replace c's map with m (taking that reference). */
-static void map_swap(cp_context *c, cp__hamt m)
+/* Owner only: set item in c's map, or, when item is NULL, delete var's
+ * item. The map's nodes that nobody else holds are reused in place
+ * (cp__hamt_set_given), which is safe because nobody else can reach them:
+ * this thread's borrows of the map take their own reference first, a frame
+ * on a borrowed map takes its own, and other threads take theirs only under
+ * c's lock (map_ref), held throughout for a shared context. fresh: item is
+ * new, and its creator's reference goes once the map holds it, before any
+ * other thread can see it. *gone: the item that left the map, referenced,
+ * or NULL. Returns 0, CP_ENOMEM or (delete) CP_ENOENT; on failure nothing
+ * changed. */
+static int map_update(cp_context *c, cp__hamt_item *item, bool fresh,
+                      const cp_var *var, cp__hamt_item **gone)
 {
-    cp__hamt old = c->map;
-    if (c->shared) {
-        map_lock(c);
-        c->map = m;
-        map_unlock(c);
-    } else {
-        c->map = m;
-    }
-    cp__cache_forget();
     if (cp__self.borrows)
-        materialise_borrows(old);
-    if (c->owns_map)
-        cp__hamt_decref(old);
-    c->owns_map = true;
+        materialise_borrows(c->map);
+    if (!c->owns_map) {
+        cp__hamt_incref(c->map);
+        c->owns_map = true;
+    }
+    if (c->shared)
+        map_lock(c);
+    int err = item ? cp__hamt_set_given(&c->map, item, gone)
+                   : cp__hamt_delete_given(&c->map, var->hash, var, gone);
+    if (err == 0 && fresh)
+        cp__hamt_item_disown(item); /* the map holds it */
+    if (c->shared)
+        map_unlock(c);
+    cp__cache_forget();
+    return err;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Variables                                                                 */
 
-static void var_incref(cp_var *var)
+/* Take n more references on var (n may be 0). */
+static void var_incref(cp_var *var, size_t n)
 {
     /* relaxed: taking a reference from one we hold orders nothing. */
-    atomic_fetch_add_explicit(&var->refs, 1, memory_order_relaxed);
+    if (n)
+        atomic_fetch_add_explicit(&var->refs, n, memory_order_relaxed);
 }
 
 static void var_decref(cp_var *var)
@@ -269,13 +286,12 @@ static void item_release(cp__hamt_item *item)
     cp__free_small(item, sizeof *item);
 }
 
+/* A new item for var's value: the caller gives it a reference on var. */
 static cp__hamt_item *item_new(cp_var *var, void *value)
 {
     cp__hamt_item *item = cp__alloc_small(sizeof *item);
-    if (!item)
-        return NULL;
-    cp__hamt_item_init(item, var->hash, var, value, item_release);
-    var_incref(var);
+    if (item)
+        cp__hamt_item_init(item, var->hash, var, value, item_release);
     return item;
 }
 
@@ -431,48 +447,50 @@ int cp_var_set(cp_var *var, void *value, cp_token **token)
     cp_context *c = current_context();
     if (!c)
         return CP_ENOMEM;
-    cp__hamt_item *old = cp__hamt_find(c->map, var->hash, var);
     cp_token *tok = NULL;
     if (token) {
         tok = cp__alloc_small(sizeof *tok);
         if (!tok)
             return CP_ENOMEM;
     }
-    cp__hamt next = c->map;
+    cp__hamt_item *old = cp__hamt_find(c->map, var->hash, var);
     if (old && old->value == value) {
         /* The value the context has already: nothing to change. */
-        cp__hamt_incref(next);
+        if (tok)
+            cp__hamt_item_incref(old);
     } else {
         cp__hamt_item *item = item_new(var, value);
-        if (!item || cp__hamt_set(c->map, item, &next) != 0) {
+        /* References on var: the new item's, and the token's when var has
+         * no value to hold it (see below), taken at once. */
+        size_t var_refs = 1 + (tok && !old);
+        if (item)
+            var_incref(var, var_refs);
+        if (!item || map_update(c, item, true, var, &old) != 0) {
             if (item) {
                 /* Not taken: undo item_new without freeing the value. */
-                var_decref(var);
+                while (var_refs--)
+                    var_decref(var);
                 cp__free_small(item, sizeof *item);
             }
             cp__free_small(tok, sizeof *tok);
             return CP_ENOMEM;
         }
-        cp__hamt_item_disown(item); /* the new map, not yet published, holds it */
+        if (!tok)
+            cp__hamt_item_decref(old); /* NULL: none */
     }
     if (tok) {
         if (c->token_id == 0)
             /* relaxed: only uniqueness matters. */
             c->token_id = atomic_fetch_add_explicit(&next_token_id, 1,
                                                     memory_order_relaxed);
+        /* The token takes the reference on old; old holds var for it.
+         * Without one, the token holds var itself (taken above). */
         tok->var = var;
         tok->old = old;
-        /* The old item holds var for the token; without one, the token
-         * holds var itself. */
-        if (old)
-            cp__hamt_item_incref(old);
-        else
-            var_incref(var);
         tok->context_id = c->token_id;
         atomic_init(&tok->used, false); /* not yet shared */
         *token = tok;
     }
-    map_swap(c, next);
     return 0;
 }
 
@@ -489,17 +507,14 @@ int cp_var_reset(cp_var *var, cp_token *token)
     cp_context *c = cp__self.current;
     if (!c || c->token_id != token->context_id)
         return CP_ETOKEN_CONTEXT;
-    cp__hamt next;
-    int err = token->old ? cp__hamt_set(c->map, token->old, &next)
-                         : cp__hamt_delete(c->map, var->hash, var, &next);
-    if (err == CP_ENOENT) {
-        /* Already without a value: that is the state the reset asks for. */
-        next = c->map;
-        cp__hamt_incref(next);
-    } else if (err != 0) {
+    cp__hamt_item *gone = NULL;
+    /* The map takes its own reference on the token's old item. A delete
+     * of a variable already without a value (CP_ENOENT) leaves the state
+     * the reset asks for. */
+    int err = map_update(c, token->old, false, var, &gone);
+    if (err != 0 && err != CP_ENOENT)
         return err;
-    }
-    map_swap(c, next);
+    cp__hamt_item_decref(gone);
     atomic_store_explicit(&token->used, true, memory_order_relaxed);
     return 0;
 }
@@ -535,9 +550,7 @@ void cp_token_free(cp_token *token)
 
 static void context_decref(cp_context *c)
 {
-    /* acq_rel: release our uses of c; the last holder acquires the others'
-     * before it frees the context and its map. */
-    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+    if (!cp__last_reference(&c->refs))
         return;
     cp__hamt_decref(c->map);
     cp__free_small(c, sizeof *c);

@@ -71,9 +71,11 @@
  *
  * Immutability
  * ------------
- * A node is written only between its allocation and the moment it is
- * returned from this file; after that nobody writes it again, so any number
- * of threads may read it without locks. Changes copy the path instead.
+ * A node that anyone but its sole holder can reach is never written, so any
+ * number of threads may read it without locks: changes copy the path
+ * instead. The one exception is a node whose only holder gives it up to the
+ * change (see "Reuse" below): nobody else can see it, so it is changed in
+ * place or taken apart, which spares the reference counts of all it keeps.
  *
  * Reference counting and memory orders
  * ------------------------------------
@@ -88,6 +90,9 @@
  *   decrement, makes all of them happen-before the free (or release()). We use
  *   acq_rel on the operation rather than a release decrement plus an acquire
  *   fence, because ThreadSanitizer does not model atomic_thread_fence.
+ * - a holder that reads a count of 1 (acquire, pairing with every earlier
+ *   decrement) holds the only reference, and nobody can take another without
+ *   one: it frees without the read-modify-write (cp__last_reference).
  * Handing a new map to another thread (publishing the writes that built its
  * nodes) is the caller's job: the context and pool code do it through their
  * own synchronisation.
@@ -253,8 +258,8 @@ void cp__hamt_item_incref(cp__hamt_item *item)
     atomic_fetch_add_explicit(&item->refs, 1, memory_order_relaxed);
 }
 
-/* Drop one reference on item; the last one calls item->release (if set).
- * NULL: no-op. */
+/* Drop a reference on an item that no other thread can reach yet, while
+ * another reference keeps it alive (see hamt.h). */
 void cp__hamt_item_disown(cp__hamt_item *item)
 {
     /* relaxed load and store: no other thread can reach the item, so no
@@ -264,17 +269,21 @@ void cp__hamt_item_disown(cp__hamt_item *item)
     atomic_store_explicit(&item->refs, refs - 1, memory_order_relaxed);
 }
 
+/* Whether the caller's reference on an object with this count is the only
+ * one. acquire: pairs with the acq_rel decrements by which every former
+ * holder let go, so their uses happen before whatever the caller does next
+ * (free the object, or reuse it). */
+static bool sole_reference(const atomic_size_t *refs)
+{
+    return atomic_load_explicit(refs, memory_order_acquire) == 1;
+}
+
+/* Drop one reference on item; the last one calls item->release (if set).
+ * NULL: no-op. */
 void cp__hamt_item_decref(cp__hamt_item *item)
 {
-    if (item == NULL)
-        return;
-    /* acq_rel: release orders this thread's reads of item before the final
-     * decrement; acquire on the final decrement makes every other thread's
-     * reads happen-before release() below. */
-    if (atomic_fetch_sub_explicit(&item->refs, 1, memory_order_acq_rel) == 1) {
-        if (item->release != NULL)
-            item->release(item);
-    }
+    if (item != NULL && cp__last_reference(&item->refs) && item->release != NULL)
+        item->release(item);
 }
 
 /* Bytes of a node with nslots slots. */
@@ -297,10 +306,7 @@ static void slot_decref(slot s);
  * its entries and frees it. Recursion depth is bounded by the trie depth. */
 static void node_decref(cp__hamt_node *node)
 {
-    /* acq_rel: release orders this thread's reads of the node before the
-     * final decrement; acquire on the final decrement makes all threads'
-     * reads happen-before the free below. */
-    if (atomic_fetch_sub_explicit(&node->refs, 1, memory_order_acq_rel) != 1)
+    if (!cp__last_reference(&node->refs))
         return;
     uint32_t n = node_slots(node);
     for (uint32_t i = 0; i < n; i++)
@@ -374,11 +380,20 @@ static void put(slot *dst, slot s)
     *dst = s;
 }
 
-/* Copy n slots, taking a reference on each non-empty one. */
-static void put_all(slot *dst, const slot *src, uint32_t n)
+/* Store s in dst: a new reference, or, when move, the reference of a node
+ * being taken apart (see "Reuse" above). */
+static void carry(slot *dst, slot s, bool move)
+{
+    if (move)
+        *dst = s;
+    else
+        put(dst, s);
+}
+
+static void carry_all(slot *dst, const slot *src, uint32_t n, bool move)
 {
     for (uint32_t i = 0; i < n; i++)
-        put(&dst[i], src[i]);
+        carry(&dst[i], src[i], move);
 }
 
 /* A copy of node (any kind) with slot idx replaced by s and count set to
@@ -391,42 +406,48 @@ static cp__hamt_node *node_replaced(const cp__hamt_node *node, uint32_t idx,
                                      node->bits);
     if (copy == NULL)
         return NULL;
-    put_all(copy->entries, node->entries, idx);
+    carry_all(copy->entries, node->entries, idx, false);
     put(&copy->entries[idx], s);
-    put_all(copy->entries + idx + 1, node->entries + idx + 1, n - idx - 1);
+    carry_all(copy->entries + idx + 1, node->entries + idx + 1, n - idx - 1, false);
     return copy;
 }
 
-/* A copy of bitmap node b with s inserted for chunk c (not yet present). */
-static cp__hamt_node *bitmap_inserted(const cp__hamt_node *b, unsigned c, slot s)
+/* The constructors below build a new node from an old one. move: the old
+ * node is being taken apart, and the entries it keeps move with their
+ * references (the caller frees its shell); otherwise they are copied. */
+
+/* Bitmap node b with s inserted for chunk c (not yet present). */
+static cp__hamt_node *bitmap_inserted(const cp__hamt_node *b, unsigned c, slot s,
+                                      bool move)
 {
     uint32_t idx = bitmap_index(b->bits, c);
     cp__hamt_node *copy = node_alloc(KIND_BITMAP, b->count + 1, b->count + 1,
                                      b->bits | (UINT32_C(1) << c));
     if (copy == NULL)
         return NULL;
-    put_all(copy->entries, b->entries, idx);
+    carry_all(copy->entries, b->entries, idx, move);
     put(&copy->entries[idx], s);
-    put_all(copy->entries + idx + 1, b->entries + idx, b->count - idx);
+    carry_all(copy->entries + idx + 1, b->entries + idx, b->count - idx, move);
     return copy;
 }
 
-/* A copy of bitmap node b without chunk c's entry (b has at least two). */
-static cp__hamt_node *bitmap_removed(const cp__hamt_node *b, unsigned c)
+/* Bitmap node b without chunk c's entry (b has at least two). */
+static cp__hamt_node *bitmap_removed(const cp__hamt_node *b, unsigned c, bool move)
 {
     uint32_t idx = bitmap_index(b->bits, c);
     cp__hamt_node *copy = node_alloc(KIND_BITMAP, b->count - 1, b->count - 1,
                                      b->bits & ~(UINT32_C(1) << c));
     if (copy == NULL)
         return NULL;
-    put_all(copy->entries, b->entries, idx);
-    put_all(copy->entries + idx, b->entries + idx + 1, b->count - idx - 1);
+    carry_all(copy->entries, b->entries, idx, move);
+    carry_all(copy->entries + idx, b->entries + idx + 1, b->count - idx - 1, move);
     return copy;
 }
 
 /* An array node with bitmap node b's entries plus s for chunk c (absent
  * from b): the promotion of a full bitmap node. */
-static cp__hamt_node *array_from_bitmap(const cp__hamt_node *b, unsigned c, slot s)
+static cp__hamt_node *array_from_bitmap(const cp__hamt_node *b, unsigned c, slot s,
+                                        bool move)
 {
     cp__hamt_node *a = node_alloc(KIND_ARRAY, BRANCHES, b->count + 1, 0);
     if (a == NULL)
@@ -434,7 +455,7 @@ static cp__hamt_node *array_from_bitmap(const cp__hamt_node *b, unsigned c, slot
     uint32_t idx = 0;
     for (unsigned i = 0; i < BRANCHES; i++) {
         if (b->bits & (UINT32_C(1) << i))
-            put(&a->entries[i], b->entries[idx++]);
+            carry(&a->entries[i], b->entries[idx++], move);
     }
     put(&a->entries[c], s);
     return a;
@@ -442,7 +463,7 @@ static cp__hamt_node *array_from_bitmap(const cp__hamt_node *b, unsigned c, slot
 
 /* A bitmap node with array node a's entries except chunk c's: the demotion
  * of an array node that falls below ARRAY_MIN. */
-static cp__hamt_node *bitmap_from_array(const cp__hamt_node *a, unsigned c)
+static cp__hamt_node *bitmap_from_array(const cp__hamt_node *a, unsigned c, bool move)
 {
     uint32_t bits = 0;
     for (unsigned i = 0; i < BRANCHES; i++) {
@@ -455,79 +476,91 @@ static cp__hamt_node *bitmap_from_array(const cp__hamt_node *a, unsigned c)
     uint32_t idx = 0;
     for (unsigned i = 0; i < BRANCHES; i++) {
         if (bits & (UINT32_C(1) << i))
-            put(&b->entries[idx++], a->entries[i]);
+            carry(&b->entries[idx++], a->entries[i], move);
     }
     return b;
 }
 
-/* A copy of array node a with chunk c's slot emptied. */
-static cp__hamt_node *array_removed(const cp__hamt_node *a, unsigned c)
-{
-    return node_replaced(a, c, 0, a->count - 1);
-}
-
-/* A collision node of two items with one hash. */
-static cp__hamt_node *collision_new(cp__hamt_item *first, cp__hamt_item *second)
-{
-    cp__hamt_node *c = node_alloc(KIND_COLLISION, 2, 2, first->hash);
-    if (c == NULL)
-        return NULL;
-    put(&c->entries[0], item_slot(first));
-    put(&c->entries[1], item_slot(second));
-    return c;
-}
-
-/* A copy of collision node c with item appended. */
-static cp__hamt_node *collision_appended(const cp__hamt_node *c, cp__hamt_item *item)
+/* Collision node c with item appended. */
+static cp__hamt_node *collision_appended(const cp__hamt_node *c, cp__hamt_item *item,
+                                         bool move)
 {
     cp__hamt_node *copy = node_alloc(KIND_COLLISION, c->count + 1, c->count + 1,
                                      c->bits);
     if (copy == NULL)
         return NULL;
-    put_all(copy->entries, c->entries, c->count);
+    carry_all(copy->entries, c->entries, c->count, move);
     put(&copy->entries[c->count], item_slot(item));
     return copy;
 }
 
-/* A copy of collision node c (at least three items) without item idx. */
-static cp__hamt_node *collision_removed(const cp__hamt_node *c, uint32_t idx)
+/* Collision node c (at least three items) without item idx. */
+static cp__hamt_node *collision_removed(const cp__hamt_node *c, uint32_t idx,
+                                        bool move)
 {
     cp__hamt_node *copy = node_alloc(KIND_COLLISION, c->count - 1, c->count - 1,
                                      c->bits);
     if (copy == NULL)
         return NULL;
-    put_all(copy->entries, c->entries, idx);
-    put_all(copy->entries + idx, c->entries + idx + 1, c->count - idx - 1);
+    carry_all(copy->entries, c->entries, idx, move);
+    carry_all(copy->entries + idx, c->entries + idx + 1, c->count - idx - 1, move);
     return copy;
+}
+
+/* A collision node of two items with one hash. move_first: first's
+ * reference comes from a node being taken apart; second gets a new one. */
+static cp__hamt_node *collision_new(cp__hamt_item *first, cp__hamt_item *second,
+                                    bool move_first)
+{
+    cp__hamt_node *c = node_alloc(KIND_COLLISION, 2, 2, first->hash);
+    if (c == NULL)
+        return NULL;
+    carry(&c->entries[0], item_slot(first), move_first);
+    put(&c->entries[1], item_slot(second));
+    return c;
 }
 
 /* The smallest subtree at shift holding a and b, each an item or a collision
  * node, with different full hashes ha != hb that agree on every chunk above
- * shift: one bitmap node with both when their chunks at shift differ, else a
- * one-entry bitmap node over the subtree one level down. Because the hashes
- * differ, they differ in some chunk at or below LAST_SHIFT, so the recursion
- * ends there. */
+ * shift: a chain of one-entry bitmap nodes down to the first shift where
+ * their chunks differ (none if they differ at shift), ending in a bitmap node
+ * with both. Because the hashes differ, they differ in some chunk at or below
+ * LAST_SHIFT. Every node is allocated before a or b is stored, so a failure
+ * leaves nothing to undo. move_a: a's reference comes from a node being
+ * taken apart; b always gets a new one. */
 static cp__hamt_node *pair_new(slot a, uint32_t ha, slot b, uint32_t hb,
-                               unsigned shift)
+                               unsigned shift, bool move_a)
 {
     assert(ha != hb && shift <= LAST_SHIFT);
-    unsigned ca = chunk_of(ha, shift), cb = chunk_of(hb, shift);
-    if (ca != cb) {
-        cp__hamt_node *node = node_alloc(KIND_BITMAP, 2, 2,
-                                         (UINT32_C(1) << ca) | (UINT32_C(1) << cb));
-        if (node == NULL)
-            return NULL;
-        put(&node->entries[ca < cb ? 0 : 1], a);
-        put(&node->entries[ca < cb ? 1 : 0], b);
-        return node;
-    }
-    cp__hamt_node *child = pair_new(a, ha, b, hb, shift + CHUNK_BITS);
-    if (child == NULL)
+    unsigned bottom = shift;
+    while (chunk_of(ha, bottom) == chunk_of(hb, bottom))
+        bottom += CHUNK_BITS;
+    unsigned ca = chunk_of(ha, bottom), cb = chunk_of(hb, bottom);
+    cp__hamt_node *node = node_alloc(KIND_BITMAP, 2, 2,
+                                     (UINT32_C(1) << ca) | (UINT32_C(1) << cb));
+    if (node == NULL)
         return NULL;
-    cp__hamt_node *node = node_alloc(KIND_BITMAP, 1, 1, UINT32_C(1) << ca);
-    if (node != NULL)
-        put(&node->entries[0], node_slot(child));
-    node_decref(child); /* node holds it now, or it is freed */
+    for (unsigned s = bottom; s > shift; s -= CHUNK_BITS) {
+        cp__hamt_node *up = node_alloc(KIND_BITMAP, 1, 1,
+                                       UINT32_C(1) << chunk_of(ha, s - CHUNK_BITS));
+        if (up == NULL) {
+            /* Free the chain made so far: shells, nothing stored below. */
+            for (unsigned t = s; t < bottom; t += CHUNK_BITS) {
+                cp__hamt_node *down = slot_node(node->entries[0]);
+                cp__free_small(node, node_size(1));
+                node = down;
+            }
+            cp__free_small(node, node_size(2));
+            return NULL;
+        }
+        up->entries[0] = node_slot(node); /* up holds the reference */
+        node = up;
+    }
+    cp__hamt_node *pair = node;
+    for (unsigned s = shift; s < bottom; s += CHUNK_BITS)
+        pair = slot_node(pair->entries[0]);
+    carry(&pair->entries[ca < cb ? 0 : 1], a, move_a);
+    put(&pair->entries[ca < cb ? 1 : 0], b);
     return node;
 }
 
@@ -577,61 +610,160 @@ cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Reuse of nodes nobody else holds                                          */
+/* ------------------------------------------------------------------------ */
+
+/* A set or delete walks down the path to the key "giving" each node on it
+ * when its caller gives up its reference to it: the map's own caller gives
+ * the root (cp__hamt_set_given and cp__hamt_delete_given); a node that is
+ * reused gives its child on the path, since it replaces that slot.
+ * A node given by its only holder is "mine" (sole_holder): nobody else can
+ * reach it, so it is reused instead of copied. A slot is overwritten in
+ * place; a node that changes size moves its entries, references and all,
+ * into its replacement and its shell is freed. Either way the entries it
+ * keeps see no reference count change, and a set or reset in a map that is
+ * not shared costs no atomic read-modify-write on its nodes. A node that is
+ * not mine is copied as usual (and, if given, the given reference dropped),
+ * and its children are not given: whatever a shared node leads to is
+ * shared. Since only mine nodes give their children, every ancestor of a
+ * mine node is mine and is changed in place, which allocates nothing; the
+ * one allocation of a reuse happens before anything moves, so a failure
+ * leaves the map as it was.
+ *
+ * Reuse writes to published nodes, which is safe only because nobody else
+ * can reach them: reference holders are counted, and the callers of the
+ * given functions guarantee the rest (no pointer into the map held without
+ * a reference, no reference taken meanwhile by another thread). */
+
+/* What a set or delete did besides building the new subtree. */
+struct change {
+    bool given;           /* for cp__hamt_*_given: report old, referenced */
+    bool added;           /* a set added a new key */
+    cp__hamt_item *old;   /* the item replaced or deleted, if any */
+};
+
+/* Whether the caller gives node (give) and held its only reference. */
+static bool sole_holder(const cp__hamt_node *node, bool give)
+{
+    return give && sole_reference(&node->refs);
+}
+
+/* old leaves the map. taken: the reference a reused node had on it passes to
+ * ch; otherwise the old map still lists it and, for the given functions,
+ * ch takes a reference of its own (before any given node is dropped, which
+ * could free the old map). */
+static void leave(struct change *ch, cp__hamt_item *old, bool taken)
+{
+    ch->old = old;
+    if (ch->given && !taken)
+        cp__hamt_item_incref(old);
+}
+
+/* The caller's given reference on node goes: a node taken apart (mine)
+ * loses its shell, its entries having moved or left; any other given node
+ * is dropped. */
+static void drop_given(cp__hamt_node *node, bool give, bool mine)
+{
+    if (mine)
+        cp__free_small(node, node_size(node_slots(node)));
+    else if (give)
+        node_decref(node);
+}
+
+/* node's replacement is copy, or node itself when changed in place. */
+static void replace(cp__hamt_node *node, bool give, bool mine, cp__hamt_node *copy,
+                    slot *out)
+{
+    if (copy != node)
+        drop_given(node, give, mine);
+    *out = node_slot(copy);
+}
+
+/* Replace node's slot idx by s and its count by count, taking over the
+ * caller's reference on s: in place when mine (the slot's old reference has
+ * been used up or passed on), else in a copy. false when memory ran out: s
+ * is dropped and nothing else has changed. */
+static bool slot_replaced(cp__hamt_node *node, uint32_t idx, slot s, uint32_t count,
+                          bool give, bool mine, slot *out)
+{
+    cp__hamt_node *copy = node;
+    if (mine) {
+        node->entries[idx] = s;
+        node->count = count;
+    } else {
+        copy = node_replaced(node, idx, s, count);
+        slot_decref(s); /* copy holds it now, or it is freed */
+        if (copy == NULL)
+            return false;
+    }
+    replace(node, give, mine, copy, out);
+    return true;
+}
+
+/* node is replaced by s, one of its entries (or a subtree made from one),
+ * taken over from the caller. */
+static void collapse(cp__hamt_node *node, bool give, bool mine, slot s, slot *out)
+{
+    drop_given(node, give, mine);
+    *out = s;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Set                                                                       */
 /* ------------------------------------------------------------------------ */
 
 typedef enum set_result {
-    SET_NEW,   /* *out is a new subtree (one reference, the caller's) */
+    SET_NEW,   /* *out is the new subtree (one reference, the caller's) */
     SET_SAME,  /* the key already maps to an identical value: no change */
     SET_NOMEM, /* memory ran out; nothing was changed or leaked */
 } set_result;
 
-static set_result node_set(const cp__hamt_node *node, unsigned shift,
-                           cp__hamt_item *item, slot *out, bool *added);
+static set_result node_set(cp__hamt_node *node, unsigned shift, cp__hamt_item *item,
+                           bool give, struct change *ch, slot *out);
 
 /* The entry that replaces e, an existing entry on item's path whose own
  * position is at shift (so a subtree made here starts at shift), once item is
- * set. *added tells whether the key is new. */
-static set_result entry_set(slot e, unsigned shift, cp__hamt_item *item,
-                            slot *out, bool *added)
+ * set. give: e's parent is reused and gives e up. */
+static set_result entry_set(slot e, unsigned shift, cp__hamt_item *item, bool give,
+                            struct change *ch, slot *out)
 {
     if (slot_is_item(e)) {
         cp__hamt_item *old = slot_item(e);
         if (key_matches(old, item->hash, item->key)) {
             if (old->value == item->value)
                 return SET_SAME;
-            *added = false;
-            cp__hamt_item_incref(item); /* the caller's new slot holds it */
-            *out = item_slot(item);
+            leave(ch, old, give);
+            put(out, item_slot(item));
             return SET_NEW;
         }
         cp__hamt_node *sub = old->hash == item->hash
-                                 ? collision_new(old, item)
+                                 ? collision_new(old, item, give)
                                  : pair_new(e, old->hash, item_slot(item),
-                                            item->hash, shift);
+                                            item->hash, shift, give);
         if (sub == NULL)
             return SET_NOMEM;
-        *added = true;
+        ch->added = true;
         *out = node_slot(sub);
         return SET_NEW;
     }
-    const cp__hamt_node *node = slot_node(e);
+    cp__hamt_node *node = slot_node(e);
     if (node->kind == KIND_COLLISION && node->bits != item->hash) {
         cp__hamt_node *sub = pair_new(e, node->bits, item_slot(item), item->hash,
-                                      shift);
+                                      shift, give);
         if (sub == NULL)
             return SET_NOMEM;
-        *added = true;
+        ch->added = true;
         *out = node_slot(sub);
         return SET_NEW;
     }
-    return node_set(node, shift, item, out, added);
+    return node_set(node, shift, item, give, ch, out);
 }
 
 /* Set item in the subtree rooted at node, which sits at shift. */
-static set_result node_set(const cp__hamt_node *node, unsigned shift,
-                           cp__hamt_item *item, slot *out, bool *added)
+static set_result node_set(cp__hamt_node *node, unsigned shift, cp__hamt_item *item,
+                           bool give, struct change *ch, slot *out)
 {
+    bool mine = sole_holder(node, give);
     cp__hamt_node *copy;
 
     if (node->kind == KIND_COLLISION) {
@@ -642,20 +774,19 @@ static set_result node_set(const cp__hamt_node *node, unsigned shift,
                 continue;
             if (old->value == item->value)
                 return SET_SAME;
-            copy = node_replaced(node, i, item_slot(item), node->count);
-            if (copy == NULL)
-                return SET_NOMEM;
-            *added = false;
-            *out = node_slot(copy);
-            return SET_NEW;
+            leave(ch, old, mine);
+            cp__hamt_item_incref(item); /* for the slot */
+            return slot_replaced(node, i, item_slot(item), node->count, give, mine, out)
+                       ? SET_NEW
+                       : SET_NOMEM;
         }
         if (node->count == UINT32_MAX)
             return SET_NOMEM; /* cannot count one more */
-        copy = collision_appended(node, item);
+        copy = collision_appended(node, item, mine);
         if (copy == NULL)
             return SET_NOMEM;
-        *added = true;
-        *out = node_slot(copy);
+        ch->added = true;
+        replace(node, give, mine, copy, out);
         return SET_NEW;
     }
 
@@ -664,38 +795,72 @@ static set_result node_set(const cp__hamt_node *node, unsigned shift,
     if (node->kind == KIND_BITMAP) {
         if (!(node->bits & (UINT32_C(1) << c))) {
             copy = node->count < BITMAP_MAX
-                       ? bitmap_inserted(node, c, item_slot(item))
-                       : array_from_bitmap(node, c, item_slot(item));
+                       ? bitmap_inserted(node, c, item_slot(item), mine)
+                       : array_from_bitmap(node, c, item_slot(item), mine);
             if (copy == NULL)
                 return SET_NOMEM;
-            *added = true;
-            *out = node_slot(copy);
+            ch->added = true;
+            replace(node, give, mine, copy, out);
             return SET_NEW;
         }
         idx = bitmap_index(node->bits, c);
     } else { /* KIND_ARRAY */
         if (node->entries[c] == 0) {
-            copy = node_replaced(node, c, item_slot(item), node->count + 1);
-            if (copy == NULL)
+            cp__hamt_item_incref(item); /* for the slot */
+            if (!slot_replaced(node, c, item_slot(item), node->count + 1, give, mine,
+                               out))
                 return SET_NOMEM;
-            *added = true;
-            *out = node_slot(copy);
+            ch->added = true;
             return SET_NEW;
         }
         idx = c;
     }
 
     slot sub;
-    set_result r = entry_set(node->entries[idx], shift + CHUNK_BITS, item, &sub,
-                             added);
+    set_result r = entry_set(node->entries[idx], shift + CHUNK_BITS, item, mine, ch,
+                             &sub);
     if (r != SET_NEW)
         return r;
-    copy = node_replaced(node, idx, sub, node->count);
-    slot_decref(sub); /* copy holds it now, or it is freed */
-    if (copy == NULL)
-        return SET_NOMEM;
-    *out = node_slot(copy);
-    return SET_NEW;
+    return slot_replaced(node, idx, sub, node->count, give, mine, out) ? SET_NEW
+                                                                       : SET_NOMEM;
+}
+
+/* The set behind cp__hamt_set (give false: *m stays held and unchanged, and
+ * becomes the new map with a reference of its own) and cp__hamt_set_given. */
+static int hamt_set(cp__hamt *m, cp__hamt_item *item, bool give, cp__hamt_item **old)
+{
+    assert(item != NULL); /* internal callers only */
+    struct change ch = {give, false, NULL};
+    if (m->root == NULL) {
+        unsigned c = chunk_of(item->hash, 0);
+        cp__hamt_node *root = node_alloc(KIND_BITMAP, 1, 1, UINT32_C(1) << c);
+        if (root == NULL)
+            return CP_ENOMEM;
+        put(&root->entries[0], item_slot(item));
+        *m = (cp__hamt){root, 1};
+    } else {
+        slot root;
+        switch (node_set(m->root, 0, item, give, &ch, &root)) {
+        case SET_SAME:
+            if (!give)
+                cp__hamt_incref(*m);
+            break;
+        case SET_NOMEM:
+            /* Nothing was reused (only the allocation-free changes in place
+             * come before one that fails), so old is still listed by *m and
+             * ch's reference on it is an extra one. */
+            if (ch.old != NULL && give)
+                cp__hamt_item_decref(ch.old);
+            return CP_ENOMEM;
+        default: /* SET_NEW */
+            assert(!slot_is_item(root));
+            *m = (cp__hamt){slot_node(root), m->count + (ch.added ? 1 : 0)};
+            break;
+        }
+    }
+    if (old != NULL)
+        *old = ch.old;
+    return 0;
 }
 
 /* A new map: m with item set. 0 with a new reference in *out (or m itself,
@@ -703,30 +868,15 @@ static set_result node_set(const cp__hamt_node *node, unsigned shift,
  * CP_ENOMEM with *out untouched. m is never changed. */
 int cp__hamt_set(cp__hamt m, cp__hamt_item *item, cp__hamt *out)
 {
-    assert(item != NULL && out != NULL); /* internal callers only */
-    if (m.root == NULL) {
-        unsigned c = chunk_of(item->hash, 0);
-        cp__hamt_node *root = node_alloc(KIND_BITMAP, 1, 1, UINT32_C(1) << c);
-        if (root == NULL)
-            return CP_ENOMEM;
-        put(&root->entries[0], item_slot(item));
-        *out = (cp__hamt){root, 1};
-        return 0;
-    }
-    slot root;
-    bool added = false;
-    switch (node_set(m.root, 0, item, &root, &added)) {
-    case SET_SAME:
-        cp__hamt_incref(m);
+    int err = hamt_set(&m, item, false, NULL);
+    if (err == 0)
         *out = m;
-        return 0;
-    case SET_NOMEM:
-        return CP_ENOMEM;
-    default: /* SET_NEW */
-        assert(!slot_is_item(root));
-        *out = (cp__hamt){slot_node(root), m.count + (added ? 1 : 0)};
-        return 0;
-    }
+    return err;
+}
+
+int cp__hamt_set_given(cp__hamt *m, cp__hamt_item *item, cp__hamt_item **old)
+{
+    return hamt_set(m, item, true, old);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -748,32 +898,44 @@ static bool is_movable(slot s)
     return slot_is_item(s) || slot_is_collision(s);
 }
 
+/* node is replaced by its entry other, which it held alongside the deleted
+ * item: moved when mine, else with a new reference. */
+static void collapse_to(cp__hamt_node *node, bool give, bool mine, slot other,
+                        slot *out)
+{
+    if (!mine)
+        slot_incref(other);
+    collapse(node, give, mine, other, out);
+}
+
 /* Delete key from the subtree rooted at node, which sits at shift. is_root:
  * node is the map's root, which never collapses into an item or collision
  * node (the map's root is always a bitmap or array node). */
-static del_result node_delete(const cp__hamt_node *node, unsigned shift,
-                              uint32_t hash, const void *key, bool is_root,
-                              slot *out)
+static del_result node_delete(cp__hamt_node *node, unsigned shift, uint32_t hash,
+                              const void *key, bool is_root, bool give,
+                              struct change *ch, slot *out)
 {
+    bool mine = sole_holder(node, give);
     cp__hamt_node *copy;
 
     if (node->kind == KIND_COLLISION) {
         if (node->bits != hash)
             return DEL_NOT_FOUND;
         for (uint32_t i = 0; i < node->count; i++) {
-            if (slot_item(node->entries[i])->key != key)
+            cp__hamt_item *gone = slot_item(node->entries[i]);
+            if (gone->key != key)
                 continue;
             if (node->count == 2) {
                 /* One item left: it replaces the collision node. */
-                slot other = node->entries[1 - i];
-                slot_incref(other);
-                *out = other;
+                leave(ch, gone, mine);
+                collapse_to(node, give, mine, node->entries[1 - i], out);
                 return DEL_NEW;
             }
-            copy = collision_removed(node, i);
+            copy = collision_removed(node, i, mine);
             if (copy == NULL)
                 return DEL_NOMEM;
-            *out = node_slot(copy);
+            leave(ch, gone, mine);
+            replace(node, give, mine, copy, out);
             return DEL_NEW;
         }
         return DEL_NOT_FOUND;
@@ -793,47 +955,82 @@ static del_result node_delete(const cp__hamt_node *node, unsigned shift,
     slot e = node->entries[idx];
 
     if (slot_is_item(e)) {
-        if (!key_matches(slot_item(e), hash, key))
+        cp__hamt_item *gone = slot_item(e);
+        if (!key_matches(gone, hash, key))
             return DEL_NOT_FOUND;
+        if (node->kind == KIND_ARRAY && node->count - 1 >= ARRAY_MIN) {
+            leave(ch, gone, mine);
+            return slot_replaced(node, c, 0, node->count - 1, give, mine, out)
+                       ? DEL_NEW
+                       : DEL_NOMEM;
+        }
         if (node->kind == KIND_ARRAY) {
-            copy = node->count - 1 < ARRAY_MIN ? bitmap_from_array(node, c)
-                                               : array_removed(node, c);
+            copy = bitmap_from_array(node, c, mine);
         } else if (node->count == 1) {
             assert(is_root); /* invariant [-11]: non-roots hold two items */
+            leave(ch, gone, mine);
+            drop_given(node, give, mine);
             return DEL_EMPTY;
         } else if (node->count == 2 && !is_root && is_movable(node->entries[1 - idx])) {
             /* The other entry stands alone: it replaces this node. */
-            slot other = node->entries[1 - idx];
-            slot_incref(other);
-            *out = other;
+            leave(ch, gone, mine);
+            collapse_to(node, give, mine, node->entries[1 - idx], out);
             return DEL_NEW;
         } else {
-            copy = bitmap_removed(node, c);
+            copy = bitmap_removed(node, c, mine);
         }
         if (copy == NULL)
             return DEL_NOMEM;
-        *out = node_slot(copy);
+        leave(ch, gone, mine);
+        replace(node, give, mine, copy, out);
         return DEL_NEW;
     }
 
     slot sub;
     del_result r = node_delete(slot_node(e), shift + CHUNK_BITS, hash, key, false,
-                               &sub);
+                               mine, ch, &sub);
     if (r != DEL_NEW) {
         assert(r != DEL_EMPTY); /* a non-root subtree holds two items */
         return r;
     }
     if (node->kind == KIND_BITMAP && node->count == 1 && !is_root && is_movable(sub)) {
         /* This node would hold only sub: sub moves up in its place. */
-        *out = sub;
+        collapse(node, give, mine, sub, out);
         return DEL_NEW;
     }
-    copy = node_replaced(node, idx, sub, node->count);
-    slot_decref(sub); /* copy holds it now, or it is freed */
-    if (copy == NULL)
-        return DEL_NOMEM;
-    *out = node_slot(copy);
-    return DEL_NEW;
+    return slot_replaced(node, idx, sub, node->count, give, mine, out) ? DEL_NEW
+                                                                       : DEL_NOMEM;
+}
+
+/* The delete behind cp__hamt_delete (give false: *m stays held and
+ * unchanged, and becomes the new map with a reference of its own) and
+ * cp__hamt_delete_given. */
+static int hamt_delete(cp__hamt *m, uint32_t hash, const void *key, bool give,
+                       cp__hamt_item **old)
+{
+    if (m->root == NULL)
+        return CP_ENOENT;
+    struct change ch = {give, false, NULL};
+    slot root;
+    switch (node_delete(m->root, 0, hash, key, true, give, &ch, &root)) {
+    case DEL_EMPTY:
+        *m = CP__HAMT_EMPTY;
+        break;
+    case DEL_NOT_FOUND:
+        return CP_ENOENT;
+    case DEL_NOMEM:
+        /* As in hamt_set: nothing was reused, old is still listed. */
+        if (ch.old != NULL && give)
+            cp__hamt_item_decref(ch.old);
+        return CP_ENOMEM;
+    default: /* DEL_NEW */
+        assert(!slot_is_item(root) && !slot_is_collision(root));
+        *m = (cp__hamt){slot_node(root), m->count - 1};
+        break;
+    }
+    if (old != NULL)
+        *old = ch.old;
+    return 0;
 }
 
 /* A new map: m without key. 0 with a new reference in *out (root NULL and
@@ -841,23 +1038,16 @@ static del_result node_delete(const cp__hamt_node *node, unsigned shift,
  * when memory ran out, *out untouched either way. m is never changed. */
 int cp__hamt_delete(cp__hamt m, uint32_t hash, const void *key, cp__hamt *out)
 {
-    assert(out != NULL); /* internal callers only */
-    if (m.root == NULL)
-        return CP_ENOENT;
-    slot root;
-    switch (node_delete(m.root, 0, hash, key, true, &root)) {
-    case DEL_EMPTY:
-        *out = CP__HAMT_EMPTY;
-        return 0;
-    case DEL_NOT_FOUND:
-        return CP_ENOENT;
-    case DEL_NOMEM:
-        return CP_ENOMEM;
-    default: /* DEL_NEW */
-        assert(!slot_is_item(root) && !slot_is_collision(root));
-        *out = (cp__hamt){slot_node(root), m.count - 1};
-        return 0;
-    }
+    int err = hamt_delete(&m, hash, key, false, NULL);
+    if (err == 0)
+        *out = m;
+    return err;
+}
+
+int cp__hamt_delete_given(cp__hamt *m, uint32_t hash, const void *key,
+                          cp__hamt_item **old)
+{
+    return hamt_delete(m, hash, key, true, old);
 }
 
 /* ------------------------------------------------------------------------ */

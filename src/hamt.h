@@ -3,12 +3,14 @@
  * The map behind every context: immutable nodes shared between versions, so a
  * copy is one reference and a set or delete copies only the path it changes.
  * See hamt.c for the design. Everything here may be used from any thread: a
- * node never changes after it is published, and reference counts are atomic.
+ * node that anyone else can reach never changes, and reference counts are
+ * atomic.
  */
 #ifndef CTXPOOL_HAMT_H
 #define CTXPOOL_HAMT_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +25,19 @@ typedef struct cp__hamt_item {
     void *value;
     void (*release)(struct cp__hamt_item *item);
 } cp__hamt_item;
+
+/* Drop one reference from a reference count: true when it was the last,
+ * and the caller frees. A caller that reads a count of 1 holds the only
+ * reference, and nobody can take another without one: it skips the
+ * read-modify-write. acquire (on that load): pairs with the decrements by
+ * which every former holder let go. acq_rel (on the decrement): release
+ * orders this thread's uses of the object before it; acquire, on the last
+ * one, makes every holder's uses happen before the free. */
+static inline bool cp__last_reference(atomic_size_t *refs)
+{
+    return atomic_load_explicit(refs, memory_order_acquire) == 1 ||
+           atomic_fetch_sub_explicit(refs, 1, memory_order_acq_rel) == 1;
+}
 
 /* Initialise an item with one reference (the caller's). */
 void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
@@ -63,6 +78,22 @@ int cp__hamt_set(cp__hamt m, cp__hamt_item *item, cp__hamt *out);
  * CP_ENOENT when m has no item for key, *out untouched; CP_ENOMEM with *out
  * untouched. m is unchanged and still held by the caller. */
 int cp__hamt_delete(cp__hamt m, uint32_t hash, const void *key, cp__hamt *out);
+
+/* As cp__hamt_set and cp__hamt_delete for a caller that then drops the old
+ * map: *m becomes the new map, and the caller's reference to the old one is
+ * used up. Nodes of the old map that nobody else holds are reused (changed
+ * in place, or moved into a resized node) instead of copied, so entries they
+ * keep see no reference count change (see "Reuse" in hamt.c). *old: the item
+ * that left the map (replaced or deleted), with a reference for the caller,
+ * or NULL. On failure (CP_ENOMEM; CP_ENOENT from a delete of an absent key),
+ * *m, its nodes and *old are untouched.
+ * Safe only while nobody can reach m's nodes without a reference of their
+ * own: the caller holds no borrowed pointer into m (items from
+ * cp__hamt_find included, until this returns) and no other thread takes a
+ * reference to m's root meanwhile. */
+int cp__hamt_set_given(cp__hamt *m, cp__hamt_item *item, cp__hamt_item **old);
+int cp__hamt_delete_given(cp__hamt *m, uint32_t hash, const void *key,
+                          cp__hamt_item **old);
 
 /* Iteration in trie order without allocation. The iterator borrows m: the
  * caller holds a reference for as long as it iterates. */

@@ -2418,6 +2418,8 @@ struct big {
     cp_token *t;
     cp_context *copy;
     cp_iter *it;
+    cp_context *snapshot; /* shares c's map: changes must copy, not reuse */
+    void *shared[NBIG + 1]; /* what c held when the snapshot was taken */
 };
 
 static struct big big;
@@ -2445,6 +2447,27 @@ static void big_unchanged(void *p)
     else
         cr_assert_not(cp_context_contains(big.c, big.extra));
     cr_assert_eq(total(), 0, "a failed call freed a value");
+}
+
+/* Take a snapshot of c, so that c's changes copy the paths they change
+ * (allocating) instead of reusing nodes nobody else holds. */
+static void big_share(void)
+{
+    big.snapshot = cp_context_copy(big.c);
+    cr_assert_not_null(big.snapshot);
+    for (int i = 0; i < NBIG; i++)
+        big.shared[i] = value_in(big.c, big.vars[i]);
+    big.shared[NBIG] = cp_context_get_or(big.c, big.extra, NULL);
+}
+
+/* The snapshot still holds exactly what c held when it was taken; free it. */
+static void big_snapshot_intact(void)
+{
+    for (int i = 0; i < NBIG; i++)
+        cr_assert_eq(value_in(big.snapshot, big.vars[i]), big.shared[i]);
+    cr_assert_eq(cp_context_get_or(big.snapshot, big.extra, NULL), big.shared[NBIG]);
+    cr_assert_eq(cp_context_len(big.snapshot), NBIG + (big.shared[NBIG] != NULL));
+    cp_context_free(big.snapshot);
 }
 
 static void big_fini(void)
@@ -2488,8 +2511,11 @@ static int attempt_big_replace(void *p)
 Test(enomem, var_set_replacing_a_value_in_a_large_context_changes_nothing)
 {
     big_init();
+    big_share();
     cr_assert_geq(fail_each_alloc(attempt_big_replace, big_unchanged, NULL), 2);
     cr_assert_eq(value_in(big.c, big.vars[NBIG / 2]), &big.replacement);
+    cr_assert_eq(frees_of(&big.values[NBIG / 2]), 0, "the snapshot holds it");
+    big_snapshot_intact();
     cr_assert_eq(frees_of(&big.values[NBIG / 2]), 1);
     cr_assert_eq(total(), 1);
     big_fini();
@@ -2516,7 +2542,9 @@ Test(enomem, var_reset_to_an_old_value_in_a_large_context_changes_nothing)
 {
     big_init();
     cr_assert_eq(set_in(big.c, big.vars[NBIG / 3], &big.replacement, &big.t), 0);
+    big_share();
     cr_assert_geq(fail_each_alloc(attempt_big_reset, big_reset_unchanged, NULL), 1);
+    big_snapshot_intact();
     cr_assert_eq(value_in(big.c, big.vars[NBIG / 3]), &big.values[NBIG / 3]);
     cr_assert_eq(frees_of(&big.replacement), 1);
     cr_assert_eq(total(), 1);
@@ -2538,7 +2566,9 @@ Test(enomem, var_reset_to_missing_in_a_large_context_changes_nothing)
     big_init();
     cr_assert_eq(set_in(big.c, big.extra, &big.extra_value, &big.t), 0);
     big.extra_in = true;
+    big_share();
     cr_assert_geq(fail_each_alloc(attempt_big_reset_to_missing, big_unchanged, NULL), 1);
+    big_snapshot_intact();
     cr_assert_not(cp_context_contains(big.c, big.extra));
     cr_assert_eq(cp_context_len(big.c), NBIG);
     cr_assert_eq(frees_of(&big.extra_value), 1);

@@ -679,19 +679,25 @@ static uint32_t rnd(void) /* xorshift64*, fixed seed: reproducible */
     return (uint32_t)((rng_state * 0x2545F4914F6CDD1Du) >> 32);
 }
 
+/* Keys 0..n-1 with hashes of four kinds, all absent. */
+static void random_hashes(model *ref, unsigned n)
+{
+    ref->n = n;
+    for (unsigned i = 0; i < n; i++) {
+        switch (i % 4) {
+        case 0: ref->hash[i] = rnd() & 0x7; break;         /* many collisions */
+        case 1: ref->hash[i] = rnd() & 0xC000001F; break;  /* deep paths */
+        case 2: ref->hash[i] = rnd() & 0x000003FF; break;  /* two levels */
+        default: ref->hash[i] = rnd(); break;
+        }
+    }
+}
+
 Test(hamt, random_sets_and_deletes_match_a_reference_model)
 {
     static model ref, snap_ref;
     const unsigned nkeys = 600, ops = 10000;
-    ref.n = nkeys;
-    for (unsigned i = 0; i < nkeys; i++) {
-        switch (i % 4) {
-        case 0: ref.hash[i] = rnd() & 0x7; break;         /* many collisions */
-        case 1: ref.hash[i] = rnd() & 0xC000001F; break;  /* deep paths */
-        case 2: ref.hash[i] = rnd() & 0x000003FF; break;  /* two levels */
-        default: ref.hash[i] = rnd(); break;
-        }
-    }
+    random_hashes(&ref, nkeys);
     cp__hamt m = CP__HAMT_EMPTY, snap = CP__HAMT_EMPTY;
     size_t count = 0;
     uintptr_t next_value = 1;
@@ -763,4 +769,221 @@ Test(hamt, random_sets_and_deletes_match_a_reference_model)
     verify(snap, &snap_ref);
     cr_assert_null(snap.root);
     drop_all(snap);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Given changes: reuse of nodes nobody else holds                           */
+/* ------------------------------------------------------------------------ */
+
+/* Set key i (hash) to value in *m with cp__hamt_set_given; returns the value
+ * of the item that left (0: none), whose reference the caller got. */
+static uintptr_t put_given(cp__hamt *m, uint32_t hash, unsigned i, uintptr_t value)
+{
+    cp__hamt_item *item = mk(hash, i, value), *old = VAL(1);
+    cr_assert_eq(cp__hamt_set_given(m, item, &old), 0);
+    cp__hamt_item_decref(item);
+    cr_assert_eq(cp__hamt_check(*m), 0, "check: %d", cp__hamt_check(*m));
+    uintptr_t was = old ? (uintptr_t)old->value : 0;
+    if (old)
+        cr_assert_eq(old->key, KEY(i));
+    cp__hamt_item_decref(old);
+    return was;
+}
+
+/* Delete key i (hash, present) from *m with cp__hamt_delete_given; returns
+ * the value of the item that left. */
+static uintptr_t del_given(cp__hamt *m, uint32_t hash, unsigned i)
+{
+    cp__hamt_item *old = NULL;
+    cr_assert_eq(cp__hamt_delete_given(m, hash, KEY(i), &old), 0);
+    cr_assert_eq(cp__hamt_check(*m), 0, "check: %d", cp__hamt_check(*m));
+    cr_assert_not_null(old);
+    cr_assert_eq(old->key, KEY(i));
+    uintptr_t was = (uintptr_t)old->value;
+    cp__hamt_item_decref(old);
+    return was;
+}
+
+/* 100 keys with well spread hashes: a root array node over small nodes. */
+static cp__hamt build_spread(model *ref, uint32_t *hashes)
+{
+    for (unsigned i = 0; i < 100; i++)
+        hashes[i] = i * 0x9E3779B1u;
+    return build(ref, 100, hashes);
+}
+
+/* A snapshot of m: one more reference, and a copy of its model. */
+static cp__hamt snapshot(cp__hamt m, const model *ref, model *snap_ref)
+{
+    cp__hamt_incref(m);
+    *snap_ref = *ref;
+    return m;
+}
+
+Test(hamt, given_changes_to_an_unshared_map_reuse_its_nodes)
+{
+    static model ref;
+    static uint32_t hashes[100];
+    cp__hamt m = build_spread(&ref, hashes);
+    cp__hamt_node *root = m.root;
+
+    /* A new value for a present key changes slots in place: same root, no
+     * allocation, and the replaced item goes to the caller, who holds the
+     * only reference left. */
+    cp__hamt_item *item = mk(hashes[50], 50, 777), *old = NULL;
+    unsigned long before = cp__alloc_count();
+    cr_assert_eq(cp__hamt_set_given(&m, item, &old), 0);
+    cr_assert_eq(cp__alloc_count(), before, "nothing allocated");
+    cr_assert_eq(m.root, root);
+    cr_assert_eq(m.count, 100);
+    cr_assert_eq((uintptr_t)old->value, 51);
+    cr_assert_eq(atomic_load(&old->refs), 1);
+    size_t gone = released;
+    cp__hamt_item_decref(old);
+    cr_assert_eq(released, gone + 1);
+    cp__hamt_item_decref(item);
+    ref.value[50] = 777;
+    verify(m, &ref);
+
+    /* A delete that shrinks the root's child moves it into one new node. */
+    before = cp__alloc_count();
+    cr_assert_eq(del_given(&m, hashes[7], 7), 8);
+    cr_assert_leq(cp__alloc_count() - before, 1);
+    cr_assert_eq(m.root, root);
+    ref.value[7] = 0;
+    verify(m, &ref);
+
+    /* An identical value changes nothing and reports nothing. */
+    item = mk(hashes[9], 9, 10);
+    old = VAL(1);
+    cr_assert_eq(cp__hamt_set_given(&m, item, &old), 0);
+    cr_assert_null(old);
+    cr_assert_eq(atomic_load(&item->refs), 1, "the map kept its own item");
+    cp__hamt_item_decref(item);
+    verify(m, &ref);
+    drop_all(m);
+}
+
+Test(hamt, given_changes_copy_what_a_snapshot_shares)
+{
+    static model ref, snap_ref;
+    static uint32_t hashes[100];
+    cp__hamt m = build_spread(&ref, hashes);
+    cp__hamt snap = snapshot(m, &ref, &snap_ref);
+
+    cr_assert_eq(put_given(&m, hashes[3], 3, 300), 4);
+    cr_assert_neq(m.root, snap.root, "a shared root is copied");
+    ref.value[3] = 300;
+    /* The new root is unshared now, its other children still shared. */
+    cr_assert_eq(put_given(&m, hashes[60], 60, 600), 61);
+    ref.value[60] = 600;
+    cr_assert_eq(del_given(&m, hashes[61], 61), 62);
+    ref.value[61] = 0;
+    put_given(&m, 0xABCDEF01u, 100, 1000);
+    ref.n = 101;
+    ref.hash[100] = 0xABCDEF01u;
+    ref.value[100] = 1000;
+    verify(m, &ref);
+    verify(snap, &snap_ref);
+    cp__hamt_decref(m);
+    verify(snap, &snap_ref);
+    drop_all(snap);
+}
+
+Test(hamt, given_set_fails_cleanly_at_every_allocation_in_a_partly_shared_map)
+{
+    static model ref, snap_ref;
+    static uint32_t hashes[40];
+    for (unsigned i = 0; i < 16; i++)
+        hashes[i] = i;
+    for (unsigned i = 16; i < 40; i++)
+        hashes[i] = 1 | (i << 5) | (i << 10) | (i << 25);
+    cp__hamt m = build(&ref, 40, hashes);
+    cp__hamt snap = snapshot(m, &ref, &snap_ref);
+    cr_assert_eq(put_given(&m, hashes[5], 5, 500), 6); /* root now unshared */
+    ref.value[5] = 500;
+
+    /* Into the shared subtree under chunk 1, beside key 20 down to its
+     * last chunk: copies, and a chain of new nodes. */
+    const uint32_t hash = 1 | (20u << 5) | (20u << 10) | (7u << 25);
+    cp__hamt_item *item = mk(hash, 40, 4000), *old;
+    unsigned long n;
+    for (n = 1; n < 100; n++) {
+        cp__hamt kept = m;
+        old = VAL(1);
+        unsigned long before = cp__alloc_count();
+        cp__alloc_fail_nth(n);
+        int rc = cp__hamt_set_given(&m, item, &old);
+        cp__alloc_fail_nth(0);
+        if (rc == 0) {
+            cr_assert_eq(cp__alloc_count() - before, n - 1);
+            break;
+        }
+        cr_assert_eq(rc, CP_ENOMEM, "allocation %lu", n);
+        cr_assert_eq(m.root, kept.root);
+        cr_assert_eq(m.count, kept.count);
+        cr_assert_eq(old, VAL(1), "old untouched");
+        cr_assert_eq(atomic_load(&item->refs), 1, "no reference kept on item");
+        verify(m, &ref);
+        verify(snap, &snap_ref);
+    }
+    cr_assert_geq(n - 1, 3, "the copies and the chain allocate");
+    cr_assert_null(old);
+    cp__hamt_item_decref(item);
+    ref.n = 41;
+    ref.hash[40] = hash;
+    ref.value[40] = 4000;
+    verify(m, &ref);
+    verify(snap, &snap_ref);
+    cp__hamt_decref(snap);
+    drop_all(m);
+}
+
+Test(hamt, random_given_changes_match_the_model_and_spare_snapshots)
+{
+    static model ref, snap_ref[2];
+    const unsigned nkeys = 600, ops = 10000;
+    random_hashes(&ref, nkeys);
+    cp__hamt m = CP__HAMT_EMPTY;
+    cp__hamt snap[2] = {CP__HAMT_EMPTY, CP__HAMT_EMPTY};
+    size_t count = 0;
+    uintptr_t next_value = 1;
+
+    for (unsigned op = 0; op < ops; op++) {
+        unsigned i = rnd() % nkeys;
+        uint32_t h = ref.hash[i];
+        if (rnd() % 100 < 55) {
+            uintptr_t v = next_value++;
+            cr_assert_eq(put_given(&m, h, i, v), ref.value[i], "op %u", op);
+            count += ref.value[i] == 0;
+            ref.value[i] = v;
+        } else if (ref.value[i] != 0) {
+            cr_assert_eq(del_given(&m, h, i), ref.value[i], "op %u", op);
+            ref.value[i] = 0;
+            count--;
+        } else {
+            cp__hamt kept = m;
+            cp__hamt_item *old = VAL(1);
+            cr_assert_eq(cp__hamt_delete_given(&m, h, KEY(i), &old), CP_ENOENT);
+            cr_assert_eq(m.root, kept.root);
+            cr_assert_eq(old, VAL(1));
+        }
+        cr_assert_eq(get(m, h, i), ref.value[i], "op %u", op);
+        cr_assert_eq(m.count, count, "op %u", op);
+        if (op % 500 == 0) {
+            /* Take a snapshot in turn with the older one's release, which
+             * is checked first: later reuse must not have touched it. */
+            unsigned k = (op / 500) % 2;
+            verify(snap[k], &snap_ref[k]);
+            cp__hamt_decref(snap[k]);
+            snap[k] = snapshot(m, &ref, &snap_ref[k]);
+        }
+    }
+    verify(m, &ref);
+    cr_assert_gt(shape(m).collision_nodes, 0, "the weak hashes collided");
+    for (unsigned k = 0; k < 2; k++) {
+        verify(snap[k], &snap_ref[k]);
+        cp__hamt_decref(snap[k]);
+    }
+    drop_all(m);
 }

@@ -1528,6 +1528,63 @@ Test(task, sync_out_of_order_on_a_worker_is_einval_and_runs_nothing, .timeout = 
     free_pool(pool);
 }
 
+/* In a job: set v to a, spawn a reader, change v (set b, reset to a
+ * token's state, delete) with a reader spawned after each change, then sync
+ * them all: each sees v as it was when it was spawned, although the changes
+ * are made in a map only this job holds (where they reuse its nodes). */
+struct around_changes {
+    struct read_var rv;
+    cp_pool *pool;
+};
+
+static void *spawn_around_changes_job(void *p)
+{
+    static int a, b;
+    struct around_changes *ac = p;
+    struct read_var *rv = &ac->rv;
+    cp_pool *pool = ac->pool;
+    cp_token *tok = NULL;
+    cp_task t[4];
+    void *seen[4] = {NULL, NULL, NULL, NULL};
+    JCHECK(cp_var_set(rv->var, &a, NULL) == 0);
+    JCHECK(cp_spawn(pool, &t[0], read_var_job, rv) == 0);
+    JCHECK(cp_var_set(rv->var, &b, &tok) == 0);
+    JCHECK(cp_spawn(pool, &t[1], read_var_job, rv) == 0);
+    JCHECK(cp_var_reset(rv->var, tok) == 0);
+    JCHECK(cp_spawn(pool, &t[2], read_var_job, rv) == 0);
+    cp_token_free(tok);
+    JCHECK(cp_var_set(rv->var, &b, &tok) == 0);
+    JCHECK(cp_var_reset(rv->var, tok) == 0); /* back to a */
+    cp_token_free(tok);
+    JCHECK(cp_var_set(rv->var, &b, NULL) == 0);
+    JCHECK(cp_spawn(pool, &t[3], read_var_job, rv) == 0);
+    for (int i = 3; i >= 0; i--)
+        JCHECK(cp_sync(&t[i], &seen[i]) == 0);
+    JCHECK(seen[0] == &a);
+    JCHECK(seen[1] == &b);
+    JCHECK(seen[2] == &a);
+    JCHECK(seen[3] == &b);
+    return NULL;
+}
+
+Test(task, each_task_sees_its_spawners_context_as_it_was_at_the_spawn,
+     .timeout = 30)
+{
+    for (unsigned threads = 1; threads <= 2; threads++) {
+        cp_var *v = cp_var_new("v", NULL);
+        cp_pool *pool = new_pool(threads);
+        struct around_changes ac = {{v}, pool};
+        for (int round = 0; round < 200; round++) {
+            cp_future *f = NULL;
+            cr_assert_eq(cp_pool_submit(pool, spawn_around_changes_job, &ac, &f), 0);
+            wait_ok(f);
+        }
+        jobs_ok();
+        free_pool(pool);
+        cp_var_free(v);
+    }
+}
+
 Test(task, child_sees_the_spawners_context_and_keeps_its_changes, .timeout = 30)
 {
     static int v1;

@@ -1132,26 +1132,45 @@ static bool same_map(cp__hamt a, cp__hamt b)
     return a.root == b.root && a.count == b.count;
 }
 
+/* Whether changes to the current map use the given functions, which reuse
+ * the nodes nobody else holds (HOP_GIVEN switches). */
+static bool hgiven;
+
+/* What a given change reports as the item that left: the key's item in the
+ * model before the change (with a reference, dropped here). */
+static void hcheck_gone(cp__hamt_item *gone, int before)
+{
+    CHECK(gone == (before == MISSING ? NULL : &iptr[before]->base));
+    cp__hamt_item_decref(gone);
+}
+
 /* Set item (a new one of ours, or one a snapshot holds) for key k in the
  * current map. */
 static void hset(int k, int id, bool ours)
 {
     struct hitem *h = iptr[id];
-    cp__hamt out = untouched;
+    cp__hamt out = hgiven ? hcur.m : untouched;
+    cp__hamt_item *gone = (cp__hamt_item *)&untouched;
     inj_begin();
-    int r = cp__hamt_set(hcur.m, &h->base, &out);
+    int r = hgiven ? cp__hamt_set_given(&out, &h->base, &gone)
+                   : cp__hamt_set(hcur.m, &h->base, &out);
     bool hit = inj_end();
     if (hit) {
-        CHECK(r == CP_ENOMEM && same_map(out, untouched));
+        CHECK(r == CP_ENOMEM && same_map(out, hgiven ? hcur.m : untouched));
+        CHECK(gone == (cp__hamt_item *)&untouched);
     } else {
         CHECK(r == 0);
         int old = hcur.item[k];
-        if (old != MISSING && ivalue[old] == ivalue[id])
+        bool same = old != MISSING && ivalue[old] == ivalue[id];
+        if (same)
             CHECK(same_map(out, hcur.m)); /* the same value: the same map */
         else
             hcur.item[k] = id;
         CHECK(out.count == hmodel_count(&hcur));
-        cp__hamt_decref(hcur.m);
+        if (hgiven)
+            hcheck_gone(gone, same ? MISSING : old);
+        else
+            cp__hamt_decref(hcur.m);
         hcur.m = out;
     }
     if (ours)
@@ -1186,19 +1205,26 @@ static void hset_new(int k, uint8_t hb, uint8_t f)
 static void hdel(int k, bool wrong_hash)
 {
     uint32_t h = khash[k] ^ (wrong_hash ? UINT32_C(0x40000000) : 0);
-    cp__hamt out = untouched;
+    cp__hamt out = hgiven ? hcur.m : untouched;
+    cp__hamt_item *gone = (cp__hamt_item *)&untouched;
     inj_begin();
-    int r = cp__hamt_delete(hcur.m, h, &hkeys[k], &out);
+    int r = hgiven ? cp__hamt_delete_given(&out, h, &hkeys[k], &gone)
+                   : cp__hamt_delete(hcur.m, h, &hkeys[k], &out);
     bool hit = inj_end();
-    if (hcur.item[k] == MISSING || wrong_hash) {
-        CHECK(r == CP_ENOENT && same_map(out, untouched));
-    } else if (hit) {
-        CHECK(r == CP_ENOMEM && same_map(out, untouched));
+    if (hcur.item[k] == MISSING || wrong_hash || hit) {
+        CHECK(r == (hit && hcur.item[k] != MISSING && !wrong_hash ? CP_ENOMEM
+                                                                  : CP_ENOENT));
+        CHECK(same_map(out, hgiven ? hcur.m : untouched));
+        CHECK(gone == (cp__hamt_item *)&untouched);
     } else {
         CHECK(r == 0);
+        int old = hcur.item[k];
         hcur.item[k] = MISSING;
         CHECK(out.count == hmodel_count(&hcur));
-        cp__hamt_decref(hcur.m);
+        if (hgiven)
+            hcheck_gone(gone, old);
+        else
+            cp__hamt_decref(hcur.m);
         hcur.m = out;
     }
 }
@@ -1221,6 +1247,7 @@ enum {
     HOP_BULK_SET,
     HOP_BULK_DEL,
     HOP_FAIL,
+    HOP_GIVEN,
     HOP_COUNT
 };
 
@@ -1229,6 +1256,7 @@ static void run_hamt_mode(reader *r, uint8_t mode)
     hpattern = (mode >> 1) & 7;
     nitems = 0;
     pending_fail = 0;
+    hgiven = false;
     hcur.live = true;
     hcur.m = CP__HAMT_EMPTY;
     for (int k = 0; k < HK; k++) {
@@ -1297,6 +1325,9 @@ static void run_hamt_mode(reader *r, uint8_t mode)
         }
         case HOP_FAIL:
             pending_fail = byte(r) % 12 + 1;
+            continue;
+        case HOP_GIVEN:
+            hgiven = !hgiven;
             continue;
         }
         pending_fail = 0;
