@@ -85,7 +85,8 @@ struct cp_iter {
 
 /* The calling thread's state (context.h), its get cache empty. */
 const char cp__no_var;
-__thread struct cp__thread cp__self = {.cache_var = CP__NO_VAR};
+__thread struct cp__thread cp__self
+    __attribute__((tls_model("initial-exec"))) = {.cache_var = CP__NO_VAR};
 
 static pthread_key_t base_key;
 static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;
@@ -392,7 +393,7 @@ static const cp__hamt_item *current_item(const cp_var *var)
 /* The cache hit: the hot path of every get, kept a leaf function. */
 static inline bool cache_hit(const cp_var *var, void **value)
 {
-    if (cp__self.cache_var != var)
+    if (cp__self.cache_var != var || !value)
         return false;
     *value = cp__self.cache_value;
     return true;
@@ -427,7 +428,7 @@ int cp_var_get(const cp_var *var, void **value)
 {
     /* NULL arguments take the slow path, which reports them (a NULL var
      * never hits: the cache holds only variables that had a value). */
-    if (value && cache_hit(var, value))
+    if (__builtin_expect(cache_hit(var, value), 1))
         return 0;
     return get_slow(var, value);
 }
