@@ -174,10 +174,10 @@ static void materialise_borrows(cp__hamt m)
  * this thread's borrows of the map take their own reference first, a frame
  * on a borrowed map takes its own, and other threads take theirs only under
  * c's lock (map_ref), held throughout for a shared context. fresh: item is
- * new, and its creator's reference goes once the map holds it, before any
- * other thread can see it. *gone: the item that left the map, referenced,
- * or NULL. Returns 0, CP_ENOMEM or (delete) CP_ENOENT; on failure nothing
- * changed. */
+ * new and unpublished (hamt.h), and is published once the map holds it,
+ * before any other thread can see it. *gone: the item that left the map,
+ * referenced, or NULL. Returns 0, CP_ENOMEM or (delete) CP_ENOENT; on
+ * failure nothing changed. */
 static int map_update(cp_context *c, cp__hamt_item *item, bool fresh,
                       const cp_var *var, cp__hamt_item **gone)
 {
@@ -192,7 +192,7 @@ static int map_update(cp_context *c, cp__hamt_item *item, bool fresh,
     int err = item ? cp__hamt_set_given(&c->map, item, gone)
                    : cp__hamt_delete_given(&c->map, var->hash, var, gone);
     if (err == 0 && fresh)
-        cp__hamt_item_disown(item); /* the map holds it */
+        cp__hamt_item_publish(item); /* the map holds it; the unlock publishes */
     if (c->shared)
         map_unlock(c);
     cp__cache_forget();
@@ -292,7 +292,7 @@ static cp__hamt_item *item_new(cp_var *var, void *value)
 {
     cp__hamt_item *item = cp__alloc_small(sizeof *item);
     if (item)
-        cp__hamt_item_init(item, var->hash, var, value, item_release);
+        cp__hamt_item_init(item, var->hash, var, value, item_release, true);
     return item;
 }
 

@@ -114,6 +114,7 @@
  *       node (it would have been collapsed into its parent)
  * [-12] a bitmap or array node is never below shift 30 (depth bound)
  * [-13] the map's count equals the number of items in the trie
+ * [-14] a node's entries fit in its room
  *
  * Debugging
  * ---------
@@ -152,6 +153,10 @@ typedef uintptr_t slot;
 struct cp__hamt_node {
     atomic_size_t refs;
     uint8_t kind;   /* enum node_kind */
+    uint8_t room;   /* slots allocated: node_slots(), and in a bitmap node
+                       one more when that is even, a slot the allocator's
+                       16-byte steps would waste anyway: an insert in place
+                       (see "Reuse") may use it */
     uint32_t count; /* entries: bitmap = popcount(bits), array = non-empty
                        slots, collision = items */
     uint32_t bits;  /* bitmap: which chunks are present; collision: the hash
@@ -240,10 +245,11 @@ static bool key_matches(const cp__hamt_item *item, uint32_t hash, const void *ke
 /* ------------------------------------------------------------------------ */
 
 void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
-                        void *value, void (*release)(cp__hamt_item *))
+                        void *value, void (*release)(cp__hamt_item *),
+                        bool unpublished)
 {
-    /* Not yet shared: a plain initialisation. */
     atomic_init(&item->refs, 1); /* not yet shared */
+    item->unpublished = unpublished;
     item->hash = hash;
     item->key = key;
     item->value = value;
@@ -254,19 +260,25 @@ void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
 void cp__hamt_item_incref(cp__hamt_item *item)
 {
     /* relaxed: the caller's own reference keeps item alive; taking another
-     * orders nothing (see "Reference counting" above). */
-    atomic_fetch_add_explicit(&item->refs, 1, memory_order_relaxed);
+     * orders nothing (see "Reference counting" above). An unpublished item
+     * has no other thread to race with: a plain load and store do. */
+    if (item->unpublished)
+        atomic_store_explicit(&item->refs,
+                              atomic_load_explicit(&item->refs, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&item->refs, 1, memory_order_relaxed);
 }
 
-/* Drop a reference on an item that no other thread can reach yet, while
- * another reference keeps it alive (see hamt.h). */
-void cp__hamt_item_disown(cp__hamt_item *item)
+void cp__hamt_item_publish(cp__hamt_item *item)
 {
-    /* relaxed load and store: no other thread can reach the item, so no
-     * other thread can change the count between them. */
+    /* relaxed load and store: no other thread can reach the item yet, so
+     * none can change the count between them; the caller's publication of
+     * the map orders them (and unpublished) before any other thread's use. */
     size_t refs = atomic_load_explicit(&item->refs, memory_order_relaxed);
-    assert(refs > 1);
+    assert(item->unpublished && refs > 1);
     atomic_store_explicit(&item->refs, refs - 1, memory_order_relaxed);
+    item->unpublished = false;
 }
 
 /* Whether the caller's reference on an object with this count is the only
@@ -292,6 +304,12 @@ static size_t node_size(uint32_t nslots)
     return sizeof(cp__hamt_node) + (size_t)nslots * sizeof(slot);
 }
 
+/* Free node's memory, not touching its entries. */
+static void node_free_shell(cp__hamt_node *node)
+{
+    cp__free_small(node, node_size(node->room));
+}
+
 /* Take one more reference on node; the caller holds one already. */
 static void node_incref(cp__hamt_node *node)
 {
@@ -311,7 +329,7 @@ static void node_decref(cp__hamt_node *node)
     uint32_t n = node_slots(node);
     for (uint32_t i = 0; i < n; i++)
         slot_decref(node->entries[i]);
-    cp__free_small(node, node_size(n));
+    node_free_shell(node);
 }
 
 static void slot_incref(slot s)
@@ -360,14 +378,15 @@ void cp__hamt_decref(cp__hamt m)
 static cp__hamt_node *node_alloc(enum node_kind kind, uint32_t nslots,
                                  uint32_t count, uint32_t bits)
 {
-    size_t size = node_size(nslots);
-    cp__hamt_node *node = cp__alloc_small(size);
+    uint32_t room = kind == KIND_BITMAP ? nslots | 1 : nslots;
+    cp__hamt_node *node = cp__alloc_small(node_size(room));
     if (node == NULL)
         return NULL;
     if (kind == KIND_ARRAY)
         memset(node->entries, 0, (size_t)nslots * sizeof(slot));
     atomic_init(&node->refs, 1); /* not yet shared */
     node->kind = (uint8_t)kind;
+    node->room = (uint8_t)room;
     node->count = count;
     node->bits = bits;
     return node;
@@ -431,17 +450,40 @@ static cp__hamt_node *bitmap_inserted(const cp__hamt_node *b, unsigned c, slot s
     return copy;
 }
 
-/* Bitmap node b without chunk c's entry (b has at least two). */
-static cp__hamt_node *bitmap_removed(const cp__hamt_node *b, unsigned c, bool move)
+/* A copy of bitmap node b without chunk c's entry (b has at least two). */
+static cp__hamt_node *bitmap_removed(const cp__hamt_node *b, unsigned c)
 {
     uint32_t idx = bitmap_index(b->bits, c);
     cp__hamt_node *copy = node_alloc(KIND_BITMAP, b->count - 1, b->count - 1,
                                      b->bits & ~(UINT32_C(1) << c));
     if (copy == NULL)
         return NULL;
-    carry_all(copy->entries, b->entries, idx, move);
-    carry_all(copy->entries + idx, b->entries + idx + 1, b->count - idx - 1, move);
+    carry_all(copy->entries, b->entries, idx, false);
+    carry_all(copy->entries + idx, b->entries + idx + 1, b->count - idx - 1, false);
     return copy;
+}
+
+/* Bitmap node b, reused (see "Reuse"), with s inserted for chunk c (not yet
+ * present): b has room for one more entry. Returns b. */
+static cp__hamt_node *bitmap_insert_here(cp__hamt_node *b, unsigned c, slot s)
+{
+    uint32_t idx = bitmap_index(b->bits, c);
+    memmove(&b->entries[idx + 1], &b->entries[idx], (b->count - idx) * sizeof(slot));
+    put(&b->entries[idx], s);
+    b->bits |= UINT32_C(1) << c;
+    b->count++;
+    return b;
+}
+
+/* Bitmap node b, reused, without chunk c's entry, whose reference the
+ * caller has taken over. Returns b. */
+static cp__hamt_node *bitmap_remove_here(cp__hamt_node *b, unsigned c)
+{
+    uint32_t idx = bitmap_index(b->bits, c);
+    memmove(&b->entries[idx], &b->entries[idx + 1], (b->count - idx - 1) * sizeof(slot));
+    b->bits &= ~(UINT32_C(1) << c);
+    b->count--;
+    return b;
 }
 
 /* An array node with bitmap node b's entries plus s for chunk c (absent
@@ -547,10 +589,10 @@ static cp__hamt_node *pair_new(slot a, uint32_t ha, slot b, uint32_t hb,
             /* Free the chain made so far: shells, nothing stored below. */
             for (unsigned t = s; t < bottom; t += CHUNK_BITS) {
                 cp__hamt_node *down = slot_node(node->entries[0]);
-                cp__free_small(node, node_size(1));
+                node_free_shell(node);
                 node = down;
             }
-            cp__free_small(node, node_size(2));
+            node_free_shell(node);
             return NULL;
         }
         up->entries[0] = node_slot(node); /* up holds the reference */
@@ -665,7 +707,7 @@ static void leave(struct change *ch, cp__hamt_item *old, bool taken)
 static void drop_given(cp__hamt_node *node, bool give, bool mine)
 {
     if (mine)
-        cp__free_small(node, node_size(node_slots(node)));
+        node_free_shell(node);
     else if (give)
         node_decref(node);
 }
@@ -794,9 +836,12 @@ static set_result node_set(cp__hamt_node *node, unsigned shift, cp__hamt_item *i
     uint32_t idx;
     if (node->kind == KIND_BITMAP) {
         if (!(node->bits & (UINT32_C(1) << c))) {
-            copy = node->count < BITMAP_MAX
-                       ? bitmap_inserted(node, c, item_slot(item), mine)
-                       : array_from_bitmap(node, c, item_slot(item), mine);
+            if (mine && node->count < node->room && node->count < BITMAP_MAX)
+                copy = bitmap_insert_here(node, c, item_slot(item));
+            else if (node->count < BITMAP_MAX)
+                copy = bitmap_inserted(node, c, item_slot(item), mine);
+            else
+                copy = array_from_bitmap(node, c, item_slot(item), mine);
             if (copy == NULL)
                 return SET_NOMEM;
             ch->added = true;
@@ -977,7 +1022,7 @@ static del_result node_delete(cp__hamt_node *node, unsigned shift, uint32_t hash
             collapse_to(node, give, mine, node->entries[1 - idx], out);
             return DEL_NEW;
         } else {
-            copy = bitmap_removed(node, c, mine);
+            copy = mine ? bitmap_remove_here(node, c) : bitmap_removed(node, c);
         }
         if (copy == NULL)
             return DEL_NOMEM;
@@ -1140,6 +1185,8 @@ static int check_node(const cp__hamt_node *node, unsigned shift, uint32_t path,
 {
     if (atomic_load_explicit(&node->refs, memory_order_relaxed) == 0)
         return -3; /* relaxed: a debugging read of a count we hold */
+    if (node_slots(node) > node->room)
+        return -14;
 
     if (node->kind == KIND_COLLISION) {
         if (node->count < 2)

@@ -21,6 +21,10 @@
 typedef struct cp__hamt_item {
     atomic_size_t refs;
     uint32_t hash;
+    /* Until cp__hamt_item_publish: only the creating thread can reach the
+     * item (it is in no map anyone else can reach), so its count changes
+     * with plain loads and stores. */
+    bool unpublished;
     const void *key;
     void *value;
     void (*release)(struct cp__hamt_item *item);
@@ -39,15 +43,18 @@ static inline bool cp__last_reference(atomic_size_t *refs)
            atomic_fetch_sub_explicit(refs, 1, memory_order_acq_rel) == 1;
 }
 
-/* Initialise an item with one reference (the caller's). */
+/* Initialise an item with one reference (the caller's). unpublished: the
+ * item stays on this thread until cp__hamt_item_publish (see above). */
 void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
-                        void *value, void (*release)(cp__hamt_item *));
+                        void *value, void (*release)(cp__hamt_item *),
+                        bool unpublished);
 void cp__hamt_item_incref(cp__hamt_item *item);
 void cp__hamt_item_decref(cp__hamt_item *item); /* NULL: no-op */
-/* Drop the creator's reference to an item that no other thread can reach
- * yet (listed only by maps this thread has not published), which another
- * reference keeps alive: a plain decrement, no atomic read-modify-write. */
-void cp__hamt_item_disown(cp__hamt_item *item);
+/* An unpublished item goes into a map that other threads may reach once
+ * the caller publishes the map (with release semantics): drop the
+ * creator's reference, which the map's keeps the item alive, with plain
+ * stores, and end its unpublished state. */
+void cp__hamt_item_publish(cp__hamt_item *item);
 
 typedef struct cp__hamt_node cp__hamt_node;
 

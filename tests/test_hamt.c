@@ -38,7 +38,7 @@ static cp__hamt_item *mk(uint32_t hash, unsigned i, uintptr_t value)
 {
     cp__hamt_item *item = malloc(sizeof *item);
     cr_assert_not_null(item);
-    cp__hamt_item_init(item, hash, KEY(i), VAL(value), count_release);
+    cp__hamt_item_init(item, hash, KEY(i), VAL(value), count_release, false);
     created++;
     return item;
 }
@@ -860,6 +860,38 @@ Test(hamt, given_changes_to_an_unshared_map_reuse_its_nodes)
     cr_assert_null(old);
     cr_assert_eq(atomic_load(&item->refs), 1, "the map kept its own item");
     cp__hamt_item_decref(item);
+    verify(m, &ref);
+    drop_all(m);
+}
+
+Test(hamt, given_insert_and_delete_use_the_spare_slot_of_a_bitmap_node)
+{
+    static model ref;
+    static const uint32_t hashes[3] = {0, 1, 2};
+    cp__hamt m = build(&ref, 2, hashes); /* a root of two: room for three */
+    cp__hamt_node *root = m.root;
+    ref.n = 3;
+    ref.hash[2] = 2;
+    unsigned long before = cp__alloc_count();
+    cr_assert_eq(put_given(&m, 2, 2, 3), 0);
+    ref.value[2] = 3;
+    cr_assert_eq(m.root, root, "inserted in place");
+    verify(m, &ref);
+    cr_assert_eq(del_given(&m, 0, 0), 1);
+    ref.value[0] = 0;
+    cr_assert_eq(m.root, root, "removed in place");
+    cr_assert_eq(cp__alloc_count(), before, "nothing allocated");
+    verify(m, &ref);
+    /* Two entries in a room of three: the next insert fills the room, the
+     * one after it moves the entries to a bigger node. */
+    cr_assert_eq(put_given(&m, 0, 0, 4), 0);
+    ref.value[0] = 4;
+    cr_assert_eq(m.root, root);
+    cr_assert_eq(put_given(&m, 3, 3, 5), 0);
+    ref.n = 4;
+    ref.hash[3] = 3;
+    ref.value[3] = 5;
+    cr_assert_neq(m.root, root, "no room left: a new node");
     verify(m, &ref);
     drop_all(m);
 }

@@ -1185,7 +1185,7 @@ static int hitem_new(int k, uintptr_t value)
     CHECK(h != NULL);
     h->id = nitems;
     cp__hamt_item_init(&h->base, khash[k], &hkeys[k], (void *)value,
-                       hitem_release);
+                       hitem_release, false);
     iptr[nitems] = h;
     istate[nitems] = IS_LIVE;
     ikey[nitems] = k;
