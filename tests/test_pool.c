@@ -1528,6 +1528,53 @@ Test(task, sync_out_of_order_on_a_worker_is_einval_and_runs_nothing, .timeout = 
     free_pool(pool);
 }
 
+/* Many tasks spawned in a row by one job, as a parallel loop does, so that
+ * idle workers are offered the oldest of them one after another while the
+ * newest run at their syncs; every other one goes to a second pool instead,
+ * so that those of the first pool are not neighbours on the borrow stack. */
+enum { FLAT_TASKS = 200, FLAT_ROUNDS = 50 };
+
+struct flat {
+    cp_pool *pool, *other;
+    atomic_int ran[FLAT_TASKS];
+};
+
+static void *spawn_flat_in_job(void *p)
+{
+    struct flat *fl = p;
+    cp_task tasks[FLAT_TASKS];
+    for (int i = 0; i < FLAT_TASKS; i++)
+        JCHECK(cp_spawn(i % 2 ? fl->other : fl->pool, &tasks[i], count_job,
+                        &fl->ran[i]) == 0);
+    for (int i = FLAT_TASKS - 1; i >= 0; i--) {
+        void *result = UNTOUCHED;
+        JCHECK(cp_sync(&tasks[i], &result) == 0);
+        JCHECK(result == &fl->ran[i]);
+    }
+    return NULL;
+}
+
+Test(task, a_row_of_tasks_among_another_pools_runs_each_once, .timeout = 60)
+{
+    struct flat fl = {.pool = new_pool(2), .other = new_pool(1)};
+    for (int round = 0; round < FLAT_ROUNDS; round++) {
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(fl.pool, spawn_flat_in_job, &fl, &f), 0);
+        wait_ok(f);
+        jobs_ok();
+        for (int i = 0; i < FLAT_TASKS; i++)
+            cr_assert_eq(runs(&fl.ran[i]), round + 1, "round %d: task %d ran %d times",
+                         round, i, runs(&fl.ran[i]));
+    }
+    cp_pool_stats stats;
+    cr_assert_eq(cp_pool_get_stats(fl.pool, &stats), 0);
+    cr_assert_eq(stats.completed, FLAT_ROUNDS * (1 + FLAT_TASKS / 2));
+    cr_assert_eq(cp_pool_get_stats(fl.other, &stats), 0);
+    cr_assert_eq(stats.completed, FLAT_ROUNDS * FLAT_TASKS / 2);
+    free_pool(fl.other);
+    free_pool(fl.pool);
+}
+
 Test(task, child_sees_the_spawners_context_and_keeps_its_changes, .timeout = 30)
 {
     static int v1;
