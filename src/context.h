@@ -120,9 +120,7 @@ static inline void cp__context_end_frame(cp_context *c)
 
 static inline void cp__context_borrow(cp__borrow *b)
 {
-    const cp_context *c = cp__self.current;
-    b->map.root = c ? c->map.root : NULL;
-    b->map.count = c ? c->map.count : 0;
+    b->map = cp__self.current ? cp__self.current->map : CP__HAMT_EMPTY;
     b->owned = false;
     b->prev = cp__self.borrows;
     cp__self.borrows = b;
