@@ -18,7 +18,9 @@
  * exactly, so after every item the worker is back in its own context and
  * nothing leaks from one job to the next. A submit_in job enters its context
  * with the same compare-and-swap as cp_context_run, and reports CP_EBUSY or
- * CP_ERECURSIVE instead of running when that fails.
+ * CP_ERECURSIVE instead of running when that fails. A job nobody holds a
+ * handle to (none was asked for, or it was freed) is the pool's alone: it
+ * runs without the atomic state changes and reference drop a future needs.
  *
  * Waiting. A thread that waits for a job or task and is a worker of the pool
  * helps: it offers its own private tasks, runs its own deque's work, the
@@ -610,34 +612,70 @@ static void drop_payload(struct cp_future *f)
     f->in = NULL;
 }
 
-static void run_job(struct worker *self, struct cp_future *f)
+/* Whether f is ours alone: without a handle (none was asked for, or the
+ * user has freed it), no other thread can cancel it, wait for it or free
+ * it, so running it needs no atomic read-modify-write. acquire: pairs with
+ * the release half of the decrement in cp_future_free, so whatever the user
+ * did with the handle (a cancel) happened before. */
+static bool job_alone(struct cp_future *f)
 {
-    cp_pool *pool = self->pool;
-    /* acquire: the submitter's writes (made before the release in the queue
-     * push) are ours. Claiming it fails only when cp_future_cancel won: it
-     * drops the payload and reports the job; we only drop our reference. */
+    return atomic_load_explicit(&f->refs, memory_order_acquire) == 1;
+}
+
+/* Move f from PENDING to RUNNING. Returns false when cp_future_cancel won:
+ * it drops the payload and reports the job. acquire: the submitter's writes
+ * (made before the release in the queue push), or the cancel's, are ours. */
+static bool job_claim(struct cp_future *f, bool alone)
+{
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
+    if (alone)
+        return (s & ST_MASK) == ST_PENDING; /* nobody looks at it but us */
     do {
-        if ((s & ST_MASK) != ST_PENDING) {
-            /* Cancelled by cp_future_cancel, which cannot count it: the
-             * pool may be gone by the time a cancel returns. */
-            stat_bump(&self->cancelled);
-            future_decref(f);
-            pending_done(self);
-            return;
-        }
+        if ((s & ST_MASK) != ST_PENDING)
+            return false;
     } while (!atomic_compare_exchange_weak_explicit(&f->w.state, &s,
                                                     (s & ST_WAITERS) | ST_RUNNING,
                                                     memory_order_acquire,
                                                     memory_order_acquire));
+    return true;
+}
+
+/* f has run or been cancelled (final): tell its waiters, if it can have
+ * any, and drop the pool's reference. */
+static void job_end(struct cp_future *f, bool alone, uint32_t final)
+{
+    if (alone) {
+        job_release(f);
+        return;
+    }
+    work_finish(&f->w, final);
+    future_decref(f);
+}
+
+static void run_job(struct worker *self, struct cp_future *f)
+{
+    cp_pool *pool = self->pool;
+    bool alone = job_alone(f);
+    if (!job_claim(f, alone)) {
+        /* Cancelled by cp_future_cancel, which cannot count it: the pool
+         * may be gone by the time a cancel returns. */
+        stat_bump(&self->cancelled);
+        if (alone)
+            job_release(f);
+        else
+            future_decref(f);
+        pending_done(self);
+        return;
+    }
     if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
         drop_payload(f);
         f->w.outcome = CP_ECANCELED;
         stat_bump(&self->cancelled);
-        work_finish(&f->w, ST_CANCELLED);
+        job_end(f, alone, ST_CANCELLED);
     } else {
-        /* relaxed: only compared with the reader's own identity. */
-        atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
+        if (!alone)
+            /* relaxed: only compared with the reader's own identity. */
+            atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
         if (f->in) {
             int err = cp__context_enter(f->in);
             f->w.outcome = (int16_t)err;
@@ -653,9 +691,8 @@ static void run_job(struct worker *self, struct cp_future *f)
         }
         if (f->w.outcome == 0)
             stat_bump(&self->completed);
-        work_finish(&f->w, ST_DONE);
+        job_end(f, alone, ST_DONE);
     }
-    future_decref(f);
     pending_done(self);
 }
 
