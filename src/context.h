@@ -87,46 +87,35 @@ static inline uintptr_t cp__self_id(void)
     return (uintptr_t)&cp__self;
 }
 
-/* Make c a frame on map. owned: whether the frame takes a reference the
- * caller holds, or borrows map from someone who keeps it alive until the
- * frame is finished. Finish with cp__context_fini_frame, which drops the map
- * the frame holds then, if it holds a reference. */
-static inline void cp__context_init_frame(cp_context *c, cp__hamt map, bool owned)
+/* Make c a frame on map and enter it: c becomes the thread's current
+ * context. owned: whether the frame takes a reference the caller holds, or
+ * borrows map from someone who keeps it alive until the frame ends. As
+ * cp__context_enter, but without atomic read-modify-writes, since no other
+ * thread can reach a frame; it cannot fail. Every field is written once.
+ * relaxed: only this thread ever looks at a frame's owner. */
+static inline void cp__context_begin_frame(cp_context *c, cp__hamt map, bool owned)
 {
     atomic_init(&c->refs, 1); /* not yet shared */
-    atomic_init(&c->owner, 0); /* not yet shared */
+    atomic_init(&c->owner, cp__self_id()); /* not yet shared */
     atomic_init(&c->lock, false); /* not yet shared */
     c->shared = false;
     c->map = map;
-    c->prev = NULL;
+    c->prev = cp__self.current;
     c->token_id = 0;
     c->owns_map = owned;
-}
-
-static inline void cp__context_fini_frame(cp_context *c)
-{
-    if (c->owns_map)
-        cp__hamt_decref(c->map);
-}
-
-/* Enter and leave a frame: as cp__context_enter and leave, but without
- * atomic read-modify-writes, since no other thread can reach a frame.
- * Entering a frame cannot fail. relaxed: only this thread ever looks at a
- * frame's owner. */
-static inline void cp__context_enter_frame(cp_context *c)
-{
-    atomic_store_explicit(&c->owner, cp__self_id(), memory_order_relaxed);
-    c->prev = cp__self.current;
     cp__self.current = c;
     cp__cache_forget();
 }
 
-static inline void cp__context_leave_frame(cp_context *c)
+/* Leave the frame c, which must be current, and drop the map it holds then
+ * if it holds a reference. c is dead afterwards: its fields are left as
+ * they are, since nothing can read them any more. */
+static inline void cp__context_end_frame(cp_context *c)
 {
     cp__self.current = c->prev;
-    c->prev = NULL;
     cp__cache_forget();
-    atomic_store_explicit(&c->owner, 0, memory_order_relaxed);
+    if (c->owns_map)
+        cp__hamt_decref(c->map);
 }
 
 static inline void cp__context_borrow(cp__borrow *b)

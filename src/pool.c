@@ -18,7 +18,9 @@
  * exactly, so after every item the worker is back in its own context and
  * nothing leaks from one job to the next. A submit_in job enters its context
  * with the same compare-and-swap as cp_context_run, and reports CP_EBUSY or
- * CP_ERECURSIVE instead of running when that fails.
+ * CP_ERECURSIVE instead of running when that fails. A job nobody holds a
+ * handle to (none was asked for, or it was freed) is the pool's alone: it
+ * runs without the atomic state changes and reference drop a future needs.
  *
  * Waiting. A thread that waits for a job or task and is a worker of the pool
  * helps: it offers its own private tasks, runs its own deque's work, the
@@ -52,7 +54,6 @@
  */
 #include "config.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -156,6 +157,17 @@ struct task {
     cp__borrow borrow;
 };
 
+/* Make t's header that of a queued task. counted: counted in the pool's
+ * pending (spawned from outside the pool). */
+static void task_init(struct task *t, bool counted)
+{
+    atomic_init(&t->w.next, NULL); /* not yet shared */
+    atomic_init(&t->w.state, ST_PENDING); /* not yet shared */
+    t->w.kind = KIND_TASK;
+    t->w.counted = counted;
+    t->w.outcome = 0;
+}
+
 _Static_assert(sizeof(struct task) <= sizeof(cp_task), "cp_task is too small");
 _Static_assert(alignof(struct task) <= alignof(cp_task), "cp_task is misaligned");
 
@@ -169,10 +181,13 @@ struct worker {
     unsigned index;
     uint64_t rng;
     unsigned tick;               /* items run, for injection-queue fairness */
-    /* This worker's private frame tasks (see cp_spawn), oldest to newest,
-     * linked through their w.next, which a private task does not use
-     * otherwise. Owner only. */
-    struct task *priv_oldest, *priv_newest;
+    /* This worker's private frame tasks (see cp_spawn): the KIND_PRIVATE
+     * tasks on its borrow stack from priv_oldest (NULL: none) up. Those
+     * from priv_oldest to priv_linked are linked oldest to newest through
+     * their w.next, which a private task does not use otherwise; newer ones
+     * are linked only when an offer needs them (priv_link), so that a spawn
+     * writes no link. Owner only. */
+    struct task *priv_oldest, *priv_linked;
     /* Jobs going back to one home cache (see job_release), pushed there
      * together: one atomic operation per batch instead of one per job. */
     struct job_cache *ret_home;
@@ -544,11 +559,9 @@ static void work_finish(struct work *w, uint32_t final)
 static void *run_in_frame(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
 {
     cp_context frame;
-    cp__context_init_frame(&frame, map, owned);
-    cp__context_enter_frame(&frame);
+    cp__context_begin_frame(&frame, map, owned);
     void *result = fn(arg);
-    cp__context_leave_frame(&frame);
-    cp__context_fini_frame(&frame);
+    cp__context_end_frame(&frame);
     return result;
 }
 
@@ -598,34 +611,70 @@ static void drop_payload(struct cp_future *f)
     f->in = NULL;
 }
 
-static void run_job(struct worker *self, struct cp_future *f)
+/* Whether f is ours alone: without a handle (none was asked for, or the
+ * user has freed it), no other thread can cancel it, wait for it or free
+ * it, so running it needs no atomic read-modify-write. acquire: pairs with
+ * the release half of the decrement in cp_future_free, so whatever the user
+ * did with the handle (a cancel) happened before. */
+static bool job_alone(struct cp_future *f)
 {
-    cp_pool *pool = self->pool;
-    /* acquire: the submitter's writes (made before the release in the queue
-     * push) are ours. Claiming it fails only when cp_future_cancel won: it
-     * drops the payload and reports the job; we only drop our reference. */
+    return atomic_load_explicit(&f->refs, memory_order_acquire) == 1;
+}
+
+/* Move f from PENDING to RUNNING. Returns false when cp_future_cancel won:
+ * it drops the payload and reports the job. acquire: the submitter's writes
+ * (made before the release in the queue push), or the cancel's, are ours. */
+static bool job_claim(struct cp_future *f, bool alone)
+{
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
+    if (alone)
+        return (s & ST_MASK) == ST_PENDING; /* nobody looks at it but us */
     do {
-        if ((s & ST_MASK) != ST_PENDING) {
-            /* Cancelled by cp_future_cancel, which cannot count it: the
-             * pool may be gone by the time a cancel returns. */
-            stat_bump(&self->cancelled);
-            future_decref(f);
-            pending_done(self);
-            return;
-        }
+        if ((s & ST_MASK) != ST_PENDING)
+            return false;
     } while (!atomic_compare_exchange_weak_explicit(&f->w.state, &s,
                                                     (s & ST_WAITERS) | ST_RUNNING,
                                                     memory_order_acquire,
                                                     memory_order_acquire));
+    return true;
+}
+
+/* f has run or been cancelled (final): tell its waiters, if it can have
+ * any, and drop the pool's reference. */
+static void job_end(struct cp_future *f, bool alone, uint32_t final)
+{
+    if (alone) {
+        job_release(f);
+        return;
+    }
+    work_finish(&f->w, final);
+    future_decref(f);
+}
+
+static void run_job(struct worker *self, struct cp_future *f)
+{
+    cp_pool *pool = self->pool;
+    bool alone = job_alone(f);
+    if (!job_claim(f, alone)) {
+        /* Cancelled by cp_future_cancel, which cannot count it: the pool
+         * may be gone by the time a cancel returns. */
+        stat_bump(&self->cancelled);
+        if (alone)
+            job_release(f);
+        else
+            future_decref(f);
+        pending_done(self);
+        return;
+    }
     if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
         drop_payload(f);
         f->w.outcome = CP_ECANCELED;
         stat_bump(&self->cancelled);
-        work_finish(&f->w, ST_CANCELLED);
+        job_end(f, alone, ST_CANCELLED);
     } else {
-        /* relaxed: only compared with the reader's own identity. */
-        atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
+        if (!alone)
+            /* relaxed: only compared with the reader's own identity. */
+            atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
         if (f->in) {
             int err = cp__context_enter(f->in);
             f->w.outcome = (int16_t)err;
@@ -641,9 +690,8 @@ static void run_job(struct worker *self, struct cp_future *f)
         }
         if (f->w.outcome == 0)
             stat_bump(&self->completed);
-        work_finish(&f->w, ST_DONE);
+        job_end(f, alone, ST_DONE);
     }
-    future_decref(f);
     pending_done(self);
 }
 
@@ -1320,7 +1368,7 @@ static struct task *task_of(cp__borrow *b)
     return (struct task *)((char *)b - offsetof(struct task, borrow));
 }
 
-/* The private task after t (newer), or NULL. relaxed: owner only. */
+/* The private task after t (newer). relaxed: owner only. */
 static struct task *priv_next(const struct task *t)
 {
     return (struct task *)atomic_load_explicit(&t->w.next, memory_order_relaxed);
@@ -1328,44 +1376,58 @@ static struct task *priv_next(const struct task *t)
 
 static void priv_set_next(struct task *t, struct task *next)
 {
-    atomic_store_explicit(&t->w.next, next ? &next->w : NULL, memory_order_relaxed);
+    atomic_store_explicit(&t->w.next, &next->w, memory_order_relaxed);
+}
+
+/* Link the private tasks newer than priv_linked, walking the borrow stack
+ * down from its top (every borrow on it is a frame task's), and make the
+ * newest the last linked. Each task is walked over once while it is
+ * private, so offers cost O(1) amortised. */
+static void priv_link(struct worker *self)
+{
+    struct task *last = self->priv_linked, *newer = NULL;
+    for (cp__borrow *b = cp__context_borrow_top(); newer != last; b = b->prev) {
+        struct task *t = task_of(b);
+        if (t->w.kind != KIND_PRIVATE)
+            continue;
+        if (newer)
+            priv_set_next(t, newer);
+        else
+            self->priv_linked = t;
+        newer = t;
+    }
 }
 
 /* Queue this worker's oldest private task on its deque, where idle workers
- * can take it. Returns whether there was one. O(1). */
+ * can take it. Returns whether there was one. */
 static bool offer_private(struct worker *self)
 {
     struct task *oldest = self->priv_oldest;
     if (!oldest)
         return false;
-    self->priv_oldest = priv_next(oldest);
-    if (!self->priv_oldest)
-        self->priv_newest = NULL;
-    /* kind before the push, whose release publishes it to thieves. */
-    oldest->w.kind = KIND_TASK;
+    if (oldest == self->priv_linked)
+        priv_link(self);
+    self->priv_oldest = oldest == self->priv_linked ? NULL : priv_next(oldest);
+    task_init(oldest, false);
     enqueue(self->pool, &oldest->w);
     return true;
 }
 
-/* Take t, which is being synced, off the private list. Syncs come in
- * reverse order of spawns and offers take the oldest first, so t is the
- * newest private task; the one before it is the nearest private task down
- * the borrow stack (where every borrow is a frame task's), usually the next. */
+/* Take t, the newest private task (it is being synced), off the private
+ * tasks. The one before it is the nearest private task down the borrow
+ * stack, usually the next; it is looked for only when t was linked. */
 static void priv_remove_newest(struct worker *self, struct task *t)
 {
-    assert(self->priv_newest == t);
-    if (self->priv_oldest == t) {
-        self->priv_oldest = self->priv_newest = NULL;
-        return;
+    if (t == self->priv_oldest) {
+        self->priv_oldest = NULL;
+    } else if (t == self->priv_linked) {
+        cp__borrow *b = t->borrow.prev;
+        while (task_of(b)->w.kind != KIND_PRIVATE)
+            b = b->prev;
+        self->priv_linked = task_of(b);
     }
-    for (cp__borrow *b = t->borrow.prev; b; b = b->prev) {
-        struct task *older = task_of(b);
-        if (older->w.kind == KIND_PRIVATE) {
-            priv_set_next(older, NULL);
-            self->priv_newest = older;
-            return;
-        }
-    }
+    /* No longer one to offer, nor to link: it runs now. */
+    t->w.kind = KIND_TASK;
 }
 
 int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
@@ -1373,50 +1435,37 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     if (!pool || !task || !fn)
         return CP_EINVAL;
     struct task *t = (struct task *)task;
+    struct worker *self = this_worker;
     /* A worker's task is part of the job that spawns it, which stays counted
      * until the task is synced: it needs no count of its own. */
-    bool counted = !is_worker_of(pool);
-    if (counted) {
-        int err = admit(pool);
-        if (err != 0)
-            return err;
-    } else if (forked_away(pool)) {
-        return CP_ESHUTDOWN;
-    }
-    atomic_init(&t->w.next, NULL); /* not yet shared */
-    atomic_init(&t->w.state, ST_PENDING); /* not yet shared */
-    t->w.counted = counted;
-    t->w.outcome = 0;
+    bool own = self && self->pool == pool;
+    int err = !own ? admit(pool) : forked_away(pool) ? CP_ESHUTDOWN : 0;
+    if (err != 0)
+        return err;
     t->u.fn = fn;
     t->arg = arg;
-    if (!counted) {
-        struct worker *self = this_worker;
-        cp__context_borrow(&t->borrow);
+    cp__context_borrow(&t->borrow);
+    if (own) {
+        /* Private: no header to fill in until it is offered. */
         t->w.kind = KIND_PRIVATE;
-        priv_set_next(t, NULL);
-        if (self->priv_newest)
-            priv_set_next(self->priv_newest, t);
-        else
-            self->priv_oldest = t;
-        self->priv_newest = t;
+        if (!self->priv_oldest)
+            self->priv_oldest = self->priv_linked = t;
         /* One published task at a time is enough for the idle to take. */
         if (workers_idle(pool) && cp__deque_size(&self->deque) == 0)
             offer_private(self);
         return 0;
     }
-    cp__context_borrow(&t->borrow);
-    t->w.kind = KIND_TASK;
+    task_init(t, true);
     enqueue(pool, &t->w);
     return 0;
 }
 
 /* Run a task on its spawner's thread, in a frame on its borrowed map. */
-static void run_inline(struct worker *self, struct task *t)
+static void *run_inline(struct worker *self, struct task *t)
 {
-    t->u.result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
+    void *result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
     stat_bump(&self->completed);
-    /* relaxed: no other thread looks at the task any more. */
-    atomic_store_explicit(&t->w.state, ST_DONE, memory_order_relaxed);
+    return result;
 }
 
 int cp_sync(cp_task *task, void **result)
@@ -1424,35 +1473,41 @@ int cp_sync(cp_task *task, void **result)
     struct task *t = (struct task *)task;
     if (!t || &t->borrow != cp__context_borrow_top())
         return CP_EINVAL;
+    void *r;
+    int outcome = 0;
     if (t->w.kind == KIND_PRIVATE) {
         struct worker *self = this_worker;
-        /* Running now, still on the borrow stack: no longer one to publish.
-         * Syncs may come without spawns for a while: offer older private
-         * tasks to idle workers here too. */
         priv_remove_newest(self, t);
-        t->w.kind = KIND_TASK;
+        /* Syncs may come without spawns for a while: offer older private
+         * tasks to idle workers here too. */
         if (workers_idle(self->pool) && cp__deque_size(&self->deque) == 0)
             offer_private(self);
-        run_inline(self, t);
-    } else if (!t->w.counted) {
-        /* Queued by this worker on its own deque. Fast path: nobody took
-         * it, it is on top of the deque. Anything above it was queued by a
-         * submit and runs now, as help. */
-        struct worker *self = this_worker;
-        struct work *w;
-        while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
-            if (w == &t->w) {
-                run_inline(self, t);
-                break;
-            }
-            run_work(self, w);
-        }
-        wait_work(self->pool, &t->w, 0);
+        r = run_inline(self, t);
     } else {
-        wait_work(NULL, &t->w, 0);
+        if (!t->w.counted) {
+            /* Queued by this worker on its own deque. Fast path: nobody
+             * took it, it is on top of the deque. Anything above it was
+             * queued by a submit and runs now, as help. */
+            struct worker *self = this_worker;
+            struct work *w;
+            while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
+                if (w == &t->w) {
+                    t->u.result = run_inline(self, t);
+                    /* relaxed: no other thread looks at the task any more. */
+                    atomic_store_explicit(&t->w.state, ST_DONE, memory_order_relaxed);
+                    break;
+                }
+                run_work(self, w);
+            }
+            wait_work(self->pool, &t->w, 0);
+        } else {
+            wait_work(NULL, &t->w, 0);
+        }
+        r = t->u.result;
+        outcome = t->w.outcome;
     }
     cp__context_unborrow(&t->borrow);
-    if (t->w.outcome == 0 && result)
-        *result = t->u.result;
-    return t->w.outcome;
+    if (outcome == 0 && result)
+        *result = r;
+    return outcome;
 }

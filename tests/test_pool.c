@@ -990,6 +990,30 @@ Test(cancel, counts_in_stats_once, .timeout = 30)
     free_pool(pool);
 }
 
+Test(cancel, then_freed_before_a_worker_reaches_it_the_job_never_runs, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    cp_future *busy = occupy_worker(pool, &bl);
+    atomic_int ran = 0;
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    cr_assert_eq(cp_future_cancel(f), 0);
+    cp_future_free(f); /* the queue holds the only reference now */
+    gate_open(&bl.g);
+    wait_ok(busy);
+    /* A job after it: once it is done, the cancelled one was dequeued. */
+    cp_future *g = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &g), 0);
+    wait_ok(g);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.cancelled, 1);
+    cr_assert_eq(st.completed, 2);
+    cr_assert_eq(runs(&ran), 1);
+    free_pool(pool);
+}
+
 Test(cancel, after_start_is_ebusy_and_the_job_finishes, .timeout = 30)
 {
     cp_pool *pool = new_pool(2);
@@ -1583,6 +1607,53 @@ Test(task, each_task_sees_its_spawners_context_as_it_was_at_the_spawn,
         free_pool(pool);
         cp_var_free(v);
     }
+}
+
+/* Many tasks spawned in a row by one job, as a parallel loop does, so that
+ * idle workers are offered the oldest of them one after another while the
+ * newest run at their syncs; every other one goes to a second pool instead,
+ * so that those of the first pool are not neighbours on the borrow stack. */
+enum { FLAT_TASKS = 200, FLAT_ROUNDS = 50 };
+
+struct flat {
+    cp_pool *pool, *other;
+    atomic_int ran[FLAT_TASKS];
+};
+
+static void *spawn_flat_in_job(void *p)
+{
+    struct flat *fl = p;
+    cp_task tasks[FLAT_TASKS];
+    for (int i = 0; i < FLAT_TASKS; i++)
+        JCHECK(cp_spawn(i % 2 ? fl->other : fl->pool, &tasks[i], count_job,
+                        &fl->ran[i]) == 0);
+    for (int i = FLAT_TASKS - 1; i >= 0; i--) {
+        void *result = UNTOUCHED;
+        JCHECK(cp_sync(&tasks[i], &result) == 0);
+        JCHECK(result == &fl->ran[i]);
+    }
+    return NULL;
+}
+
+Test(task, a_row_of_tasks_among_another_pools_runs_each_once, .timeout = 60)
+{
+    struct flat fl = {.pool = new_pool(2), .other = new_pool(1)};
+    for (int round = 0; round < FLAT_ROUNDS; round++) {
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(fl.pool, spawn_flat_in_job, &fl, &f), 0);
+        wait_ok(f);
+        jobs_ok();
+        for (int i = 0; i < FLAT_TASKS; i++)
+            cr_assert_eq(runs(&fl.ran[i]), round + 1, "round %d: task %d ran %d times",
+                         round, i, runs(&fl.ran[i]));
+    }
+    cp_pool_stats stats;
+    cr_assert_eq(cp_pool_get_stats(fl.pool, &stats), 0);
+    cr_assert_eq(stats.completed, FLAT_ROUNDS * (1 + FLAT_TASKS / 2));
+    cr_assert_eq(cp_pool_get_stats(fl.other, &stats), 0);
+    cr_assert_eq(stats.completed, FLAT_ROUNDS * FLAT_TASKS / 2);
+    free_pool(fl.other);
+    free_pool(fl.pool);
 }
 
 Test(task, child_sees_the_spawners_context_and_keeps_its_changes, .timeout = 30)
