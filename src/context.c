@@ -103,11 +103,13 @@ static void map_lock(const cp_context *c)
 {
     atomic_bool *lock = (atomic_bool *)&c->lock;
     /* acquire: pairs with the release in map_unlock, so the holder before us
-     * finished its map swap (or its reference) before we look. */
+     * finished its change of the map (or its reference) before we look. */
     while (atomic_exchange_explicit(lock, true, memory_order_acquire)) {
         /* Spin on a plain read (relaxed: only a hint) so the line stays
-         * shared; the holder's section is a few instructions, but it can be
-         * preempted, so give the CPU away after a while. */
+         * shared. The holder's section is short (a reader's reference, or
+         * the owner's set or reset: a path of at most eight nodes, with at
+         * most one allocation and the frees of what it replaced), but it
+         * can be preempted, so give the CPU away after a while. */
         for (int spins = 0; atomic_load_explicit(lock, memory_order_relaxed); spins++)
             if (spins > 64)
                 sched_yield();
@@ -116,7 +118,7 @@ static void map_lock(const cp_context *c)
 
 static void map_unlock(const cp_context *c)
 {
-    /* release: publishes the map swap, or ends our read of it. */
+    /* release: publishes the change of the map, or ends our read of it. */
     atomic_store_explicit((atomic_bool *)&c->lock, false, memory_order_release);
 }
 
@@ -177,7 +179,8 @@ static void materialise_borrows(cp__hamt m)
  * new and unpublished (hamt.h), and is published once the map holds it,
  * before any other thread can see it. *gone: the item that left the map,
  * referenced, or NULL. Returns 0, CP_ENOMEM or (delete) CP_ENOENT; on
- * failure nothing changed. */
+ * failure the map is unchanged (the borrows and the frame may hold their
+ * own references by then, which changes nothing anyone can see). */
 static int map_update(cp_context *c, cp__hamt_item *item, bool fresh,
                       const cp_var *var, cp__hamt_item **gone)
 {

@@ -46,7 +46,7 @@ cp__hamt cp__context_capture(void);
  * takes no reference (no atomic operation), valid while the thread's current
  * map stays the same. If the thread changes a map that a borrow on its stack
  * refers to, the borrow takes a reference first ("materialises", in
- * context.c's map_swap), so the capture stays valid until
+ * context.c's map_update), so the capture stays valid until
  * cp__context_unborrow. Borrows nest strictly: unborrow only the most
  * recent one. */
 typedef struct cp__borrow {

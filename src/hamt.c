@@ -91,8 +91,10 @@
  *   acq_rel on the operation rather than a release decrement plus an acquire
  *   fence, because ThreadSanitizer does not model atomic_thread_fence.
  * - a holder that reads a count of 1 (acquire, pairing with every earlier
- *   decrement) holds the only reference, and nobody can take another without
- *   one: it frees without the read-modify-write (cp__last_reference).
+ *   decrement) holds the only reference, and nobody can take another: a new
+ *   reference is taken only by a holder, or by a borrower (context.h) while
+ *   its lender holds one that outlives the borrow. So it frees without the
+ *   read-modify-write (cp__last_reference).
  * Handing a new map to another thread (publishing the writes that built its
  * nodes) is the caller's job: the context and pool code do it through their
  * own synchronisation.
@@ -668,9 +670,10 @@ cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key)
  * not mine is copied as usual (and, if given, the given reference dropped),
  * and its children are not given: whatever a shared node leads to is
  * shared. Since only mine nodes give their children, every ancestor of a
- * mine node is mine and is changed in place, which allocates nothing; the
- * one allocation of a reuse happens before anything moves, so a failure
- * leaves the map as it was.
+ * mine node is mine and is changed in place (or, in a delete, collapses
+ * into its one remaining entry and frees its shell), which allocates
+ * nothing; the one allocation of a reuse happens before anything moves, so
+ * a failure leaves the map as it was.
  *
  * Reuse writes to published nodes, which is safe only because nobody else
  * can reach them: reference holders are counted, and the callers of the
@@ -891,9 +894,9 @@ static int hamt_set(cp__hamt *m, cp__hamt_item *item, bool give, cp__hamt_item *
                 cp__hamt_incref(*m);
             break;
         case SET_NOMEM:
-            /* Nothing was reused (only the allocation-free changes in place
-             * come before one that fails), so old is still listed by *m and
-             * ch's reference on it is an extra one. */
+            /* A failure comes before any node on the path is changed (the
+             * changes in place are made on the way back up), so old is
+             * still listed by *m and ch's reference on it is an extra one. */
             if (ch.old != NULL && give)
                 cp__hamt_item_decref(ch.old);
             return CP_ENOMEM;

@@ -32,7 +32,8 @@ typedef struct cp__hamt_item {
 
 /* Drop one reference from a reference count: true when it was the last,
  * and the caller frees. A caller that reads a count of 1 holds the only
- * reference, and nobody can take another without one: it skips the
+ * reference, and nobody can take another (references are taken by holders,
+ * or by borrowers whose lender holds one for longer): it skips the
  * read-modify-write. acquire (on that load): pairs with the decrements by
  * which every former holder let go. acq_rel (on the decrement): release
  * orders this thread's uses of the object before it; acquire, on the last
@@ -95,9 +96,10 @@ int cp__hamt_delete(cp__hamt m, uint32_t hash, const void *key, cp__hamt *out);
  * or NULL. On failure (CP_ENOMEM; CP_ENOENT from a delete of an absent key),
  * *m, its nodes and *old are untouched.
  * Safe only while nobody can reach m's nodes without a reference of their
- * own: the caller holds no borrowed pointer into m (items from
- * cp__hamt_find included, until this returns) and no other thread takes a
- * reference to m's root meanwhile. */
+ * own: the caller holds no borrowed pointer to m's nodes, and no other
+ * thread takes a reference to m's root meanwhile. Items found in m stay
+ * valid: the given functions free none (the one that leaves is reported,
+ * referenced). */
 int cp__hamt_set_given(cp__hamt *m, cp__hamt_item *item, cp__hamt_item **old);
 int cp__hamt_delete_given(cp__hamt *m, uint32_t hash, const void *key,
                           cp__hamt_item **old);
