@@ -74,12 +74,17 @@ static void sleep_ns(long ns)
     nanosleep(&ts, NULL);
 }
 
-static cp_pool *new_pool(unsigned threads)
+static cp_pool *new_pool_pinned(unsigned threads, bool pin)
 {
     cp_pool *p;
-    cp_pool_options options = {.threads = threads, .name = "bench"};
+    cp_pool_options options = {.threads = threads, .name = "bench", .pin = pin};
     BENCH_CHECK(cp_pool_new(&p, &options) == 0, "cp_pool_new");
     return p;
+}
+
+static cp_pool *new_pool(unsigned threads)
+{
+    return new_pool_pinned(threads, false);
 }
 
 static cp_pool_stats stats_of(cp_pool *p)
@@ -328,6 +333,13 @@ static void bench_fib(const char *workload, unsigned cutoff)
     bench_measure(workload, "ctxpool frame tasks", "ms", run_fib, &frame);
     bench_measure(workload, "ctxpool futures", "ms", run_fib, &future);
     cp_pool_free(pool);
+    if (cutoff > 2) {
+        /* The same with workers pinned (cp_pool_options.pin). */
+        pool = new_pool_pinned(SUBMIT_WORKERS, true);
+        bench_measure(workload, "ctxpool frame tasks, pinned", "ms", run_fib, &frame);
+        bench_measure(workload, "ctxpool futures, pinned", "ms", run_fib, &future);
+        cp_pool_free(pool);
+    }
 }
 
 /* ------------------------------------------------------------------------ */

@@ -265,12 +265,19 @@ typedef void *(*cp_job_fn)(void *arg);
 typedef struct cp_pool_options {
     unsigned threads; /* 0: one per online CPU */
     const char *name; /* worker thread name prefix; NULL: "cp-worker" */
-    /* room to grow: stack size, CPU affinity, hooks */
+    bool pin;         /* pin each worker to one CPU (see cp_pool_new) */
+    /* room to grow: stack size, hooks */
 } cp_pool_options;
 
 /* cp_pool_new - start a pool of worker threads.
  * options: may be NULL (all defaults). Worker i is named "<name>-<i>"
- *   (truncated to the 15 characters Linux keeps).
+ *   (truncated to the 15 characters Linux keeps). With pin, worker i runs
+ *   only on the CPU that comes (i mod n)-th of the n CPUs the calling thread
+ *   may run on, as Lace and OpenMP's proc_bind do; for fork-join work on a
+ *   machine the pool has to itself. Without it the kernel places the
+ *   workers, and may leave a woken worker waiting behind a busy one on the
+ *   same CPU while another CPU idles (seen on virtual machines). Pinning is
+ *   best effort: a worker the system refuses to pin runs unpinned.
  * Returns 0 and stores the pool in *pool; CP_EINVAL for NULL pool;
  * CP_ENOMEM when memory or threads ran out (no thread is left running).
  * Threads: any thread. */

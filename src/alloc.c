@@ -18,7 +18,9 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #define CACHE_SMALL 0
@@ -50,6 +52,18 @@ void *cp__malloc(size_t size)
 void *cp__calloc(size_t count, size_t size)
 {
     return should_fail() ? NULL : calloc(count, size);
+}
+
+void *cp__calloc_aligned(size_t count, size_t size, size_t align)
+{
+    if (should_fail() || (size && count > SIZE_MAX / size))
+        return NULL;
+    /* aligned_alloc wants a multiple of align; a type's size is one. */
+    size_t bytes = (count * size + align - 1) / align * align;
+    void *p = aligned_alloc(align, bytes);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
 }
 
 void cp__free(void *ptr)

@@ -13,6 +13,9 @@
 
 void *cp__malloc(size_t size);
 void *cp__calloc(size_t count, size_t size);
+/* As cp__calloc, for a type aligned beyond what malloc promises (align is a
+ * power of two). Freed with cp__free. */
+void *cp__calloc_aligned(size_t count, size_t size, size_t align);
 void cp__free(void *ptr);
 
 /* Small objects whose size the caller knows when it frees them (items,

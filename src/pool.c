@@ -895,6 +895,25 @@ static void pool_release(cp_pool *pool, unsigned deques)
     cp__free(pool);
 }
 
+/* cp_pool_options.pin: worker i on the (i mod n)-th of the n CPUs this
+ * thread may run on. Best effort: a refusal leaves that worker unpinned. */
+static void pin_workers(cp_pool *pool)
+{
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+        return;
+    int cpus[CPU_SETSIZE], n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &allowed))
+            cpus[n++] = c;
+    for (unsigned i = 0; n > 0 && i < pool->nworkers; i++) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpus[i % (unsigned)n], &one);
+        pthread_setaffinity_np(pool->workers[i].thread, sizeof one, &one);
+    }
+}
+
 int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
 {
     if (!poolp)
@@ -907,10 +926,12 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     }
     const char *name = options && options->name ? options->name : "cp-worker";
 
-    cp_pool *pool = cp__calloc(1, sizeof *pool);
+    /* Both are padded to cache lines (alignas): malloc's alignment is not
+     * enough for them. */
+    cp_pool *pool = cp__calloc_aligned(1, sizeof *pool, alignof(cp_pool));
     if (!pool)
         return CP_ENOMEM;
-    pool->workers = cp__calloc(n, sizeof *pool->workers);
+    pool->workers = cp__calloc_aligned(n, sizeof *pool->workers, alignof(struct worker));
     if (!pool->workers) {
         cp__free(pool);
         return CP_ENOMEM;
@@ -944,6 +965,8 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
         thread_name[15] = '\0';
         pthread_setname_np(w->thread, thread_name);
     }
+    if (options && options->pin)
+        pin_workers(pool);
     *poolp = pool;
     return 0;
 }

@@ -27,6 +27,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/types.h>
@@ -1704,6 +1705,7 @@ struct names {
     pthread_barrier_t all_here;
     atomic_int next;
     char name[MAX_NAMED][16];
+    cpu_set_t cpus[MAX_NAMED]; /* where each may run */
 };
 
 static void *read_name_job(void *p)
@@ -1713,16 +1715,20 @@ static void *read_name_job(void *p)
     pthread_barrier_wait(&n->all_here);
     int i = atomic_fetch_add(&n->next, 1);
     JCHECK(i < MAX_NAMED);
-    if (i < MAX_NAMED)
+    if (i < MAX_NAMED) {
         JCHECK(pthread_getname_np(pthread_self(), n->name[i], sizeof n->name[i]) == 0);
+        JCHECK(sched_getaffinity(0, sizeof n->cpus[i], &n->cpus[i]) == 0);
+    }
     return NULL;
 }
 
-/* Run one job on each of the pool's `threads` workers; collect the names. */
-static void worker_names(const char *prefix, unsigned threads, struct names *n)
+/* Run one job on each of the pool's `threads` workers; collect the names
+ * and the CPUs each may run on. */
+static void worker_names_pinned(const char *prefix, unsigned threads, bool pin,
+                                struct names *n)
 {
     cp_pool *pool = NULL;
-    cp_pool_options options = {.threads = threads, .name = prefix};
+    cp_pool_options options = {.threads = threads, .name = prefix, .pin = pin};
     cr_assert_eq(cp_pool_new(&pool, &options), 0);
     memset(n, 0, sizeof *n);
     cr_assert_eq(pthread_barrier_init(&n->all_here, NULL, threads), 0);
@@ -1734,6 +1740,11 @@ static void worker_names(const char *prefix, unsigned threads, struct names *n)
     jobs_ok();
     pthread_barrier_destroy(&n->all_here);
     free_pool(pool);
+}
+
+static void worker_names(const char *prefix, unsigned threads, struct names *n)
+{
+    worker_names_pinned(prefix, threads, false, n);
 }
 
 static bool has_name(const struct names *n, unsigned count, const char *name)
@@ -1769,6 +1780,41 @@ Test(options, worker_names_are_cut_at_15_characters, .timeout = 30)
     worker_names("abcdefghijklmnopqrstuvwxyz", 2, &n);
     cr_assert_str_eq(n.name[0], "abcdefghijklmno");
     cr_assert_str_eq(n.name[1], "abcdefghijklmno");
+}
+
+/* The CPU that comes k-th (from 0) in set, or -1. */
+static int kth_cpu(const cpu_set_t *set, int k)
+{
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, set) && k-- == 0)
+            return c;
+    return -1;
+}
+
+Test(options, pin_puts_worker_i_on_the_i_th_cpu_round_robin, .timeout = 30)
+{
+    cpu_set_t mine;
+    cr_assert_eq(sched_getaffinity(0, sizeof mine, &mine), 0);
+    int ncpu = CPU_COUNT(&mine);
+    struct names n;
+    worker_names_pinned("pin", MAX_NAMED, true, &n);
+    for (unsigned j = 0; j < MAX_NAMED; j++) {
+        unsigned i = (unsigned)atoi(n.name[j] + strlen("pin-"));
+        cr_assert_eq(CPU_COUNT(&n.cpus[j]), 1, "%s may run on %d CPUs", n.name[j],
+                     CPU_COUNT(&n.cpus[j]));
+        cr_assert(CPU_ISSET(kth_cpu(&mine, (int)(i % (unsigned)ncpu)), &n.cpus[j]),
+                  "%s is not on CPU %d", n.name[j], kth_cpu(&mine, (int)(i % (unsigned)ncpu)));
+    }
+}
+
+Test(options, without_pin_workers_may_run_where_their_creator_may, .timeout = 30)
+{
+    cpu_set_t mine;
+    cr_assert_eq(sched_getaffinity(0, sizeof mine, &mine), 0);
+    struct names n;
+    worker_names_pinned("free", 2, false, &n);
+    for (unsigned j = 0; j < 2; j++)
+        cr_assert(CPU_EQUAL(&n.cpus[j], &mine), "%s was pinned", n.name[j]);
 }
 
 /* ------------------------------------------------------------------------ */
