@@ -663,8 +663,10 @@ cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key)
  * reused gives its child on the path, since it replaces that slot.
  * A node given by its only holder is "mine" (sole_holder): nobody else can
  * reach it, so it is reused instead of copied. A slot is overwritten in
- * place; a node that changes size moves its entries, references and all,
- * into its replacement and its shell is freed. Either way the entries it
+ * place, and a bitmap node gains an entry in its spare slot (room) or loses
+ * one in place; a node that needs more room, or another kind, moves its
+ * entries, references and all, into its replacement and its shell is
+ * freed. Either way the entries it
  * keeps see no reference count change, and a set or reset in a map that is
  * not shared costs no atomic read-modify-write on its nodes. A node that is
  * not mine is copied as usual (and, if given, the given reference dropped),
