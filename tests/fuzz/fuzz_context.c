@@ -26,7 +26,9 @@
  * - Odd: raw HAMT mode. Bits 1-3 choose how an input byte becomes a 32-bit
  *   hash; the patterns have few distinct bits, so keys collide and chains go
  *   down to the last level. Operations set, delete, snapshot and switch
- *   between maps; after each one cp__hamt_check must pass on every live map,
+ *   between maps; HOP_GIVEN switches sets and deletes to the given functions
+ *   (nodes nobody else holds reused in place), which must report the item
+ *   that left. After each operation cp__hamt_check must pass on every live map,
  *   each snapshot must still hold exactly what it held, and every item must be
  *   alive exactly while a map holds it.
  * In both modes OP_FAIL arms cp__alloc_fail_nth(k) for the next operation's

@@ -17,7 +17,7 @@ import os
 TOK = 2
 # HAMT mode (byte 0 odd, bits 1-3 = hash pattern).
 (H_SET, H_SET2, H_DEL, H_SNAP, H_SWITCH, H_DROP, H_REINSERT, H_BULK_SET,
- H_BULK_DEL, H_FAIL) = range(10)
+ H_BULK_DEL, H_FAIL, H_GIVEN) = range(11)
 
 
 def ctx(*ops):
@@ -90,6 +90,13 @@ seeds = {
                       (H_BULK_SET, 33, 0, 0x50, 20), (H_SNAP, 4),
                       (H_BULK_DEL, 10, 35), (H_SWITCH, 3), (H_FAIL, 4),
                       (H_DEL, 1), (H_DEL, 0xf5)),
+    # The given functions (reuse in place) on a map partly shared with
+    # snapshots, with failures and reinserts of a snapshot's items.
+    "hamt_given": ham(5, (H_GIVEN,), (H_BULK_SET, 0, 0, 0x10, 30), (H_SNAP, 1),
+                      (H_SET, 3, 7, 1), (H_BULK_DEL, 5, 8), (H_FAIL, 2),
+                      (H_SET, 40, 9, 2), (H_REINSERT, 1, 6), (H_DROP, 1),
+                      (H_BULK_SET, 10, 3, 0x30, 12), (H_FAIL, 1), (H_DEL, 12),
+                      (H_BULK_DEL, 0, 40)),
 }
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
