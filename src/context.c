@@ -205,12 +205,11 @@ static int map_update(cp_context *c, cp__hamt_item *item, bool fresh,
 /* ------------------------------------------------------------------------ */
 /* Variables                                                                 */
 
-/* Take n more references on var (n may be 0). */
+/* Take n more references on var. */
 static void var_incref(cp_var *var, size_t n)
 {
     /* relaxed: taking a reference from one we hold orders nothing. */
-    if (n)
-        atomic_fetch_add_explicit(&var->refs, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&var->refs, n, memory_order_relaxed);
 }
 
 static void var_decref(cp_var *var)
