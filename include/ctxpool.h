@@ -266,7 +266,9 @@ typedef struct cp_pool_options {
     unsigned threads; /* 0: one per online CPU */
     const char *name; /* worker thread name prefix; NULL: "cp-worker" */
     bool pin;         /* pin each worker to one CPU (see cp_pool_new) */
-    /* room to grow: stack size, hooks */
+    /* room to grow: stack size, hooks. Zero-initialise the whole struct
+     * ({0} or designated initializers), so that fields added later start
+     * at their defaults. */
 } cp_pool_options;
 
 /* cp_pool_new - start a pool of worker threads.
@@ -340,7 +342,8 @@ CP_EXPORT int cp_future_cancel(cp_future *f);
 
 /* cp_future_free - drop the caller's handle. Allowed before the job finishes:
  * the job still runs (or stays cancelled). NULL: no-op.
- * Threads: any thread, once per future, after every wait on it returned. */
+ * Threads: any thread, once per future, after every other call on it
+ * (wait, cancel, done) returned. */
 CP_EXPORT void cp_future_free(cp_future *f);
 
 enum cp_shutdown { CP_SHUTDOWN_DRAIN, CP_SHUTDOWN_CANCEL };

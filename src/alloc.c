@@ -56,7 +56,7 @@ void *cp__calloc(size_t count, size_t size)
 
 void *cp__calloc_aligned(size_t count, size_t size, size_t align)
 {
-    if (should_fail() || (size && count > SIZE_MAX / size))
+    if (should_fail() || (size && count > (SIZE_MAX - (align - 1)) / size))
         return NULL;
     /* aligned_alloc wants a multiple of align; a type's size is one. */
     size_t bytes = (count * size + align - 1) / align * align;

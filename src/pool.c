@@ -819,7 +819,8 @@ static int wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
     while (!work_final(w)) {
         if (self) {
             struct work *other = find_work(self);
-            /* Our own private tasks first: what we wait for may need them. */
+            /* No work found: offer our own private tasks (to ourselves as
+             * much as anyone): what we wait for may need them. */
             if (!other && offer_private(self))
                 continue;
             if (!other && !deadline)
@@ -1404,8 +1405,10 @@ static void priv_set_next(struct task *t, struct task *next)
 
 /* Link the private tasks newer than priv_linked, walking the borrow stack
  * down from its top (every borrow on it is a frame task's), and make the
- * newest the last linked. Each task is walked over once while it is
- * private, so offers cost O(1) amortised. */
+ * newest the last linked. Each private task is linked once; the walk also
+ * passes the other borrows between them (tasks running inline, offered
+ * ones, another pool's), which later walks may pass again. Offers are rare
+ * next to spawns, so this stays off the spawn path. */
 static void priv_link(struct worker *self)
 {
     struct task *last = self->priv_linked, *newer = NULL;
@@ -1509,8 +1512,9 @@ int cp_sync(cp_task *task, void **result)
     } else {
         if (!t->w.counted) {
             /* Queued by this worker on its own deque. Fast path: nobody
-             * took it, it is on top of the deque. Anything above it was
-             * queued by a submit and runs now, as help. */
+             * took it, it is on top of the deque. Anything above it (a
+             * submit's job, items moved from the injection queue, work of
+             * jobs it helped with) runs now, as help. */
             struct worker *self = this_worker;
             struct work *w;
             while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
