@@ -207,9 +207,12 @@ struct cp_pool {
     /* Injection queue: producers exchange head, the consumer (whoever holds
      * inject_lock) walks from tail. */
     alignas(CP__CACHE_LINE) _Atomic(struct work *) inject_head;
-    _Atomic uint64_t injected;   /* items pushed and not yet popped */
+    _Atomic uint64_t inject_pushed; /* items pushed, ever (producers) */
     alignas(CP__CACHE_LINE) struct work *inject_tail;
     atomic_bool inject_lock;
+    /* Items popped, ever; written by the consumer only. Apart from the
+     * pushed count, so that consumers do not take the producers' line. */
+    _Atomic uint64_t inject_popped;
     struct work inject_stub;
 
     /* Event count: epoch (the futex word) and the number of waiters; and
@@ -298,7 +301,7 @@ static void inject_push(cp_pool *pool, struct work *w)
      * while an item is queued or being linked; the park protocol reads it
      * (inject_nonempty). The queue's own links cannot tell that reliably:
      * while a consumer puts the stub back, a push may be half done. */
-    atomic_fetch_add_explicit(&pool->injected, 1, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&pool->inject_pushed, 1, memory_order_seq_cst);
     inject_link(pool, w);
 }
 
@@ -344,12 +347,25 @@ static void inject_unlock(cp_pool *pool)
     atomic_store_explicit(&pool->inject_lock, false, memory_order_release);
 }
 
-/* Whether the injection queue holds work, or work being linked. */
+/* Consumer only (inject_lock held): count n items as popped. relaxed load:
+ * only consumers write it, and the lock orders them; seq_cst store: read by
+ * inject_nonempty. */
+static void inject_popped_add(cp_pool *pool, uint64_t n)
+{
+    uint64_t popped = atomic_load_explicit(&pool->inject_popped, memory_order_relaxed);
+    atomic_store_explicit(&pool->inject_popped, popped + n, memory_order_seq_cst);
+}
+
+/* Whether the injection queue holds work, or work being linked. Both counts
+ * only grow, and an item is counted pushed before it can be popped: reading
+ * popped first, then pushed, equal counts mean that nothing was queued at
+ * the first read and nothing pushed by the second. seq_cst: the park
+ * protocol's "read theirs" after announcing a waiter; pairs with the
+ * increment in inject_push. */
 static bool inject_nonempty(cp_pool *pool)
 {
-    /* seq_cst: the park protocol's "read theirs" after announcing a waiter;
-     * pairs with the increment in inject_push. */
-    return atomic_load_explicit(&pool->injected, memory_order_seq_cst) != 0;
+    uint64_t popped = atomic_load_explicit(&pool->inject_popped, memory_order_seq_cst);
+    return atomic_load_explicit(&pool->inject_pushed, memory_order_seq_cst) != popped;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -468,23 +484,20 @@ static struct work *take_injected(struct worker *self)
     int moved = 0;
     for (struct work *w; first && moved < INJECT_BATCH - 1 && (w = inject_pop(pool)); moved++)
         if (cp__deque_push(&self->deque, w) != 0) {
-            /* No memory to grow the deque: back where it came from (counted
-             * again by the push; taken off with the others below). */
+            /* No memory to grow the deque: w goes back where it came from,
+             * counted popped here and pushed again (once per batch, so the
+             * submitters keep their line). */
+            inject_popped_add(pool, (uint64_t)moved + 2);
             inject_unlock(pool);
             inject_push(pool, w);
             notify_published(pool);
-            atomic_fetch_sub_explicit(&pool->injected, (uint64_t)moved + 2,
-                                      memory_order_relaxed);
             if (moved > 0)
                 notify(pool);
             return first;
         }
-    inject_unlock(pool);
     if (first)
-        /* relaxed: only makes the count smaller, after the items are ours;
-         * once per batch, so the submitters keep the line. */
-        atomic_fetch_sub_explicit(&pool->injected, (uint64_t)moved + 1,
-                                  memory_order_relaxed);
+        inject_popped_add(pool, (uint64_t)moved + 1); /* once per batch */
+    inject_unlock(pool);
     if (moved > 0)
         notify(pool);
     return first;
