@@ -1485,6 +1485,7 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     t->arg = arg;
     cp__context_borrow(&t->borrow);
     if (own) {
+        stat_bump(&self->submitted); /* admit counts the others */
         /* Private: no header to fill in until it is offered. */
         t->w.kind = KIND_PRIVATE;
         if (!self->priv_oldest)

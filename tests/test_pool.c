@@ -1649,6 +1649,41 @@ Test(task, a_row_of_tasks_among_another_pools_runs_each_once, .timeout = 60)
     free_pool(fl.pool);
 }
 
+struct spawn_ten {
+    cp_pool *pool;
+    atomic_int ran;
+};
+
+static void *spawn_ten_job(void *p)
+{
+    struct spawn_ten *st = p;
+    cp_task t[10];
+    for (int i = 0; i < 10; i++)
+        JCHECK(cp_spawn(st->pool, &t[i], count_job, &st->ran) == 0);
+    for (int i = 9; i >= 0; i--)
+        JCHECK(cp_sync(&t[i], NULL) == 0);
+    return NULL;
+}
+
+Test(task, every_spawn_counts_as_submitted_and_completed, .timeout = 30)
+{
+    struct spawn_ten st = {new_pool(2), 0};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(st.pool, spawn_ten_job, &st, &f), 0); /* 1 + 10 */
+    wait_ok(f);
+    cp_task t;
+    cr_assert_eq(cp_spawn(st.pool, &t, count_job, &st.ran), 0); /* from outside */
+    cr_assert_eq(cp_sync(&t, NULL), 0);
+    jobs_ok();
+    cr_assert_eq(runs(&st.ran), 11);
+    cp_pool_stats stats;
+    stats_of(st.pool, &stats);
+    cr_assert_eq(stats.submitted, 12);
+    cr_assert_eq(stats.completed, 12);
+    cr_assert_eq(stats.cancelled, 0);
+    free_pool(st.pool);
+}
+
 Test(task, child_sees_the_spawners_context_and_keeps_its_changes, .timeout = 30)
 {
     static int v1;
