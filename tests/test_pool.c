@@ -894,22 +894,38 @@ Test(future, wait_timeout_is_etimedout_while_the_job_is_held_then_wait_succeeds,
     free_pool(pool);
 }
 
+/* A 1-worker pool whose worker a blocker holds (busy), and count_job on
+ * ran queued behind it (f). */
+typedef struct queued {
+    cp_pool *pool;
+    blocker bl;
+    cp_future *busy, *f;
+    atomic_int ran;
+} queued;
+
+static void queue_behind_busy(queued *q)
+{
+    q->pool = new_pool(1);
+    q->busy = occupy_worker(q->pool, &q->bl);
+    atomic_init(&q->ran, 0);
+    q->f = NULL;
+    cr_assert_eq(cp_pool_submit(q->pool, count_job, &q->ran, &q->f), 0);
+}
+
 Test(future, wait_timeout_zero_polls, .timeout = 30)
 {
-    cp_pool *pool = new_pool(1);
-    blocker bl;
-    cp_future *busy = occupy_worker(pool, &bl);
+    queued q;
+    queue_behind_busy(&q);
+    cp_pool *pool = q.pool;
+    cp_future *busy = q.busy, *f = q.f;
     cr_assert_eq(cp_future_wait_timeout(busy, 0, NULL), CP_ETIMEDOUT);
-    atomic_int ran = 0;
-    cp_future *f = NULL;
-    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
     cr_assert_eq(cp_future_wait_timeout(f, 0, NULL), CP_ETIMEDOUT);
-    gate_open(&bl.g);
+    gate_open(&q.bl.g);
     wait_ok(busy);
     cr_assert_eq(cp_future_wait(f, NULL), 0);
     void *result = UNTOUCHED;
     cr_assert_eq(cp_future_wait_timeout(f, 0, &result), 0);
-    cr_assert_eq(result, &ran);
+    cr_assert_eq(result, &q.ran);
     cp_future_free(f);
     free_pool(pool);
 }
@@ -944,23 +960,21 @@ Test(future, several_threads_may_wait_on_one_future, .timeout = 30)
 
 Test(cancel, before_start_the_job_never_runs_and_wait_is_ecanceled, .timeout = 30)
 {
-    cp_pool *pool = new_pool(1);
-    blocker bl;
-    cp_future *busy = occupy_worker(pool, &bl);
-    atomic_int ran = 0;
-    cp_future *f = NULL;
-    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    queued q;
+    queue_behind_busy(&q);
+    cp_pool *pool = q.pool;
+    cp_future *busy = q.busy, *f = q.f;
     cr_assert_eq(cp_future_cancel(f), 0);
     cr_assert(cp_future_done(f));
     void *result = UNTOUCHED;
     cr_assert_eq(cp_future_wait(f, &result), CP_ECANCELED); /* at once */
     cr_assert_eq(result, UNTOUCHED);
     cr_assert_eq(cp_future_cancel(f), 0, "a second cancel is also 0");
-    gate_open(&bl.g);
+    gate_open(&q.bl.g);
     wait_ok(busy);
     /* The worker has dequeued it by now or does so while draining. */
     free_pool(pool);
-    cr_assert_eq(runs(&ran), 0);
+    cr_assert_eq(runs(&q.ran), 0);
     cr_assert_eq(cp_future_wait(f, NULL), CP_ECANCELED);
     cp_future_free(f);
 }
@@ -971,27 +985,25 @@ Test(cancel, before_start_the_job_never_runs_and_wait_is_ecanceled, .timeout = 3
  * and counts once, as cancelled. */
 static void cancel_queued_job(bool free_early)
 {
-    cp_pool *pool = new_pool(1);
-    blocker bl;
-    cp_future *busy = occupy_worker(pool, &bl);
-    atomic_int ran = 0;
-    cp_future *f = NULL;
-    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    queued q;
+    queue_behind_busy(&q);
+    cp_pool *pool = q.pool;
+    cp_future *busy = q.busy, *f = q.f;
     cr_assert_eq(cp_future_cancel(f), 0);
     cr_assert_eq(cp_future_cancel(f), 0);
     if (free_early)
         cp_future_free(f);
-    gate_open(&bl.g);
+    gate_open(&q.bl.g);
     wait_ok(busy);
     cp_future *g = NULL;
-    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &g), 0);
+    cr_assert_eq(cp_pool_submit(pool, count_job, &q.ran, &g), 0);
     wait_ok(g);
     cp_pool_stats st;
     stats_of(pool, &st);
     cr_assert_eq(st.submitted, 3);
     cr_assert_eq(st.cancelled, 1);
     cr_assert_eq(st.completed, 2);
-    cr_assert_eq(runs(&ran), 1);
+    cr_assert_eq(runs(&q.ran), 1);
     if (!free_early)
         cp_future_free(f);
     free_pool(pool);
@@ -1028,17 +1040,15 @@ Test(cancel, after_start_is_ebusy_and_the_job_finishes, .timeout = 30)
 
 Test(future, freed_before_its_job_finishes_the_job_still_runs, .timeout = 30)
 {
-    cp_pool *pool = new_pool(1);
-    blocker bl;
-    cp_future *busy = occupy_worker(pool, &bl);
-    atomic_int ran = 0;
-    cp_future *f = NULL;
-    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+    queued q;
+    queue_behind_busy(&q);
+    cp_pool *pool = q.pool;
+    cp_future *busy = q.busy, *f = q.f;
     cp_future_free(f); /* queued */
     cp_future_free(busy); /* running */
-    gate_open(&bl.g);
+    gate_open(&q.bl.g);
     free_pool(pool); /* drains */
-    cr_assert_eq(runs(&ran), 1);
+    cr_assert_eq(runs(&q.ran), 1);
 }
 
 Test(future, outlives_its_pool, .timeout = 30)
@@ -1176,18 +1186,28 @@ Test(shutdown, unknown_mode_is_einval_and_changes_nothing, .timeout = 30)
 
 enum { QUEUED = 200 };
 
-Test(shutdown, drain_runs_every_queued_job, .timeout = 60)
+/* QUEUED jobs, job i counting its runs in ran[i], queued behind the one
+ * worker while a blocker holds it; then cp_pool_shutdown(how), and the
+ * held job let go and waited for. */
+static cp_pool *queue_then_shut_down(enum cp_shutdown how, atomic_int *ran,
+                                     cp_future **f)
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
     cp_future *busy = occupy_worker(pool, &bl);
-    static atomic_int ran[QUEUED];
-    cp_future *f[QUEUED];
     for (int i = 0; i < QUEUED; i++)
         cr_assert_eq(cp_pool_submit(pool, count_job, &ran[i], &f[i]), 0);
-    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_DRAIN), 0);
+    cr_assert_eq(cp_pool_shutdown(pool, how), 0);
     gate_open(&bl.g);
-    wait_ok(busy);
+    cr_assert_eq(wait_ok(busy), &bl, "the running job finishes");
+    return pool;
+}
+
+Test(shutdown, drain_runs_every_queued_job, .timeout = 60)
+{
+    static atomic_int ran[QUEUED];
+    cp_future *f[QUEUED];
+    cp_pool *pool = queue_then_shut_down(CP_SHUTDOWN_DRAIN, ran, f);
     for (int i = 0; i < QUEUED; i++)
         cr_assert_eq(wait_ok(f[i]), &ran[i]);
     for (int i = 0; i < QUEUED; i++)
@@ -1216,17 +1236,9 @@ Test(shutdown, drain_by_free_runs_every_queued_fire_and_forget_job, .timeout = 6
 
 Test(shutdown, cancel_reports_each_job_cancelled_or_run_exactly_once, .timeout = 60)
 {
-    cp_pool *pool = new_pool(1);
-    blocker bl;
-    cp_future *busy = occupy_worker(pool, &bl);
     static atomic_int ran[QUEUED];
     cp_future *f[QUEUED];
-    for (int i = 0; i < QUEUED; i++)
-        cr_assert_eq(cp_pool_submit(pool, count_job, &ran[i], &f[i]), 0);
-    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_CANCEL), 0);
-    gate_open(&bl.g);
-    /* The running job finishes. */
-    cr_assert_eq(wait_ok(busy), &bl);
+    cp_pool *pool = queue_then_shut_down(CP_SHUTDOWN_CANCEL, ran, f);
     int cancelled = 0, completed = 0;
     for (int i = 0; i < QUEUED; i++) {
         int rc = cp_future_wait(f[i], NULL);
@@ -1304,6 +1316,18 @@ static cp_future *hold_job_across_shutdown(cp_pool *pool, cp_job_fn job,
     return f;
 }
 
+/* Let the held job go: its task ran once, spawned and synced without error;
+ * then free the pool. */
+static void release_held_job(cp_pool *pool, cp_future *f, struct spawn_then_hold *s)
+{
+    gate_open(&s->bl.g);
+    wait_ok(f);
+    cr_assert_eq(s->spawn_rc, 0);
+    cr_assert_eq(s->sync_rc, 0, "cp_sync returned %d", s->sync_rc);
+    cr_assert_eq(runs(&s->ran), 1);
+    free_pool(pool);
+}
+
 Test(shutdown, cancel_lets_a_running_job_finish_its_own_tasks, .timeout = 30)
 {
     /* The only worker spawned the task and is held when shutdown(CANCEL)
@@ -1313,13 +1337,7 @@ Test(shutdown, cancel_lets_a_running_job_finish_its_own_tasks, .timeout = 30)
     struct spawn_then_hold s;
     cp_future *f = hold_job_across_shutdown(pool, spawn_then_hold_job, &s,
                                             CP_SHUTDOWN_CANCEL);
-    gate_open(&s.bl.g);
-    wait_ok(f);
-    cr_assert_eq(s.spawn_rc, 0);
-    cr_assert_eq(s.sync_rc, 0, "cp_sync returned %d after CP_SHUTDOWN_CANCEL",
-                 s.sync_rc);
-    cr_assert_eq(runs(&s.ran), 1);
-    free_pool(pool);
+    release_held_job(pool, f, &s);
 }
 
 static void *spawn_during_drain(void *p)
@@ -1341,12 +1359,7 @@ Test(shutdown, a_worker_may_still_spawn_while_the_pool_drains, .timeout = 30)
     cp_task t;
     cr_assert_eq(cp_spawn(pool, &t, count_job, &s.ran), CP_ESHUTDOWN,
                  "an outside thread may not");
-    gate_open(&s.bl.g);
-    wait_ok(f);
-    cr_assert_eq(s.spawn_rc, 0);
-    cr_assert_eq(s.sync_rc, 0);
-    cr_assert_eq(runs(&s.ran), 1);
-    free_pool(pool);
+    release_held_job(pool, f, &s);
 }
 
 enum { CHILDREN = 10 };
