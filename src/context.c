@@ -45,7 +45,8 @@
  * - A thread's current context is entered by that thread (owner == self);
  *   its base context has owner == self from creation on.
  * - Every item holds one reference on its variable; every token holds one on
- *   its old item, or, when the variable had no value, one on the variable.
+ *   its old item, or, when the variable had no value, one on the variable,
+ *   and after a reset that freed the set's item, that item's one too.
  */
 #include "config.h"
 
@@ -72,8 +73,11 @@ struct cp_var {
 };
 
 struct cp_token {
-    cp_var *var;          /* held by old, or by a reference of our own */
+    cp_var *var;          /* held by old, or by var_refs */
     cp__hamt_item *old;   /* one reference; NULL: the variable had no value */
+    /* References of our own on var: one when it had no value at the set, and
+     * one taken over from the set's item when the reset frees it. */
+    uint8_t var_refs;
     uint64_t context_id;  /* token_id of the context the set was made in */
     atomic_bool used;     /* written by the context's owner; read relaxed */
 };
@@ -212,11 +216,12 @@ static void var_incref(cp_var *var, size_t n)
     atomic_fetch_add_explicit(&var->refs, n, memory_order_relaxed);
 }
 
-static void var_decref(cp_var *var)
+/* Drop n of the caller's references on var. */
+static void var_decref(cp_var *var, size_t n)
 {
     /* acq_rel: release our uses of var; the last one acquires everyone
      * else's before it frees. */
-    if (atomic_fetch_sub_explicit(&var->refs, 1, memory_order_acq_rel) != 1)
+    if (atomic_fetch_sub_explicit(&var->refs, n, memory_order_acq_rel) != n)
         return;
     if (var->has_default && var->free_value)
         var->free_value(var->default_value);
@@ -269,7 +274,7 @@ cp_var *cp_var_new_default(const char *name, void *default_value,
 void cp_var_free(cp_var *var)
 {
     if (var)
-        var_decref(var);
+        var_decref(var, 1);
 }
 
 const char *cp_var_name(const cp_var *var)
@@ -280,13 +285,21 @@ const char *cp_var_name(const cp_var *var)
 /* ------------------------------------------------------------------------ */
 /* Items: a variable's value in maps                                         */
 
-static void item_release(cp__hamt_item *item)
+/* Free an item nobody holds any more, and its value, but not the item's
+ * reference on its variable: the caller takes that over. */
+static void item_free(cp__hamt_item *item)
 {
     cp_var *var = (cp_var *)item->key;
     if (var->free_value)
         var->free_value(item->value);
-    var_decref(var);
     cp__free_small(item, sizeof *item);
+}
+
+static void item_release(cp__hamt_item *item)
+{
+    cp_var *var = (cp_var *)item->key;
+    item_free(item);
+    var_decref(var, 1);
 }
 
 /* A new item for var's value: the caller gives it a reference on var. */
@@ -471,8 +484,7 @@ int cp_var_set(cp_var *var, void *value, cp_token **token)
         if (!item || map_update(c, item, true, var, &old) != 0) {
             if (item) {
                 /* Not taken: undo item_new without freeing the value. */
-                while (var_refs--)
-                    var_decref(var);
+                var_decref(var, var_refs);
                 cp__free_small(item, sizeof *item);
             }
             cp__free_small(tok, sizeof *tok);
@@ -490,6 +502,7 @@ int cp_var_set(cp_var *var, void *value, cp_token **token)
          * Without one, the token holds var itself (taken above). */
         tok->var = var;
         tok->old = old;
+        tok->var_refs = !old;
         tok->context_id = c->token_id;
         atomic_init(&tok->used, false); /* not yet shared */
         *token = tok;
@@ -517,7 +530,13 @@ int cp_var_reset(cp_var *var, cp_token *token)
     int err = map_update(c, token->old, false, var, &gone);
     if (err != 0 && err != CP_ENOENT)
         return err;
-    cp__hamt_item_decref(gone);
+    /* Usually gone is the set's own item, and this its last reference: the
+     * token keeps the item's reference on var, so the variable's count is
+     * not touched until cp_token_free drops both of the token's at once. */
+    if (gone && cp__last_reference(&gone->refs)) {
+        item_free(gone);
+        token->var_refs++;
+    }
     atomic_store_explicit(&token->used, true, memory_order_relaxed);
     return 0;
 }
@@ -543,8 +562,8 @@ void cp_token_free(cp_token *token)
         return;
     if (token->old)
         cp__hamt_item_decref(token->old);
-    else
-        var_decref(token->var);
+    if (token->var_refs)
+        var_decref(token->var, token->var_refs);
     cp__free_small(token, sizeof *token);
 }
 

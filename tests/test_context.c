@@ -1614,6 +1614,52 @@ Test(destructor, default_value_outlives_var_free_while_a_context_holds_the_var)
     cr_assert_eq(total(), 2);
 }
 
+Test(destructor, used_token_keeps_its_variable_after_var_free)
+{
+    tval d = {0}, a = {0};
+    cp_var *v = cp_var_new_default("kept by the token", &d, tval_free);
+    cp_context *c = cp_context_new();
+    cp_token *t = NULL;
+    cr_assert_eq(set_in(c, v, &a, &t), 0);
+    cp_var_free(v);
+    /* The reset frees the set's item, and its value, but not the variable:
+     * the token still names it. */
+    cr_assert_eq(reset_in(c, v, t), 0);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(frees_of(&d), 0);
+    cr_assert_str_eq(cp_var_name(cp_token_var(t)), "kept by the token");
+    cr_assert_eq(cp_context_len(c), 0);
+    cp_token_free(t);
+    cr_assert_eq(frees_of(&d), 1, "the token held the last references");
+    cp_context_free(c);
+    cr_assert_eq(total(), 2);
+}
+
+Test(destructor, used_token_with_an_old_value_keeps_its_variable_after_var_free)
+{
+    tval d = {0}, a = {0}, b = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_context *c = cp_context_new();
+    cp_token *t = NULL;
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(set_in(c, v, &b, &t), 0);
+    cp_var_free(v);
+    cr_assert_eq(reset_in(c, v, t), 0);
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(value_in(c, v), &a);
+    cp_context_free(c);
+    /* a is still the token's old value, and d the token's variable's. */
+    cr_assert_eq(frees_of(&a), 0);
+    cr_assert_eq(frees_of(&d), 0);
+    void *old = NULL;
+    cr_assert_eq(cp_token_old_value(t, &old), 0);
+    cr_assert_eq(old, &a);
+    cp_token_free(t);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(frees_of(&d), 1);
+    cr_assert_eq(total(), 3);
+}
+
 Test(destructor, var_free_while_contexts_hold_values_keeps_them_working)
 {
     tval a = {0}, b = {0};
