@@ -23,7 +23,9 @@
  * root, then take a reference" step atomic with respect to the owner's
  * change, which would otherwise let a reader take a reference to a root
  * being freed (the race of cpython#155519), or read nodes being reused. The
- * owner reads its own map without the lock: nobody else writes it.
+ * owner reads its own map without the lock: nobody else writes it. Most
+ * contexts are never read by another thread while entered, so the owner
+ * skips the lock until one is (see "The map lock" below).
  *
  * Entering. cp__context_enter claims a context with a compare-and-swap of its
  * owner field from 0 to the calling thread's identity (the address of its
@@ -41,7 +43,9 @@
  * holds an item for it.
  *
  * Invariants:
- * - c->map is changed only by c's owner, and under c->lock when c is shared.
+ * - c->map is changed only by c's owner; when c is shared, under c->lock or
+ *   with c->writing raised while no other thread reads it (see "The map
+ *   lock").
  * - A thread's current context is entered by that thread (owner == self);
  *   its base context has owner == self from creation on.
  * - Every item holds one reference on its variable; every token holds one on
@@ -52,10 +56,13 @@
 
 #include "context.h"
 
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "alloc.h"
 
@@ -103,6 +110,57 @@ static _Atomic uint64_t next_token_id = 1;
 /* ------------------------------------------------------------------------ */
 /* The map lock                                                              */
 
+/* The lock costs the owner two atomic read-modify-writes per set or reset
+ * (take, and the release store is free on x86), a third of a set+reset.
+ * Readers on other threads are rare, so the owner takes the lock only once
+ * some thread other than the owner has read the context ("watched", set for
+ * good by that first reader). Until then a change is bracketed by plain
+ * stores of a "writing" flag, and the owner checks "watched" after raising
+ * the flag:
+ *
+ *   owner                              first reader (holding the lock)
+ *   writing = 1                        watched = 1
+ *   compiler barrier                   owner? membarrier()
+ *   if watched: writing = 0, lock      wait while writing
+ *   ...change...                       ...read, take a reference...
+ *   writing = 0 (release)
+ *
+ * This is Dekker's handshake with the owner's hardware fence moved to the
+ * reader (an asymmetric fence, as in userspace RCU): membarrier's
+ * MEMBARRIER_CMD_PRIVATE_EXPEDITED runs a full barrier on every CPU that
+ * runs one of our threads (a thread not running passed one when it was
+ * switched out). After it, an owner that raised the flag before the
+ * barrier shows it, and the reader waits for its change to end; an owner
+ * that raises it later then sees watched and takes the lock, which the
+ * reader holds. The fence is needed only if the context is entered when the
+ * reader looks: the enter's compare-and-swap and the reader's store of
+ * watched are both seq_cst, so an owner entering later sees watched, and one
+ * that left published everything with its release of c->owner. Where the
+ * kernel lacks membarrier, every shared context starts watched. */
+
+static pthread_once_t fence_once = PTHREAD_ONCE_INIT;
+static bool fence_ready; /* registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED */
+/* relaxed: a test switch, read when a context is made. */
+static atomic_bool lockless_writes = true;
+
+static void fence_register(void)
+{
+    fence_ready = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                          0, 0) == 0;
+}
+
+void cp__context_lockless_writes(bool on)
+{
+    atomic_store_explicit(&lockless_writes, on, memory_order_relaxed);
+}
+
+/* Whether a new shared context may be written without the lock. */
+static bool lockless_ok(void)
+{
+    pthread_once(&fence_once, fence_register);
+    return fence_ready && atomic_load_explicit(&lockless_writes, memory_order_relaxed);
+}
+
 static void map_lock(const cp_context *c)
 {
     atomic_bool *lock = (atomic_bool *)&c->lock;
@@ -133,6 +191,25 @@ static bool owned_here(const cp_context *c)
     return atomic_load_explicit(&c->owner, memory_order_relaxed) == cp__self_id();
 }
 
+/* With the lock held, by a thread other than c's owner: mark c watched, and
+ * wait for an owner's change made without the lock to end. */
+static void watch(cp_context *c)
+{
+    /* relaxed: only lock holders store it, and we hold the lock. */
+    if (!atomic_load_explicit(&c->watched, memory_order_relaxed)) {
+        /* seq_cst, as the load of owner after it and the enter's swap:
+         * either that load sees an owner, or the owner sees watched. */
+        atomic_store_explicit(&c->watched, true, memory_order_seq_cst);
+        if (atomic_load_explicit(&c->owner, memory_order_seq_cst) != 0)
+            syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+    }
+    /* acquire: pairs with the owner's release in write_end, so its change
+     * happens-before our read. A change takes at most a few allocations. */
+    for (int spins = 0; atomic_load_explicit(&c->writing, memory_order_acquire); spins++)
+        if (spins > 64)
+            sched_yield();
+}
+
 /* Start reading c's map from any thread: its owner, the only writer, needs
  * nothing; any other thread takes the lock. Returns whether it did. */
 static bool read_begin(const cp_context *c)
@@ -140,7 +217,38 @@ static bool read_begin(const cp_context *c)
     if (owned_here(c))
         return false;
     map_lock(c);
+    /* Only shared contexts are reachable from other threads. */
+    watch((cp_context *)c);
     return true;
+}
+
+/* Owner: start a change of c's map. Returns whether it took the lock. */
+static bool write_begin(cp_context *c)
+{
+    if (!c->shared)
+        return false;
+    /* seq_cst loads: see "The map lock". The relaxed store and the compiler
+     * barrier are half of a Dekker handshake whose fences are the reader's
+     * membarrier. */
+    if (!atomic_load_explicit(&c->watched, memory_order_seq_cst)) {
+        atomic_store_explicit(&c->writing, true, memory_order_relaxed);
+        atomic_signal_fence(memory_order_seq_cst);
+        if (!atomic_load_explicit(&c->watched, memory_order_seq_cst))
+            return false;
+        /* relaxed: nothing changed; the reader holds the lock we wait for. */
+        atomic_store_explicit(&c->writing, false, memory_order_relaxed);
+    }
+    map_lock(c);
+    return true;
+}
+
+static void write_end(cp_context *c, bool locked)
+{
+    if (locked)
+        map_unlock(c);
+    else if (c->shared)
+        /* release: publishes the change to the reader waiting in watch. */
+        atomic_store_explicit(&c->writing, false, memory_order_release);
 }
 
 static void read_end(const cp_context *c, bool locked)
@@ -194,14 +302,12 @@ static int map_update(cp_context *c, cp__hamt_item *item, bool fresh,
         cp__hamt_incref(c->map);
         c->owns_map = true;
     }
-    if (c->shared)
-        map_lock(c);
+    bool locked = write_begin(c);
     int err = item ? cp__hamt_set_given(&c->map, item, gone)
                    : cp__hamt_delete_given(&c->map, var->hash, var, gone);
     if (err == 0 && fresh)
-        cp__hamt_item_publish(item); /* the map holds it; the unlock publishes */
-    if (c->shared)
-        map_unlock(c);
+        cp__hamt_item_publish(item); /* the map holds it; write_end publishes */
+    write_end(c, locked);
     cp__cache_forget();
     return err;
 }
@@ -341,6 +447,8 @@ static cp_context *context_alloc(cp__hamt map, bool shared)
     atomic_init(&c->owner, 0); /* not yet shared */
     atomic_init(&c->lock, false); /* not yet shared */
     c->shared = shared;
+    atomic_init(&c->watched, shared && !lockless_ok()); /* not yet shared */
+    atomic_init(&c->writing, false); /* not yet shared */
     c->map = map;
     c->prev = NULL;
     c->token_id = 0;
@@ -618,11 +726,12 @@ void cp_context_free(cp_context *c)
 int cp__context_enter(cp_context *c)
 {
     uintptr_t expected = 0;
-    /* acquire on success: pairs with the release in cp__context_leave, so
-     * every change the previous owner made happens-before ours. relaxed on
-     * failure: we only report who holds it. */
+    /* seq_cst on success: acquires, pairing with the release in
+     * cp__context_leave, so every change the previous owner made
+     * happens-before ours; and ordered with a reader's store of watched
+     * (see "The map lock"). relaxed on failure: we only report who holds it. */
     if (!atomic_compare_exchange_strong_explicit(&c->owner, &expected, cp__self_id(),
-                                                 memory_order_acquire,
+                                                 memory_order_seq_cst,
                                                  memory_order_relaxed))
         return expected == cp__self_id() ? CP_ERECURSIVE : CP_EBUSY;
     cp__context_incref(c);

@@ -22,13 +22,19 @@ struct cp_context {
     /* The thread that has it entered (its cp__thread address), or 0. Set by
      * a compare-and-swap in cp__context_enter, cleared by cp__context_leave. */
     _Atomic uintptr_t owner;
-    /* Guards map against readers on other threads; see context.c. Taken
-     * only for contexts that other threads can reach (shared): a thread's
-     * base context and a pool job's frame are never handed out. */
+    /* Guards map against readers on other threads; see "The map lock" in
+     * context.c. Used only for contexts that other threads can reach
+     * (shared): a thread's base context and a pool job's frame are never
+     * handed out, and leave the next two fields unset. */
     atomic_bool lock;
     bool shared;
-    /* Written only by the owner, under lock; read by the owner without it and
-     * by other threads under it. */
+    /* Set for good by the first thread other than the owner that reads map
+     * (under lock); from then on the owner changes map under lock. */
+    atomic_bool watched;
+    /* Set by the owner while it changes map without the lock. */
+    atomic_bool writing;
+    /* Written only by the owner (under lock once watched); read by the owner
+     * without the lock and by other threads under it. */
     cp__hamt map;
     /* Owner only: the context that was current before this one was entered. */
     cp_context *prev;
@@ -146,5 +152,11 @@ void cp__context_incref(cp_context *c);
  * enters and leaves nest strictly. */
 int cp__context_enter(cp_context *c);
 void cp__context_leave(cp_context *c);
+
+/* Test hook: whether shared contexts made from now on let their owner change
+ * them without the lock until another thread reads them (see "The map lock"
+ * in context.c). On by default where the kernel offers membarrier; turning
+ * it on elsewhere has no effect. */
+void cp__context_lockless_writes(bool on);
 
 #endif /* CTXPOOL_CONTEXT_H */

@@ -20,6 +20,14 @@
  *   iterator that breaks it is a torn view. Readers also take the snapshots
  *   that runs publish with cp_copy_context and run in them (changes there
  *   must not reach the shared context).
+ * Then, first reads: FIRST_ROUNDS times, a fresh context (which its owner
+ * changes without the lock until another thread reads it; see "The map
+ * lock" in context.c) is entered by a writer that runs the state machine
+ * without pause, and a reader, started by a barrier once the writer is
+ * inside, copies and iterates it while the writer goes on. The reader's
+ * first read is the handover to the lock. Every other round uses the test
+ * hook that makes contexts start with the lock, as where membarrier is
+ * missing.
  * Besides, CHAIN_DRIVERS threads build chains of cp_thread_create threads,
  * each checking that it sees its creator's values but the creator does not
  * see its own, and that every base context is released at thread exit.
@@ -37,6 +45,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "context.h"
 #include "ctxpool.h"
 
 #define NCTX 2
@@ -47,6 +56,7 @@
 #define CHAIN_DRIVERS 2
 #define CHAIN_DEPTH 6
 #define DEFAULT_STEPS 40000ULL
+#define FIRST_READS 3
 
 /* ------------------------------------------------------------------------ */
 /* Counting values                                                           */
@@ -387,9 +397,67 @@ static void *drain(void *p)
         int i = --s->pos;
         CHECK(cp_var_reset(s->vars[i], s->tokens[i]) == 0, "drain reset");
         cp_token_free(s->tokens[i]);
+        s->tokens[i] = NULL;
     }
+    s->down = false; /* the state machine starts a round again */
     CHECK(cp_context_len(s->c) == 0, "drained context not empty");
     return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* First reads                                                               */
+
+struct first {
+    struct shared *s;
+    pthread_barrier_t inside; /* the writer is in its run */
+    atomic_bool read;         /* release/acquire: the reader is done */
+};
+
+static void *write_until_read(void *p)
+{
+    struct first *f = p;
+    step(f->s);
+    int rc = pthread_barrier_wait(&f->inside);
+    CHECK(rc == 0 || rc == PTHREAD_BARRIER_SERIAL_THREAD, "pthread_barrier_wait");
+    while (!atomic_load_explicit(&f->read, memory_order_acquire))
+        step(f->s);
+    return NULL;
+}
+
+static void *first_writer(void *p)
+{
+    struct first *f = p;
+    CHECK(cp_context_run(f->s->c, write_until_read, f, NULL) == 0, "writer's run");
+    return NULL;
+}
+
+/* One round: a fresh context, its writer, and this thread reading. */
+static void first_round(struct shared *s, bool lockless)
+{
+    cp__context_lockless_writes(lockless);
+    s->c = cp_context_new();
+    CHECK(s->c != NULL, "cp_context_new");
+    struct first f = {.s = s};
+    CHECK(pthread_barrier_init(&f.inside, NULL, 2) == 0, "pthread_barrier_init");
+    pthread_t writer;
+    CHECK(pthread_create(&writer, NULL, first_writer, &f) == 0, "pthread_create");
+    int rc = pthread_barrier_wait(&f.inside);
+    CHECK(rc == 0 || rc == PTHREAD_BARRIER_SERIAL_THREAD, "pthread_barrier_wait");
+    for (int r = 0; r < FIRST_READS; r++) {
+        cp_context *snap = cp_context_copy(s->c);
+        CHECK(snap != NULL, "cp_context_copy failed");
+        check_snapshot(s, snap);
+        cp_context_free(snap);
+        cp_iter *it = cp_context_iter(s->c);
+        CHECK(it != NULL, "cp_context_iter failed");
+        check_iter(s, it, -1);
+        cp_iter_free(it);
+    }
+    atomic_store_explicit(&f.read, true, memory_order_release);
+    CHECK(pthread_join(writer, NULL) == 0, "pthread_join");
+    CHECK(pthread_barrier_destroy(&f.inside) == 0, "pthread_barrier_destroy");
+    CHECK(cp_context_run(s->c, drain, s, NULL) == 0, "drain run");
+    cp_context_free(s->c);
 }
 
 int main(int argc, char **argv)
@@ -431,12 +499,19 @@ int main(int argc, char **argv)
     for (int d = 0; d < CHAIN_DRIVERS; d++)
         CHECK(pthread_join(drivers[d], NULL) == 0, "pthread_join");
 
-    unsigned long sets = 0, steps = 0, busy = 0;
     for (int k = 0; k < NCTX; k++) {
         struct shared *s = &shared[k];
         CHECK(cp_context_run(s->c, drain, s, NULL) == 0, "drain run");
-        cp_context_free(atomic_exchange(&s->published, NULL));
         cp_context_free(s->c);
+    }
+    unsigned long rounds = target_steps / 100 + 1;
+    for (unsigned long r = 0; r < rounds; r++)
+        first_round(&shared[r % NCTX], r % 2 == 0);
+
+    unsigned long sets = 0, steps = 0, busy = 0;
+    for (int k = 0; k < NCTX; k++) {
+        struct shared *s = &shared[k];
+        cp_context_free(atomic_exchange(&s->published, NULL));
         for (int i = 0; i < NV; i++)
             cp_var_free(s->vars[i]);
         sets += s->sets;
@@ -446,7 +521,7 @@ int main(int argc, char **argv)
     cp_var_free(reader_var);
     unsigned long freed = atomic_load(&values_freed);
     CHECK(freed == sets, "%lu values set but %lu freed", sets, freed);
-    printf("context_stress: %lu runs, %lu refused busy, %lu sets, %lu chains: ok\n",
-           steps, busy, sets, dr.reps * CHAIN_DRIVERS);
+    printf("context_stress: %lu runs, %lu refused busy, %lu sets, %lu chains, "
+           "%lu first reads: ok\n", steps, busy, sets, dr.reps * CHAIN_DRIVERS, rounds);
     return 0;
 }
