@@ -24,8 +24,8 @@
  * change, which would otherwise let a reader take a reference to a root
  * being freed (the race of cpython#155519), or read nodes being reused. The
  * owner reads its own map without the lock: nobody else writes it. Most
- * contexts are never read by another thread while entered, so the owner
- * skips the lock until one is (see "The map lock" below).
+ * entries of a context see no reader from another thread, so the owner
+ * skips the lock until one comes (see "The map lock" below).
  *
  * Entering. cp__context_enter claims a context with a compare-and-swap of its
  * owner field from 0 to the calling thread's identity (the address of its
@@ -46,7 +46,8 @@
  * - c->map is changed only by c's owner; when c is shared, under c->lock or
  *   with c->writing raised while no other thread reads it (see "The map
  *   lock").
- * - A thread's current context is entered by that thread (owner == self);
+ * - A thread's current context is entered by that thread (owner == self),
+ *   or is a pool job's frame (context.h), which no other thread can reach;
  *   its base context has owner == self from creation on.
  * - Every item holds one reference on its variable; every token holds one on
  *   its old item, or, when the variable had no value, one on the variable,
@@ -110,17 +111,18 @@ static _Atomic uint64_t next_token_id = 1;
 /* ------------------------------------------------------------------------ */
 /* The map lock                                                              */
 
-/* The lock costs the owner two atomic read-modify-writes per set or reset
- * (take, and the release store is free on x86), a third of a set+reset.
- * Readers on other threads are rare, so the owner takes the lock only once
- * some thread other than the owner has read the context ("watched", set for
- * good by that first reader). Until then a change is bracketed by plain
- * stores of a "writing" flag, and the owner checks "watched" after raising
- * the flag:
+/* The lock costs the owner an atomic read-modify-write (the exchange that
+ * takes it) for every set and every reset, about a sixth of a set+reset
+ * here. Readers on other threads are rare, so the owner takes the lock only
+ * once a thread other than the owner has read the context ("watched", set by
+ * that reader under the lock; an owner that enters the context clears it
+ * again, under the lock, so each entry starts afresh). Until then a change
+ * is bracketed by plain stores of a "writing" flag, and the owner checks
+ * "watched" after raising the flag:
  *
  *   owner                              first reader (holding the lock)
  *   writing = 1                        watched = 1
- *   compiler barrier                   owner? membarrier()
+ *   compiler barrier                   if entered: membarrier()
  *   if watched: writing = 0, lock      wait while writing
  *   ...change...                       ...read, take a reference...
  *   writing = 0 (release)
@@ -131,22 +133,34 @@ static _Atomic uint64_t next_token_id = 1;
  * runs one of our threads (a thread not running passed one when it was
  * switched out). After it, an owner that raised the flag before the
  * barrier shows it, and the reader waits for its change to end; an owner
- * that raises it later then sees watched and takes the lock, which the
- * reader holds. The fence is needed only if the context is entered when the
- * reader looks: the enter's compare-and-swap and the reader's store of
- * watched are both seq_cst, so an owner entering later sees watched, and one
- * that left published everything with its release of c->owner. Where the
- * kernel lacks membarrier, every shared context starts watched. */
+ * that raises it later sees watched and takes the lock after lowering the
+ * flag. The fence is needed only if the context is entered when the reader
+ * looks: the enter's compare-and-swap and the reader's store of watched and
+ * load of the owner are all seq_cst, so an owner entering later sees
+ * watched, and one that left published everything with its release of
+ * c->owner. The process registers for the command when the library is
+ * loaded (registering later, with threads running, waits for an RCU grace
+ * period, milliseconds); where the kernel refuses, every shared context
+ * takes the lock for every change. */
 
-static pthread_once_t fence_once = PTHREAD_ONCE_INIT;
 static bool fence_ready; /* registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED */
-/* relaxed: a test switch, read when a context is made. */
+/* relaxed: a test switch, read when a context is made or entered. */
 static atomic_bool lockless_writes = true;
 
-static void fence_register(void)
+/* Runs when the library is loaded, before any call can read fence_ready. */
+static __attribute__((constructor)) void fence_register(void)
 {
     fence_ready = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
                           0, 0) == 0;
+}
+
+/* A full barrier on every CPU running one of our threads. Once registered,
+ * the call fails only when the kernel cannot allocate a temporary CPU mask
+ * (ENOMEM); the barrier is needed, so it is asked for again. */
+static void fence_all_threads(void)
+{
+    while (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+        sched_yield();
 }
 
 void cp__context_lockless_writes(bool on)
@@ -154,10 +168,9 @@ void cp__context_lockless_writes(bool on)
     atomic_store_explicit(&lockless_writes, on, memory_order_relaxed);
 }
 
-/* Whether a new shared context may be written without the lock. */
+/* Whether a shared context may be written without the lock. */
 static bool lockless_ok(void)
 {
-    pthread_once(&fence_once, fence_register);
     return fence_ready && atomic_load_explicit(&lockless_writes, memory_order_relaxed);
 }
 
@@ -201,7 +214,7 @@ static void watch(cp_context *c)
          * either that load sees an owner, or the owner sees watched. */
         atomic_store_explicit(&c->watched, true, memory_order_seq_cst);
         if (atomic_load_explicit(&c->owner, memory_order_seq_cst) != 0)
-            syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+            fence_all_threads();
     }
     /* acquire: pairs with the owner's release in write_end, so its change
      * happens-before our read. A change takes at most a few allocations. */
@@ -235,7 +248,8 @@ static bool write_begin(cp_context *c)
         atomic_signal_fence(memory_order_seq_cst);
         if (!atomic_load_explicit(&c->watched, memory_order_seq_cst))
             return false;
-        /* relaxed: nothing changed; the reader holds the lock we wait for. */
+        /* relaxed: nothing changed. A reader that saw the flag waits for
+         * this store, holding the lock we are about to take. */
         atomic_store_explicit(&c->writing, false, memory_order_relaxed);
     }
     map_lock(c);
@@ -734,6 +748,16 @@ int cp__context_enter(cp_context *c)
                                                  memory_order_seq_cst,
                                                  memory_order_relaxed))
         return expected == cp__self_id() ? CP_ERECURSIVE : CP_EBUSY;
+    /* Start without the lock again if an earlier reader left c watched.
+     * relaxed: a stale false leaves watched set, and write_begin's seq_cst
+     * load then takes the lock; a true is cleared under the lock, so that
+     * no reader is reading at that moment. See "The map lock". */
+    if (c->shared && atomic_load_explicit(&c->watched, memory_order_relaxed) &&
+        lockless_ok()) {
+        map_lock(c);
+        atomic_store_explicit(&c->watched, false, memory_order_relaxed);
+        map_unlock(c);
+    }
     cp__context_incref(c);
     c->prev = cp__self.current;
     cp__self.current = c;

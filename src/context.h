@@ -28,8 +28,9 @@ struct cp_context {
      * handed out, and leave the next two fields unset. */
     atomic_bool lock;
     bool shared;
-    /* Set for good by the first thread other than the owner that reads map
-     * (under lock); from then on the owner changes map under lock. */
+    /* Set under lock by a thread other than the owner that reads map; while
+     * set, the owner changes map under lock. An owner entering clears it,
+     * under lock. */
     atomic_bool watched;
     /* Set by the owner while it changes map without the lock. */
     atomic_bool writing;

@@ -20,14 +20,14 @@
  *   iterator that breaks it is a torn view. Readers also take the snapshots
  *   that runs publish with cp_copy_context and run in them (changes there
  *   must not reach the shared context).
- * Then, first reads: FIRST_ROUNDS times, a fresh context (which its owner
- * changes without the lock until another thread reads it; see "The map
- * lock" in context.c) is entered by a writer that runs the state machine
- * without pause, and a reader, started by a barrier once the writer is
- * inside, copies and iterates it while the writer goes on. The reader's
- * first read is the handover to the lock. Every other round uses the test
- * hook that makes contexts start with the lock, as where membarrier is
- * missing.
+ * Then, first reads: in each of target_steps / 20 + 1 rounds, a fresh
+ * context (which its owner changes without the lock until another thread
+ * reads it; see "The map lock" in context.c) is entered twice by a writer
+ * that runs the state machine without pause, and read by the main thread,
+ * which starts copying and iterating it as soon as the writer is inside.
+ * Each first read is a handover to the lock. Every other round uses the
+ * test hook that makes contexts take the lock from the start, as where
+ * membarrier is missing.
  * Besides, CHAIN_DRIVERS threads build chains of cp_thread_create threads,
  * each checking that it sees its creator's values but the creator does not
  * see its own, and that every base context is released at thread exit.
@@ -56,7 +56,7 @@
 #define CHAIN_DRIVERS 2
 #define CHAIN_DEPTH 6
 #define DEFAULT_STEPS 40000ULL
-#define FIRST_READS 3
+#define FIRST_READS 3 /* reads per entry in the first-reads rounds */
 
 /* ------------------------------------------------------------------------ */
 /* Counting values                                                           */
@@ -179,6 +179,32 @@ static void check_snapshot(const struct shared *s, const cp_context *snap)
 /* ------------------------------------------------------------------------ */
 /* Workers                                                                   */
 
+/* One change of the state machine, in the context the caller runs in:
+ * set the next variable, or reset the last one set. Returns its index. */
+static int advance(struct shared *s)
+{
+    if (!s->down) {
+        int i = s->pos;
+        CHECK(cp_var_set(s->vars[i], &s->values[s->round % 2][i], &s->tokens[i]) == 0,
+              "set failed");
+        s->sets++;
+        if (++s->pos == NV)
+            s->down = true;
+        return i;
+    }
+    int i = --s->pos;
+    CHECK(cp_var_reset(s->vars[i], s->tokens[i]) == 0, "reset failed");
+    CHECK(cp_var_reset(s->vars[i], s->tokens[i]) == CP_ETOKEN_USED,
+          "second reset with one token");
+    cp_token_free(s->tokens[i]);
+    s->tokens[i] = NULL;
+    if (s->pos == 0) {
+        s->down = false;
+        s->round++;
+    }
+    return i;
+}
+
 static void *step(void *p)
 {
     struct shared *s = p;
@@ -189,28 +215,17 @@ static void *step(void *p)
           cp_context_len(s->c), s->pos);
     for (int op = 0; op < OPS_PER_STEP; op++) {
         void *value = NULL;
-        if (!s->down) {
-            int i = s->pos;
+        bool setting = !s->down;
+        if (setting)
+            CHECK(cp_var_get(s->vars[s->pos], &value) == CP_ENOENT, "var %d set early",
+                  s->pos);
+        int i = advance(s);
+        if (setting) {
             void *v = &s->values[s->round % 2][i];
-            CHECK(cp_var_get(s->vars[i], &value) == CP_ENOENT, "var %d set early", i);
-            CHECK(cp_var_set(s->vars[i], v, &s->tokens[i]) == 0, "set failed");
-            s->sets++;
             CHECK(cp_var_get(s->vars[i], &value) == 0 && value == v, "get after set");
             CHECK(cp_context_get_or(s->c, s->vars[i], NULL) == v, "live view");
-            if (++s->pos == NV)
-                s->down = true;
         } else {
-            int i = --s->pos;
-            CHECK(cp_var_reset(s->vars[i], s->tokens[i]) == 0, "reset failed");
-            CHECK(cp_var_reset(s->vars[i], s->tokens[i]) == CP_ETOKEN_USED,
-                  "second reset with one token");
-            cp_token_free(s->tokens[i]);
-            s->tokens[i] = NULL;
             CHECK(cp_var_get(s->vars[i], &value) == CP_ENOENT, "var %d after reset", i);
-            if (s->pos == 0) {
-                s->down = false;
-                s->round++;
-            }
         }
     }
     /* Publish what this run has so far, as a long-running job would. */
@@ -407,42 +422,67 @@ static void *drain(void *p)
 /* ------------------------------------------------------------------------ */
 /* First reads                                                               */
 
+/* One writer thread serves every entry, so that it is already running (on
+ * the other CPU, where there is one) when an entry starts: a thread made
+ * for each entry tends to start on its creator's CPU, and the reads would
+ * not overlap the writes. The counters hold entry numbers; release/acquire
+ * throughout. */
 struct first {
     struct shared *s;
-    pthread_barrier_t inside; /* the writer is in its run */
-    atomic_bool read;         /* release/acquire: the reader is done */
+    atomic_uint entry;   /* the reader asks for entry n */
+    atomic_uint entered; /* the writer is inside entry n */
+    atomic_uint read;    /* the reader is done with entry n */
+    atomic_uint left;    /* the writer has left entry n */
+    atomic_bool quit;
 };
+
+/* Wait until *x reaches n, or *stop (if given) is set. Spins, so that
+ * reads follow writes at once; yields after a while for the case of one
+ * CPU or valgrind, where the other thread needs this one's. */
+static void spin_until(atomic_uint *x, unsigned n, atomic_bool *stop)
+{
+    for (unsigned long spins = 0; atomic_load_explicit(x, memory_order_acquire) != n &&
+                                  !(stop && atomic_load_explicit(stop, memory_order_acquire));
+         spins++)
+        if (spins > 10000)
+            sched_yield();
+}
 
 static void *write_until_read(void *p)
 {
     struct first *f = p;
+    unsigned n = atomic_load_explicit(&f->entry, memory_order_acquire);
     step(f->s);
-    int rc = pthread_barrier_wait(&f->inside);
-    CHECK(rc == 0 || rc == PTHREAD_BARRIER_SERIAL_THREAD, "pthread_barrier_wait");
-    while (!atomic_load_explicit(&f->read, memory_order_acquire))
-        step(f->s);
+    atomic_store_explicit(&f->entered, n, memory_order_release);
+    /* Changes back to back, without step's checks: the reader's first read
+     * should land inside one as often as it can. */
+    for (unsigned k = 1; atomic_load_explicit(&f->read, memory_order_acquire) != n; k++) {
+        advance(f->s);
+        if (k % 256 == 0)
+            sched_yield(); /* as in spin_until */
+    }
     return NULL;
 }
 
 static void *first_writer(void *p)
 {
     struct first *f = p;
-    CHECK(cp_context_run(f->s->c, write_until_read, f, NULL) == 0, "writer's run");
-    return NULL;
+    for (unsigned n = 1;; n++) {
+        spin_until(&f->entry, n, &f->quit);
+        if (atomic_load_explicit(&f->quit, memory_order_acquire))
+            return NULL;
+        CHECK(cp_context_run(f->s->c, write_until_read, f, NULL) == 0, "writer's run");
+        atomic_store_explicit(&f->left, n, memory_order_release);
+    }
 }
 
-/* One round: a fresh context, its writer, and this thread reading. */
-static void first_round(struct shared *s, bool lockless)
+/* Entry n of f->s->c by the writer, read from this thread while the writer
+ * runs: the first read of the entry is a handover to the lock. */
+static void first_reads(struct first *f, unsigned n)
 {
-    cp__context_lockless_writes(lockless);
-    s->c = cp_context_new();
-    CHECK(s->c != NULL, "cp_context_new");
-    struct first f = {.s = s};
-    CHECK(pthread_barrier_init(&f.inside, NULL, 2) == 0, "pthread_barrier_init");
-    pthread_t writer;
-    CHECK(pthread_create(&writer, NULL, first_writer, &f) == 0, "pthread_create");
-    int rc = pthread_barrier_wait(&f.inside);
-    CHECK(rc == 0 || rc == PTHREAD_BARRIER_SERIAL_THREAD, "pthread_barrier_wait");
+    struct shared *s = f->s;
+    atomic_store_explicit(&f->entry, n, memory_order_release);
+    spin_until(&f->entered, n, NULL);
     for (int r = 0; r < FIRST_READS; r++) {
         cp_context *snap = cp_context_copy(s->c);
         CHECK(snap != NULL, "cp_context_copy failed");
@@ -453,11 +493,31 @@ static void first_round(struct shared *s, bool lockless)
         check_iter(s, it, -1);
         cp_iter_free(it);
     }
-    atomic_store_explicit(&f.read, true, memory_order_release);
+    atomic_store_explicit(&f->read, n, memory_order_release);
+    spin_until(&f->left, n, NULL);
+}
+
+/* rounds fresh contexts, each entered twice: the first entry starts unread;
+ * the second starts after this thread's reads, so the enter clears watched
+ * again. Every other context takes the lock from the start. */
+static void first_rounds(struct shared *s, unsigned long rounds)
+{
+    struct first f = {.s = s};
+    pthread_t writer;
+    CHECK(pthread_create(&writer, NULL, first_writer, &f) == 0, "pthread_create");
+    unsigned n = 0;
+    for (unsigned long r = 0; r < rounds; r++) {
+        cp__context_lockless_writes(r % 2 == 0);
+        s->c = cp_context_new();
+        CHECK(s->c != NULL, "cp_context_new");
+        first_reads(&f, ++n);
+        first_reads(&f, ++n);
+        CHECK(cp_context_run(s->c, drain, s, NULL) == 0, "drain run");
+        cp_context_free(s->c);
+    }
+    cp__context_lockless_writes(true);
+    atomic_store_explicit(&f.quit, true, memory_order_release);
     CHECK(pthread_join(writer, NULL) == 0, "pthread_join");
-    CHECK(pthread_barrier_destroy(&f.inside) == 0, "pthread_barrier_destroy");
-    CHECK(cp_context_run(s->c, drain, s, NULL) == 0, "drain run");
-    cp_context_free(s->c);
 }
 
 int main(int argc, char **argv)
@@ -504,9 +564,8 @@ int main(int argc, char **argv)
         CHECK(cp_context_run(s->c, drain, s, NULL) == 0, "drain run");
         cp_context_free(s->c);
     }
-    unsigned long rounds = target_steps / 100 + 1;
-    for (unsigned long r = 0; r < rounds; r++)
-        first_round(&shared[r % NCTX], r % 2 == 0);
+    unsigned long rounds = target_steps / 20 + 1;
+    first_rounds(&shared[0], rounds);
 
     unsigned long sets = 0, steps = 0, busy = 0;
     for (int k = 0; k < NCTX; k++) {
