@@ -25,7 +25,7 @@ struct cp_context {
     /* Guards map against readers on other threads; see "The map lock" in
      * context.c. Used only for contexts that other threads can reach
      * (shared): a thread's base context and a pool job's frame are never
-     * handed out, and leave the next two fields unset. */
+     * handed out. (A frame leaves refs, owner and these unset.) */
     atomic_bool lock;
     bool shared;
     /* Set under lock by a thread other than the owner that reads map; while
@@ -98,13 +98,11 @@ static inline uintptr_t cp__self_id(void)
  * context. owned: whether the frame takes a reference the caller holds, or
  * borrows map from someone who keeps it alive until the frame ends. As
  * cp__context_enter, but without atomic read-modify-writes, since no other
- * thread can reach a frame; it cannot fail. Every field is written once.
- * relaxed: only this thread ever looks at a frame's owner. */
+ * thread can reach a frame; it cannot fail. A frame is never a handle: no
+ * one counts references to it, enters it, reads it from another thread or
+ * locks it, so refs, owner, lock, watched and writing stay unset. */
 static inline void cp__context_begin_frame(cp_context *c, cp__hamt map, bool owned)
 {
-    atomic_init(&c->refs, 1); /* not yet shared */
-    atomic_init(&c->owner, cp__self_id()); /* not yet shared */
-    atomic_init(&c->lock, false); /* not yet shared */
     c->shared = false;
     c->map = map;
     c->prev = cp__self.current;
@@ -136,6 +134,14 @@ static inline void cp__context_borrow(cp__borrow *b)
 static inline cp__borrow *cp__context_borrow_top(void)
 {
     return cp__self.borrows;
+}
+
+/* Unborrow b, the most recent borrow, handing its reference on b->map, if it
+ * took one, to the caller (for a frame on b->map): returns whether it had. */
+static inline bool cp__context_unborrow_to_frame(cp__borrow *b)
+{
+    cp__self.borrows = b->prev;
+    return b->owned;
 }
 
 static inline void cp__context_unborrow(cp__borrow *b)

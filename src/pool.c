@@ -1469,34 +1469,46 @@ static void priv_remove_newest(struct worker *self, struct task *t)
     t->w.kind = KIND_TASK;
 }
 
-int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
+/* A spawn that is not a worker's own: bad arguments, a task spawned from
+ * outside the pool, or a forked-away pool. */
+static __attribute__((noinline)) int spawn_queued(cp_pool *pool, struct task *t,
+                                                  cp_job_fn fn, void *arg)
 {
-    if (!pool || !task || !fn)
+    if (!pool || !t || !fn)
         return CP_EINVAL;
-    struct task *t = (struct task *)task;
-    struct worker *self = this_worker;
-    /* A worker's task is part of the job that spawns it, which stays counted
-     * until the task is synced: it needs no count of its own. */
-    bool own = self && self->pool == pool;
-    int err = !own ? admit(pool) : forked_away(pool) ? CP_ESHUTDOWN : 0;
+    if (is_worker_of(pool))
+        return CP_ESHUTDOWN; /* only forked_away sends a worker here */
+    int err = admit(pool);
     if (err != 0)
         return err;
     t->u.fn = fn;
     t->arg = arg;
     cp__context_borrow(&t->borrow);
-    if (own) {
-        stat_bump(&self->submitted); /* admit counts the others */
-        /* Private: no header to fill in until it is offered. */
-        t->w.kind = KIND_PRIVATE;
-        if (!self->priv_oldest)
-            self->priv_oldest = self->priv_linked = t;
-        /* One published task at a time is enough for the idle to take. */
-        if (workers_idle(pool) && cp__deque_size(&self->deque) == 0)
-            offer_private(self);
-        return 0;
-    }
     task_init(t, true);
     enqueue(pool, &t->w);
+    return 0;
+}
+
+int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
+{
+    struct task *t = (struct task *)task;
+    struct worker *self = this_worker;
+    /* A worker's task is part of the job that spawns it, which stays counted
+     * until the task is synced: it needs no count of its own. (pool is not
+     * NULL here: a worker's pool never is.) */
+    if (!self || self->pool != pool || !t || !fn || forked_away(pool))
+        return spawn_queued(pool, t, fn, arg);
+    t->u.fn = fn;
+    t->arg = arg;
+    cp__context_borrow(&t->borrow);
+    stat_bump(&self->submitted); /* admit counts the others */
+    /* Private: no header to fill in until it is offered. */
+    t->w.kind = KIND_PRIVATE;
+    if (!self->priv_oldest)
+        self->priv_oldest = self->priv_linked = t;
+    /* One published task at a time is enough for the idle to take. */
+    if (workers_idle(pool) && cp__deque_size(&self->deque) == 0)
+        offer_private(self);
     return 0;
 }
 
@@ -1508,47 +1520,56 @@ static void *run_inline(struct worker *self, struct task *t)
     return result;
 }
 
+/* Sync t, which was queued (offered, or spawned from outside the pool):
+ * wait for it, running it ourselves if it is still on top of our deque. */
+static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
+{
+    if (!t->w.counted) {
+        /* Queued by this worker on its own deque. Fast path: nobody took
+         * it, it is on top of the deque. Anything above it (a submit's job,
+         * items moved from the injection queue, work of jobs it helped with)
+         * runs now, as help. */
+        struct worker *self = this_worker;
+        struct work *w;
+        while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
+            if (w == &t->w) {
+                t->u.result = run_inline(self, t);
+                /* relaxed: no other thread looks at the task any more. */
+                atomic_store_explicit(&t->w.state, ST_DONE, memory_order_relaxed);
+                break;
+            }
+            run_work(self, w);
+        }
+        wait_work(self->pool, &t->w, 0);
+    } else {
+        wait_work(NULL, &t->w, 0);
+    }
+    cp__context_unborrow(&t->borrow);
+    int outcome = t->w.outcome;
+    if (outcome == 0 && result)
+        *result = t->u.result;
+    return outcome;
+}
+
 int cp_sync(cp_task *task, void **result)
 {
     struct task *t = (struct task *)task;
     if (!t || &t->borrow != cp__context_borrow_top())
         return CP_EINVAL;
-    void *r;
-    int outcome = 0;
-    if (t->w.kind == KIND_PRIVATE) {
-        struct worker *self = this_worker;
-        priv_remove_newest(self, t);
-        /* Syncs may come without spawns for a while: offer older private
-         * tasks to idle workers here too. */
-        if (workers_idle(self->pool) && cp__deque_size(&self->deque) == 0)
-            offer_private(self);
-        r = run_inline(self, t);
-    } else {
-        if (!t->w.counted) {
-            /* Queued by this worker on its own deque. Fast path: nobody
-             * took it, it is on top of the deque. Anything above it (a
-             * submit's job, items moved from the injection queue, work of
-             * jobs it helped with) runs now, as help. */
-            struct worker *self = this_worker;
-            struct work *w;
-            while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
-                if (w == &t->w) {
-                    t->u.result = run_inline(self, t);
-                    /* relaxed: no other thread looks at the task any more. */
-                    atomic_store_explicit(&t->w.state, ST_DONE, memory_order_relaxed);
-                    break;
-                }
-                run_work(self, w);
-            }
-            wait_work(self->pool, &t->w, 0);
-        } else {
-            wait_work(NULL, &t->w, 0);
-        }
-        r = t->u.result;
-        outcome = t->w.outcome;
-    }
-    cp__context_unborrow(&t->borrow);
-    if (outcome == 0 && result)
+    if (t->w.kind != KIND_PRIVATE)
+        return sync_queued(t, result);
+    struct worker *self = this_worker;
+    priv_remove_newest(self, t);
+    /* Syncs may come without spawns for a while: offer older private tasks
+     * to idle workers here too. */
+    if (workers_idle(self->pool) && cp__deque_size(&self->deque) == 0)
+        offer_private(self);
+    /* The task's borrow ends here, before it runs: its frame takes over the
+     * map (and the borrow's reference, if it took one). */
+    bool owned = cp__context_unborrow_to_frame(&t->borrow);
+    void *r = run_in_frame(t->borrow.map, owned, t->u.fn, t->arg);
+    stat_bump(&self->completed);
+    if (result)
         *result = r;
-    return outcome;
+    return 0;
 }
