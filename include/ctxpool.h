@@ -424,7 +424,9 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
 /* cp_sync - wait for a spawned task and get its result; runs it inline when
  * no other worker took it, else helps with other work until it is done.
  * Syncs on one thread come in reverse order of its spawns (nested like
- * scopes); a sync out of that order returns CP_EINVAL and waits for nothing.
+ * scopes; a task's syncs nest inside its spawner's, so from inside a task a
+ * sync of itself or of a sibling not yet synced is out of order); a sync out
+ * of that order returns CP_EINVAL and waits for nothing.
  * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first
  * (only a task spawned from outside the pool: a worker's tasks belong to the
  * running job that spawned them, which a cancel lets finish); CP_EINVAL.

@@ -136,14 +136,6 @@ static inline cp__borrow *cp__context_borrow_top(void)
     return cp__self.borrows;
 }
 
-/* Unborrow b, the most recent borrow, handing its reference on b->map, if it
- * took one, to the caller (for a frame on b->map): returns whether it had. */
-static inline bool cp__context_unborrow_to_frame(cp__borrow *b)
-{
-    cp__self.borrows = b->prev;
-    return b->owned;
-}
-
 static inline void cp__context_unborrow(cp__borrow *b)
 {
     cp__self.borrows = b->prev;

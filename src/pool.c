@@ -116,8 +116,10 @@ enum {
     ST_WAITERS = 8
 };
 
-/* KIND_PRIVATE: a frame task kept by its spawner, in no queue (see cp_spawn). */
-enum work_kind { KIND_JOB, KIND_TASK, KIND_PRIVATE };
+/* KIND_PRIVATE: a frame task kept by its spawner, in no queue (see cp_spawn).
+ * KIND_INLINE: a frame task its spawner runs now, in cp_sync; a sync of it
+ * (from inside itself) is refused. */
+enum work_kind { KIND_JOB, KIND_TASK, KIND_PRIVATE, KIND_INLINE };
 
 struct work {
     _Atomic(struct work *) next; /* injection queue link */
@@ -1466,7 +1468,7 @@ static void priv_remove_newest(struct worker *self, struct task *t)
         self->priv_linked = task_of(b);
     }
     /* No longer one to offer, nor to link: it runs now. */
-    t->w.kind = KIND_TASK;
+    t->w.kind = KIND_INLINE;
 }
 
 /* A spawn that is not a worker's own: bad arguments, a task spawned from
@@ -1512,9 +1514,11 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     return 0;
 }
 
-/* Run a task on its spawner's thread, in a frame on its borrowed map. */
+/* Run a queued task its spawner took back, on the spawner's thread, in a
+ * frame on its borrowed map. */
 static void *run_inline(struct worker *self, struct task *t)
 {
+    t->w.kind = KIND_INLINE; /* nobody else has it any more */
     void *result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
     stat_bump(&self->completed);
     return result;
@@ -1524,6 +1528,8 @@ static void *run_inline(struct worker *self, struct task *t)
  * wait for it, running it ourselves if it is still on top of our deque. */
 static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
 {
+    if (t->w.kind == KIND_INLINE)
+        return CP_EINVAL; /* a sync from inside the task itself */
     if (!t->w.counted) {
         /* Queued by this worker on its own deque. Fast path: nobody took
          * it, it is on top of the deque. Anything above it (a submit's job,
@@ -1564,10 +1570,13 @@ int cp_sync(cp_task *task, void **result)
      * to idle workers here too. */
     if (workers_idle(self->pool) && cp__deque_size(&self->deque) == 0)
         offer_private(self);
-    /* The task's borrow ends here, before it runs: its frame takes over the
-     * map (and the borrow's reference, if it took one). */
-    bool owned = cp__context_unborrow_to_frame(&t->borrow);
+    /* The frame takes over the borrow's reference, if it took one. The
+     * borrow stays on top of the stack while the task runs, so that syncs
+     * inside it of its spawner's other tasks are refused as out of order. */
+    bool owned = t->borrow.owned;
+    t->borrow.owned = false;
     void *r = run_in_frame(t->borrow.map, owned, t->u.fn, t->arg);
+    cp__context_unborrow(&t->borrow);
     stat_bump(&self->completed);
     if (result)
         *result = r;

@@ -1558,6 +1558,67 @@ Test(task, sync_out_of_order_on_a_worker_is_einval_and_runs_nothing, .timeout = 
     free_pool(pool);
 }
 
+/* Syncs made from inside a running task: of its spawner's other pending
+ * task (out of order), and of itself. */
+struct inner_syncs {
+    cp_pool *pool;
+    cp_task *sibling, *self;
+    atomic_int ran_sibling;
+    int rc_sibling, rc_self, rc_t, rc_s;
+};
+
+static void *sync_from_inside(void *p)
+{
+    struct inner_syncs *o = p;
+    o->rc_sibling = cp_sync(o->sibling, NULL);
+    o->rc_self = cp_sync(o->self, NULL);
+    return o;
+}
+
+static void *spawn_and_sync_inside(void *p)
+{
+    struct inner_syncs *o = p;
+    cp_task s, t;
+    o->sibling = &s;
+    o->self = &t;
+    JCHECK(cp_spawn(o->pool, &s, count_job, &o->ran_sibling) == 0);
+    JCHECK(cp_spawn(o->pool, &t, sync_from_inside, o) == 0);
+    void *result = NULL;
+    o->rc_t = cp_sync(&t, &result);
+    JCHECK(result == o);
+    o->rc_s = cp_sync(&s, &result);
+    JCHECK(result == &o->ran_sibling);
+    return NULL;
+}
+
+static void syncs_from_inside_a_task_are_refused(unsigned threads)
+{
+    cp_pool *pool = new_pool(threads);
+    for (int rep = 0; rep < 200; rep++) {
+        struct inner_syncs o = {.pool = pool};
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(pool, spawn_and_sync_inside, &o, &f), 0);
+        wait_ok(f);
+        jobs_ok();
+        cr_assert_eq(o.rc_sibling, CP_EINVAL, "the spawner's other task, out of order");
+        cr_assert_eq(o.rc_self, CP_EINVAL, "the running task itself");
+        cr_assert_eq(o.rc_t, 0);
+        cr_assert_eq(o.rc_s, 0, "the spawner's own sync still works");
+        cr_assert_eq(runs(&o.ran_sibling), 1);
+    }
+    free_pool(pool);
+}
+
+Test(task, syncs_from_inside_a_task_are_refused_on_one_worker, .timeout = 30)
+{
+    syncs_from_inside_a_task_are_refused(1);
+}
+
+Test(task, syncs_from_inside_a_task_are_refused_on_two_workers, .timeout = 30)
+{
+    syncs_from_inside_a_task_are_refused(2);
+}
+
 /* In a job: set v to a, spawn a reader, change v (set b, reset to a
  * token's state, delete) with a reader spawned after each change, then sync
  * them all: each sees v as it was when it was spawned, although the changes
