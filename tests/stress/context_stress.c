@@ -280,22 +280,27 @@ static void *set_reader_var(void *p)
     return NULL;
 }
 
+/* Copy s->c and check the copy; iterate s->c and check what comes. */
+static void copy_and_iterate(const struct shared *s)
+{
+    cp_context *snap = cp_context_copy(s->c);
+    CHECK(snap != NULL, "cp_context_copy failed");
+    check_snapshot(s, snap);
+    cp_context_free(snap);
+
+    cp_iter *it = cp_context_iter(s->c);
+    CHECK(it != NULL, "cp_context_iter failed");
+    check_iter(s, it, -1);
+    cp_iter_free(it);
+}
+
 static void *reader(void *p)
 {
     struct shared *s = p;
     char mine;
     unsigned long reads = 0;
     do {
-        cp_context *snap = cp_context_copy(s->c);
-        CHECK(snap != NULL, "cp_context_copy failed");
-        check_snapshot(s, snap);
-        cp_context_free(snap);
-
-        cp_iter *it = cp_context_iter(s->c);
-        CHECK(it != NULL, "cp_context_iter failed");
-        check_iter(s, it, -1);
-        cp_iter_free(it);
-
+        copy_and_iterate(s);
         CHECK(cp_context_len(s->c) <= NV, "len out of range");
         int i = (int)(reads % NV);
         void *value = NULL;
@@ -483,16 +488,8 @@ static void first_reads(struct first *f, unsigned n)
     struct shared *s = f->s;
     atomic_store_explicit(&f->entry, n, memory_order_release);
     spin_until(&f->entered, n, NULL);
-    for (int r = 0; r < FIRST_READS; r++) {
-        cp_context *snap = cp_context_copy(s->c);
-        CHECK(snap != NULL, "cp_context_copy failed");
-        check_snapshot(s, snap);
-        cp_context_free(snap);
-        cp_iter *it = cp_context_iter(s->c);
-        CHECK(it != NULL, "cp_context_iter failed");
-        check_iter(s, it, -1);
-        cp_iter_free(it);
-    }
+    for (int r = 0; r < FIRST_READS; r++)
+        copy_and_iterate(s);
     atomic_store_explicit(&f->read, n, memory_order_release);
     spin_until(&f->left, n, NULL);
 }
