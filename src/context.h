@@ -152,10 +152,10 @@ void cp__context_incref(cp_context *c);
 int cp__context_enter(cp_context *c);
 void cp__context_leave(cp_context *c);
 
-/* Test hook: whether shared contexts made from now on let their owner change
- * them without the lock until another thread reads them (see "The map lock"
- * in context.c). On by default where the kernel offers membarrier; turning
- * it on elsewhere has no effect. */
+/* Test hook: whether shared contexts made or entered from now on let their
+ * owner change them without the lock until another thread reads them (see
+ * "The map lock" in context.c). On by default where the kernel offers
+ * membarrier; turning it on elsewhere has no effect. */
 void cp__context_lockless_writes(bool on);
 
 #endif /* CTXPOOL_CONTEXT_H */
