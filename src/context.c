@@ -57,6 +57,7 @@
 
 #include "context.h"
 
+#include <errno.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
@@ -115,8 +116,11 @@ static _Atomic uint64_t next_token_id = 1;
  * takes it) for every set and every reset, about a sixth of a set+reset
  * here. Readers on other threads are rare, so the owner takes the lock only
  * once a thread other than the owner has read the context ("watched", set by
- * that reader under the lock; an owner that enters the context clears it
- * again, under the lock, so each entry starts afresh). Until then a change
+ * that reader under the lock). An owner that enters the context clears it
+ * again, under the lock, unless a reader has ever had to fence (below): a
+ * context read between its runs starts each run without the lock, and one
+ * read during its runs pays for one fence in its life, not one per run.
+ * Until then a change
  * is bracketed by plain stores of a "writing" flag, and the owner checks
  * "watched" after raising the flag:
  *
@@ -139,28 +143,48 @@ static _Atomic uint64_t next_token_id = 1;
  * load of the owner are all seq_cst, so an owner entering later sees
  * watched, and one that left published everything with its release of
  * c->owner. The process registers for the command when the library is
- * loaded (registering later, with threads running, waits for an RCU grace
- * period, milliseconds); where the kernel refuses, every shared context
- * takes the lock for every change. */
+ * loaded (registering with threads running waits for an RCU grace period,
+ * milliseconds, which a dlopen into a busy process pays once); where the
+ * kernel refuses, every shared context takes the lock for every change. */
 
 static bool fence_ready; /* registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED */
 /* relaxed: a test switch, read when a context is made or entered. */
 static atomic_bool lockless_writes = true;
 
-/* Runs when the library is loaded, before any call can read fence_ready. */
-static __attribute__((constructor)) void fence_register(void)
+static bool fence_try_register(void)
 {
-    fence_ready = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
-                          0, 0) == 0;
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
 }
 
-/* A full barrier on every CPU running one of our threads. Once registered,
- * the call fails only when the kernel cannot allocate a temporary CPU mask
- * (ENOMEM); the barrier is needed, so it is asked for again. */
+/* Runs when the library is loaded, before any call can read fence_ready
+ * (a context made earlier, by another library's constructor, takes the
+ * lock: safe). Leaves errno as it found it. */
+static __attribute__((constructor)) void fence_register(void)
+{
+    int saved = errno;
+    fence_ready = fence_try_register();
+    errno = saved;
+}
+
+/* A full barrier on every CPU running one of our threads. The barrier is
+ * needed, so a failure is not accepted: registered, the call fails only
+ * for want of memory (ENOMEM, try again) or when the registration was lost
+ * (EPERM, after a checkpoint and restore by an older CRIU: register again).
+ * If that fails, MEMBARRIER_CMD_GLOBAL (slower: it waits for every CPU to
+ * pass a quiescent state) needs no registration. */
 static void fence_all_threads(void)
 {
-    while (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+    int saved = errno;
+    for (;;) {
+        if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+            break;
+        if (errno == EPERM && fence_try_register())
+            continue;
+        if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0)
+            break;
         sched_yield();
+    }
+    errno = saved;
 }
 
 void cp__context_lockless_writes(bool on)
@@ -213,8 +237,10 @@ static void watch(cp_context *c)
         /* seq_cst, as the load of owner after it and the enter's swap:
          * either that load sees an owner, or the owner sees watched. */
         atomic_store_explicit(&c->watched, true, memory_order_seq_cst);
-        if (atomic_load_explicit(&c->owner, memory_order_seq_cst) != 0)
+        if (atomic_load_explicit(&c->owner, memory_order_seq_cst) != 0) {
             fence_all_threads();
+            c->fenced = true; /* lock holders only */
+        }
     }
     /* acquire: pairs with the owner's release in write_end, so its change
      * happens-before our read. A change takes at most a few allocations. */
@@ -463,6 +489,7 @@ static cp_context *context_alloc(cp__hamt map, bool shared)
     c->shared = shared;
     atomic_init(&c->watched, shared && !lockless_ok()); /* not yet shared */
     atomic_init(&c->writing, false); /* not yet shared */
+    c->fenced = false;
     c->map = map;
     c->prev = NULL;
     c->token_id = 0;
@@ -748,14 +775,16 @@ int cp__context_enter(cp_context *c)
                                                  memory_order_seq_cst,
                                                  memory_order_relaxed))
         return expected == cp__self_id() ? CP_ERECURSIVE : CP_EBUSY;
-    /* Start without the lock again if an earlier reader left c watched.
-     * relaxed: a stale false leaves watched set, and write_begin's seq_cst
-     * load then takes the lock; a true is cleared under the lock, so that
-     * no reader is reading at that moment. See "The map lock". */
+    /* Start without the lock again if an earlier reader left c watched
+     * while nobody had it entered. relaxed: a stale false leaves watched
+     * set, and write_begin's seq_cst load then takes the lock; a true is
+     * cleared under the lock, so that no reader is reading at that moment.
+     * See "The map lock". */
     if (c->shared && atomic_load_explicit(&c->watched, memory_order_relaxed) &&
         lockless_ok()) {
         map_lock(c);
-        atomic_store_explicit(&c->watched, false, memory_order_relaxed);
+        if (!c->fenced)
+            atomic_store_explicit(&c->watched, false, memory_order_relaxed);
         map_unlock(c);
     }
     cp__context_incref(c);

@@ -30,10 +30,13 @@ struct cp_context {
     bool shared;
     /* Set under lock by a thread other than the owner that reads map; while
      * set, the owner changes map under lock. An owner entering clears it,
-     * under lock. */
+     * under lock, unless fenced. */
     atomic_bool watched;
     /* Set by the owner while it changes map without the lock. */
     atomic_bool writing;
+    /* Lock holders only: a reader has had to fence an owner's writes (see
+     * "The map lock"); from then on c stays watched. */
+    bool fenced;
     /* Written only by the owner (under lock once watched); read by the owner
      * without the lock and by other threads under it. */
     cp__hamt map;
@@ -152,8 +155,9 @@ void cp__context_incref(cp_context *c);
 int cp__context_enter(cp_context *c);
 void cp__context_leave(cp_context *c);
 
-/* Test hook: whether shared contexts made or entered from now on let their
- * owner change them without the lock until another thread reads them (see
+/* Test hook: whether shared contexts made from now on start without the
+ * lock (their owner takes it once another thread reads them), and whether
+ * an enter from now on may take a watched context off the lock again (see
  * "The map lock" in context.c). On by default where the kernel offers
  * membarrier; turning it on elsewhere has no effect. */
 void cp__context_lockless_writes(bool on);

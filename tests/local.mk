@@ -1,8 +1,8 @@
 # tests/local.mk - the test suite (included from Makefile.am).
 #
-# Criterion unit tests, one file per component, and plain stress programs
-# (tests/stress/) that also run under ThreadSanitizer, where Criterion cannot
-# start. Every test links the internal convenience library to reach test hooks.
+# Criterion unit tests, one file per component, and plain programs
+# (tests/stress/: stress tests, and fence_fallback, which replaces syscall())
+# that also run under ThreadSanitizer, where Criterion cannot start. Every test links the internal convenience library to reach test hooks.
 TEST_LIBS = libctxpool-internal.la $(PTHREAD_LIBS)
 TEST_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src
 
@@ -16,6 +16,7 @@ UNIT_TESTS = \
 STRESS_TESTS = \
 	tests/stress/deque_stress \
 	tests/stress/context_stress \
+	tests/stress/fence_fallback \
 	tests/stress/pool_stress
 
 EXTRA_DIST += tests/stress/check.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
@@ -75,6 +76,10 @@ tests_test_error_SOURCES = tests/test_error.c
 tests_test_error_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_error_CFLAGS = $(AM_CFLAGS) $(CRITERION_CFLAGS)
 tests_test_error_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
+
+tests_stress_fence_fallback_SOURCES = tests/stress/fence_fallback.c
+tests_stress_fence_fallback_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_fence_fallback_LDADD = $(TEST_LIBS)
 
 tests_stress_context_stress_SOURCES = tests/stress/context_stress.c
 tests_stress_context_stress_CPPFLAGS = $(TEST_CPPFLAGS)

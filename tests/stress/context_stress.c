@@ -22,12 +22,12 @@
  *   must not reach the shared context).
  * Then, first reads: in each of target_steps / 20 + 1 rounds, a fresh
  * context (which its owner changes without the lock until another thread
- * reads it; see "The map lock" in context.c) is entered twice by a writer
- * that runs the state machine without pause, and read by the main thread,
- * which starts copying and iterating it as soon as the writer is inside.
- * Each first read is a handover to the lock. Every other round uses the
- * test hook that makes contexts take the lock from the start, as where
- * membarrier is missing.
+ * reads it; see "The map lock" in context.c) is read once, then entered
+ * twice by a writer that runs the state machine without pause, and read by
+ * the main thread, which starts copying and iterating it as soon as the
+ * writer is inside. The first entry's first read is a handover to the lock.
+ * Every other round uses the test hook that makes contexts take the lock
+ * from the start, as where membarrier is missing.
  * Besides, CHAIN_DRIVERS threads build chains of cp_thread_create threads,
  * each checking that it sees its creator's values but the creator does not
  * see its own, and that every base context is released at thread exit.
@@ -494,9 +494,11 @@ static void first_reads(struct first *f, unsigned n)
     spin_until(&f->left, n, NULL);
 }
 
-/* rounds fresh contexts, each entered twice: the first entry starts unread;
- * the second starts after this thread's reads, so the enter clears watched
- * again. Every other context takes the lock from the start. */
+/* rounds fresh contexts, each read once before its first entry (watched,
+ * with no fence: nobody has it entered) and then entered twice: the first
+ * enter clears watched, so the first read inside that entry is a handover;
+ * that read fenced, so the second entry keeps the lock. Every other context
+ * takes the lock from the start. */
 static void first_rounds(struct shared *s, unsigned long rounds)
 {
     struct first f = {.s = s};
@@ -507,6 +509,7 @@ static void first_rounds(struct shared *s, unsigned long rounds)
         cp__context_lockless_writes(r % 2 == 0);
         s->c = cp_context_new();
         CHECK(s->c != NULL, "cp_context_new");
+        copy_and_iterate(s);
         first_reads(&f, ++n);
         first_reads(&f, ++n);
         CHECK(cp_context_run(s->c, drain, s, NULL) == 0, "drain run");

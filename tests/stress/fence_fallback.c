@@ -1,0 +1,168 @@
+/* fence_fallback.c - what a reader does when membarrier fails.
+ *
+ * A plain program (no Criterion), so that it also runs under the
+ * sanitizers. It exits 0 when every check held, else 1 with the failed
+ * check on stderr.
+ *
+ * The first read of an entered context from another thread fences the
+ * owner's writes with MEMBARRIER_CMD_PRIVATE_EXPEDITED (src/context.c, "The
+ * map lock"). That call may fail: EPERM when the registration was lost,
+ * ENOMEM when the kernel is short of memory. This program defines syscall()
+ * itself, ahead of the C library's, so that it can make the next such call
+ * fail; everything else, and the retries, go to the real system call. It
+ * checks which commands the library then sends, that the read sees a
+ * consistent map, and that errno is left alone. It needs a kernel with
+ * membarrier, as the library's lockless path does.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+
+#include "check.h"
+#include "ctxpool.h"
+
+#define NV 8
+#define MAX_LOG 16
+
+/* The membarrier commands seen, in order, while logging is on. Only the
+ * reader (the main thread) makes membarrier calls here; relaxed: read after
+ * the calls, on the same thread. */
+static atomic_int log_len;
+static int log_cmd[MAX_LOG];
+static atomic_bool logging;
+/* The errno the next MEMBARRIER_CMD_PRIVATE_EXPEDITED fails with; 0: none. */
+static atomic_int fail_next;
+
+long syscall(long number, ...); /* as <unistd.h> declares it */
+
+long syscall(long number, ...)
+{
+    va_list ap;
+    va_start(ap, number);
+    long a = va_arg(ap, long), b = va_arg(ap, long), c = va_arg(ap, long);
+    va_end(ap);
+    if (number == SYS_membarrier && atomic_load(&logging)) {
+        int n = atomic_fetch_add(&log_len, 1);
+        if (n < MAX_LOG)
+            log_cmd[n] = (int)a;
+        int err = atomic_exchange(&fail_next, 0);
+        if (a == MEMBARRIER_CMD_PRIVATE_EXPEDITED && err != 0) {
+            errno = err;
+            return -1;
+        }
+    }
+    static long (*real)(long, ...);
+    if (!real)
+        real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    CHECK(real != NULL, "no syscall() after ours: %s", dlerror());
+    return real(number, a, b, c);
+}
+
+static cp_var *vars[NV];
+static char values[NV];
+
+struct writer {
+    cp_context *c;
+    atomic_bool inside; /* release/acquire: the writer is in its run */
+    atomic_bool stop;   /* release/acquire: the reader is done */
+};
+
+/* Set and reset vars in order, so that the map always holds vars 0..n-1. */
+static void *write_until_stopped(void *p)
+{
+    struct writer *w = p;
+    cp_token *tokens[NV];
+    atomic_store_explicit(&w->inside, true, memory_order_release);
+    while (!atomic_load_explicit(&w->stop, memory_order_acquire)) {
+        for (int i = 0; i < NV; i++)
+            CHECK(cp_var_set(vars[i], &values[i], &tokens[i]) == 0, "set");
+        for (int i = NV - 1; i >= 0; i--) {
+            CHECK(cp_var_reset(vars[i], tokens[i]) == 0, "reset");
+            cp_token_free(tokens[i]);
+        }
+    }
+    return NULL;
+}
+
+static void *writer_thread(void *p)
+{
+    struct writer *w = p;
+    CHECK(cp_context_run(w->c, write_until_stopped, w, NULL) == 0, "writer's run");
+    return NULL;
+}
+
+/* Enter a fresh context on another thread, make the first read of it from
+ * this one with the next private fence failing with err, and return how
+ * many membarrier calls that read made (their commands in log_cmd). */
+static int first_read_with_failure(int err)
+{
+    struct writer w = {.c = cp_context_new()};
+    CHECK(w.c != NULL, "cp_context_new");
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, writer_thread, &w) == 0, "pthread_create");
+    while (!atomic_load_explicit(&w.inside, memory_order_acquire))
+        sched_yield();
+
+    atomic_store(&log_len, 0);
+    atomic_store(&fail_next, err);
+    atomic_store(&logging, true);
+    errno = 4242;
+    cp_context *snap = cp_context_copy(w.c);
+    CHECK(errno == 4242, "errno changed to %d", errno);
+    atomic_store(&logging, false);
+    CHECK(snap != NULL, "cp_context_copy");
+
+    /* The snapshot holds vars 0..n-1, each with its value. */
+    size_t n = cp_context_len(snap);
+    CHECK(n <= NV, "len %zu", n);
+    for (size_t i = 0; i < NV; i++)
+        CHECK(cp_context_get_or(snap, vars[i], NULL) == (i < n ? &values[i] : NULL),
+              "snapshot of len %zu is torn at var %zu", n, i);
+    cp_context_free(snap);
+
+    atomic_store_explicit(&w.stop, true, memory_order_release);
+    CHECK(pthread_join(th, NULL) == 0, "pthread_join");
+    cp_context_free(w.c);
+    int calls = atomic_load(&log_len);
+    CHECK(calls <= MAX_LOG, "%d membarrier calls", calls);
+    return calls;
+}
+
+int main(void)
+{
+    for (int i = 0; i < NV; i++) {
+        vars[i] = cp_var_new("v", NULL);
+        CHECK(vars[i] != NULL, "cp_var_new");
+    }
+
+    /* No failure: one private fence. */
+    int calls = first_read_with_failure(0);
+    CHECK(calls == 1 && log_cmd[0] == MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+          "%d calls, first %d: is membarrier missing from this kernel?", calls, log_cmd[0]);
+
+    /* Registration lost: register again, then fence. */
+    calls = first_read_with_failure(EPERM);
+    CHECK(calls == 3 && log_cmd[0] == MEMBARRIER_CMD_PRIVATE_EXPEDITED &&
+              log_cmd[1] == MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED &&
+              log_cmd[2] == MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+          "after EPERM: %d calls (%d, %d, %d)", calls, log_cmd[0], log_cmd[1], log_cmd[2]);
+
+    /* Out of memory: the global fence, which needs no registration. */
+    calls = first_read_with_failure(ENOMEM);
+    CHECK(calls == 2 && log_cmd[0] == MEMBARRIER_CMD_PRIVATE_EXPEDITED &&
+              log_cmd[1] == MEMBARRIER_CMD_GLOBAL,
+          "after ENOMEM: %d calls (%d, %d)", calls, log_cmd[0], log_cmd[1]);
+
+    for (int i = 0; i < NV; i++)
+        cp_var_free(vars[i]);
+    printf("fence_fallback: ok\n");
+    return 0;
+}
