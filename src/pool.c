@@ -552,8 +552,12 @@ static void returns_flush(struct worker *self);
 
 static void future_decref(struct cp_future *f)
 {
-    /* acq_rel: the last holder sees every other holder's writes. */
-    if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1)
+    /* A holder that reads 1 is the last: no other holder is left to race
+     * with, and the read-modify-write can be skipped (a handle freed after
+     * its job finished). acquire on the load, acq_rel on the decrement: the
+     * last holder sees every other holder's writes. */
+    if (atomic_load_explicit(&f->refs, memory_order_acquire) == 1 ||
+        atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1)
         job_release(f);
 }
 
