@@ -22,17 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define CACHE_SMALL 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define CACHE_SMALL 0
-#endif
-#endif
-#ifndef CACHE_SMALL
-#define CACHE_SMALL 1
-#endif
-
 static __thread unsigned long countdown
     __attribute__((tls_model("initial-exec")));
 static __thread unsigned long allocations
@@ -144,7 +133,7 @@ void *cp__alloc_small(size_t size)
 {
     if (should_fail())
         return NULL;
-    if (!CACHE_SMALL || size > SMALL_MAX || size == 0)
+    if (!CP__KEEP_FREED || size > SMALL_MAX || size == 0)
         return malloc(size);
     size_t c = small_class(size);
     struct small_free *f = small.head[c];
@@ -161,7 +150,7 @@ void cp__free_small(void *ptr, size_t size)
 {
     if (!ptr)
         return;
-    if (!CACHE_SMALL || size > SMALL_MAX || size == 0) {
+    if (!CP__KEEP_FREED || size > SMALL_MAX || size == 0) {
         free(ptr);
         return;
     }

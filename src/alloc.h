@@ -18,6 +18,19 @@ void *cp__calloc(size_t count, size_t size);
 void *cp__calloc_aligned(size_t count, size_t size, size_t align);
 void cp__free(void *ptr);
 
+/* Whether freed objects may be kept for reuse: not under AddressSanitizer,
+ * which must see every use after free. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CP__KEEP_FREED 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CP__KEEP_FREED 0
+#endif
+#endif
+#ifndef CP__KEEP_FREED
+#define CP__KEEP_FREED 1
+#endif
+
 /* Small objects whose size the caller knows when it frees them (items,
  * tokens, contexts, trie nodes): served from per-thread free lists, so the
  * hot paths of set, reset and copy do not go to malloc. An object may be

@@ -42,6 +42,16 @@
  * address reused while the cache holds it, because the current map still
  * holds an item for it.
  *
+ * The copy cache. A copy freed on the thread that made it, while that
+ * thread's current map is still the one copied, is not freed but kept (one
+ * per thread) for the thread's next cp_copy_context, which then costs no
+ * allocation and no atomic operation: the kept context still holds its
+ * reference on the map. cp__cache_forget, called before any change of the
+ * current map and whenever another context becomes current, frees it. So
+ * the kept reference never outlives the current context's own reference to
+ * the same map, and no value lives longer because of it. Off under
+ * AddressSanitizer, which must see uses of freed contexts.
+ *
  * Invariants:
  * - c->map is changed only by c's owner; when c is shared, under c->lock or
  *   with c->writing raised while no other thread reads it (see "The map
@@ -49,6 +59,8 @@
  * - A thread's current context is entered by that thread (owner == self),
  *   or is a pool job's frame (context.h), which no other thread can reach;
  *   its base context has owner == self from creation on.
+ * - A thread's kept copy (cp__self.copy_cache), if any, has the current
+ *   map's root.
  * - Every item holds one reference on its variable; every token holds one on
  *   its old item, or, when the variable had no value, one on the variable,
  *   and after a reset that freed the set's item, that item's one too.
@@ -336,6 +348,8 @@ static void materialise_borrows(cp__hamt m)
 static int map_update(cp_context *c, cp__hamt_item *item, bool fresh,
                       const cp_var *var, cp__hamt_item **gone)
 {
+    /* First: a kept copy's reference would keep the map's nodes shared. */
+    cp__cache_forget();
     if (cp__self.borrows)
         materialise_borrows(c->map);
     if (!c->owns_map) {
@@ -348,7 +362,6 @@ static int map_update(cp_context *c, cp__hamt_item *item, bool fresh,
     if (err == 0 && fresh)
         cp__hamt_item_publish(item); /* the map holds it; write_end publishes */
     write_end(c, locked);
-    cp__cache_forget();
     return err;
 }
 
@@ -468,8 +481,8 @@ static void base_release(void *base)
         cp__self.base = NULL;
         if (cp__self.current == base)
             cp__self.current = NULL;
-        cp__cache_forget();
     }
+    cp__cache_forget(); /* the thread is ending: its kept copy goes too */
     context_decref(base);
 }
 
@@ -478,11 +491,10 @@ static void base_key_create(void)
     base_key_error = pthread_key_create(&base_key, base_release);
 }
 
-static cp_context *context_alloc(cp__hamt map, bool shared)
+/* Make c a context on map (whose reference it takes) that nobody has
+ * entered. */
+static inline void context_init(cp_context *c, cp__hamt map, bool shared)
 {
-    cp_context *c = cp__alloc_small(sizeof *c);
-    if (!c)
-        return NULL;
     atomic_init(&c->refs, 1); /* not yet shared */
     atomic_init(&c->owner, 0); /* not yet shared */
     atomic_init(&c->lock, false); /* not yet shared */
@@ -494,6 +506,13 @@ static cp_context *context_alloc(cp__hamt map, bool shared)
     c->prev = NULL;
     c->token_id = 0;
     c->owns_map = true;
+}
+
+static cp_context *context_alloc(cp__hamt map, bool shared)
+{
+    cp_context *c = cp__alloc_small(sizeof *c);
+    if (c)
+        context_init(c, map, shared);
     return c;
 }
 
@@ -723,6 +742,22 @@ static void context_decref(cp_context *c)
 {
     if (!cp__last_reference(&c->refs))
         return;
+    /* A copy of the current map, and no copy kept yet: keep this one (see
+     * "The copy cache"). A base context is never kept: it is not shared. */
+    if (CP__KEEP_FREED && c->shared && !cp__self.copy_cache && cp__self.current &&
+        c->map.root && c->map.root == cp__self.current->map.root) {
+        cp__self.copy_cache = c;
+        return;
+    }
+    cp__hamt_decref(c->map);
+    cp__free_small(c, sizeof *c);
+}
+
+void cp__copy_cache_flush(void)
+{
+    cp_context *c = cp__self.copy_cache;
+    cp__self.copy_cache = NULL;
+    /* The current map holds the same root: nothing is freed but c. */
     cp__hamt_decref(c->map);
     cp__free_small(c, sizeof *c);
 }
@@ -738,13 +773,24 @@ cp_context *cp_context_new(void)
     return context_alloc(CP__HAMT_EMPTY, true);
 }
 
-cp_context *cp_copy_context(void)
+static __attribute__((noinline)) cp_context *copy_current(void)
 {
     cp__hamt m = cp__context_capture();
     cp_context *c = context_alloc(m, true);
     if (!c)
         cp__hamt_decref(m);
     return c;
+}
+
+cp_context *cp_copy_context(void)
+{
+    /* The kept copy, if any, is of the current map (see "The copy cache"). */
+    cp_context *kept = cp__self.copy_cache;
+    if (!kept)
+        return copy_current();
+    cp__self.copy_cache = NULL;
+    context_init(kept, kept->map, true);
+    return kept;
 }
 
 cp_context *cp_context_copy(const cp_context *c)

@@ -77,6 +77,9 @@ struct cp__thread {
     const cp_var *cache_var;
     void *cache_value;
     cp__borrow *borrows; /* this thread's borrowed captures, newest first */
+    /* A context this thread copied from its current map and freed: kept,
+     * with its reference on that map, for the next cp_copy_context. */
+    cp_context *copy_cache;
 };
 
 extern __thread struct cp__thread cp__self
@@ -86,10 +89,16 @@ extern __thread struct cp__thread cp__self
 extern const char cp__no_var;
 #define CP__NO_VAR ((const cp_var *)&cp__no_var)
 
-/* The current map may change, or another context becomes current. */
+void cp__copy_cache_flush(void);
+
+/* The current map may change, or another context becomes current: forget
+ * what this thread keeps about its current map, the get cache and the copy
+ * cache (context.c). Called before a change of the map. */
 static inline void cp__cache_forget(void)
 {
     cp__self.cache_var = CP__NO_VAR;
+    if (cp__self.copy_cache)
+        cp__copy_cache_flush();
 }
 
 static inline uintptr_t cp__self_id(void)

@@ -1410,6 +1410,115 @@ static void *copy_while_running(void *p)
     return NULL;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Copies freed on the thread that made them (kept for the next copy)        */
+
+struct freed_copies {
+    cp_var *v;
+    tval *b;
+    cp_token *token;
+    int rc_token_in_next_copy;
+    void *seen_in_next_copy;
+    int frees_of_a_after_set;
+    tval *a;
+};
+
+static void *reset_token_here(void *p)
+{
+    struct freed_copies *f = p;
+    f->rc_token_in_next_copy = cp_var_reset(f->v, f->token);
+    f->seen_in_next_copy = cp_var_get_or(f->v, NULL);
+    return NULL;
+}
+
+static void *copy_free_copy(void *p)
+{
+    struct freed_copies *f = p;
+    /* A token made in a copy whose map is still the current one, so that
+     * freeing the copy can keep it for the next cp_copy_context. */
+    cp_context *first = cp_copy_context();
+    TCHECK(first != NULL);
+    struct set_args a = {f->v, f->a, &f->token, 1};
+    TCHECK(cp_context_run(first, do_set, &a, NULL) == 0 && a.rc == 0);
+    cp_context_free(first);
+    cp_context *next = cp_copy_context();
+    TCHECK(next != NULL);
+    TCHECK(cp_context_run(next, reset_token_here, f, NULL) == 0);
+    cp_context_free(next);
+    cp_token_free(f->token); /* it held a too */
+    /* A change of the current map right after a freed copy frees the
+     * replaced value at once. */
+    cp_context_free(cp_copy_context());
+    TCHECK(cp_var_set(f->v, f->b, NULL) == 0);
+    f->frees_of_a_after_set = frees_of(f->a);
+    return NULL;
+}
+
+Test(freed_copy, next_copy_is_a_new_context_with_the_current_values)
+{
+    tval a = {0}, b = {0};
+    struct freed_copies f = {.v = cp_var_new("v", tval_free), .a = &a, .b = &b};
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, f.v, &a, NULL), 0);
+    void *r = UNTOUCHED;
+    cr_assert_eq(cp_context_run(c, copy_free_copy, &f, &r), 0);
+    cr_assert_null(r, "failed check at line %d", (int)(intptr_t)r);
+    cr_assert_eq(f.rc_token_in_next_copy, CP_ETOKEN_CONTEXT,
+                 "a token of a freed copy does not belong to the next copy");
+    cr_assert_eq(f.seen_in_next_copy, &a);
+    cr_assert_eq(f.frees_of_a_after_set, 1, "a was freed by the set, not later");
+    cr_assert_eq(value_in(c, f.v), &b);
+    cp_context_free(c);
+    cp_var_free(f.v);
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(total(), 2);
+}
+
+static void *copy_and_free_a_few(void *p)
+{
+    (void)p;
+    for (int i = 0; i < 3; i++)
+        cp_context_free(cp_copy_context());
+    return NULL;
+}
+
+Test(freed_copy, values_go_with_their_context_after_copies_freed_inside_a_run)
+{
+    tval a = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, &a, NULL), 0);
+    cr_assert_eq(cp_context_run(c, copy_and_free_a_few, NULL, NULL), 0);
+    cr_assert_eq(frees_of(&a), 0);
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&a), 1, "freed with c, not kept by a freed copy");
+    cp_var_free(v);
+}
+
+struct base_copies {
+    cp_var *v;
+    tval *a;
+};
+
+static void *set_copy_free_and_exit(void *p)
+{
+    struct base_copies *b = p;
+    TCHECK(cp_var_set(b->v, b->a, NULL) == 0);
+    copy_and_free_a_few(NULL);
+    return NULL;
+}
+
+Test(freed_copy, values_of_a_thread_go_at_its_exit_after_copies_freed_there)
+{
+    tval a = {0};
+    struct base_copies b = {cp_var_new("v", tval_free), &a};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, set_copy_free_and_exit, &b), 0);
+    join_ok(th);
+    cr_assert_eq(frees_of(&a), 1, "freed with the thread's base context");
+    cp_var_free(b.v);
+}
+
 Test(copy_while_running, copy_context_inside_a_run_sees_the_runs_changes)
 {
     int a, b, x;

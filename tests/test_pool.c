@@ -1461,6 +1461,15 @@ static void *set_and_leave(void *p)
     return NULL;
 }
 
+/* As set_and_leave, and copies of the job's context freed in the job. */
+static void *set_copy_and_leave(void *p)
+{
+    set_and_leave(p);
+    for (int i = 0; i < 3; i++)
+        cp_context_free(cp_copy_context());
+    return NULL;
+}
+
 static void *context_len_here(void *p)
 {
     (void)p;
@@ -1470,14 +1479,14 @@ static void *context_len_here(void *p)
     return (void *)n;
 }
 
-Test(base, a_job_that_never_resets_leaks_nothing_into_the_next_job, .timeout = 30)
+static void job_that_never_resets_leaks_nothing(cp_job_fn job)
 {
     struct leaker l = {cp_var_new("leak", count_free), 0};
     cp_pool *pool = new_pool(1);
     for (int round = 1; round <= 3; round++) {
         atomic_store(&frees, 0);
         cp_future *f = NULL;
-        cr_assert_eq(cp_pool_submit(pool, set_and_leave, &l, &f), 0);
+        cr_assert_eq(cp_pool_submit(pool, job, &l, &f), 0);
         wait_ok(f);
         cr_assert_eq(atomic_load(&frees), 1, "round %d: the job's value was "
                      "freed %d times after it ended", round, atomic_load(&frees));
@@ -1491,6 +1500,16 @@ Test(base, a_job_that_never_resets_leaks_nothing_into_the_next_job, .timeout = 3
     free_pool(pool);
     cr_assert_eq(atomic_load(&frees), 1);
     cp_var_free(l.var);
+}
+
+Test(base, a_job_that_never_resets_leaks_nothing_into_the_next_job, .timeout = 30)
+{
+    job_that_never_resets_leaks_nothing(set_and_leave);
+}
+
+Test(base, a_job_that_frees_copies_of_its_context_keeps_nothing_alive, .timeout = 30)
+{
+    job_that_never_resets_leaks_nothing(set_copy_and_leave);
 }
 
 /* ------------------------------------------------------------------------ */
