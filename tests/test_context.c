@@ -1495,15 +1495,9 @@ Test(freed_copy, values_go_with_their_context_after_copies_freed_inside_a_run)
     cp_var_free(v);
 }
 
-struct base_copies {
-    cp_var *v;
-    tval *a;
-};
-
 static void *set_copy_free_and_exit(void *p)
 {
-    struct base_copies *b = p;
-    TCHECK(cp_var_set(b->v, b->a, NULL) == 0);
+    do_set(p);
     copy_and_free_a_few(NULL);
     return NULL;
 }
@@ -1511,12 +1505,13 @@ static void *set_copy_free_and_exit(void *p)
 Test(freed_copy, values_of_a_thread_go_at_its_exit_after_copies_freed_there)
 {
     tval a = {0};
-    struct base_copies b = {cp_var_new("v", tval_free), &a};
+    struct set_args set = {cp_var_new("v", tval_free), &a, NULL, 1};
     pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, set_copy_free_and_exit, &b), 0);
+    cr_assert_eq(pthread_create(&th, NULL, set_copy_free_and_exit, &set), 0);
     join_ok(th);
+    cr_assert_eq(set.rc, 0);
     cr_assert_eq(frees_of(&a), 1, "freed with the thread's base context");
-    cp_var_free(b.v);
+    cp_var_free(set.var);
 }
 
 Test(copy_while_running, copy_context_inside_a_run_sees_the_runs_changes)
@@ -1636,6 +1631,17 @@ Test(destructor, value_replaced_in_one_copy_lives_on_in_the_other)
     cp_var_free(v);
 }
 
+/* t's old value is a, which t alone keeps now: freeing t frees a. */
+static void free_token_keeping(cp_token *t, tval *a)
+{
+    void *old = NULL;
+    cr_assert_eq(cp_token_old_value(t, &old), 0);
+    cr_assert_eq(old, a);
+    cr_assert_eq(frees_of(a), 0);
+    cp_token_free(t);
+    cr_assert_eq(frees_of(a), 1);
+}
+
 Test(destructor, token_keeps_its_old_value_alive)
 {
     tval a = {0}, b = {0};
@@ -1647,12 +1653,7 @@ Test(destructor, token_keeps_its_old_value_alive)
     cr_assert_eq(frees_of(&a), 0, "the token still refers to a");
     cp_context_free(c);
     cr_assert_eq(frees_of(&b), 1);
-    cr_assert_eq(frees_of(&a), 0);
-    void *old = NULL;
-    cr_assert_eq(cp_token_old_value(t, &old), 0);
-    cr_assert_eq(old, &a);
-    cp_token_free(t);
-    cr_assert_eq(frees_of(&a), 1);
+    free_token_keeping(t, &a);
     cp_var_free(v);
 }
 
@@ -1758,13 +1759,8 @@ Test(destructor, used_token_with_an_old_value_keeps_its_variable_after_var_free)
     cr_assert_eq(value_in(c, v), &a);
     cp_context_free(c);
     /* a is still the token's old value, and d the token's variable's. */
-    cr_assert_eq(frees_of(&a), 0);
     cr_assert_eq(frees_of(&d), 0);
-    void *old = NULL;
-    cr_assert_eq(cp_token_old_value(t, &old), 0);
-    cr_assert_eq(old, &a);
-    cp_token_free(t);
-    cr_assert_eq(frees_of(&a), 1);
+    free_token_keeping(t, &a);
     cr_assert_eq(frees_of(&d), 1);
     cr_assert_eq(total(), 3);
 }
