@@ -127,4 +127,9 @@ typedef struct cp__hamt_shape {
 void cp__hamt_shape_of(cp__hamt m, cp__hamt_shape *shape);
 int cp__hamt_check(cp__hamt m);
 
+/* Test hook: count bits with the processor's instruction where it has one
+ * (on: the default) or in plain C (off). Call it while no other thread uses
+ * a map. */
+void cp__hamt_hardware_popcount(bool on);
+
 #endif /* CTXPOOL_HAMT_H */
