@@ -104,8 +104,16 @@ static uint64_t now_ns(void)
 /* ------------------------------------------------------------------------ */
 /* Work items                                                                */
 
-/* States of a work item, in its state word. WAITERS is or-ed in by a thread
- * that sleeps on the word, so that whoever finishes the item knows to wake. */
+/* States of a work item, in its state word, and flags beside them (a
+ * change of state keeps the flags). WAITERS is or-ed in by a thread that
+ * sleeps on the word, so that whoever finishes the item knows to wake.
+ *
+ * A job (a future) has two holders, the user's handle and the pool, and
+ * the word says which have let go: FREED, set by cp_future_free (or at
+ * submit, when no handle was asked for), and RELEASED, set by the pool when
+ * it will not touch the job again. Whoever sets the second frees the job.
+ * The pool sets RELEASED in the same read-modify-write that makes the state
+ * final, so a job costs no reference count of its own. */
 enum {
     ST_PENDING = 0,
     ST_RUNNING = 1,
@@ -113,7 +121,9 @@ enum {
     ST_CANCELLED = 3,
     ST_CANCELLING = 4, /* claimed by cp_future_cancel, not final yet */
     ST_MASK = 7,
-    ST_WAITERS = 8
+    ST_WAITERS = 8,
+    ST_FREED = 16,
+    ST_RELEASED = 32
 };
 
 /* KIND_PRIVATE: a frame task kept by its spawner, in no queue (see cp_spawn).
@@ -133,9 +143,8 @@ struct job_cache;
 
 /* A heap job; also the user's future. */
 struct cp_future {
-    struct work w;
-    atomic_uint refs;            /* the pool's while queued, the user's handle */
-    struct job_cache *home;      /* where it goes back when both are dropped */
+    struct work w;               /* w.state: see ST_FREED and ST_RELEASED */
+    struct job_cache *home;      /* where it goes back when both let go */
     struct cp_future *free_next; /* link in its home's free lists */
     cp_job_fn fn;
     void *arg;
@@ -550,28 +559,36 @@ static struct work *find_work(struct worker *self)
 static void job_release(struct cp_future *f);
 static void returns_flush(struct worker *self);
 
-static void future_decref(struct cp_future *f)
+/* Let go of f as holder `mine` (ST_FREED or ST_RELEASED); the second to
+ * let go frees it. A holder that sees the other gone already needs no
+ * read-modify-write. acquire on the load, acq_rel on the or: whoever frees
+ * f sees every use the other holder made of it. */
+static void future_let_go(struct cp_future *f, uint32_t mine)
 {
-    /* A holder that reads 1 is the last: no other holder is left to race
-     * with, and the read-modify-write can be skipped (a handle freed after
-     * its job finished). acquire on the load, acq_rel on the decrement: the
-     * last holder sees every other holder's writes. */
-    if (atomic_load_explicit(&f->refs, memory_order_acquire) == 1 ||
-        atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1)
+    uint32_t other = mine ^ (ST_FREED | ST_RELEASED);
+    if ((atomic_load_explicit(&f->w.state, memory_order_acquire) & other) ||
+        (atomic_fetch_or_explicit(&f->w.state, mine, memory_order_acq_rel) & other))
         job_release(f);
 }
 
-/* Make w's state final (DONE or CANCELLED) and wake whoever sleeps on it.
- * Whoever waits may free w as soon as the state is final; for a frame task,
- * the futex wake may then find the word reused, which only means a spurious
+/* Move w's state from `from` to final (DONE or CANCELLED), keeping the
+ * flags and adding `flags`, and wake whoever sleeps on it. Returns the word
+ * as it was. Whoever waits may free w as soon as the state is final; the
+ * futex wake may then find the word reused, which only means a spurious
  * wake for a futex user there, as futex users must expect. */
-static void work_finish(struct work *w, uint32_t final)
+static uint32_t work_finish(struct work *w, uint32_t from, uint32_t final,
+                            uint32_t flags)
 {
     /* release: the outcome and result written before are visible to whoever
-     * acquires the final state. */
-    uint32_t old = atomic_exchange_explicit(&w->state, final, memory_order_acq_rel);
+     * acquires the final state; acquire: for the caller that frees w on
+     * seeing ST_FREED. The addition (modulo 2^32 when final < from) changes
+     * only the state bits, since the state is `from` and the flags added
+     * are not yet set. */
+    uint32_t old = atomic_fetch_add_explicit(&w->state, final - from + flags,
+                                             memory_order_acq_rel);
     if (old & ST_WAITERS)
         futex_wake(&w->state, INT_MAX);
+    return old;
 }
 
 /* Run fn(arg) in a frame on map: taking its reference (owned) or borrowing. */
@@ -633,11 +650,11 @@ static void drop_payload(struct cp_future *f)
 /* Whether f is ours alone: without a handle (none was asked for, or the
  * user has freed it), no other thread can cancel it, wait for it or free
  * it, so running it needs no atomic read-modify-write. acquire: pairs with
- * the release half of the decrement in cp_future_free, so whatever the user
- * did with the handle (a cancel) happened before. */
+ * the release half of the or in cp_future_free, so whatever the user did
+ * with the handle (a cancel) happened before. */
 static bool job_alone(struct cp_future *f)
 {
-    return atomic_load_explicit(&f->refs, memory_order_acquire) == 1;
+    return atomic_load_explicit(&f->w.state, memory_order_acquire) & ST_FREED;
 }
 
 /* Move f from PENDING to RUNNING. Returns false when cp_future_cancel won:
@@ -652,22 +669,18 @@ static bool job_claim(struct cp_future *f, bool alone)
         if ((s & ST_MASK) != ST_PENDING)
             return false;
     } while (!atomic_compare_exchange_weak_explicit(&f->w.state, &s,
-                                                    (s & ST_WAITERS) | ST_RUNNING,
+                                                    (s & ~ST_MASK) | ST_RUNNING,
                                                     memory_order_acquire,
                                                     memory_order_acquire));
     return true;
 }
 
-/* f has run or been cancelled (final): tell its waiters, if it can have
- * any, and drop the pool's reference. */
+/* f, claimed (RUNNING), has run or been cancelled (final): tell its
+ * waiters, if it can have any, and let go of it. */
 static void job_end(struct cp_future *f, bool alone, uint32_t final)
 {
-    if (alone) {
+    if (alone || (work_finish(&f->w, ST_RUNNING, final, ST_RELEASED) & ST_FREED))
         job_release(f);
-        return;
-    }
-    work_finish(&f->w, final);
-    future_decref(f);
 }
 
 static void run_job(struct worker *self, struct cp_future *f)
@@ -681,7 +694,7 @@ static void run_job(struct worker *self, struct cp_future *f)
         if (alone)
             job_release(f);
         else
-            future_decref(f);
+            future_let_go(f, ST_RELEASED);
         pending_done(self);
         return;
     }
@@ -726,14 +739,14 @@ static void run_task(struct worker *self, struct task *t)
     if (counted && atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
         t->w.outcome = CP_ECANCELED;
         stat_bump(&self->cancelled);
-        work_finish(&t->w, ST_CANCELLED);
+        work_finish(&t->w, ST_PENDING, ST_CANCELLED, 0);
     } else {
         /* The spawner keeps the borrowed map alive until cp_sync returns. */
         void *result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
         t->u.result = result;
         t->w.outcome = 0;
         stat_bump(&self->completed);
-        work_finish(&t->w, ST_DONE);
+        work_finish(&t->w, ST_PENDING, ST_DONE, 0);
     }
     if (counted)
         pending_done(self);
@@ -766,7 +779,7 @@ static bool sleep_on(struct work *w, uint64_t deadline)
     uint32_t s = atomic_load_explicit(&w->state, memory_order_acquire);
     if (state_final(s))
         return true;
-    /* relaxed: the futex compares the word itself; work_finish's exchange
+    /* relaxed: the futex compares the word itself; work_finish's addition
      * sees our bit because it reads the latest value. */
     if (!(s & ST_WAITERS) &&
         !atomic_compare_exchange_strong_explicit(&w->state, &s, s | ST_WAITERS,
@@ -1210,11 +1223,11 @@ static int submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
         return err;
     }
     atomic_init(&f->w.next, NULL); /* not yet shared */
-    atomic_init(&f->w.state, ST_PENDING); /* not yet shared */
+    /* Without a handle, the job is the pool's alone from the start. */
+    atomic_init(&f->w.state, future ? ST_PENDING : ST_FREED); /* not yet shared */
     f->w.kind = KIND_JOB;
     f->w.counted = true;
     f->w.outcome = 0;
-    atomic_init(&f->refs, future ? 2u : 1u); /* not yet shared */
     f->fn = fn;
     f->arg = arg;
     f->result = NULL;
@@ -1361,7 +1374,7 @@ int cp_future_cancel(cp_future *f)
          * CANCELLING, not final: waiters keep waiting, and so nobody may
          * free f while we still use it below. */
         if (atomic_compare_exchange_weak_explicit(&f->w.state, &s,
-                                                  (s & ST_WAITERS) | ST_CANCELLING,
+                                                  (s & ~ST_MASK) | ST_CANCELLING,
                                                   memory_order_acquire,
                                                   memory_order_acquire))
             break;
@@ -1369,14 +1382,14 @@ int cp_future_cancel(cp_future *f)
     /* The caller's handle keeps f alive; the payload is ours alone now. The
      * final state is the last thing we do to f (work_finish wakes waiters). */
     drop_payload(f);
-    work_finish(&f->w, ST_CANCELLED);
+    work_finish(&f->w, ST_CANCELLING, ST_CANCELLED, 0);
     return 0;
 }
 
 void cp_future_free(cp_future *f)
 {
     if (f)
-        future_decref(f);
+        future_let_go(f, ST_FREED);
 }
 
 /* ------------------------------------------------------------------------ */

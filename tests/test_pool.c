@@ -1051,6 +1051,34 @@ Test(future, freed_before_its_job_finishes_the_job_still_runs, .timeout = 30)
     cr_assert_eq(runs(&q.ran), 1);
 }
 
+Test(future, freed_while_its_job_runs_is_not_reused_before_the_job_ends, .timeout = 30)
+{
+    /* The submitting thread's next jobs come from the cache a freed future
+     * goes back to: one returned too early would be reused while its job
+     * runs, and the job's end would land on the new one. */
+    cp_pool *pool = new_pool(2);
+    blocker bl;
+    cp_future *busy = occupy_worker(pool, &bl);
+    cp_future_free(busy); /* running */
+    enum { N = 4 };
+    atomic_int ran[N];
+    cp_future *f[N];
+    for (int i = 0; i < N; i++) {
+        atomic_init(&ran[i], 0);
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran[i], &f[i]), 0);
+        cr_assert_eq(cp_future_wait(f[i], NULL), 0); /* the other worker */
+    }
+    gate_open(&bl.g);
+    free_pool(pool); /* drains: the blocker ends */
+    for (int i = 0; i < N; i++) {
+        void *result = UNTOUCHED;
+        cr_assert_eq(cp_future_wait(f[i], &result), 0);
+        cr_assert_eq(result, &ran[i]);
+        cr_assert_eq(runs(&ran[i]), 1);
+        cp_future_free(f[i]);
+    }
+}
+
 Test(future, outlives_its_pool, .timeout = 30)
 {
     /* A future is the user's handle: after cp_pool_free it still answers. */

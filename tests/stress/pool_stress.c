@@ -3,7 +3,8 @@
  *
  * Four phases, each checked exactly:
  * 1. Trees: random job trees (depth up to 8, fan-out up to 8), some children
- *    waited for (fork-join, the waiting worker helps), some fire and forget.
+ *    waited for (fork-join, the waiting worker helps), some fire and forget
+ *    (without a handle, or with one freed at once, racing with the job).
  *    Each job checks that it sees exactly the variables its submitter had at
  *    submit time (the expected values travel with the job), sets some of its
  *    own, and checks after its children that none of their changes reached
@@ -235,11 +236,16 @@ static void *tree_run(void *p)
             tree_job *c = tree_child(j->depth + 1, splitmix(&rng), mine);
             if (!c)
                 break;
-            bool wait = splitmix(&rng) & 1;
-            int rc = cp_pool_submit(tree_pool, tree_run, c, wait ? &waited[nwaited] : NULL);
+            /* Half waited for; the rest fire and forget, without a handle
+             * or with one freed at once, as the job may be running. */
+            unsigned how = (unsigned)(splitmix(&rng) % 4);
+            cp_future *f = NULL;
+            int rc = cp_pool_submit(tree_pool, tree_run, c, how == 2 ? NULL : &f);
             CHECK(rc == 0, "submit from a job: %s", cp_strerror(rc));
-            if (wait)
-                nwaited++;
+            if (how < 2)
+                waited[nwaited++] = f;
+            else if (how == 3)
+                cp_future_free(f);
         }
         for (unsigned i = 0; i < nwaited; i++) {
             int rc = cp_future_wait(waited[i], NULL);
