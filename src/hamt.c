@@ -718,6 +718,12 @@ cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key)
  * nothing; the one allocation of a reuse happens before anything moves, so
  * a failure leaves the map as it was.
  *
+ * The commonest reuse, a context with a few variables setting a new one or
+ * deleting one, changes a root bitmap node in place; hamt_set and
+ * hamt_delete do that first without the general walk (root_insert_here,
+ * root_remove_here), which saves about a fifth of a set+reset's
+ * instructions, and fall back to the walk for everything else.
+ *
  * Reuse writes to published nodes, which is safe only because nobody else
  * can reach them: reference holders are counted, and the callers of the
  * given functions guarantee the rest (no pointer into the map held without
@@ -916,6 +922,21 @@ static set_result node_set(cp__hamt_node *node, unsigned shift, cp__hamt_item *i
                                                                        : SET_NOMEM;
 }
 
+/* The commonest change of a context's map, done without the general walk:
+ * item's key is new at the root, a bitmap node given by its only holder
+ * with room for one more entry, and goes in there. false: not so, nothing
+ * done. */
+static bool root_insert_here(cp__hamt_node *root, cp__hamt_item *item)
+{
+    unsigned c = chunk_of(item->hash, 0);
+    if (root->kind != KIND_BITMAP || (root->bits & (UINT32_C(1) << c)) ||
+        root->count >= root->room || root->count >= BITMAP_MAX ||
+        !sole_reference(&root->refs))
+        return false;
+    bitmap_insert_here(root, c, item_slot(item));
+    return true;
+}
+
 /* The set behind cp__hamt_set (give false: *m stays held and unchanged, and
  * becomes the new map with a reference of its own) and cp__hamt_set_given. */
 static int hamt_set(cp__hamt *m, cp__hamt_item *item, bool give, cp__hamt_item **old)
@@ -929,6 +950,8 @@ static int hamt_set(cp__hamt *m, cp__hamt_item *item, bool give, cp__hamt_item *
             return CP_ENOMEM;
         put(&root->entries[0], item_slot(item));
         *m = (cp__hamt){root, 1};
+    } else if (give && root_insert_here(m->root, item)) {
+        m->count++;
     } else {
         slot root;
         switch (node_set(m->root, 0, item, give, &ch, &root)) {
@@ -1093,6 +1116,25 @@ static del_result node_delete(cp__hamt_node *node, unsigned shift, uint32_t hash
                                                                        : DEL_NOMEM;
 }
 
+/* The commonest delete from a context's map, done without the general walk:
+ * key's item sits at the root, a bitmap node of two entries or more given
+ * by its only holder, and leaves it in place. Returns the item, with the
+ * root's reference on it, or NULL: not so, nothing done. */
+static cp__hamt_item *root_remove_here(cp__hamt_node *root, uint32_t hash,
+                                       const void *key)
+{
+    unsigned c = chunk_of(hash, 0);
+    if (root->kind != KIND_BITMAP || !(root->bits & (UINT32_C(1) << c)) ||
+        root->count < 2)
+        return NULL;
+    slot e = root->entries[bitmap_index(root->bits, c)];
+    if (!slot_is_item(e) || !key_matches(slot_item(e), hash, key) ||
+        !sole_reference(&root->refs))
+        return NULL;
+    bitmap_remove_here(root, c);
+    return slot_item(e);
+}
+
 /* The delete behind cp__hamt_delete (give false: *m stays held and
  * unchanged, and becomes the new map with a reference of its own) and
  * cp__hamt_delete_given. */
@@ -1101,6 +1143,15 @@ static int hamt_delete(cp__hamt *m, uint32_t hash, const void *key, bool give,
 {
     if (m->root == NULL)
         return CP_ENOENT;
+    if (give) {
+        cp__hamt_item *gone = root_remove_here(m->root, hash, key);
+        if (gone != NULL) {
+            m->count--;
+            if (old != NULL)
+                *old = gone;
+            return 0;
+        }
+    }
     struct change ch = {give, false, NULL};
     slot root;
     switch (node_delete(m->root, 0, hash, key, true, give, &ch, &root)) {
