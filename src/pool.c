@@ -20,7 +20,7 @@
  * with the same compare-and-swap as cp_context_run, and reports CP_EBUSY or
  * CP_ERECURSIVE instead of running when that fails. A job nobody holds a
  * handle to (none was asked for, or it was freed) is the pool's alone: it
- * runs without the atomic state changes and reference drop a future needs.
+ * runs without the atomic state changes a future needs (see ST_FREED).
  *
  * Waiting. A thread that waits for a job or task and is a worker of the pool
  * helps: it offers its own private tasks, runs its own deque's work, the
@@ -71,6 +71,7 @@
 #include "context.h"
 #include "ctxpool.h"
 #include "deque.h"
+#include "pool.h"
 
 #define INJECT_EVERY 32       /* items between two looks at the injection queue */
 #define INJECT_BATCH 16       /* items moved from the injection queue at a time */
@@ -111,7 +112,9 @@ static uint64_t now_ns(void)
  * A job (a future) has two holders, the user's handle and the pool, and
  * the word says which have let go: FREED, set by cp_future_free (or at
  * submit, when no handle was asked for), and RELEASED, set by the pool when
- * it will not touch the job again. Whoever sets the second frees the job.
+ * it will not touch the job again (but for the futex wake on the word,
+ * which on reused memory is only a spurious wake; see work_finish).
+ * Whoever sets the second frees the job.
  * The pool sets RELEASED in the same read-modify-write that makes the state
  * final, so a job costs no reference count of its own. */
 enum {
@@ -651,7 +654,8 @@ static void drop_payload(struct cp_future *f)
  * user has freed it), no other thread can cancel it, wait for it or free
  * it, so running it needs no atomic read-modify-write. acquire: pairs with
  * the release half of the or in cp_future_free, so whatever the user did
- * with the handle (a cancel) happened before. */
+ * with the handle (a cancel) happened before. (A FREED set at submit comes
+ * with the job through the queue's own release and acquire.) */
 static bool job_alone(struct cp_future *f)
 {
     return atomic_load_explicit(&f->w.state, memory_order_acquire) & ST_FREED;
@@ -1144,6 +1148,26 @@ static struct cp_future *job_alloc(void)
             atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
     }
     return f;
+}
+
+size_t cp__pool_jobs_out(void)
+{
+    struct job_cache *c = my_cache;
+    if (!c)
+        return 0;
+    /* Take the jobs returned by other threads into the local list, as
+     * job_alloc does (acquire: the same pairing), counting both. */
+    struct cp_future *back = atomic_exchange_explicit(&c->returned, NULL,
+                                                      memory_order_acquire);
+    size_t kept = 0;
+    struct cp_future **end = &c->local;
+    for (; *end; end = &(*end)->free_next)
+        kept++;
+    *end = back;
+    for (; back; back = back->free_next)
+        kept++;
+    /* relaxed: only this thread changes the count while it lives. */
+    return atomic_load_explicit(&c->refs, memory_order_relaxed) - 1 - kept;
 }
 
 /* Push the chain head..tail of n jobs onto home c's returned stack, or free

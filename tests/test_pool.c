@@ -37,6 +37,7 @@
 
 #include "alloc.h"
 #include "ctxpool.h"
+#include "pool.h"
 
 /* ------------------------------------------------------------------------ */
 /* Checks off the main thread                                                */
@@ -1004,9 +1005,24 @@ static void cancel_queued_job(bool free_early)
     cr_assert_eq(st.cancelled, 1);
     cr_assert_eq(st.completed, 2);
     cr_assert_eq(runs(&q.ran), 1);
-    if (!free_early)
+    free_pool(pool); /* its worker hands back the jobs it let go of */
+    if (!free_early) {
+        /* The pool let go of f when it counted the cancel, the handle has
+         * not: this thread's next jobs are others, and f stays cancelled. */
+        pool = new_pool(1);
+        atomic_int ran = 0;
+        cp_future *h[4];
+        for (int i = 0; i < 4; i++) {
+            cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &h[i]), 0);
+            cr_assert_neq(h[i], f);
+        }
+        for (int i = 0; i < 4; i++)
+            wait_ok(h[i]);
+        free_pool(pool);
+        cr_assert_eq(cp_future_wait(f, NULL), CP_ECANCELED);
         cp_future_free(f);
-    free_pool(pool);
+    }
+    cr_assert_eq(cp__pool_jobs_out(), 0, "every job went back to its cache once");
 }
 
 Test(cancel, counts_in_stats_once, .timeout = 30)
@@ -1036,6 +1052,7 @@ Test(cancel, after_start_is_ebusy_and_the_job_finishes, .timeout = 30)
     cr_assert_eq(st.cancelled, 0);
     cp_future_free(f);
     free_pool(pool);
+    cr_assert_eq(cp__pool_jobs_out(), 0);
 }
 
 Test(future, freed_before_its_job_finishes_the_job_still_runs, .timeout = 30)
@@ -1049,6 +1066,7 @@ Test(future, freed_before_its_job_finishes_the_job_still_runs, .timeout = 30)
     gate_open(&q.bl.g);
     free_pool(pool); /* drains */
     cr_assert_eq(runs(&q.ran), 1);
+    cr_assert_eq(cp__pool_jobs_out(), 0, "both went back to the cache");
 }
 
 Test(future, freed_while_its_job_runs_is_not_reused_before_the_job_ends, .timeout = 30)
@@ -1077,6 +1095,7 @@ Test(future, freed_while_its_job_runs_is_not_reused_before_the_job_ends, .timeou
         cr_assert_eq(runs(&ran[i]), 1);
         cp_future_free(f[i]);
     }
+    cr_assert_eq(cp__pool_jobs_out(), 0, "the blocker went back to the cache once");
 }
 
 Test(future, outlives_its_pool, .timeout = 30)
