@@ -43,11 +43,20 @@
  * threads through release/acquire operations, which ThreadSanitizer sees
  * (it does not model fences), so its runs check every handoff.
  *
- * Shutdown. `pending` counts the work items accepted and not yet finished.
- * Workers leave when the pool is shut down and pending is zero. A submit
- * raises pending before it checks the shutdown flag, and shutdown sets the
- * flag before workers read pending (both seq_cst), so a job that got past the
- * check is always run or cancelled before the workers leave: no job is lost.
+ * Shutdown. The work items accepted and not yet finished are counted in
+ * three counters (pending_count): `admitted`, raised by every submit from
+ * outside the pool, less `refused`, the admits turned away at shutdown,
+ * plus `pending`, which workers keep for the items they add and finish.
+ * Workers leave when the pool is shut down and that count is zero. A submit
+ * raises admitted before it checks the shutdown flag, and shutdown sets the
+ * flag before workers read the count (both seq_cst), so a job that got past
+ * the check is always run or cancelled before the workers leave: no job is
+ * lost. Every change that can bring the count to zero (a worker's finished
+ * items, a refusal) reads the other counters after its own seq_cst
+ * read-modify-write, so the last of them sees zero and wakes the workers.
+ * One count serves three ends for an outside submit, so that it pays one
+ * atomic operation for them: the pending count, the statistics' submitted
+ * count, and the injection queue's count of pushes (inject_nonempty).
  *
  * Lock order: there are no locks held while user code runs. The injection
  * queue's consumer try-lock is the only lock, held for a handful of pops.
@@ -221,12 +230,20 @@ struct cp_pool {
     /* Injection queue: producers exchange head, the consumer (whoever holds
      * inject_lock) walks from tail. */
     alignas(CP__CACHE_LINE) _Atomic(struct work *) inject_head;
-    _Atomic uint64_t inject_pushed; /* items pushed, ever (producers) */
+    /* Items submitted from outside the pool, ever, counted before the
+     * shutdown check (see "Shutdown"); each one that is not refused is
+     * then pushed on the injection queue. */
+    _Atomic uint64_t admitted;
     alignas(CP__CACHE_LINE) struct work *inject_tail;
     atomic_bool inject_lock;
     /* Items popped, ever; written by the consumer only. Apart from the
-     * pushed count, so that consumers do not take the producers' line. */
+     * producers' counts, so that consumers do not take their line. */
     _Atomic uint64_t inject_popped;
+    /* Rare, so beside popped, which idle workers read anyway: admits
+     * refused at shutdown (never pushed), and items pushed that were not
+     * admitted (a worker's own, when its deque could not grow). */
+    _Atomic uint64_t refused;
+    _Atomic uint64_t reinjected;
     struct work inject_stub;
 
     /* Event count: epoch (the futex word) and the number of waiters; and
@@ -236,9 +253,10 @@ struct cp_pool {
     _Atomic uint32_t searching;
     _Atomic uint32_t waking;     /* a wake-one is on its way to a sleeper */
 
-    /* Written by submitters outside the pool, and by workers in batches. */
+    /* Items workers added less items finished (it wraps below zero: the
+     * outside items they finish are counted in admitted); written by
+     * workers in batches. */
     alignas(CP__CACHE_LINE) _Atomic uint64_t pending;
-    _Atomic uint64_t submitted;   /* by threads outside the pool */
     /* Read by every worker for every item: a line of its own. */
     alignas(CP__CACHE_LINE) _Atomic int state; /* RUNNING, DRAINING, CANCELLING */
 
@@ -309,13 +327,15 @@ static void inject_link(cp_pool *pool, struct work *w)
     atomic_store_explicit(&prev->next, w, memory_order_release);
 }
 
-static void inject_push(cp_pool *pool, struct work *w)
+/* Push w, which no outside submit admitted (a worker's own item), on the
+ * injection queue. An admitted item is counted in admit instead. */
+static void inject_reinject(cp_pool *pool, struct work *w)
 {
-    /* seq_cst: counted before it is linked, so the count never says empty
-     * while an item is queued or being linked; the park protocol reads it
+    /* seq_cst: counted before it is linked, so the counts never say empty
+     * while an item is queued or being linked; the park protocol reads them
      * (inject_nonempty). The queue's own links cannot tell that reliably:
      * while a consumer puts the stub back, a push may be half done. */
-    atomic_fetch_add_explicit(&pool->inject_pushed, 1, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&pool->reinjected, 1, memory_order_seq_cst);
     inject_link(pool, w);
 }
 
@@ -370,16 +390,21 @@ static void inject_popped_add(cp_pool *pool, uint64_t n)
     atomic_store_explicit(&pool->inject_popped, popped + n, memory_order_seq_cst);
 }
 
-/* Whether the injection queue holds work, or work being linked. Both counts
- * only grow, and an item is counted pushed before it can be popped: reading
- * popped first, then pushed, equal counts mean that nothing was queued at
- * the first read and nothing pushed by the second. seq_cst: the park
- * protocol's "read theirs" after announcing a waiter; pairs with the
- * increment in inject_push. */
+/* Whether the injection queue holds work, or work being linked (or an
+ * outside submit is on its way to it). Items pushed: admitted less
+ * refused plus reinjected. Every count only grows, and an item is counted
+ * before it can be popped; reading popped and refused first, then the
+ * others, equal totals mean that nothing was queued at the first read and
+ * nothing pushed by the last. seq_cst: the park protocol's "read theirs"
+ * after announcing a waiter; pairs with the increments in admit and
+ * inject_reinject. */
 static bool inject_nonempty(cp_pool *pool)
 {
     uint64_t popped = atomic_load_explicit(&pool->inject_popped, memory_order_seq_cst);
-    return atomic_load_explicit(&pool->inject_pushed, memory_order_seq_cst) != popped;
+    uint64_t refused = atomic_load_explicit(&pool->refused, memory_order_seq_cst);
+    uint64_t reinjected = atomic_load_explicit(&pool->reinjected, memory_order_seq_cst);
+    uint64_t admitted = atomic_load_explicit(&pool->admitted, memory_order_seq_cst);
+    return admitted - refused + reinjected != popped;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -429,12 +454,25 @@ static void notify_all(cp_pool *pool)
     wake(pool, INT_MAX);
 }
 
+/* The items accepted and not finished (see "Shutdown"), given the workers'
+ * part, read or just changed by the caller. admitted is read last: every
+ * count only grows but the workers' part, a refusal follows its admit, and
+ * an admitted item finishes (and leaves the workers' part) only after its
+ * admit, so the total is never below the truth of the moment of the last
+ * read. seq_cst: see "Shutdown". */
+static uint64_t pending_total(cp_pool *pool, uint64_t workers)
+{
+    uint64_t refused = atomic_load_explicit(&pool->refused, memory_order_seq_cst);
+    return atomic_load_explicit(&pool->admitted, memory_order_seq_cst) - refused + workers;
+}
+
 static bool pool_finished(cp_pool *pool)
 {
-    /* seq_cst: pairs with the seq_cst increment of pending in submit and
+    /* seq_cst: pairs with the seq_cst increment of admitted in admit and
      * the store of state in shutdown (see "Shutdown" above). */
     return atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING &&
-           atomic_load_explicit(&pool->pending, memory_order_seq_cst) == 0;
+           pending_total(pool, atomic_load_explicit(&pool->pending,
+                                                    memory_order_seq_cst)) == 0;
 }
 
 static bool work_visible(cp_pool *pool)
@@ -503,7 +541,7 @@ static struct work *take_injected(struct worker *self)
              * submitters keep their line). */
             inject_popped_add(pool, (uint64_t)moved + 2);
             inject_unlock(pool);
-            inject_push(pool, w);
+            inject_reinject(pool, w);
             notify_published(pool);
             if (moved > 0)
                 notify(pool);
@@ -606,17 +644,19 @@ run_in_frame(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
     return result;
 }
 
-/* Apply delta (items added, less items finished) to the pool's pending
- * count. Whichever change brings a shut-down pool's count to zero wakes the
- * workers so they can leave. The count may dip below zero for a while (it
- * wraps; see the credits below), so this is checked for either sign. */
+/* Apply delta (items added, less items finished) to the workers' part of
+ * the pending count. Whichever change brings a shut-down pool's count to
+ * zero wakes the workers so they can leave. The count may dip below zero
+ * for a while (it wraps; see the credits below), so this is checked for
+ * either sign. */
 static void pending_apply(cp_pool *pool, int64_t delta)
 {
     /* seq_cst: see "Shutdown". Unsigned wrap-around adds a negative delta. */
     uint64_t after = atomic_fetch_add_explicit(&pool->pending, (uint64_t)delta,
                                                memory_order_seq_cst) +
                      (uint64_t)delta;
-    if (after == 0 && atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING)
+    if (pending_total(pool, after) == 0 &&
+        atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING)
         notify_all(pool);
 }
 
@@ -1027,14 +1067,14 @@ static int admit(cp_pool *pool)
         stat_bump(&self->submitted);
         return 0;
     }
-    /* seq_cst: raise pending before reading the state (see "Shutdown"). */
-    atomic_fetch_add_explicit(&pool->pending, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&pool->state, memory_order_seq_cst) == RUNNING) {
-        /* relaxed: a statistic. */
-        atomic_fetch_add_explicit(&pool->submitted, 1, memory_order_relaxed);
+    /* seq_cst: count the item before reading the state (see "Shutdown"). */
+    atomic_fetch_add_explicit(&pool->admitted, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&pool->state, memory_order_seq_cst) == RUNNING)
         return 0;
-    }
-    pending_apply(pool, -1);
+    /* seq_cst: see "Shutdown"; the refusal may bring the count to zero. */
+    atomic_fetch_add_explicit(&pool->refused, 1, memory_order_seq_cst);
+    if (pending_total(pool, atomic_load_explicit(&pool->pending, memory_order_seq_cst)) == 0)
+        notify_all(pool);
     return CP_ESHUTDOWN;
 }
 
@@ -1042,12 +1082,16 @@ static int admit(cp_pool *pool)
  * pool, else on the injection queue. */
 static void enqueue(cp_pool *pool, struct work *w)
 {
-    if (is_worker_of(pool) && cp__deque_push(&this_worker->deque, w) == 0) {
-        notify(pool);
+    if (is_worker_of(pool)) {
+        if (cp__deque_push(&this_worker->deque, w) == 0) {
+            notify(pool);
+            return;
+        }
+        inject_reinject(pool, w); /* no memory to grow the deque */
     } else {
-        inject_push(pool, w);
-        notify_published(pool);
+        inject_link(pool, w); /* counted by admit */
     }
+    notify_published(pool);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1319,10 +1363,15 @@ int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats)
 {
     if (!pool || !stats)
         return CP_EINVAL;
-    /* relaxed throughout: each counter is read atomically, not together. */
+    /* relaxed but for refused: each counter is read atomically, not
+     * together. */
     memset(stats, 0, sizeof *stats);
     stats->threads = pool->nworkers;
-    stats->submitted = atomic_load_explicit(&pool->submitted, memory_order_relaxed);
+    /* The outside submits, admitted less refused. acquire on refused, read
+     * first: the admits of the refusals it counts are then seen below, so
+     * the difference is never negative. */
+    uint64_t refused = atomic_load_explicit(&pool->refused, memory_order_acquire);
+    stats->submitted = atomic_load_explicit(&pool->admitted, memory_order_relaxed) - refused;
     for (unsigned i = 0; i < pool->nworkers; i++) {
         const struct worker *w = &pool->workers[i];
         stats->submitted += atomic_load_explicit(&w->submitted, memory_order_relaxed);
