@@ -387,7 +387,10 @@ typedef struct cp_pool_stats {
 } cp_pool_stats;
 
 /* cp_pool_get_stats - counters of the pool, each read atomically (together
- * they are not one snapshot). Returns 0; CP_EINVAL for NULL arguments.
+ * they are not one snapshot). A submit refused after shutdown may be
+ * counted in submitted for the moment it takes to refuse it, so after a
+ * shutdown submitted can drop back by the refusals under way.
+ * Returns 0; CP_EINVAL for NULL arguments.
  * Threads: any thread, any time before cp_pool_free. */
 CP_EXPORT int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats);
 

@@ -44,7 +44,7 @@
  * (it does not model fences), so its runs check every handoff.
  *
  * Shutdown. The work items accepted and not yet finished are counted in
- * three counters (pending_count): `admitted`, raised by every submit from
+ * three counters (pending_total): `admitted`, raised by every submit from
  * outside the pool, less `refused`, the admits turned away at shutdown,
  * plus `pending`, which workers keep for the items they add and finish.
  * Workers leave when the pool is shut down and that count is zero. A submit
@@ -216,9 +216,9 @@ struct worker {
     struct job_cache *ret_home;
     struct cp_future *ret_head, *ret_tail;
     unsigned ret_count;
-    int64_t credit;              /* counted items this worker finished, less
-                                    those it added, not yet applied to the
-                                    pool's pending (see pending_flush) */
+    int64_t credit;              /* counted items this worker finished and
+                                    has not applied to the pool's pending
+                                    yet; never negative (see pending_flush) */
     /* Statistics: written by this worker only (relaxed load + store), read
      * by cp_pool_get_stats from any thread (relaxed). */
     _Atomic uint64_t completed, stolen, parks, submitted, cancelled;
@@ -240,8 +240,10 @@ struct cp_pool {
      * producers' counts, so that consumers do not take their line. */
     _Atomic uint64_t inject_popped;
     /* Rare, so beside popped, which idle workers read anyway: admits
-     * refused at shutdown (never pushed), and items pushed that were not
-     * admitted (a worker's own, when its deque could not grow). */
+     * refused at shutdown (never pushed), and pushes that no admit counted:
+     * a worker's own item when its deque could not grow, and an item a
+     * consumer counted popped but could not move to its deque, pushed
+     * again (take_injected). */
     _Atomic uint64_t refused;
     _Atomic uint64_t reinjected;
     struct work inject_stub;
@@ -327,8 +329,8 @@ static void inject_link(cp_pool *pool, struct work *w)
     atomic_store_explicit(&prev->next, w, memory_order_release);
 }
 
-/* Push w, which no outside submit admitted (a worker's own item), on the
- * injection queue. An admitted item is counted in admit instead. */
+/* Push w on the injection queue where no admit counted it (see
+ * `reinjected`); an outside submit's item is counted in admit instead. */
 static void inject_reinject(cp_pool *pool, struct work *w)
 {
     /* seq_cst: counted before it is linked, so the counts never say empty
@@ -344,7 +346,7 @@ static void inject_reinject(cp_pool *pool, struct work *w)
 static struct work *inject_pop(cp_pool *pool)
 {
     struct work *tail = pool->inject_tail;
-    /* acquire: pairs with the release store of next in inject_push. */
+    /* acquire: pairs with the release store of next in inject_link. */
     struct work *next = atomic_load_explicit(&tail->next, memory_order_acquire);
     if (tail == &pool->inject_stub) {
         if (!next)
@@ -356,7 +358,7 @@ static struct work *inject_pop(cp_pool *pool)
         pool->inject_tail = next;
         return tail;
     }
-    /* acquire: pairs with the exchange in inject_push. */
+    /* acquire: pairs with the exchange in inject_link. */
     if (tail != atomic_load_explicit(&pool->inject_head, memory_order_acquire))
         return NULL; /* a push is in progress */
     inject_link(pool, &pool->inject_stub);
@@ -645,30 +647,30 @@ run_in_frame(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
 }
 
 /* Apply delta (items added, less items finished) to the workers' part of
- * the pending count. Whichever change brings a shut-down pool's count to
- * zero wakes the workers so they can leave. The count may dip below zero
- * for a while (it wraps; see the credits below), so this is checked for
- * either sign. */
+ * the pending count (which wraps below zero: the outside items workers
+ * finish are counted in admitted). Whichever change brings a shut-down
+ * pool's total to zero wakes the workers so they can leave. */
 static void pending_apply(cp_pool *pool, int64_t delta)
 {
     /* seq_cst: see "Shutdown". Unsigned wrap-around adds a negative delta. */
     uint64_t after = atomic_fetch_add_explicit(&pool->pending, (uint64_t)delta,
                                                memory_order_seq_cst) +
                      (uint64_t)delta;
-    if (pending_total(pool, after) == 0 &&
-        atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING)
+    /* The state first: a running pool's total is not read at all. (Read
+     * as RUNNING, the shutdown that follows wakes the workers itself.) */
+    if (atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING &&
+        pending_total(pool, after) == 0)
         notify_all(pool);
 }
 
-/* Workers keep their part of pending in a local credit, applied in batches,
- * so a stream of jobs does not bounce pending's cache line between the
- * submitter and every worker. The true count is pending minus the credits.
- * A worker applies its credit before it looks whether the pool is finished,
- * so it never leaves while it holds items it added; a worker adds items only
- * while it runs one that is still counted, so pending cannot reach zero
- * while any item is queued or running, except for an instant in which
- * another worker may leave a draining pool early: the items still run, on
- * the workers that remain. */
+/* Workers bank the items they finish in a local credit, applied in
+ * batches, so a stream of jobs does not bounce pending's cache line between
+ * the workers. The credit is never negative: an item a worker adds is
+ * counted at once, from the credit when it holds some, else in pending.
+ * So the total only ever reads more than the truth, by the banked finishes,
+ * never less: it cannot read zero while an item is queued or running, and
+ * no worker leaves a draining pool early. A worker applies its credit
+ * before it looks whether the pool is finished, and before it parks. */
 #define FLUSH_EVERY 64
 static void pending_flush(struct worker *self)
 {
@@ -1062,12 +1064,16 @@ static int admit(cp_pool *pool)
         /* relaxed: our own item runs before we finish, or the drain waits. */
         if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING)
             return CP_ESHUTDOWN;
-        if (--self->credit <= -FLUSH_EVERY)
-            pending_flush(self);
+        if (self->credit > 0)
+            self->credit--;
+        else
+            pending_apply(pool, 1);
         stat_bump(&self->submitted);
         return 0;
     }
-    /* seq_cst: count the item before reading the state (see "Shutdown"). */
+    /* seq_cst: count the item before reading the state (see "Shutdown").
+     * From here until the job is linked, idle workers see the injection
+     * queue non-empty and look again instead of parking: a short window. */
     atomic_fetch_add_explicit(&pool->admitted, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&pool->state, memory_order_seq_cst) == RUNNING)
         return 0;

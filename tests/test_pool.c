@@ -1178,6 +1178,57 @@ Test(pool, free_from_its_own_worker_is_edeadlk_and_does_nothing, .timeout = 30)
     free_pool(pool);
 }
 
+/* A worker's deque starts with room for 256 items (DEQUE_LOG_CAPACITY). */
+enum { DEQUE_ROOM = 256, FLOOD = DEQUE_ROOM + 44 };
+
+struct flood {
+    cp_pool *pool;
+    atomic_int ran;
+    _Atomic uint64_t parks; /* the pool's park count as the flood ended */
+};
+
+/* Submits FLOOD jobs without waiting; the deque must grow at the one past
+ * its room, and that allocation is made to fail. */
+static void *flood_job(void *p)
+{
+    struct flood *fl = p;
+    for (int i = 0; i < FLOOD; i++) {
+        if (i == DEQUE_ROOM)
+            cp__alloc_fail_nth(2); /* the job's own allocation, then the deque's */
+        JCHECK(cp_pool_submit(fl->pool, count_job, &fl->ran, NULL) == 0);
+    }
+    cp__alloc_fail_nth(0);
+    cp_pool_stats st;
+    JCHECK(cp_pool_get_stats(fl->pool, &st) == 0);
+    atomic_store(&fl->parks, st.parks);
+    return NULL;
+}
+
+Test(pool, a_job_its_workers_deque_cannot_take_goes_to_the_shared_queue,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    struct flood fl = {.pool = pool};
+    atomic_init(&fl.ran, 0);
+    atomic_init(&fl.parks, UINT64_MAX);
+    cr_assert_eq(cp_pool_submit(pool, flood_job, &fl, NULL), 0);
+    while (runs(&fl.ran) < FLOOD)
+        sched_yield();
+    /* Then the pool goes idle: its worker parks, which it would not do if
+     * the shared queue's counts were off by the item pushed there. (A
+     * hang, not a timing: the worker parks microseconds after the flood.) */
+    cp_pool_stats st;
+    do {
+        sched_yield();
+        stats_of(pool, &st);
+    } while (st.parks <= atomic_load(&fl.parks));
+    cr_assert_eq(st.submitted, FLOOD + 1);
+    cr_assert_eq(st.completed, FLOOD + 1);
+    free_pool(pool);
+    cr_assert_eq(runs(&fl.ran), FLOOD);
+    jobs_ok();
+}
+
 /* ------------------------------------------------------------------------ */
 /* Shutdown                                                                  */
 
@@ -1489,6 +1540,52 @@ Test(shutdown, free_returns_after_a_job_whose_children_another_worker_ran,
         cr_assert_eq((intptr_t)rc, 0);
         jobs_ok();
     }
+}
+
+struct drain_sibling {
+    struct credit c;
+    gate shut;
+};
+
+/* Submits a child that the other worker must run, waits for it; then,
+ * once the test has shut the pool down, one more. (One child: the count
+ * of this worker's additions the other's finish could hide is exact.) */
+static void *parent_through_a_drain(void *p)
+{
+    struct drain_sibling *d = p;
+    struct credit *c = &d->c;
+    JCHECK(cp_pool_submit(c->pool, post_child, c, NULL) == 0);
+    sem_wait(&c->child_ran);
+    sem_post(&c->parent_held);
+    gate_pass(&d->shut);
+    JCHECK(cp_pool_submit(c->pool, post_child, c, NULL) == 0);
+    sem_wait(&c->child_ran);
+    return NULL;
+}
+
+Test(shutdown, a_drain_keeps_the_workers_while_a_running_job_may_add_work,
+     .timeout = 30)
+{
+    /* Worker A runs the child a job on worker B submitted and goes to
+     * sleep; then the pool drains. The job still runs, so the pool is not
+     * finished: A must not leave, for the next child the job submits (and
+     * waits for without helping) has only A to run it. A hang here is a
+     * worker that left a draining pool early. */
+    cp_pool *pool = new_pool(2);
+    struct drain_sibling d = {.c = {.pool = pool}, .shut = GATE_INITIALIZER};
+    cr_assert_eq(sem_init(&d.c.child_ran, 0, 0), 0);
+    cr_assert_eq(sem_init(&d.c.parent_held, 0, 0), 0);
+    cr_assert_eq(cp_pool_submit(pool, parent_through_a_drain, &d, NULL), 0);
+    cr_assert_eq(sem_wait(&d.c.parent_held), 0);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    let_a_worker_park(pool, st.parks); /* A, after the child */
+    stats_of(pool, &st);
+    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_DRAIN), 0);
+    let_a_worker_park(pool, st.parks); /* A again, after the shutdown's wake */
+    gate_open(&d.shut);
+    free_pool(pool);
+    jobs_ok();
 }
 
 /* ------------------------------------------------------------------------ */
