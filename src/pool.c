@@ -216,9 +216,9 @@ struct worker {
     struct job_cache *ret_home;
     struct cp_future *ret_head, *ret_tail;
     unsigned ret_count;
-    int64_t credit;              /* counted items this worker finished and
-                                    has not applied to the pool's pending
-                                    yet; never negative (see pending_flush) */
+    int64_t credit;              /* counted in the pool's pending and not
+                                    used yet: never negative (see
+                                    pending_flush) */
     /* Statistics: written by this worker only (relaxed load + store), read
      * by cp_pool_get_stats from any thread (relaxed). */
     _Atomic uint64_t completed, stolen, parks, submitted, cancelled;
@@ -663,14 +663,16 @@ static void pending_apply(cp_pool *pool, int64_t delta)
         notify_all(pool);
 }
 
-/* Workers bank the items they finish in a local credit, applied in
- * batches, so a stream of jobs does not bounce pending's cache line between
- * the workers. The credit is never negative: an item a worker adds is
- * counted at once, from the credit when it holds some, else in pending.
- * So the total only ever reads more than the truth, by the banked finishes,
- * never less: it cannot read zero while an item is queued or running, and
- * no worker leaves a draining pool early. A worker applies its credit
- * before it looks whether the pool is finished, and before it parks. */
+/* Workers count in pending in batches, so a stream of jobs does not bounce
+ * its cache line between the workers: a worker's credit is what it has
+ * counted there and not used yet, the items it finished, and additions
+ * counted in advance. It is never negative: a worker that adds an item with
+ * no credit left first counts a batch of FLUSH_EVERY additions in advance.
+ * So the total only ever reads more than the truth, never less: it cannot
+ * read zero while an item is queued or running, and no worker leaves a
+ * draining pool early. A worker gives its credit back (applies it) once it
+ * reaches twice the batch, and before it looks whether the pool is
+ * finished or parks. */
 #define FLUSH_EVERY 64
 static void pending_flush(struct worker *self)
 {
@@ -682,7 +684,7 @@ static void pending_flush(struct worker *self)
 
 static void pending_done(struct worker *self)
 {
-    if (++self->credit >= FLUSH_EVERY)
+    if (++self->credit >= 2 * FLUSH_EVERY)
         pending_flush(self);
 }
 
@@ -1064,10 +1066,11 @@ static int admit(cp_pool *pool)
         /* relaxed: our own item runs before we finish, or the drain waits. */
         if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING)
             return CP_ESHUTDOWN;
-        if (self->credit > 0)
-            self->credit--;
-        else
-            pending_apply(pool, 1);
+        if (self->credit == 0) {
+            self->credit = FLUSH_EVERY; /* see pending_flush */
+            pending_apply(pool, FLUSH_EVERY);
+        }
+        self->credit--;
         stat_bump(&self->submitted);
         return 0;
     }
