@@ -93,7 +93,7 @@ int cp__hamt_delete(cp__hamt m, uint32_t hash, const void *key, cp__hamt *out);
  * in place, or moved into a resized node) instead of copied, so entries they
  * keep see no reference count change (see "Reuse" in hamt.c). *old: the item
  * that left the map (replaced or deleted), with a reference for the caller,
- * or NULL. On failure (CP_ENOMEM; CP_ENOENT from a delete of an absent key),
+ * or NULL; old must not be NULL, or that reference would be lost. On failure (CP_ENOMEM; CP_ENOENT from a delete of an absent key),
  * *m, its nodes and *old are untouched.
  * Safe only while nobody can reach m's nodes without a reference of their
  * own: the caller holds no borrowed pointer to m's nodes, and no other

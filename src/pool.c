@@ -460,8 +460,10 @@ static void notify_all(cp_pool *pool)
  * part, read or just changed by the caller. admitted is read last: every
  * count only grows but the workers' part, a refusal follows its admit, and
  * an admitted item finishes (and leaves the workers' part) only after its
- * admit, so the total is never below the truth of the moment of the last
- * read. seq_cst: see "Shutdown". */
+ * admit, so the total is never below the truth at the moment the workers'
+ * part was read. A zero therefore means that nothing counted existed then,
+ * so no worker could add more, and only outside admits, which read the
+ * state, can. seq_cst: see "Shutdown". */
 static uint64_t pending_total(cp_pool *pool, uint64_t workers)
 {
     uint64_t refused = atomic_load_explicit(&pool->refused, memory_order_seq_cst);
@@ -668,11 +670,11 @@ static void pending_apply(cp_pool *pool, int64_t delta)
  * counted there and not used yet, the items it finished, and additions
  * counted in advance. It is never negative: a worker that adds an item with
  * no credit left first counts a batch of FLUSH_EVERY additions in advance.
- * So the total only ever reads more than the truth, never less: it cannot
- * read zero while an item is queued or running, and no worker leaves a
- * draining pool early. A worker gives its credit back (applies it) once it
- * reaches twice the batch, and before it looks whether the pool is
- * finished or parks. */
+ * So the total reads at least the truth, never less: it cannot read zero
+ * while an item is queued or running, and no worker leaves a draining pool
+ * early. A worker gives its credit back (applies it) once it reaches twice
+ * the batch, before it looks whether the pool is finished or parks, and
+ * before a wait of its own sleeps (wait_work). */
 #define FLUSH_EVERY 64
 static void pending_flush(struct worker *self)
 {
