@@ -493,10 +493,10 @@ static cp__hamt_node *bitmap_inserted(const cp__hamt_node *b, unsigned c, slot s
     return copy;
 }
 
-/* A copy of bitmap node b without chunk c's entry (b has at least two). */
-static cp__hamt_node *bitmap_removed(const cp__hamt_node *b, unsigned c)
+/* A copy of bitmap node b without chunk c's entry, at index idx (b has at
+ * least two). */
+static cp__hamt_node *bitmap_removed(const cp__hamt_node *b, unsigned c, uint32_t idx)
 {
-    uint32_t idx = bitmap_index(b->bits, c);
     cp__hamt_node *copy = node_alloc(KIND_BITMAP, b->count - 1, b->count - 1,
                                      b->bits & ~(UINT32_C(1) << c));
     if (copy == NULL)
@@ -518,11 +518,10 @@ static cp__hamt_node *bitmap_insert_here(cp__hamt_node *b, unsigned c, slot s)
     return b;
 }
 
-/* Bitmap node b, reused, without chunk c's entry, whose reference the
- * caller has taken over. Returns b. */
-static cp__hamt_node *bitmap_remove_here(cp__hamt_node *b, unsigned c)
+/* Bitmap node b, reused, without chunk c's entry, at index idx, whose
+ * reference the caller has taken over. Returns b. */
+static cp__hamt_node *bitmap_remove_here(cp__hamt_node *b, unsigned c, uint32_t idx)
 {
-    uint32_t idx = bitmap_index(b->bits, c);
     memmove(&b->entries[idx], &b->entries[idx + 1], (b->count - idx - 1) * sizeof(slot));
     b->bits &= ~(UINT32_C(1) << c);
     b->count--;
@@ -1091,7 +1090,7 @@ static del_result node_delete(cp__hamt_node *node, unsigned shift, uint32_t hash
             collapse_to(node, give, mine, node->entries[1 - idx], out);
             return DEL_NEW;
         } else {
-            copy = mine ? bitmap_remove_here(node, c) : bitmap_removed(node, c);
+            copy = mine ? bitmap_remove_here(node, c, idx) : bitmap_removed(node, c, idx);
         }
         if (copy == NULL)
             return DEL_NOMEM;
@@ -1127,11 +1126,12 @@ static cp__hamt_item *root_remove_here(cp__hamt_node *root, uint32_t hash,
     if (root->kind != KIND_BITMAP || !(root->bits & (UINT32_C(1) << c)) ||
         root->count < 2)
         return NULL;
-    slot e = root->entries[bitmap_index(root->bits, c)];
+    uint32_t idx = bitmap_index(root->bits, c);
+    slot e = root->entries[idx];
     if (!slot_is_item(e) || !key_matches(slot_item(e), hash, key) ||
         !sole_reference(&root->refs))
         return NULL;
-    bitmap_remove_here(root, c);
+    bitmap_remove_here(root, c, idx);
     return slot_item(e);
 }
 

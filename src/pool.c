@@ -1557,6 +1557,15 @@ static bool offer_private(struct worker *self)
     return true;
 }
 
+/* Offer our oldest private task if a worker is idle and our deque holds
+ * nothing it could take already: one published task at a time is enough. */
+static inline __attribute__((always_inline)) void
+offer_to_the_idle(struct worker *self)
+{
+    if (workers_idle(self->pool) && cp__deque_size(&self->deque) == 0)
+        offer_private(self);
+}
+
 /* Take t, the newest private task (it is being synced), off the private
  * tasks. The one before it is the nearest private task down the borrow
  * stack, usually the next; it is looked for only when t was linked. */
@@ -1611,9 +1620,7 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     t->w.kind = KIND_PRIVATE;
     if (!self->priv_oldest)
         self->priv_oldest = self->priv_linked = t;
-    /* One published task at a time is enough for the idle to take. */
-    if (workers_idle(pool) && cp__deque_size(&self->deque) == 0)
-        offer_private(self);
+    offer_to_the_idle(self);
     return 0;
 }
 
@@ -1669,10 +1676,8 @@ int cp_sync(cp_task *task, void **result)
         return sync_queued(t, result);
     struct worker *self = this_worker;
     priv_remove_newest(self, t);
-    /* Syncs may come without spawns for a while: offer older private tasks
-     * to idle workers here too. */
-    if (workers_idle(self->pool) && cp__deque_size(&self->deque) == 0)
-        offer_private(self);
+    /* Syncs may come without spawns for a while: offer here too. */
+    offer_to_the_idle(self);
     /* The frame takes over the borrow's reference, if it took one. The
      * borrow stays on top of the stack while the task runs, so that syncs
      * inside it of its spawner's other tasks are refused as out of order. */
