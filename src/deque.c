@@ -289,15 +289,3 @@ cp__steal cp__deque_steal(cp__deque *d, void **item)
     return CP__STEAL_OK;
 }
 
-size_t cp__deque_size(const cp__deque *d)
-{
-    if (d == NULL)
-        return 0;
-    /* relaxed: an estimate; exact when no other thread is using the deque.
-     * Bottom first: read in this order, top can only have grown since, so a
-     * concurrent reading errs small. While pop runs, bottom may be one less
-     * than top. */
-    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
-    int64_t t = atomic_load_explicit(&d->top, memory_order_relaxed);
-    return b > t ? (size_t)(b - t) : 0;
-}

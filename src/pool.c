@@ -1484,11 +1484,13 @@ void cp_future_free(cp_future *f)
 /* Whether some worker of the pool is idle: searching for work or parked.
  * relaxed: a hint for where to put a new task. A stale answer costs only
  * parallelism: a task kept private while a worker turns idle is still run,
- * by its spawner, and the spawner's next spawn sees the idle worker. */
+ * by its spawner, and the spawner's next spawn sees the idle worker. Both
+ * counts are read, without a branch between them (`|`, not `||`): it runs
+ * for every spawn and sync, and both sit in one cache line. */
 static bool workers_idle(const cp_pool *pool)
 {
-    return atomic_load_explicit(&pool->searching, memory_order_relaxed) != 0 ||
-           atomic_load_explicit(&pool->waiters, memory_order_relaxed) != 0;
+    return (atomic_load_explicit(&pool->searching, memory_order_relaxed) |
+            atomic_load_explicit(&pool->waiters, memory_order_relaxed)) != 0;
 }
 
 /* Frame tasks. A worker's task is queued on its deque, where thieves can take
@@ -1558,26 +1560,32 @@ static bool offer_private(struct worker *self)
 }
 
 /* Offer our oldest private task if a worker is idle and our deque holds
- * nothing it could take already: one published task at a time is enough. */
+ * nothing it could take already: one published task at a time is enough.
+ * pool is self's, which a spawn has at hand (not loaded again). */
 static inline __attribute__((always_inline)) void
-offer_to_the_idle(struct worker *self)
+offer_to_the_idle(struct worker *self, const cp_pool *pool)
 {
-    if (workers_idle(self->pool) && cp__deque_size(&self->deque) == 0)
+    if (workers_idle(pool) && cp__deque_size(&self->deque) == 0)
         offer_private(self);
 }
 
 /* Take t, the newest private task (it is being synced), off the private
  * tasks. The one before it is the nearest private task down the borrow
- * stack, usually the next; it is looked for only when t was linked. */
+ * stack, usually the next; it is looked for only when t was linked. The
+ * oldest is always linked (priv_linked is never below it), so a task that
+ * is not the last linked is not the oldest either: one comparison for most
+ * syncs. */
 static void priv_remove_newest(struct worker *self, struct task *t)
 {
-    if (t == self->priv_oldest) {
-        self->priv_oldest = NULL;
-    } else if (t == self->priv_linked) {
-        cp__borrow *b = t->borrow.prev;
-        while (task_of(b)->w.kind != KIND_PRIVATE)
-            b = b->prev;
-        self->priv_linked = task_of(b);
+    if (t == self->priv_linked) {
+        if (t == self->priv_oldest) {
+            self->priv_oldest = NULL;
+        } else {
+            cp__borrow *b = t->borrow.prev;
+            while (task_of(b)->w.kind != KIND_PRIVATE)
+                b = b->prev;
+            self->priv_linked = task_of(b);
+        }
     }
     /* No longer one to offer, nor to link: it runs now. */
     t->w.kind = KIND_INLINE;
@@ -1620,7 +1628,7 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     t->w.kind = KIND_PRIVATE;
     if (!self->priv_oldest)
         self->priv_oldest = self->priv_linked = t;
-    offer_to_the_idle(self);
+    offer_to_the_idle(self, pool);
     return 0;
 }
 
@@ -1677,13 +1685,15 @@ int cp_sync(cp_task *task, void **result)
     struct worker *self = this_worker;
     priv_remove_newest(self, t);
     /* Syncs may come without spawns for a while: offer here too. */
-    offer_to_the_idle(self);
-    /* The frame takes over the borrow's reference, if it took one. The
-     * borrow stays on top of the stack while the task runs, so that syncs
-     * inside it of its spawner's other tasks are refused as out of order. */
-    bool owned = t->borrow.owned;
-    t->borrow.owned = false;
-    void *r = run_in_frame(t->borrow.map, owned, t->u.fn, t->arg);
+    offer_to_the_idle(self, self->pool);
+    /* The borrow stays on top of the stack while the task runs, so that
+     * syncs inside it of its spawner's other tasks are refused as out of
+     * order; and it keeps the map alive (through the spawner's map, or a
+     * reference of its own) until the unborrow after the frame. So the frame
+     * borrows the map too, as run_task's does: handing it the borrow's
+     * reference would save nothing, since while the borrow is on the stack
+     * a change of the map takes a reference for it again. */
+    void *r = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
     cp__context_unborrow(&t->borrow);
     stat_bump(&self->completed);
     if (result)

@@ -1839,6 +1839,68 @@ Test(task, each_task_sees_its_spawners_context_as_it_was_at_the_spawn,
     }
 }
 
+/* In a job: set v, spawn a task, set v again, so that the task's borrow
+ * takes a reference of its own to the map it was spawned on; the task sets
+ * v in its turn and spawns a reader of it. The task sees v as at its spawn,
+ * the reader the task's value, the job its own; and each of the three
+ * values is freed once, when the job ends: every reference the borrows and
+ * frames took is dropped, and only once. */
+struct own_borrow {
+    cp_pool *pool;
+    cp_var *var;
+};
+
+static void *set_and_spawn_a_reader(void *p)
+{
+    static int mine;
+    struct own_borrow *ob = p;
+    void *seen = get_here(ob->var);
+    JCHECK(cp_var_set(ob->var, &mine, NULL) == 0);
+    struct read_var rv = {ob->var};
+    cp_task t;
+    void *read = UNTOUCHED;
+    JCHECK(cp_spawn(ob->pool, &t, read_var_job, &rv) == 0);
+    JCHECK(cp_sync(&t, &read) == 0);
+    JCHECK(read == &mine);
+    return seen;
+}
+
+static void *spawn_then_set(void *p)
+{
+    static int first, second;
+    struct own_borrow *ob = p;
+    JCHECK(cp_var_set(ob->var, &first, NULL) == 0);
+    cp_task t;
+    void *seen = UNTOUCHED;
+    JCHECK(cp_spawn(ob->pool, &t, set_and_spawn_a_reader, ob) == 0);
+    JCHECK(cp_var_set(ob->var, &second, NULL) == 0);
+    JCHECK(cp_sync(&t, &seen) == 0);
+    JCHECK(seen == &first);
+    JCHECK(get_here(ob->var) == &second);
+    return NULL;
+}
+
+Test(task, a_task_on_a_map_its_spawner_left_sets_a_variable_and_frees_nothing_twice,
+     .timeout = 30)
+{
+    cp_var *v = cp_var_new("v", count_free);
+    for (unsigned threads = 1; threads <= 2; threads++) {
+        cp_pool *pool = new_pool(threads);
+        struct own_borrow ob = {pool, v};
+        for (int round = 0; round < 200; round++) {
+            atomic_store(&frees, 0);
+            cp_future *f = NULL;
+            cr_assert_eq(cp_pool_submit(pool, spawn_then_set, &ob, &f), 0);
+            wait_ok(f);
+            cr_assert_eq(atomic_load(&frees), 3, "round %d: %d values freed",
+                         round, atomic_load(&frees));
+        }
+        jobs_ok();
+        free_pool(pool);
+    }
+    cp_var_free(v);
+}
+
 /* Many tasks spawned in a row by one job, as a parallel loop does, so that
  * idle workers are offered the oldest of them one after another while the
  * newest run at their syncs; every other one goes to a second pool instead,
