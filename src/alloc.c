@@ -112,16 +112,19 @@ static void small_key_create(void)
     small_key_error = pthread_key_create(&small_key, small_release);
 }
 
-/* Whether this thread may keep objects: its exit must free them. */
-static bool small_register(void)
+/* cp__free_small on a thread not registered yet: a thread may keep objects
+ * only once its exit will free them. Out of line, so that cp__free_small
+ * stays a leaf that saves no registers. */
+static __attribute__((noinline)) void free_unregistered(void *ptr, size_t size)
 {
-    if (small.registered)
-        return true;
     pthread_once(&small_key_once, small_key_create);
     /* Any non-NULL value makes the destructor run at thread exit. */
     small.registered = !small_key_error &&
                        pthread_setspecific(small_key, &small) == 0;
-    return small.registered;
+    if (small.registered)
+        cp__free_small(ptr, size);
+    else
+        free(ptr);
 }
 
 static size_t small_class(size_t size)
@@ -155,8 +158,12 @@ void cp__free_small(void *ptr, size_t size)
         return;
     }
     size_t c = small_class(size);
-    if (small.count[c] >= SMALL_KEEP || !small_register()) {
+    if (small.count[c] >= SMALL_KEEP) {
         free(ptr);
+        return;
+    }
+    if (!small.registered) {
+        free_unregistered(ptr, size);
         return;
     }
     struct small_free *f = ptr;

@@ -287,18 +287,6 @@ static bool key_matches(const cp__hamt_item *item, uint32_t hash, const void *ke
 /* Reference counts                                                          */
 /* ------------------------------------------------------------------------ */
 
-void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
-                        void *value, void (*release)(cp__hamt_item *),
-                        bool unpublished)
-{
-    atomic_init(&item->refs, 1); /* not yet shared */
-    item->unpublished = unpublished;
-    item->hash = hash;
-    item->key = key;
-    item->value = value;
-    item->release = release;
-}
-
 /* Take one more reference on item; the caller holds one already. */
 void cp__hamt_item_incref(cp__hamt_item *item)
 {
@@ -311,17 +299,6 @@ void cp__hamt_item_incref(cp__hamt_item *item)
                               memory_order_relaxed);
     else
         atomic_fetch_add_explicit(&item->refs, 1, memory_order_relaxed);
-}
-
-void cp__hamt_item_publish(cp__hamt_item *item)
-{
-    /* relaxed load and store: no other thread can reach the item yet, so
-     * none can change the count between them; the caller's publication of
-     * the map orders them (and unpublished) before any other thread's use. */
-    size_t refs = atomic_load_explicit(&item->refs, memory_order_relaxed);
-    assert(item->unpublished && refs > 1);
-    atomic_store_explicit(&item->refs, refs - 1, memory_order_relaxed);
-    item->unpublished = false;
 }
 
 /* Whether the caller's reference on an object with this count is the only
@@ -507,22 +484,32 @@ static cp__hamt_node *bitmap_removed(const cp__hamt_node *b, unsigned c, uint32_
 }
 
 /* Bitmap node b, reused (see "Reuse"), with s inserted for chunk c (not yet
- * present): b has room for one more entry. Returns b. */
+ * present): b has room for one more entry. Returns b. The entries from s's
+ * index on move up one slot by a loop, not memmove: a node holds at most
+ * BITMAP_MAX entries, usually a few, cheaper to move one by one than a call
+ * costs. Each entry is carried up by the loop because GCC turns a plain
+ * copy loop that runs downwards into a call to memmove. */
 static cp__hamt_node *bitmap_insert_here(cp__hamt_node *b, unsigned c, slot s)
 {
-    uint32_t idx = bitmap_index(b->bits, c);
-    memmove(&b->entries[idx + 1], &b->entries[idx], (b->count - idx) * sizeof(slot));
-    put(&b->entries[idx], s);
+    slot_incref(s);
+    for (uint32_t i = bitmap_index(b->bits, c); i < b->count; i++) {
+        slot next = b->entries[i];
+        b->entries[i] = s;
+        s = next;
+    }
+    b->entries[b->count] = s;
     b->bits |= UINT32_C(1) << c;
     b->count++;
     return b;
 }
 
 /* Bitmap node b, reused, without chunk c's entry, at index idx, whose
- * reference the caller has taken over. Returns b. */
+ * reference the caller has taken over. Returns b. (A loop for the entries
+ * after idx, as in bitmap_insert_here.) */
 static cp__hamt_node *bitmap_remove_here(cp__hamt_node *b, unsigned c, uint32_t idx)
 {
-    memmove(&b->entries[idx], &b->entries[idx + 1], (b->count - idx - 1) * sizeof(slot));
+    for (uint32_t i = idx + 1; i < b->count; i++)
+        b->entries[i - 1] = b->entries[i];
     b->bits &= ~(UINT32_C(1) << c);
     b->count--;
     return b;
@@ -718,10 +705,12 @@ cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key)
  * a failure leaves the map as it was.
  *
  * The commonest reuse, a context with a few variables setting a new one or
- * deleting one, changes a root bitmap node in place; hamt_set and
- * hamt_delete do that first without the general walk (root_insert_here,
- * root_remove_here), which saves about a fifth of a set+reset's
- * instructions, and fall back to the walk for everything else.
+ * deleting one, changes a root bitmap node in place; cp__hamt_set_given
+ * and cp__hamt_delete_given do that first without the general walk
+ * (root_insert_here, root_remove_here), which saves about a fifth of a
+ * set+reset's instructions, and fall back to the walk (hamt_set,
+ * hamt_delete) for everything else. The fast paths sit outside the walk's
+ * functions so that they pay for none of the registers the walk saves.
  *
  * Reuse writes to published nodes, which is safe only because nobody else
  * can reach them: reference holders are counted, and the callers of the
@@ -937,7 +926,8 @@ static bool root_insert_here(cp__hamt_node *root, cp__hamt_item *item)
 }
 
 /* The set behind cp__hamt_set (give false: *m stays held and unchanged, and
- * becomes the new map with a reference of its own) and cp__hamt_set_given. */
+ * becomes the new map with a reference of its own) and cp__hamt_set_given
+ * (when root_insert_here cannot do it). */
 static int hamt_set(cp__hamt *m, cp__hamt_item *item, bool give, cp__hamt_item **old)
 {
     assert(item != NULL); /* internal callers only */
@@ -949,8 +939,6 @@ static int hamt_set(cp__hamt *m, cp__hamt_item *item, bool give, cp__hamt_item *
             return CP_ENOMEM;
         put(&root->entries[0], item_slot(item));
         *m = (cp__hamt){root, 1};
-    } else if (give && root_insert_here(m->root, item)) {
-        m->count++;
     } else {
         slot root;
         switch (node_set(m->root, 0, item, give, &ch, &root)) {
@@ -989,6 +977,11 @@ int cp__hamt_set(cp__hamt m, cp__hamt_item *item, cp__hamt *out)
 
 int cp__hamt_set_given(cp__hamt *m, cp__hamt_item *item, cp__hamt_item **old)
 {
+    if (m->root != NULL && root_insert_here(m->root, item)) {
+        m->count++;
+        *old = NULL;
+        return 0;
+    }
     return hamt_set(m, item, true, old);
 }
 
@@ -1137,21 +1130,12 @@ static cp__hamt_item *root_remove_here(cp__hamt_node *root, uint32_t hash,
 
 /* The delete behind cp__hamt_delete (give false: *m stays held and
  * unchanged, and becomes the new map with a reference of its own) and
- * cp__hamt_delete_given. */
+ * cp__hamt_delete_given (when root_remove_here cannot do it). */
 static int hamt_delete(cp__hamt *m, uint32_t hash, const void *key, bool give,
                        cp__hamt_item **old)
 {
     if (m->root == NULL)
         return CP_ENOENT;
-    if (give) {
-        cp__hamt_item *gone = root_remove_here(m->root, hash, key);
-        if (gone != NULL) {
-            m->count--;
-            if (old != NULL)
-                *old = gone;
-            return 0;
-        }
-    }
     struct change ch = {give, false, NULL};
     slot root;
     switch (node_delete(m->root, 0, hash, key, true, give, &ch, &root)) {
@@ -1189,6 +1173,14 @@ int cp__hamt_delete(cp__hamt m, uint32_t hash, const void *key, cp__hamt *out)
 int cp__hamt_delete_given(cp__hamt *m, uint32_t hash, const void *key,
                           cp__hamt_item **old)
 {
+    if (m->root != NULL) {
+        cp__hamt_item *gone = root_remove_here(m->root, hash, key);
+        if (gone != NULL) {
+            m->count--;
+            *old = gone;
+            return 0;
+        }
+    }
     return hamt_delete(m, hash, key, true, old);
 }
 

@@ -9,6 +9,7 @@
 #ifndef CTXPOOL_HAMT_H
 #define CTXPOOL_HAMT_H
 
+#include <assert.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -45,17 +46,38 @@ static inline bool cp__last_reference(atomic_size_t *refs)
 }
 
 /* Initialise an item with one reference (the caller's). unpublished: the
- * item stays on this thread until cp__hamt_item_publish (see above). */
-void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash, const void *key,
-                        void *value, void (*release)(cp__hamt_item *),
-                        bool unpublished);
+ * item stays on this thread until cp__hamt_item_publish (see above).
+ * Inline, as cp__hamt_item_publish: every set makes an item. */
+static inline void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash,
+                                      const void *key, void *value,
+                                      void (*release)(cp__hamt_item *),
+                                      bool unpublished)
+{
+    atomic_init(&item->refs, 1); /* not yet shared */
+    item->unpublished = unpublished;
+    item->hash = hash;
+    item->key = key;
+    item->value = value;
+    item->release = release;
+}
+
 void cp__hamt_item_incref(cp__hamt_item *item);
 void cp__hamt_item_decref(cp__hamt_item *item); /* NULL: no-op */
+
 /* An unpublished item goes into a map that other threads may reach once
  * the caller publishes the map (with release semantics): drop the
  * creator's reference, which the map's keeps the item alive, with plain
  * stores, and end its unpublished state. */
-void cp__hamt_item_publish(cp__hamt_item *item);
+static inline void cp__hamt_item_publish(cp__hamt_item *item)
+{
+    /* relaxed load and store: no other thread can reach the item yet, so
+     * none can change the count between them; the caller's publication of
+     * the map orders them (and unpublished) before any other thread's use. */
+    size_t refs = atomic_load_explicit(&item->refs, memory_order_relaxed);
+    assert(item->unpublished && refs > 1);
+    atomic_store_explicit(&item->refs, refs - 1, memory_order_relaxed);
+    item->unpublished = false;
+}
 
 typedef struct cp__hamt_node cp__hamt_node;
 
