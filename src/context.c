@@ -561,13 +561,6 @@ static cp_context *current_context(void)
     return cp__self.current;
 }
 
-cp__hamt cp__context_capture(void)
-{
-    cp__hamt m = cp__self.current ? cp__self.current->map : CP__HAMT_EMPTY;
-    cp__hamt_incref(m);
-    return m;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Get, set, reset                                                           */
 

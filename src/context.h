@@ -49,9 +49,6 @@ struct cp_context {
     bool owns_map;
 };
 
-/* A new reference to the calling thread's current map (empty if none). */
-cp__hamt cp__context_capture(void);
-
 /* Borrowed captures, for frame tasks: a capture of the current map that
  * takes no reference (no atomic operation), valid while the thread's current
  * map stays the same. If the thread changes a map that a borrow on its stack
@@ -104,6 +101,15 @@ static inline void cp__cache_forget(void)
 static inline uintptr_t cp__self_id(void)
 {
     return (uintptr_t)&cp__self;
+}
+
+/* A new reference to the calling thread's current map (empty if none).
+ * Inline: the pool captures for every submit. */
+static inline cp__hamt cp__context_capture(void)
+{
+    cp__hamt m = cp__self.current ? cp__self.current->map : CP__HAMT_EMPTY;
+    cp__hamt_incref(m);
+    return m;
 }
 
 /* Make c a frame on map and enter it: c becomes the thread's current

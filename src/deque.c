@@ -41,8 +41,8 @@
  * slot t & mask (push never writes a slot whose index has not been taken,
  * and "taken" is a CAS the owner has acquired before it reuses the slot).
  *
- * Memory orders. Every atomic in the file names its order and partner where
- * it is used; in short:
+ * Memory orders. Every atomic here and in the owner's push and pop (inline,
+ * in deque.h) names its order and partner where it is used; in short:
  *
  *   field        operation               order     pairs with
  *   -----------  ----------------------  --------  ---------------------------
@@ -101,12 +101,6 @@ _Static_assert(offsetof(cp__deque, bottom) - offsetof(cp__deque, top) >=
                    CP__CACHE_LINE,
                "top and bottom share a cache line");
 
-struct cp__deque_buffer {
-    int64_t mask;                   /* capacity - 1; capacity a power of two */
-    cp__deque_buffer *next_retired; /* owner only: the retired chain */
-    _Atomic(void *) slots[];        /* relaxed: see the memory-order table */
-};
-
 /* A power of two larger than this cannot be an int64_t capacity. */
 #define MAX_LOG_CAPACITY 62
 
@@ -129,11 +123,6 @@ static cp__deque_buffer *buffer_new(int64_t capacity)
     for (int64_t i = 0; i < capacity; i++)
         atomic_init(&a->slots[i], NULL); /* not yet shared */
     return a;
-}
-
-static _Atomic(void *) *slot(cp__deque_buffer *a, int64_t i)
-{
-    return &a->slots[i & a->mask];
 }
 
 int cp__deque_init(cp__deque *d, unsigned log_capacity)
@@ -167,11 +156,8 @@ void cp__deque_destroy(cp__deque *d)
     }
 }
 
-/* Owner: replace a (holding items t..b-1) by a buffer twice as large with the
- * same items, and retire a. Returns the new buffer, or NULL with nothing
- * changed when memory ran out. */
-static cp__deque_buffer *grow(cp__deque *d, cp__deque_buffer *a, int64_t t,
-                              int64_t b)
+cp__deque_buffer *cp__deque_grow(cp__deque *d, cp__deque_buffer *a, int64_t t,
+                                 int64_t b)
 {
     int64_t capacity = a->mask + 1;
     if (capacity > INT64_MAX / 2)
@@ -183,8 +169,8 @@ static cp__deque_buffer *grow(cp__deque *d, cp__deque_buffer *a, int64_t t,
      * Copying from a t that thieves have since moved past copies items that
      * are already taken; harmless, since nobody can reach those indices. */
     for (int64_t i = t; i < b; i++)
-        atomic_store_explicit(slot(bigger, i),
-                              atomic_load_explicit(slot(a, i),
+        atomic_store_explicit(cp__deque_slot(bigger, i),
+                              atomic_load_explicit(cp__deque_slot(a, i),
                                                    memory_order_relaxed),
                               memory_order_relaxed);
     /* release: pairs with the thief's acquire load of buffer, so a thief
@@ -193,68 +179,6 @@ static cp__deque_buffer *grow(cp__deque *d, cp__deque_buffer *a, int64_t t,
     a->next_retired = d->retired;
     d->retired = a;
     return bigger;
-}
-
-int cp__deque_push(cp__deque *d, void *item)
-{
-    if (d == NULL || item == NULL)
-        return CP_EINVAL;
-    /* relaxed: only the owner writes bottom and buffer. */
-    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
-    cp__deque_buffer *a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
-    /* acquire: pairs with the seq_cst (so release) CAS of the thief that
-     * moved top here: its read of the slot we are about to reuse happens
-     * before our write to it. A stale (smaller) t only makes us grow early. */
-    int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
-    if (b - t > a->mask) {
-        if (grow(d, a, t, b) == NULL)
-            return CP_ENOMEM;
-        /* Reload: writing into the retired buffer would lose the item. */
-        a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
-    }
-    /* relaxed: published by the release store of bottom below. */
-    atomic_store_explicit(slot(a, b), item, memory_order_relaxed);
-    /* release: pairs with the thief's seq_cst (so acquire) load of bottom:
-     * the item, what it points to, and the buffer it lives in are visible to
-     * a thief that sees the new bottom. */
-    atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
-    return 0;
-}
-
-void *cp__deque_pop(cp__deque *d)
-{
-    if (d == NULL)
-        return NULL;
-    /* relaxed: only the owner writes bottom and buffer. */
-    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed) - 1;
-    cp__deque_buffer *a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
-    /* seq_cst: claims index b before we look at top. Pairs with the thief's
-     * seq_cst loads of top and bottom through the total order S: a thief
-     * that reads top after our read of top below must see this bottom. */
-    atomic_store_explicit(&d->bottom, b, memory_order_seq_cst);
-    /* seq_cst: the other half of the store-buffering pair above; it cannot
-     * be ordered before our store of bottom. */
-    int64_t t = atomic_load_explicit(&d->top, memory_order_seq_cst);
-    if (t > b) {
-        /* Empty (t == b + 1). release: see the table; any store a thief may
-         * read of bottom carries our earlier pushes. */
-        atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
-        return NULL;
-    }
-    /* relaxed: only the owner writes slots. */
-    void *item = atomic_load_explicit(slot(a, b), memory_order_relaxed);
-    if (t == b) {
-        /* The last item: race the thieves for it on top. seq_cst: in S with
-         * the thieves' CAS and loads, so exactly one CAS from t wins; failure
-         * order relaxed, since on failure we use nothing we read. */
-        if (!atomic_compare_exchange_strong_explicit(&d->top, &t, t + 1,
-                                                     memory_order_seq_cst,
-                                                     memory_order_relaxed))
-            item = NULL; /* a thief took it */
-        /* release: as above. Empty either way: top == bottom == b + 1. */
-        atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
-    }
-    return item;
 }
 
 cp__steal cp__deque_steal(cp__deque *d, void **item)
@@ -276,7 +200,7 @@ cp__steal cp__deque_steal(cp__deque *d, void **item)
     cp__deque_buffer *a = atomic_load_explicit(&d->buffer, memory_order_acquire);
     /* relaxed: ordered by the acquire loads above; the value may be stale or
      * from a reused slot, in which case the CAS below fails. */
-    void *x = atomic_load_explicit(slot(a, t), memory_order_relaxed);
+    void *x = atomic_load_explicit(cp__deque_slot(a, t), memory_order_relaxed);
     /* seq_cst: decides the race for index t against other thieves and
      * against pop's CAS for the last item; its release half pairs with
      * push's acquire load of top before it reuses the slot. Failure order

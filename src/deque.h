@@ -7,6 +7,10 @@
  * Threads: cp__deque_push and cp__deque_pop from the owner only;
  * cp__deque_steal and cp__deque_size from any thread; init and destroy when no
  * other thread uses the deque.
+ *
+ * The owner's push and pop are inline: the pool pushes and pops for every
+ * job. deque.c's comment says why the algorithm is correct and tables the
+ * memory order of every access, theirs included.
  */
 #ifndef CTXPOOL_DEQUE_H
 #define CTXPOOL_DEQUE_H
@@ -16,9 +20,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ctxpool.h"
+
 #define CP__CACHE_LINE 64
 
 typedef struct cp__deque_buffer cp__deque_buffer;
+struct cp__deque_buffer {
+    int64_t mask;                   /* capacity - 1; capacity a power of two */
+    cp__deque_buffer *next_retired; /* owner only: the retired chain */
+    _Atomic(void *) slots[];        /* relaxed: see deque.c's table */
+};
 
 typedef struct cp__deque {
     /* Thieves' side: top, on its own cache line. */
@@ -34,11 +45,81 @@ typedef struct cp__deque {
 int cp__deque_init(cp__deque *d, unsigned log_capacity);
 void cp__deque_destroy(cp__deque *d);
 
+static inline _Atomic(void *) *cp__deque_slot(cp__deque_buffer *a, int64_t i)
+{
+    return &a->slots[i & a->mask];
+}
+
+/* Owner, for push: replace a (holding items t..b-1) by a buffer twice as
+ * large with the same items, and retire a. Returns the new buffer, or NULL
+ * with nothing changed when memory ran out. */
+cp__deque_buffer *cp__deque_grow(cp__deque *d, cp__deque_buffer *a, int64_t t,
+                                 int64_t b);
+
 /* Owner: push item (not NULL) at the bottom. 0 or CP_ENOMEM (deque unchanged). */
-int cp__deque_push(cp__deque *d, void *item);
+static inline int cp__deque_push(cp__deque *d, void *item)
+{
+    if (d == NULL || item == NULL)
+        return CP_EINVAL;
+    /* relaxed: only the owner writes bottom and buffer. */
+    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
+    cp__deque_buffer *a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
+    /* acquire: pairs with the seq_cst (so release) CAS of the thief that
+     * moved top here: its read of the slot we are about to reuse happens
+     * before our write to it. A stale (smaller) t only makes us grow early. */
+    int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
+    if (b - t > a->mask) {
+        if (cp__deque_grow(d, a, t, b) == NULL)
+            return CP_ENOMEM;
+        /* Reload: writing into the retired buffer would lose the item. */
+        a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
+    }
+    /* relaxed: published by the release store of bottom below. */
+    atomic_store_explicit(cp__deque_slot(a, b), item, memory_order_relaxed);
+    /* release: pairs with the thief's seq_cst (so acquire) load of bottom:
+     * the item, what it points to, and the buffer it lives in are visible to
+     * a thief that sees the new bottom. */
+    atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
+    return 0;
+}
 
 /* Owner: take the most recently pushed item, or NULL when empty. */
-void *cp__deque_pop(cp__deque *d);
+static inline void *cp__deque_pop(cp__deque *d)
+{
+    if (d == NULL)
+        return NULL;
+    /* relaxed: only the owner writes bottom and buffer. */
+    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed) - 1;
+    cp__deque_buffer *a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
+    /* seq_cst: claims index b before we look at top. Pairs with the thief's
+     * seq_cst loads of top and bottom through the total order S: a thief
+     * that reads top after our read of top below must see this bottom. */
+    atomic_store_explicit(&d->bottom, b, memory_order_seq_cst);
+    /* seq_cst: the other half of the store-buffering pair above; it cannot
+     * be ordered before our store of bottom. */
+    int64_t t = atomic_load_explicit(&d->top, memory_order_seq_cst);
+    if (t > b) {
+        /* Empty (t == b + 1). release: see the table; any store a thief may
+         * read of bottom carries our earlier pushes. */
+        atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
+        return NULL;
+    }
+    /* relaxed: only the owner writes slots. */
+    void *item = atomic_load_explicit(cp__deque_slot(a, b),
+                                      memory_order_relaxed);
+    if (t == b) {
+        /* The last item: race the thieves for it on top. seq_cst: in S with
+         * the thieves' CAS and loads, so exactly one CAS from t wins; failure
+         * order relaxed, since on failure we use nothing we read. */
+        if (!atomic_compare_exchange_strong_explicit(&d->top, &t, t + 1,
+                                                     memory_order_seq_cst,
+                                                     memory_order_relaxed))
+            item = NULL; /* a thief took it */
+        /* release: as above. Empty either way: top == bottom == b + 1. */
+        atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
+    }
+    return item;
+}
 
 /* Any thread: take the oldest item. */
 typedef enum cp__steal {

@@ -294,9 +294,11 @@ static bool forked_away(const cp_pool *pool)
            atomic_load_explicit(&fork_generation, memory_order_relaxed);
 }
 
-static bool is_worker_of(const cp_pool *pool)
+/* The calling thread's worker if it is one of pool's, else NULL. */
+static struct worker *worker_of(const cp_pool *pool)
 {
-    return this_worker && this_worker->pool == pool;
+    struct worker *self = this_worker;
+    return self && self->pool == pool ? self : NULL;
 }
 
 static uintptr_t thread_id(void)
@@ -559,7 +561,9 @@ static struct work *take_injected(struct worker *self)
     return first;
 }
 
-static struct work *steal_some(struct worker *self)
+/* Not inlined: find_work, which a worker runs for every item, then saves
+ * no registers for this loop before it pops. */
+static __attribute__((noinline)) struct work *steal_some(struct worker *self)
 {
     cp_pool *pool = self->pool;
     unsigned n = pool->nworkers;
@@ -586,7 +590,10 @@ static struct work *steal_some(struct worker *self)
     return NULL;
 }
 
-static struct work *find_work(struct worker *self)
+/* The next item for self to run, or NULL. Always inlined, and the deque
+ * pop with it: a worker runs it for every item, a helping wait too. */
+static inline __attribute__((always_inline)) struct work *
+find_work(struct worker *self)
 {
     struct work *w;
     if (++self->tick % INJECT_EVERY == 0 && (w = take_injected(self)))
@@ -896,10 +903,12 @@ static struct work *search(struct worker *self, const struct work *awaited,
 static bool offer_private(struct worker *self);
 
 /* Wait until w is final; a worker of pool helps meanwhile. Returns 0, or
- * CP_ETIMEDOUT when deadline (0: none) passed first. */
-static int wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
+ * CP_ETIMEDOUT when deadline (0: none) passed first. Always inlined: it is
+ * most of what a wait for a future does. */
+static inline __attribute__((always_inline)) int
+wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
 {
-    struct worker *self = pool && is_worker_of(pool) ? this_worker : NULL;
+    struct worker *self = pool ? worker_of(pool) : NULL;
     while (!work_final(w)) {
         if (self) {
             struct work *other = find_work(self);
@@ -1057,14 +1066,15 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
 }
 
 /* Account for a new counted work item: 0, or CP_ESHUTDOWN (nothing
- * counted). A worker of the pool may still add work while the pool drains:
- * that work belongs to a job already accepted. */
-static int admit(cp_pool *pool)
+ * counted). self: worker_of(pool). A worker of the pool may still add work
+ * while the pool drains: that work belongs to a job already accepted.
+ * Always inlined, as enqueue: a submit runs both for every job. */
+static inline __attribute__((always_inline)) int
+admit(cp_pool *pool, struct worker *self)
 {
     if (forked_away(pool))
         return CP_ESHUTDOWN;
-    if (is_worker_of(pool)) {
-        struct worker *self = this_worker;
+    if (self) {
         /* relaxed: our own item runs before we finish, or the drain waits. */
         if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING)
             return CP_ESHUTDOWN;
@@ -1090,11 +1100,12 @@ static int admit(cp_pool *pool)
 }
 
 /* Queue an admitted work item: on our own deque if we are a worker of the
- * pool, else on the injection queue. */
-static void enqueue(cp_pool *pool, struct work *w)
+ * pool (self: worker_of(pool)), else on the injection queue. */
+static inline __attribute__((always_inline)) void
+enqueue(cp_pool *pool, struct worker *self, struct work *w)
 {
-    if (is_worker_of(pool)) {
-        if (cp__deque_push(&this_worker->deque, w) == 0) {
+    if (self) {
+        if (cp__deque_push(&self->deque, w) == 0) {
             notify(pool);
             return;
         }
@@ -1164,11 +1175,10 @@ static void cache_key_create(void)
     cache_key_error = pthread_key_create(&cache_key, cache_close);
 }
 
-/* This thread's cache, made on first use; NULL without memory for it. */
-static struct job_cache *cache_get(void)
+/* A cache for this thread, its first; NULL without memory for it. Not
+ * inlined: once a thread, and job_alloc inlines into submit without it. */
+static __attribute__((noinline)) struct job_cache *cache_new(void)
 {
-    if (my_cache)
-        return my_cache;
     pthread_once(&cache_key_once, cache_key_create);
     struct job_cache *c = cache_key_error ? NULL : cp__malloc(sizeof *c);
     if (!c)
@@ -1183,7 +1193,14 @@ static struct job_cache *cache_get(void)
     return my_cache = c;
 }
 
-static struct cp_future *job_alloc(void)
+/* This thread's cache, made on first use; NULL without memory for it. */
+static struct job_cache *cache_get(void)
+{
+    return my_cache ? my_cache : cache_new();
+}
+
+/* Always inlined: submit runs it for every job. */
+static inline __attribute__((always_inline)) struct cp_future *job_alloc(void)
 {
     struct job_cache *c = cache_get();
     if (c) {
@@ -1260,18 +1277,14 @@ static void returns_flush(struct worker *self)
     self->ret_count = 0;
 }
 
-/* The last reference to f is gone: back to its home. A worker batches jobs
- * for one home; anyone else returns them one at a time. */
-static void job_release(struct cp_future *f)
+/* f goes back to c, the home of another thread (or none: f is freed). A
+ * worker batches jobs for one home; anyone else returns them one at a
+ * time. */
+static __attribute__((noinline)) void job_return(struct cp_future *f,
+                                                 struct job_cache *c)
 {
-    struct job_cache *c = f->home;
     if (!c) {
         cp__free(f);
-        return;
-    }
-    if (c == my_cache) {
-        f->free_next = c->local;
-        c->local = f;
         return;
     }
     struct worker *self = this_worker;
@@ -1290,15 +1303,33 @@ static void job_release(struct cp_future *f)
         returns_flush(self);
 }
 
-static int submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
-                  cp_future **future)
+/* The last reference to f is gone: back to its home. Onto our own list when
+ * we are its home thread, the common case, which then saves no registers
+ * for job_return's. */
+static void job_release(struct cp_future *f)
+{
+    struct job_cache *c = f->home;
+    if (c && c == my_cache) {
+        f->free_next = c->local;
+        c->local = f;
+    } else {
+        job_return(f, c);
+    }
+}
+
+/* cp_pool_submit and cp_pool_submit_in, inlined into each: a submit then
+ * tests no `in` and makes no call to get here. */
+static inline __attribute__((always_inline)) int
+submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
+       cp_future **future)
 {
     if (!pool || !fn)
         return CP_EINVAL;
     struct cp_future *f = job_alloc();
     if (!f)
         return CP_ENOMEM;
-    int err = admit(pool);
+    struct worker *self = worker_of(pool);
+    int err = admit(pool, self);
     if (err != 0) {
         job_release(f);
         return err;
@@ -1324,7 +1355,7 @@ static int submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
     }
     if (future)
         *future = f;
-    enqueue(pool, &f->w);
+    enqueue(pool, self, &f->w);
     return 0;
 }
 
@@ -1363,7 +1394,7 @@ int cp_pool_free(cp_pool *pool)
         return 0;
     if (forked_away(pool))
         return CP_ESHUTDOWN;
-    if (is_worker_of(pool))
+    if (worker_of(pool))
         return CP_EDEADLK;
     workers_stop(pool, pool->nworkers);
     pool_release(pool, pool->nworkers);
@@ -1411,12 +1442,10 @@ static int future_outcome(struct cp_future *f, void **result)
     return outcome;
 }
 
-int cp_future_wait(cp_future *f, void **result)
-{
-    return cp_future_wait_timeout(f, UINT64_MAX, result);
-}
-
-int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns, void **result)
+/* cp_future_wait_timeout, inlined into it and into cp_future_wait, which
+ * then makes no call through the PLT and no test of the timeout. */
+static inline __attribute__((always_inline)) int
+future_wait(cp_future *f, uint64_t timeout_ns, void **result)
 {
     if (!f)
         return CP_EINVAL;
@@ -1436,6 +1465,16 @@ int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns, void **result)
             return err;
     }
     return future_outcome(f, result);
+}
+
+int cp_future_wait(cp_future *f, void **result)
+{
+    return future_wait(f, UINT64_MAX, result);
+}
+
+int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns, void **result)
+{
+    return future_wait(f, timeout_ns, result);
 }
 
 bool cp_future_done(const cp_future *f)
@@ -1555,7 +1594,7 @@ static bool offer_private(struct worker *self)
         priv_link(self);
     self->priv_oldest = oldest == self->priv_linked ? NULL : priv_next(oldest);
     task_init(oldest, false);
-    enqueue(self->pool, &oldest->w);
+    enqueue(self->pool, self, &oldest->w);
     return true;
 }
 
@@ -1598,16 +1637,16 @@ static __attribute__((noinline)) int spawn_queued(cp_pool *pool, struct task *t,
 {
     if (!pool || !t || !fn)
         return CP_EINVAL;
-    if (is_worker_of(pool))
+    if (worker_of(pool))
         return CP_ESHUTDOWN; /* only forked_away sends a worker here */
-    int err = admit(pool);
+    int err = admit(pool, NULL);
     if (err != 0)
         return err;
     t->u.fn = fn;
     t->arg = arg;
     cp__context_borrow(&t->borrow);
     task_init(t, true);
-    enqueue(pool, &t->w);
+    enqueue(pool, NULL, &t->w);
     return 0;
 }
 
