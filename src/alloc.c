@@ -22,30 +22,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static __thread unsigned long countdown
+__thread unsigned long cp__alloc_countdown
     __attribute__((tls_model("initial-exec")));
-static __thread unsigned long allocations
+__thread unsigned long cp__allocations
     __attribute__((tls_model("initial-exec")));
-
-static int should_fail(void)
-{
-    allocations++;
-    return countdown != 0 && --countdown == 0;
-}
 
 void *cp__malloc(size_t size)
 {
-    return should_fail() ? NULL : malloc(size);
+    return cp__alloc_should_fail() ? NULL : malloc(size);
 }
 
 void *cp__calloc(size_t count, size_t size)
 {
-    return should_fail() ? NULL : calloc(count, size);
+    return cp__alloc_should_fail() ? NULL : calloc(count, size);
 }
 
 void *cp__calloc_aligned(size_t count, size_t size, size_t align)
 {
-    if (should_fail() || (size && count > (SIZE_MAX - (align - 1)) / size))
+    if (cp__alloc_should_fail() || (size && count > (SIZE_MAX - (align - 1)) / size))
         return NULL;
     /* aligned_alloc wants a multiple of align; a type's size is one. */
     size_t bytes = (count * size + align - 1) / align * align;
@@ -62,32 +56,16 @@ void cp__free(void *ptr)
 
 void cp__alloc_fail_nth(unsigned long nth)
 {
-    countdown = nth;
+    cp__alloc_countdown = nth;
 }
 
 unsigned long cp__alloc_count(void)
 {
-    return allocations;
+    return cp__allocations;
 }
 
-/* Small-object lists: one per 16-byte size class up to SMALL_MAX, at most
- * SMALL_KEEP objects each; a thread's lists are freed when it exits. */
-#define SMALL_GRAIN 16
-#define SMALL_MAX 512
-#define SMALL_CLASSES (SMALL_MAX / SMALL_GRAIN)
-#define SMALL_KEEP 32
-
-struct small_free {
-    struct small_free *next;
-};
-
-struct small_cache {
-    struct small_free *head[SMALL_CLASSES];
-    unsigned count[SMALL_CLASSES];
-    bool registered; /* the exit destructor will run for this thread */
-};
-
-static __thread struct small_cache small
+/* Small-object lists (alloc.h): a thread's lists are freed when it exits. */
+__thread struct cp__small_cache cp__small
     __attribute__((tls_model("initial-exec")));
 static pthread_key_t small_key;
 static pthread_once_t small_key_once = PTHREAD_ONCE_INIT;
@@ -96,15 +74,15 @@ static int small_key_error;
 static void small_release(void *unused)
 {
     (void)unused;
-    for (unsigned c = 0; c < SMALL_CLASSES; c++) {
-        for (struct small_free *f = small.head[c], *next; f; f = next) {
+    for (unsigned c = 0; c < CP__SMALL_CLASSES; c++) {
+        for (struct cp__small_free *f = cp__small.head[c], *next; f; f = next) {
             next = f->next;
             free(f);
         }
-        small.head[c] = NULL;
-        small.count[c] = 0;
+        cp__small.head[c] = NULL;
+        cp__small.count[c] = 0;
     }
-    small.registered = false;
+    cp__small.registered = false;
 }
 
 static void small_key_create(void)
@@ -112,62 +90,29 @@ static void small_key_create(void)
     small_key_error = pthread_key_create(&small_key, small_release);
 }
 
-/* cp__free_small on a thread not registered yet: a thread may keep objects
- * only once its exit will free them. Out of line, so that cp__free_small
- * stays a leaf that saves no registers. */
-static __attribute__((noinline)) void free_unregistered(void *ptr, size_t size)
+void *cp__alloc_small_new(size_t size)
 {
-    pthread_once(&small_key_once, small_key_create);
-    /* Any non-NULL value makes the destructor run at thread exit. */
-    small.registered = !small_key_error &&
-                       pthread_setspecific(small_key, &small) == 0;
-    if (small.registered)
-        cp__free_small(ptr, size);
-    else
-        free(ptr);
-}
-
-static size_t small_class(size_t size)
-{
-    return (size + SMALL_GRAIN - 1) / SMALL_GRAIN - 1;
-}
-
-void *cp__alloc_small(size_t size)
-{
-    if (should_fail())
+    if (cp__alloc_should_fail())
         return NULL;
-    if (!CP__KEEP_FREED || size > SMALL_MAX || size == 0)
+    if (!cp__small_cached(size))
         return malloc(size);
-    size_t c = small_class(size);
-    struct small_free *f = small.head[c];
-    if (f) {
-        small.head[c] = f->next;
-        small.count[c]--;
-        return f;
-    }
     /* The whole class size, so any size of the class can reuse it. */
-    return malloc((c + 1) * SMALL_GRAIN);
+    return malloc((cp__small_class(size) + 1) * CP__SMALL_GRAIN);
 }
 
-void cp__free_small(void *ptr, size_t size)
+void cp__free_small_slow(void *ptr, size_t size)
 {
-    if (!ptr)
-        return;
-    if (!CP__KEEP_FREED || size > SMALL_MAX || size == 0) {
-        free(ptr);
-        return;
+    if (cp__small_cached(size) && !cp__small.registered &&
+        cp__small.count[cp__small_class(size)] < CP__SMALL_KEEP) {
+        /* The thread's first keep: it may keep objects only once its exit
+         * will free them. Any non-NULL value makes the destructor run. */
+        pthread_once(&small_key_once, small_key_create);
+        cp__small.registered = !small_key_error &&
+                               pthread_setspecific(small_key, &cp__small) == 0;
+        if (cp__small.registered) {
+            cp__free_small(ptr, size);
+            return;
+        }
     }
-    size_t c = small_class(size);
-    if (small.count[c] >= SMALL_KEEP) {
-        free(ptr);
-        return;
-    }
-    if (!small.registered) {
-        free_unregistered(ptr, size);
-        return;
-    }
-    struct small_free *f = ptr;
-    f->next = small.head[c];
-    small.head[c] = f;
-    small.count[c]++;
+    free(ptr);
 }

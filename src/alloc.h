@@ -9,6 +9,7 @@
 #ifndef CTXPOOL_ALLOC_H
 #define CTXPOOL_ALLOC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 void *cp__malloc(size_t size);
@@ -36,9 +37,89 @@ void cp__free(void *ptr);
  * hot paths of set, reset and copy do not go to malloc. An object may be
  * freed on any thread (it joins that thread's lists). size must be the size
  * given to cp__alloc_small. Uncached under AddressSanitizer, so that it sees
- * every use after free. */
-void *cp__alloc_small(size_t size);
-void cp__free_small(void *ptr, size_t size);
+ * every use after free.
+ *
+ * The list operations are inline below, and so is the failure hook's
+ * count: a set+reset makes two allocations and two frees, and as calls
+ * they cost it a tenth of its instructions. alloc.c has the rest (malloc
+ * and free, a thread's first use, its exit). size is a constant at every
+ * call site, so the tests on it fold away. */
+#define CP__SMALL_GRAIN 16
+#define CP__SMALL_MAX 512
+#define CP__SMALL_CLASSES (CP__SMALL_MAX / CP__SMALL_GRAIN)
+#define CP__SMALL_KEEP 32 /* objects kept per class and thread, at most */
+
+struct cp__small_free {
+    struct cp__small_free *next;
+};
+
+/* A thread's lists, one per 16-byte size class up to CP__SMALL_MAX. */
+struct cp__small_cache {
+    struct cp__small_free *head[CP__SMALL_CLASSES];
+    unsigned count[CP__SMALL_CLASSES];
+    bool registered; /* the exit destructor will run for this thread */
+};
+
+extern __thread struct cp__small_cache cp__small
+    __attribute__((tls_model("initial-exec")));
+
+/* The failure hook's state (see cp__alloc_fail_nth), and its test: counts
+ * one allocation, and says whether it is the one to fail. */
+extern __thread unsigned long cp__alloc_countdown
+    __attribute__((tls_model("initial-exec")));
+extern __thread unsigned long cp__allocations
+    __attribute__((tls_model("initial-exec")));
+
+static inline bool cp__alloc_should_fail(void)
+{
+    cp__allocations++;
+    return cp__alloc_countdown != 0 && --cp__alloc_countdown == 0;
+}
+
+/* Whether size is served from the lists, and its class. */
+static inline bool cp__small_cached(size_t size)
+{
+    return CP__KEEP_FREED && size != 0 && size <= CP__SMALL_MAX;
+}
+
+static inline size_t cp__small_class(size_t size)
+{
+    return (size + CP__SMALL_GRAIN - 1) / CP__SMALL_GRAIN - 1;
+}
+
+/* The paths of cp__alloc_small and cp__free_small that need the heap or
+ * the thread's first use (alloc.c). */
+void *cp__alloc_small_new(size_t size);
+void cp__free_small_slow(void *ptr, size_t size);
+
+static inline void *cp__alloc_small(size_t size)
+{
+    struct cp__small_free *f;
+    if (!cp__small_cached(size) || !(f = cp__small.head[cp__small_class(size)]))
+        return cp__alloc_small_new(size);
+    if (cp__alloc_should_fail())
+        return NULL;
+    size_t c = cp__small_class(size);
+    cp__small.head[c] = f->next;
+    cp__small.count[c]--;
+    return f;
+}
+
+static inline void cp__free_small(void *ptr, size_t size)
+{
+    if (!ptr)
+        return;
+    size_t c = cp__small_class(size);
+    if (!cp__small_cached(size) || cp__small.count[c] >= CP__SMALL_KEEP ||
+        !cp__small.registered) {
+        cp__free_small_slow(ptr, size);
+        return;
+    }
+    struct cp__small_free *f = ptr;
+    f->next = cp__small.head[c];
+    cp__small.head[c] = f;
+    cp__small.count[c]++;
+}
 
 /* Test hook: the nth allocation the calling thread makes from now on
  * (1 = the next one) returns NULL, once; 0 turns the hook off. Other
