@@ -935,6 +935,16 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
     return 0;
 }
 
+/* wait_work out of line, for the waits that are not hot: sync_queued's
+ * (the task was taken by another worker, or came from outside the pool)
+ * and cp_future_wait_timeout's. One copy of the helping loop, find_work
+ * and the deque pop included, instead of one in each. */
+static __attribute__((noinline)) int wait_work_slow(cp_pool *pool, struct work *w,
+                                                    uint64_t deadline)
+{
+    return wait_work(pool, w, deadline);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Workers                                                                   */
 
@@ -1205,7 +1215,7 @@ static inline __attribute__((always_inline)) struct cp_future *job_alloc(void)
     struct job_cache *c = cache_get();
     if (c) {
         if (!c->local)
-            /* acquire: pairs with the release in job_release. */
+            /* acquire: pairs with the release in cache_return. */
             c->local = atomic_exchange_explicit(&c->returned, NULL,
                                                 memory_order_acquire);
         struct cp_future *f = c->local;
@@ -1443,9 +1453,11 @@ static int future_outcome(struct cp_future *f, void **result)
 }
 
 /* cp_future_wait_timeout, inlined into it and into cp_future_wait, which
- * then makes no call through the PLT and no test of the timeout. */
+ * then makes no call through the PLT and no test of the timeout. timed:
+ * for cp_future_wait_timeout, whose wait (not the hot one) is the shared
+ * copy out of line. */
 static inline __attribute__((always_inline)) int
-future_wait(cp_future *f, uint64_t timeout_ns, void **result)
+future_wait(cp_future *f, uint64_t timeout_ns, bool timed, void **result)
 {
     if (!f)
         return CP_EINVAL;
@@ -1460,7 +1472,8 @@ future_wait(cp_future *f, uint64_t timeout_ns, void **result)
             if (timeout_ns == 0)
                 return CP_ETIMEDOUT;
         }
-        int err = wait_work(f->pool, &f->w, deadline);
+        int err = timed ? wait_work_slow(f->pool, &f->w, deadline)
+                        : wait_work(f->pool, &f->w, deadline);
         if (err != 0)
             return err;
     }
@@ -1469,12 +1482,12 @@ future_wait(cp_future *f, uint64_t timeout_ns, void **result)
 
 int cp_future_wait(cp_future *f, void **result)
 {
-    return future_wait(f, UINT64_MAX, result);
+    return future_wait(f, UINT64_MAX, false, result);
 }
 
 int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns, void **result)
 {
-    return future_wait(f, timeout_ns, result);
+    return future_wait(f, timeout_ns, true, result);
 }
 
 bool cp_future_done(const cp_future *f)
@@ -1703,9 +1716,10 @@ static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
             }
             run_work(self, w);
         }
-        wait_work(self->pool, &t->w, 0);
+        if (!work_final(&t->w))
+            wait_work_slow(self->pool, &t->w, 0);
     } else {
-        wait_work(NULL, &t->w, 0);
+        wait_work_slow(NULL, &t->w, 0);
     }
     cp__context_unborrow(&t->borrow);
     int outcome = t->w.outcome;
