@@ -415,8 +415,8 @@ typedef struct cp_task {
  * task: storage owned by the caller (a local variable is typical); it must
  *   stay in place until cp_sync returns.
  * Nothing is allocated. On a worker of pool the task stays with the spawner
- * (no atomic operation) while every worker is busy, and is offered to idle
- * workers otherwise; from a thread outside the pool it goes through the
+ * (no atomic operation) while every other worker is busy, and is offered to
+ * idle workers otherwise; from a thread outside the pool it goes through the
  * pool's shared queue and cp_sync blocks. So the task is sure to have run
  * only when cp_sync returns: do not wait for it by other means (a semaphore
  * it posts would wait forever if every worker was busy at the spawn); use

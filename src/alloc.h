@@ -42,8 +42,9 @@ void cp__free(void *ptr);
  * The list operations are inline below, and so is the failure hook's
  * count: a set+reset makes two allocations and two frees, and as calls
  * they cost it a tenth of its instructions. alloc.c has the rest (malloc
- * and free, a thread's first use, its exit). size is a constant at every
- * call site, so the tests on it fold away. */
+ * and free, a thread's first use, its exit). Where size is a constant
+ * (every call but the trie's nodes, sized by their room), the tests on it
+ * fold away. */
 #define CP__SMALL_GRAIN 16
 #define CP__SMALL_MAX 512
 #define CP__SMALL_CLASSES (CP__SMALL_MAX / CP__SMALL_GRAIN)
