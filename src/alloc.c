@@ -102,10 +102,10 @@ void *cp__alloc_small_new(size_t size)
 
 void cp__free_small_slow(void *ptr, size_t size)
 {
-    if (cp__small_cached(size) && !cp__small.registered &&
-        cp__small.count[cp__small_class(size)] < CP__SMALL_KEEP) {
-        /* The thread's first keep: it may keep objects only once its exit
-         * will free them. Any non-NULL value makes the destructor run. */
+    if (cp__small_cached(size) && !cp__small.registered) {
+        /* The thread's first keep (its lists are empty until it registers):
+         * it may keep objects only once its exit will free them. Any
+         * non-NULL value makes the destructor run. */
         pthread_once(&small_key_once, small_key_create);
         cp__small.registered = !small_key_error &&
                                pthread_setspecific(small_key, &cp__small) == 0;
