@@ -419,8 +419,8 @@ typedef struct cp_task {
  * idle workers otherwise; from a thread outside the pool it goes through the
  * pool's shared queue and cp_sync blocks. So the task is sure to have run
  * only when cp_sync returns: do not wait for it by other means (a semaphore
- * it posts would wait forever if every worker was busy at the spawn); use
- * cp_pool_submit for that.
+ * it posts would wait forever if every other worker was busy at the
+ * spawn); use cp_pool_submit for that.
  * Returns 0; CP_EINVAL for NULL arguments; CP_ESHUTDOWN after shutdown
  * when called from outside the pool (a worker's spawns belong to the job it
  * runs and are accepted until the pool is freed).
