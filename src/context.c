@@ -33,14 +33,15 @@
  * either this thread (CP_ERECURSIVE) or another one (CP_EBUSY). A context is
  * therefore never entered twice at once, and an entry never waits.
  *
- * The get cache. cp_var_get remembers its last hit (variable and value) in
- * the thread state, and every set, reset, enter and leave on this thread
- * forgets it. Only this thread changes its current map, so a remembered
- * variable proves the cached value is still the context's; a hit is one load
- * and one compare. (CPython caches in the variable itself, which is unsound
+ * The get cache. cp_var_get remembers its last two lookups (variable and
+ * value) in the thread state, and every set, reset, enter and leave on this
+ * thread forgets them. Only this thread changes its current map, so a
+ * remembered variable proves the cached value is still the context's; a hit
+ * on the most recent is one load and one compare, on the other two of each. (CPython caches in the variable itself, which is unsound
  * without a GIL: cpython#121546.) A cached variable cannot be freed and its
  * address reused while the cache holds it, because the current map still
- * holds an item for it.
+ * holds an item for it: both entries come from lookups in the current map,
+ * and both are forgotten together.
  *
  * The copy cache. A copy freed on the thread that made it, while that
  * thread's current map is still the one copied, is not freed but kept (one
@@ -111,7 +112,8 @@ struct cp_iter {
 /* The calling thread's state (context.h), its get cache empty. */
 const char cp__no_var;
 __thread struct cp__thread cp__self
-    __attribute__((tls_model("initial-exec"))) = {.cache_var = CP__NO_VAR};
+    __attribute__((tls_model("initial-exec"))) = {.cache_var = CP__NO_VAR,
+                                                  .cache_var2 = CP__NO_VAR};
 
 static pthread_key_t base_key;
 static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;
@@ -570,13 +572,20 @@ static const cp__hamt_item *current_item(const cp_var *var)
     return cp__self.current ? cp__hamt_find(cp__self.current->map, var->hash, var) : NULL;
 }
 
-/* The cache hit: the hot path of every get, kept a leaf function. */
+/* The cache hit: the hot path of every get, kept a leaf function. The most
+ * recent entry is looked at first, so a hit on it costs what a one-entry
+ * cache does. */
 static inline bool cache_hit(const cp_var *var, void **value)
 {
-    if (cp__self.cache_var != var || !value)
-        return false;
-    *value = cp__self.cache_value;
-    return true;
+    if (__builtin_expect(cp__self.cache_var == var, 1) && value) {
+        *value = cp__self.cache_value;
+        return true;
+    }
+    if (cp__self.cache_var2 == var && value) {
+        *value = cp__self.cache_value2;
+        return true;
+    }
+    return false;
 }
 
 /* The current context's value for var, looked up in the map and cached;
@@ -586,6 +595,8 @@ static __attribute__((noinline)) bool lookup_value(const cp_var *var, void **val
     const cp__hamt_item *item = current_item(var);
     if (!item)
         return false;
+    cp__self.cache_var2 = cp__self.cache_var;
+    cp__self.cache_value2 = cp__self.cache_value;
     cp__self.cache_var = var;
     cp__self.cache_value = item->value;
     *value = item->value;

@@ -69,10 +69,12 @@ typedef struct cp__borrow {
 struct cp__thread {
     cp_context *current; /* NULL until the thread needs a base context */
     cp_context *base;
-    /* The last variable cp_var_get found in the current map, and its value;
-     * CP__NO_VAR whenever the current map may have changed since. */
-    const cp_var *cache_var;
-    void *cache_value;
+    /* The last two variables cp_var_get found in the current map, the most
+     * recent first, and their values; CP__NO_VAR whenever the current map
+     * may have changed since. Two, so that code reading a few variables in
+     * turn (a request ID, then a deadline) still hits. */
+    const cp_var *cache_var, *cache_var2;
+    void *cache_value, *cache_value2;
     cp__borrow *borrows; /* this thread's borrowed captures, newest first */
     /* A context this thread copied from its current map and freed: kept,
      * with its reference on that map, for the next cp_copy_context. */
@@ -93,7 +95,7 @@ void cp__copy_cache_flush(void);
  * cache (context.c). Called before a change of the map. */
 static inline void cp__cache_forget(void)
 {
-    cp__self.cache_var = CP__NO_VAR;
+    cp__self.cache_var = cp__self.cache_var2 = CP__NO_VAR;
     if (cp__self.copy_cache)
         cp__copy_cache_flush();
 }

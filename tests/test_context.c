@@ -328,6 +328,58 @@ Test(var, get_after_reset_does_not_see_the_value_read_before_it)
     cp_var_free(v);
 }
 
+/* Reads of two variables in turn, so that each is the less recent of the
+ * two the get cache keeps when it changes: every set, reset, enter and
+ * leave must make the next get of either see the truth. */
+struct two_vars {
+    cp_var *v, *w;
+    void *v_seen, *w_seen;
+};
+
+static void *read_w_then_v(void *p)
+{
+    struct two_vars *t = p;
+    t->w_seen = current_value(t->w);
+    t->v_seen = current_value(t->v);
+    return NULL;
+}
+
+Test(var, gets_of_two_variables_in_turn_see_every_change_of_either)
+{
+    int a, b, c, x;
+    cp_var *v = cp_var_new("v", NULL), *w = cp_var_new("w", NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(w, &x, NULL), 0);
+    for (int round = 0; round < 2; round++) {
+        cr_assert_eq(current_value(v), &a);
+        cr_assert_eq(current_value(w), &x); /* v is now the less recent */
+    }
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &b, &t), 0);
+    cr_assert_eq(current_value(w), &x);
+    cr_assert_eq(current_value(v), &b);
+    cr_assert_eq(current_value(w), &x);
+    cr_assert_eq(cp_var_reset(v, t), 0); /* v back to &a, v less recent */
+    cr_assert_eq(current_value(v), &a);
+    cp_token_free(t);
+    /* Entering: inside, v has another value; w none. */
+    cp_context *with = cp_context_new();
+    cr_assert_eq(set_in(with, v, &c, NULL), 0);
+    cr_assert_eq(set_in(with, w, &c, NULL), 0);
+    cr_assert_eq(current_value(v), &a);
+    cr_assert_eq(current_value(w), &x);
+    struct two_vars tv = {v, w, NULL, NULL};
+    cr_assert_eq(cp_context_run(with, read_w_then_v, &tv, NULL), 0);
+    cr_assert_eq(tv.w_seen, &c);
+    cr_assert_eq(tv.v_seen, &c);
+    /* Leaving: w was read inside first, v last; outside, both are ours. */
+    cr_assert_eq(current_value(w), &x);
+    cr_assert_eq(current_value(v), &a);
+    cp_context_free(with);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
 /* ------------------------------------------------------------------------ */
 /* ContextVar.name                                                           */
 
