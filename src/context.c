@@ -37,7 +37,8 @@
  * value) in the thread state, and every set, reset, enter and leave on this
  * thread forgets them. Only this thread changes its current map, so a
  * remembered variable proves the cached value is still the context's; a hit
- * on the most recent is one load and one compare, on the other two of each. (CPython caches in the variable itself, which is unsound
+ * on the most recent is one load and one compare, on the other one more of
+ * each. (CPython caches in the variable itself, which is unsound
  * without a GIL: cpython#121546.) A cached variable cannot be freed and its
  * address reused while the cache holds it, because the current map still
  * holds an item for it: both entries come from lookups in the current map,
@@ -577,11 +578,13 @@ static const cp__hamt_item *current_item(const cp_var *var)
  * cache does. */
 static inline bool cache_hit(const cp_var *var, void **value)
 {
-    if (__builtin_expect(cp__self.cache_var == var, 1) && value) {
+    if (!value)
+        return false;
+    if (__builtin_expect(cp__self.cache_var == var, 1)) {
         *value = cp__self.cache_value;
         return true;
     }
-    if (cp__self.cache_var2 == var && value) {
+    if (cp__self.cache_var2 == var) {
         *value = cp__self.cache_value2;
         return true;
     }

@@ -1313,9 +1313,9 @@ static __attribute__((noinline)) void job_return(struct cp_future *f,
         returns_flush(self);
 }
 
-/* The last reference to f is gone: back to its home. Onto our own list when
- * we are its home thread, the common case, which then saves no registers
- * for job_return's. */
+/* Both holders have let go of f (see ST_RELEASED): back to its home. Onto
+ * our own list when we are its home thread, the common case, which then
+ * saves no registers for job_return's. */
 static void job_release(struct cp_future *f)
 {
     struct job_cache *c = f->home;
