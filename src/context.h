@@ -79,6 +79,11 @@ struct cp__thread {
     /* A context this thread copied from its current map and freed: kept,
      * with its reference on that map, for the next cp_copy_context. */
     cp_context *copy_cache;
+    /* References on one variable, kept from the last token this thread
+     * freed for its next set of that variable (see "The kept references"
+     * in context.c); NULL and 0 when none. */
+    cp_var *kept_var;
+    size_t kept_refs;
 };
 
 extern __thread struct cp__thread cp__self
@@ -89,6 +94,7 @@ extern const char cp__no_var;
 #define CP__NO_VAR ((const cp_var *)&cp__no_var)
 
 void cp__copy_cache_flush(void);
+void cp__kept_flush(void);
 
 /* The current map may change, or another context becomes current: forget
  * what this thread keeps about its current map, the get cache and the copy
@@ -133,7 +139,8 @@ static inline void cp__context_begin_frame(cp_context *c, cp__hamt map, bool own
 }
 
 /* Leave the frame c, which must be current, and drop the map it holds then
- * if it holds a reference. c is dead afterwards: its fields are left as
+ * if it holds a reference, and the variable references the thread kept (as
+ * cp__context_leave does). c is dead afterwards: its fields are left as
  * they are, since nothing can read them any more. */
 static inline void cp__context_end_frame(cp_context *c)
 {
@@ -141,6 +148,8 @@ static inline void cp__context_end_frame(cp_context *c)
     cp__cache_forget();
     if (c->owns_map)
         cp__hamt_decref(c->map);
+    if (cp__self.kept_var)
+        cp__kept_flush();
 }
 
 static inline void cp__context_borrow(cp__borrow *b)

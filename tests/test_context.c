@@ -1868,6 +1868,174 @@ Test(destructor, null_destructor_leaves_values_alone)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Kept variable references: cp_token_free keeps the token's references on  */
+/* its variable for the thread's next set, but never past the end of the     */
+/* variable's last other holder, the thread's context, or the thread.        */
+
+/* One round of what a request handler does: set, reset, free the token. */
+static void *set_reset_free(void *p)
+{
+    struct set_args *a = p;
+    cp_token *t = NULL;
+    TCHECK(cp_var_set(a->var, a->value, &t) == 0);
+    TCHECK(cp_var_reset(a->var, t) == 0);
+    cp_token_free(t);
+    return NULL;
+}
+
+Test(kept, rounds_of_set_reset_free_free_every_value_once_and_keep_the_variable)
+{
+    tval d = {0}, a = {0}, b = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    /* The main thread's base context: its kept references last. */
+    for (int i = 0; i < 3; i++) {
+        cr_assert_null(set_reset_free(&(struct set_args){v, &a, NULL, 0}));
+        cr_assert_null(set_reset_free(&(struct set_args){v, &b, NULL, 0}));
+    }
+    cr_assert_eq(frees_of(&a), 3);
+    cr_assert_eq(frees_of(&b), 3);
+    cr_assert_eq(current_value(v), &d);
+    cr_assert_eq(frees_of(&d), 0);
+    cp_var_free(v);
+    cr_assert_eq(frees_of(&d), 1, "var_free on the keeping thread ends the variable");
+    cr_assert_eq(total(), 7);
+}
+
+Test(kept, token_freed_after_var_free_ends_the_variable_at_once)
+{
+    tval d = {0}, a = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0); /* in the main thread's base context */
+    cp_var_free(v);
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cr_assert_eq(frees_of(&d), 0, "the token still names the variable");
+    cp_token_free(t);
+    cr_assert_eq(frees_of(&d), 1, "the token held the last references: nothing keeps them");
+    cr_assert_eq(total(), 2);
+}
+
+/* A thread that does one round in c (NULL: in its base context), then waits
+ * at the barrier's two phases, so that the main thread can look at the
+ * variable while the thread still lives. */
+struct keeper {
+    cp_context *c;
+    struct set_args round;
+    pthread_barrier_t done, checked;
+};
+
+static void *keeper_main(void *p)
+{
+    struct keeper *k = p;
+    void *failed = NULL;
+    if (!k->c)
+        failed = set_reset_free(&k->round);
+    else if (cp_context_run(k->c, set_reset_free, &k->round, &failed) != 0)
+        failed = (void *)(intptr_t)__LINE__;
+    pthread_barrier_wait(&k->done);
+    pthread_barrier_wait(&k->checked);
+    return failed;
+}
+
+static void keeper_start(pthread_t *thread, struct keeper *k, cp_context *c, cp_var *v,
+                         tval *value)
+{
+    k->c = c;
+    k->round = (struct set_args){v, value, NULL, 0};
+    cr_assert_eq(pthread_barrier_init(&k->done, NULL, 2), 0);
+    cr_assert_eq(pthread_barrier_init(&k->checked, NULL, 2), 0);
+    cr_assert_eq(pthread_create(thread, NULL, keeper_main, k), 0);
+    pthread_barrier_wait(&k->done);
+}
+
+static void keeper_finish(pthread_t thread, struct keeper *k)
+{
+    pthread_barrier_wait(&k->checked);
+    join_ok(thread);
+    pthread_barrier_destroy(&k->done);
+    pthread_barrier_destroy(&k->checked);
+}
+
+Test(kept, a_thread_that_left_the_context_keeps_nothing)
+{
+    tval d = {0}, a = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_context *c = cp_context_new();
+    struct keeper k;
+    pthread_t thread;
+    keeper_start(&thread, &k, c, v, &a); /* its run of c has returned */
+    cp_var_free(v);
+    cr_assert_eq(frees_of(&d), 1, "the thread's run ended: it keeps nothing");
+    keeper_finish(thread, &k);
+    cr_assert_eq(frees_of(&a), 1);
+    cp_context_free(c);
+    cr_assert_eq(total(), 2);
+}
+
+Test(kept, a_thread_still_in_its_context_keeps_the_variable_until_it_exits)
+{
+    tval d = {0}, a = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    struct keeper k;
+    pthread_t thread;
+    keeper_start(&thread, &k, NULL, v, &a); /* in its base context, alive */
+    cp_var_free(v);
+    cr_assert_eq(frees_of(&a), 1, "the value is never kept");
+    cr_assert_eq(frees_of(&d), 0, "the thread keeps the variable while it stays");
+    keeper_finish(thread, &k);
+    cr_assert_eq(frees_of(&d), 1, "the thread's exit dropped what it kept");
+    cr_assert_eq(total(), 2);
+}
+
+static void *free_var(void *v)
+{
+    cp_var_free(v);
+    return NULL;
+}
+
+Test(kept, a_token_of_another_variable_drops_the_kept_references)
+{
+    tval d = {0}, e = {0}, a = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_var *w = cp_var_new_default("w", &e, tval_free);
+    cr_assert_null(set_reset_free(&(struct set_args){v, &a, NULL, 0}));
+    cr_assert_null(set_reset_free(&(struct set_args){w, &a, NULL, 0}));
+    /* Freed on another thread, v now ends there: main keeps w's only. */
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, free_var, v), 0);
+    cr_assert_eq(pthread_join(thread, NULL), 0);
+    cr_assert_eq(frees_of(&d), 1);
+    cr_assert_eq(frees_of(&e), 0);
+    cp_var_free(w);
+    cr_assert_eq(frees_of(&e), 1);
+    cr_assert_eq(total(), 4);
+}
+
+static void *free_token(void *t)
+{
+    cp_token_free(t);
+    return NULL;
+}
+
+Test(kept, a_thread_in_no_context_keeps_nothing)
+{
+    tval d = {0}, a = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_context *c = cp_context_new();
+    cp_token *t = NULL;
+    cr_assert_eq(set_in(c, v, &a, &t), 0);
+    cr_assert_eq(reset_in(c, v, t), 0);
+    /* A fresh thread, which has no context to drop kept references with. */
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, free_token, t), 0);
+    cr_assert_eq(pthread_join(thread, NULL), 0);
+    cp_var_free(v);
+    cr_assert_eq(frees_of(&d), 1);
+    cp_context_free(c);
+    cr_assert_eq(total(), 2);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Threads: base contexts and cp_thread_create                               */
 
 struct inherit {

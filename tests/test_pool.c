@@ -1656,6 +1656,38 @@ Test(base, a_job_that_frees_copies_of_its_context_keeps_nothing_alive, .timeout 
     job_that_never_resets_leaks_nothing(set_copy_and_leave);
 }
 
+/* A job that sets its variable for a while, the way a request handler does:
+ * set, reset, free the token. */
+static void *set_reset_free_job(void *p)
+{
+    static int value;
+    cp_var *v = p;
+    cp_token *t = NULL;
+    JCHECK(cp_var_set(v, &value, &t) == 0);
+    JCHECK(cp_var_reset(v, t) == 0);
+    cp_token_free(t);
+    return NULL;
+}
+
+Test(base, a_worker_keeps_no_variable_after_the_job_that_used_it, .timeout = 30)
+{
+    static int default_value;
+    cp_var *v = cp_var_new_default("v", &default_value, count_free);
+    cp_pool *pool = new_pool(1);
+    atomic_store(&frees, 0);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, set_reset_free_job, v, &f), 0);
+    wait_ok(f);
+    jobs_ok();
+    cr_assert_eq(atomic_load(&frees), 1, "the job's value, at its reset");
+    /* The worker kept the token's references on v for its next set, but
+     * not past the end of the job: v ends here, while the worker lives. */
+    cp_var_free(v);
+    cr_assert_eq(atomic_load(&frees), 2, "v's default, with v");
+    free_pool(pool);
+    cr_assert_eq(atomic_load(&frees), 2);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Frame tasks                                                               */
 
