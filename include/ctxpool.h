@@ -108,7 +108,8 @@ CP_EXPORT cp_var *cp_var_new_default(const char *name, void *default_value,
  * The variable lives on while any context, snapshot, iterator or token still
  * holds a value for it; those keep working, and each value is still freed
  * exactly once. Freed while another thread keeps the hold of one of its
- * freed tokens (see cp_token_free), it lives on until that thread lets go.
+ * freed tokens (see cp_token_free), it lives on, with its default value,
+ * until that thread lets go.
  * The caller must not use var after this call.
  * NULL: no-op. Threads: any thread. */
 CP_EXPORT void cp_var_free(cp_var *var);
@@ -169,11 +170,12 @@ CP_EXPORT cp_var *cp_token_var(const cp_token *token);
 CP_EXPORT int cp_token_old_value(const cp_token *token, void **old);
 
 /* cp_token_free - free a token, used or not. NULL: no-op.
- * The thread keeps the token's hold on its variable (not on any value) for
- * its next cp_var_set of that variable, which then costs no atomic operation
- * on the variable, until it frees a token of another variable, leaves its
- * current context, frees the variable or exits; unless nothing else holds
- * the variable: then it ends here.
+ * The thread keeps the token's hold on its variable (on no value but the
+ * variable's default) for its next cp_var_set of that variable, which then
+ * costs no atomic operation on the variable, until it frees a token of
+ * another variable, leaves its current context, frees the variable or
+ * exits; unless the variable was freed already (cp_var_free) or nothing
+ * else holds it: then the hold ends here.
  * Threads: any thread. */
 CP_EXPORT void cp_token_free(cp_token *token);
 

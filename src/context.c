@@ -54,9 +54,11 @@
  * dropped when the thread keeps another variable's, when it leaves its
  * current context (cp__context_leave, the pool's frames), when it frees
  * that variable (cp_var_free), and when it exits; a thread in no context
- * keeps none, and nobody keeps the last references to a variable. So only
- * a variable freed on another thread after the token may live on until
- * then, and no value does: the kept references are on the variable only.
+ * keeps none, nor does any thread once the variable is freed (released),
+ * and nobody keeps the last references to a variable. So only a variable
+ * freed on another thread after the token may live on until then, with its
+ * default value; no value in a context or token does: the kept references
+ * are on the variable only.
  *
  * The copy cache. A copy freed on the thread that made it, while that
  * thread's current map is still the one copied, is not freed but kept (one
@@ -82,7 +84,8 @@
  *   and after a reset that freed the set's item, that item's one too.
  * - cp__self.kept_refs is the number of references the thread holds on
  *   cp__self.kept_var, not 0 when kept_var is set; none while the thread
- *   has no current context.
+ *   has no current context, and none kept after cp_var_free of kept_var
+ *   on this thread or on one that happens-before.
  */
 #include "config.h"
 
@@ -106,6 +109,9 @@ struct cp_var {
     /* Holders: the creator (until cp_var_free), every item, every token. */
     atomic_size_t refs;
     uint32_t hash;
+    /* Set by cp_var_free: no thread keeps references on var from then on
+     * (see "The kept references"). */
+    atomic_bool released;
     bool has_default;
     void *default_value;
     void (*free_value)(void *);
@@ -439,20 +445,30 @@ static inline void var_take(cp_var *var, size_t n)
 
 /* Let go of n of the caller's references on var, keeping them for the next
  * set of var when the thread has a current context to drop them at the end
- * of, and someone else holds var too: when ours are the last, the variable
- * ends now, as it would without keeping. relaxed: holding n references,
- * a count of n cannot be stale, since only holders change it, and nobody
- * else holds one; a stale larger count only keeps var until the flush.
- * Another variable's kept references are dropped, after the thread state
- * holds var's (see cp__kept_flush). */
+ * of, and its creator still holds var: once var is released, the only
+ * holders left are items and tokens, and the last of them to go must end
+ * var, which a kept reference would prevent until the flush. When ours
+ * (these n and any already kept) are the last, the variable ends now, as it
+ * would without keeping. relaxed: holding those references, a count equal
+ * to them cannot be stale, since only holders change it, and nobody else
+ * holds one; a stale larger count, or a stale released, only keeps var
+ * until the flush, and only when cp_var_free ran on another thread
+ * concurrently. Another variable's kept references are dropped, after the
+ * thread state holds var's (see cp__kept_flush). */
 static void var_keep(cp_var *var, size_t n)
 {
-    if (!cp__self.current || atomic_load_explicit(&var->refs, memory_order_relaxed) == n) {
-        var_decref(var, n);
+    size_t ours = n + (cp__self.kept_var == var ? cp__self.kept_refs : 0);
+    if (!cp__self.current || atomic_load_explicit(&var->released, memory_order_relaxed) ||
+        atomic_load_explicit(&var->refs, memory_order_relaxed) == ours) {
+        if (ours != n) {
+            cp__self.kept_var = NULL;
+            cp__self.kept_refs = 0;
+        }
+        var_decref(var, ours);
         return;
     }
     if (cp__self.kept_var == var) {
-        cp__self.kept_refs += n;
+        cp__self.kept_refs = ours;
         return;
     }
     cp_var *old = cp__self.kept_var;
@@ -487,6 +503,7 @@ static cp_var *var_make(const char *name, bool has_default, void *default_value,
     if (!var)
         return NULL;
     atomic_init(&var->refs, 1); /* not yet shared */
+    atomic_init(&var->released, false); /* not yet shared */
     var->hash = hash_address(var);
     var->has_default = has_default;
     var->default_value = default_value;
@@ -510,6 +527,10 @@ void cp_var_free(cp_var *var)
 {
     if (!var)
         return;
+    /* relaxed: read by var_keep on this thread, or on a thread that this
+     * call happens-before; any other thread's keep is concurrent with it,
+     * and may keep var until its next flush, as documented. */
+    atomic_store_explicit(&var->released, true, memory_order_relaxed);
     if (cp__self.kept_var == var)
         cp__kept_flush();
     var_decref(var, 1);

@@ -2035,6 +2035,188 @@ Test(kept, a_thread_in_no_context_keeps_nothing)
     cr_assert_eq(total(), 2);
 }
 
+/* Freed by its creator on this thread before its tokens: the variable must
+ * end with the last of them, as it did without keeping. Here the first token
+ * is kept (the second's old item still holds v), and the second one's own
+ * reference then adds to the kept one: ours are the last two. */
+Test(kept, a_variable_freed_before_its_tokens_ends_with_the_last_one)
+{
+    tval d = {0}, a = {0}, b = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_token *t1 = NULL, *t2 = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t1), 0);
+    cr_assert_eq(cp_var_set(v, &b, &t2), 0);
+    cr_assert_eq(cp_var_reset(v, t2), 0);
+    cr_assert_eq(cp_var_reset(v, t1), 0);
+    cr_assert_eq(frees_of(&b), 1);
+    cp_var_free(v);
+    cp_token_free(t1);
+    cr_assert_eq(frees_of(&d), 0, "t2 still holds v");
+    cp_token_free(t2);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(frees_of(&d), 1, "the tokens held v's last references");
+    cr_assert_eq(total(), 3);
+}
+
+/* Freed by its creator on this thread before its token, which is freed while
+ * a copy still holds a value: freeing the copy, on this thread too, lets go
+ * of v's last holder, and v ends there, not when the thread leaves. */
+Test(kept, a_variable_freed_before_its_token_ends_with_its_last_value)
+{
+    tval d = {0}, a = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t), 0); /* in the main thread's base context */
+    cp_context *copy = cp_copy_context();
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cp_var_free(v);
+    cp_token_free(t);
+    cr_assert_eq(frees_of(&d), 0, "the copy holds v");
+    cp_context_free(copy);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(frees_of(&d), 1, "the copy held v's last value");
+    cr_assert_eq(total(), 2);
+}
+
+/* A set that needs two references (a token, and no value yet) while one is
+ * kept takes new ones: every count stays right, and v ends once, at its
+ * cp_var_free. */
+Test(kept, a_set_needing_more_than_is_kept_takes_new_references)
+{
+    tval d = {0}, a = {0}, b = {0}, x = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_token *t1 = NULL, *t2 = NULL, *t3 = NULL;
+    cr_assert_eq(cp_var_set(v, &a, &t1), 0);
+    cr_assert_eq(cp_var_set(v, &b, &t2), 0);
+    cr_assert_eq(cp_var_reset(v, t2), 0);
+    cp_token_free(t2); /* keeps one reference */
+    cr_assert_eq(cp_var_reset(v, t1), 0); /* v has no value */
+    cr_assert_eq(cp_var_set(v, &x, &t3), 0); /* needs two */
+    cr_assert_eq(cp_var_reset(v, t3), 0);
+    cp_token_free(t3);
+    cp_token_free(t1);
+    for (int i = 0; i < 3; i++)
+        cr_assert_null(set_reset_free(&(struct set_args){v, &x, NULL, 0}));
+    cr_assert_eq(frees_of(&d), 0);
+    cp_var_free(v);
+    cr_assert_eq(frees_of(&d), 1);
+    cr_assert_eq(frees_of(&a), 1);
+    cr_assert_eq(frees_of(&b), 1);
+    cr_assert_eq(frees_of(&x), 4);
+}
+
+/* A set that took all the kept references keeps none: the variable may end
+ * without a flush (here with the last reference to the run's context, after
+ * another thread freed it), and leaving must not touch it (AddressSanitizer
+ * reports a use after free otherwise). */
+static void *take_all_kept_then_end(void *p)
+{
+    struct set_args *s = p;
+    static tval a, b;
+    cp_token *t = NULL;
+    TCHECK(cp_var_set(s->var, &a, &t) == 0);
+    cp_token_free(t); /* keeps one: the item and the creator hold v too */
+    TCHECK(cp_var_set(s->var, &b, NULL) == 0); /* takes it */
+    pthread_t thread;
+    TCHECK(pthread_create(&thread, NULL, free_var, s->var) == 0);
+    TCHECK(pthread_join(thread, NULL) == 0);
+    cp_context_free(s->value); /* the run holds the last reference */
+    return NULL;
+}
+
+Test(kept, a_set_that_took_all_kept_references_keeps_none)
+{
+    tval d = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_context *c = cp_context_new();
+    void *failed = UNTOUCHED;
+    cr_assert_eq(cp_context_run(c, take_all_kept_then_end,
+                                &(struct set_args){v, c, NULL, 0}, &failed), 0);
+    cr_assert_null(failed, "failed at line %d", (int)(intptr_t)failed);
+    cr_assert_eq(frees_of(&d), 1, "v ended with c's map");
+    cr_assert_eq(total(), 3);
+}
+
+/* A variable's end run from the kept references (its default's free_value)
+ * may free a token itself: the thread state must already be past the ending
+ * variable, whether it ends in a flush or when another variable's token is
+ * kept. */
+static cp_token *token_to_free;
+static tval w_default;
+
+static tval *v_default;
+
+static void free_default_and_token(void *p)
+{
+    tval_free(p);
+    if (p != v_default)
+        return; /* a value, not the variable's end */
+    cp_token_free(token_to_free); /* of w: kept */
+    token_to_free = NULL;
+}
+
+/* Keep v's references in the base context while another thread frees v: ours
+ * are its last. */
+static cp_var *kept_last(tval *d)
+{
+    static tval a;
+    v_default = d;
+    cp_var *v = cp_var_new_default("v", d, free_default_and_token);
+    cr_assert_null(set_reset_free(&(struct set_args){v, &a, NULL, 0}));
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, free_var, v), 0);
+    cr_assert_eq(pthread_join(thread, NULL), 0);
+    return v;
+}
+
+static cp_var *w_with_token(void)
+{
+    static tval b;
+    cp_var *w = cp_var_new_default("w", &w_default, tval_free);
+    cr_assert_eq(cp_var_set(w, &b, &token_to_free), 0);
+    cr_assert_eq(cp_var_reset(w, token_to_free), 0);
+    return w;
+}
+
+Test(kept, a_variable_ending_at_a_keep_may_free_a_token)
+{
+    tval d = {0}, x = {0};
+    cp_var *w = w_with_token();
+    (void)kept_last(&d);
+    cr_assert_eq(frees_of(&d), 0, "kept");
+    cr_assert_not_null(token_to_free);
+    /* Keeping x's references lets go of v's, the last: v ends. */
+    cp_var *xv = cp_var_new("x", tval_free);
+    cr_assert_null(set_reset_free(&(struct set_args){xv, &x, NULL, 0}));
+    cr_assert_eq(frees_of(&d), 1);
+    cr_assert_null(token_to_free);
+    cp_var_free(w);
+    cr_assert_eq(frees_of(&w_default), 1, "w's token's references were not lost");
+    cp_var_free(xv);
+}
+
+static void *keep_last_in_run(void *p)
+{
+    tval *d = p;
+    (void)kept_last(d);
+    return token_to_free; /* not freed yet */
+}
+
+Test(kept, a_variable_ending_at_a_flush_may_free_a_token)
+{
+    tval d = {0};
+    cp_var *w = w_with_token();
+    cp_context *c = cp_context_new();
+    void *token = NULL;
+    cr_assert_eq(cp_context_run(c, keep_last_in_run, &d, &token), 0);
+    cr_assert_not_null(token);
+    cr_assert_eq(frees_of(&d), 1, "ended when the run left c");
+    cr_assert_null(token_to_free);
+    cp_var_free(w); /* the base context keeps w's references */
+    cr_assert_eq(frees_of(&w_default), 1, "w's token's references were not lost");
+    cp_context_free(c);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Threads: base contexts and cp_thread_create                               */
 
@@ -2710,6 +2892,38 @@ Test(enomem, var_set_with_token_changes_nothing)
     cp_token_free(s.t);
     cp_var_free(s.v);
     cp_var_free(s.w);
+}
+
+/* A set that took the thread's kept references and then failed lets go of
+ * them: v still ends exactly once, at its cp_var_free. */
+Test(enomem, var_set_taking_kept_references_changes_nothing)
+{
+    tval d = {0}, a = {0}, b = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_token *t = NULL;
+    int rc = CP_ENOMEM;
+    unsigned long n;
+    for (n = 1; rc != 0 && n <= 1000; n++) {
+        /* Keep two references (v had no value), for the set that takes them. */
+        cr_assert_null(set_reset_free(&(struct set_args){v, &a, NULL, 0}));
+        cp__alloc_fail_nth(n);
+        rc = cp_var_set(v, &b, &t);
+        cp__alloc_fail_nth(0);
+        if (rc != 0) {
+            cr_assert_eq(rc, CP_ENOMEM);
+            cr_assert_null(t);
+            cr_assert_eq(current_value(v), &d);
+            cr_assert_eq(frees_of(&b), 0);
+        }
+    }
+    cr_assert_eq(rc, 0);
+    cr_assert_gt(n, 3, "no failure after the set took the kept references");
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cp_token_free(t);
+    cr_assert_eq(frees_of(&d), 0);
+    cp_var_free(v);
+    cr_assert_eq(frees_of(&d), 1, "a failed set lost or added references");
+    cr_assert_eq(frees_of(&b), 1);
 }
 
 /* A fresh thread's first set, which must also create its base context. The
