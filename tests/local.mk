@@ -17,7 +17,8 @@ STRESS_TESTS = \
 	tests/stress/deque_stress \
 	tests/stress/context_stress \
 	tests/stress/fence_fallback \
-	tests/stress/pool_stress
+	tests/stress/pool_stress \
+	tests/stress/var_stress
 
 EXTRA_DIST += tests/stress/check.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
 	tests/examples.sh tests/install.sh
@@ -84,3 +85,7 @@ tests_stress_fence_fallback_LDADD = $(TEST_LIBS)
 tests_stress_context_stress_SOURCES = tests/stress/context_stress.c
 tests_stress_context_stress_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_context_stress_LDADD = $(TEST_LIBS)
+
+tests_stress_var_stress_SOURCES = tests/stress/var_stress.c
+tests_stress_var_stress_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_var_stress_LDADD = $(TEST_LIBS)
