@@ -54,8 +54,10 @@
  * dropped when the thread keeps another variable's, when it leaves its
  * current context (cp__context_leave, the pool's frames), when it frees
  * that variable (cp_var_free), and when it exits; a thread in no context
- * keeps none, nor does any thread once the variable is freed (released),
- * and nobody keeps the last references to a variable. So only a variable
+ * keeps none, no token free keeps any once the variable is freed
+ * (released) on that thread or one that happens-before (references kept
+ * before stay until one of those drops), and nobody keeps the last
+ * references to a variable. So only a variable
  * freed on another thread after the token may live on until then, with its
  * default value; no value in a context or token does: the kept references
  * are on the variable only.
@@ -84,8 +86,9 @@
  *   and after a reset that freed the set's item, that item's one too.
  * - cp__self.kept_refs is the number of references the thread holds on
  *   cp__self.kept_var, not 0 when kept_var is set; none while the thread
- *   has no current context, and none kept after cp_var_free of kept_var
- *   on this thread or on one that happens-before.
+ *   has no current context, none after cp_var_free of kept_var on this
+ *   thread, and no new ones after cp_var_free of it on one that
+ *   happens-before (those kept before it stay until a drop).
  */
 #include "config.h"
 

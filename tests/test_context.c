@@ -2036,9 +2036,10 @@ Test(kept, a_thread_in_no_context_keeps_nothing)
 }
 
 /* Freed by its creator on this thread before its tokens: the variable must
- * end with the last of them, as it did without keeping. Here the first token
- * is kept (the second's old item still holds v), and the second one's own
- * reference then adds to the kept one: ours are the last two. */
+ * end with the last of them, as it did without keeping. v is released, so
+ * neither token's references are kept (without that flag the first would
+ * be, since the second's old item still holds v, and the second's free
+ * would find its reference and the kept one the last two). */
 Test(kept, a_variable_freed_before_its_tokens_ends_with_the_last_one)
 {
     tval d = {0}, a = {0}, b = {0};
