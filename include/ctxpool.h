@@ -170,16 +170,14 @@ CP_EXPORT cp_var *cp_token_var(const cp_token *token);
 CP_EXPORT int cp_token_old_value(const cp_token *token, void **old);
 
 /* cp_token_free - free a token, used or not. NULL: no-op.
- * The thread keeps the token's hold on its variable (on no value but the
- * variable's default) for its next cp_var_set of that variable, which then
- * costs no atomic operation on the variable, until it keeps another
- * variable's token's hold in the same way (not every cp_token_free of
- * another variable does: a token whose variable had a value at the set
- * may hold nothing of its own), leaves a context (the end of any
- * cp_context_run or pool job on the thread), frees the variable or
- * exits; unless the variable was freed already (cp_var_free on this thread
- * or one that happens-before) or nothing else holds it: then the hold ends
- * here.
+ * The token's hold on its variable (on no value but the variable's default)
+ * stays with the calling thread for its next cp_var_set of that variable,
+ * which then costs no atomic operation on the variable's count. The thread
+ * lets go of it when another token's hold takes its place, when it leaves a
+ * context (the end of any cp_context_run or pool job on it), when it frees
+ * the variable, or when it exits. It keeps nothing for a variable already
+ * freed with cp_var_free (by this thread, or by another whose call
+ * happens-before this one), nor a variable's last hold.
  * Threads: any thread. */
 CP_EXPORT void cp_token_free(cp_token *token);
 
