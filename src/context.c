@@ -72,6 +72,17 @@
  * the same map, and no value lives longer because of it. Off under
  * AddressSanitizer, which must see uses of freed contexts.
  *
+ * The capture batch. A capture (a pool submit's, a copy's) takes a
+ * reference on the current map's root, whose count the workers that finish
+ * the jobs drop: a line the submitting thread and the workers share, so an
+ * atomic operation there per submit is a cache miss too. The thread takes
+ * CAPTURE_BATCH references at once instead and hands them out one capture
+ * at a time (cp__context_capture). Like the kept copy, the rest of the
+ * batch is dropped by cp__cache_forget, before any change of the current
+ * map and whenever another context becomes current, so it never keeps a
+ * root (or a value) alive longer than the current context does, and never
+ * makes the trie see a root as shared when it changes it.
+ *
  * Invariants:
  * - c->map is changed only by c's owner; when c is shared, under c->lock or
  *   with c->writing raised while no other thread reads it (see "The map
@@ -80,7 +91,8 @@
  *   or is a pool job's frame (context.h), which no other thread can reach;
  *   its base context has owner == self from creation on.
  * - A thread's kept copy (cp__self.copy_cache), if any, has the current
- *   map's root.
+ *   map's root; so has its capture batch (cp__self.capture_root), if any,
+ *   and then cp__self.capture_refs is not 0.
  * - Every item holds one reference on its variable; every token holds one on
  *   its old item, or, when the variable had no value, one on the variable,
  *   and after a reset that freed the set's item, that item's one too.
@@ -104,6 +116,10 @@
 #include <unistd.h>
 
 #include "alloc.h"
+
+/* References a thread takes on its current map's root at a time for its
+ * captures (see "The capture batch"). */
+#define CAPTURE_BATCH 32
 
 /* ------------------------------------------------------------------------ */
 /* Types                                                                     */
@@ -861,13 +877,35 @@ static void context_decref(cp_context *c)
     cp__free_small(c, sizeof *c);
 }
 
-void cp__copy_cache_flush(void)
+cp__hamt cp__capture_refill(cp__hamt m)
+{
+    /* The batch is empty: every change of the current map flushes it. One
+     * of the new references is the caller's. */
+    cp__hamt_incref_n(m, CAPTURE_BATCH);
+    cp__self.capture_root = m.root;
+    cp__self.capture_refs = CAPTURE_BATCH - 1;
+    return m;
+}
+
+/* Drop what the thread holds on its current map besides its context: the
+ * kept copy and the rest of the capture batch (see cp__cache_forget). The
+ * current context still holds the same root, so nothing is freed but the
+ * kept copy's shell. */
+void cp__map_holds_flush(void)
 {
     cp_context *c = cp__self.copy_cache;
-    cp__self.copy_cache = NULL;
-    /* The current map holds the same root: nothing is freed but c. */
-    cp__hamt_decref(c->map);
-    cp__free_small(c, sizeof *c);
+    if (c) {
+        cp__self.copy_cache = NULL;
+        cp__hamt_decref(c->map);
+        cp__free_small(c, sizeof *c);
+    }
+    if (cp__self.capture_root) {
+        cp__hamt m = {cp__self.capture_root, 0};
+        size_t n = cp__self.capture_refs;
+        cp__self.capture_root = NULL;
+        cp__self.capture_refs = 0;
+        cp__hamt_decref_n(m, n);
+    }
 }
 
 void cp__context_incref(cp_context *c)

@@ -84,6 +84,11 @@ struct cp__thread {
      * in context.c); NULL and 0 when none. */
     cp_var *kept_var;
     size_t kept_refs;
+    /* References on the current map's root taken ahead for captures (see
+     * "The capture batch" in context.c): capture_refs of them on
+     * capture_root; NULL and 0 when none. */
+    cp__hamt_node *capture_root;
+    size_t capture_refs;
 };
 
 extern __thread struct cp__thread cp__self
@@ -93,17 +98,20 @@ extern __thread struct cp__thread cp__self
 extern const char cp__no_var;
 #define CP__NO_VAR ((const cp_var *)&cp__no_var)
 
-void cp__copy_cache_flush(void);
+void cp__map_holds_flush(void);
 void cp__kept_flush(void);
+cp__hamt cp__capture_refill(cp__hamt m);
 
 /* The current map may change, or another context becomes current: forget
- * what this thread keeps about its current map, the get cache and the copy
- * cache (context.c). Called before a change of the map. */
+ * what this thread keeps about its current map, the get cache, the copy
+ * cache and the capture batch (context.c). Called before a change of the
+ * map. */
 static inline void cp__cache_forget(void)
 {
     cp__self.cache_var = cp__self.cache_var2 = CP__NO_VAR;
-    if (cp__self.copy_cache)
-        cp__copy_cache_flush();
+    /* One test for both: this runs on every change and context switch. */
+    if ((uintptr_t)cp__self.copy_cache | (uintptr_t)cp__self.capture_root)
+        cp__map_holds_flush();
 }
 
 static inline uintptr_t cp__self_id(void)
@@ -111,12 +119,19 @@ static inline uintptr_t cp__self_id(void)
     return (uintptr_t)&cp__self;
 }
 
-/* A new reference to the calling thread's current map (empty if none).
- * Inline: the pool captures for every submit. */
+/* A new reference to the calling thread's current map (empty if none),
+ * from the capture batch when it has one left for this map (see "The
+ * capture batch" in context.c). Inline: the pool captures for every
+ * submit. */
 static inline cp__hamt cp__context_capture(void)
 {
     cp__hamt m = cp__self.current ? cp__self.current->map : CP__HAMT_EMPTY;
-    cp__hamt_incref(m);
+    if (!m.root)
+        return m;
+    if (cp__self.capture_root != m.root)
+        return cp__capture_refill(m);
+    if (--cp__self.capture_refs == 0)
+        cp__self.capture_root = NULL;
     return m;
 }
 

@@ -340,16 +340,21 @@ static void node_incref(cp__hamt_node *node)
 
 static void slot_decref(slot s);
 
-/* Drop one reference on node; the last one drops the node's references on
- * its entries and frees it. Recursion depth is bounded by the trie depth. */
-static void node_decref(cp__hamt_node *node)
+/* Drop node's references on its entries and free it: its last holder let go. */
+static void node_release(cp__hamt_node *node)
 {
-    if (!cp__last_reference(&node->refs))
-        return;
     uint32_t n = node_slots(node);
     for (uint32_t i = 0; i < n; i++)
         slot_decref(node->entries[i]);
     node_free_shell(node);
+}
+
+/* Drop one reference on node; the last one releases it. Recursion depth is
+ * bounded by the trie depth. */
+static void node_decref(cp__hamt_node *node)
+{
+    if (cp__last_reference(&node->refs))
+        node_release(node);
 }
 
 static void slot_incref(slot s)
@@ -382,6 +387,21 @@ void cp__hamt_decref(cp__hamt m)
 {
     if (m.root != NULL)
         node_decref(m.root);
+}
+
+void cp__hamt_incref_n(cp__hamt m, size_t n)
+{
+    /* relaxed: as node_incref. */
+    if (m.root != NULL)
+        atomic_fetch_add_explicit(&m.root->refs, n, memory_order_relaxed);
+}
+
+void cp__hamt_decref_n(cp__hamt m, size_t n)
+{
+    /* acq_rel: as cp__last_reference's read-modify-write. */
+    if (m.root != NULL &&
+        atomic_fetch_sub_explicit(&m.root->refs, n, memory_order_acq_rel) == n)
+        node_release(m.root);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -93,6 +93,9 @@ typedef struct cp__hamt {
 /* Take / drop one reference on m's root. */
 void cp__hamt_incref(cp__hamt m);
 void cp__hamt_decref(cp__hamt m);
+/* Take / drop n references on m's root at once (one atomic operation). */
+void cp__hamt_incref_n(cp__hamt m, size_t n);
+void cp__hamt_decref_n(cp__hamt m, size_t n);
 
 /* The item for key, or NULL. Borrowed: valid while m is held. */
 cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key);

@@ -2219,6 +2219,73 @@ Test(kept, a_variable_ending_at_a_flush_may_free_a_token)
 }
 
 /* ------------------------------------------------------------------------ */
+/* The capture batch: a capture (cp_copy_context here, a pool submit there)  */
+/* takes references on the current map's root a batch at a time; the rest   */
+/* of the batch must never keep the map, or a value in it, alive longer     */
+/* than the current context does.                                           */
+
+/* A copy made and freed: the batch now holds references on the map. */
+static void capture_once(void)
+{
+    cp_context *copy = cp_copy_context();
+    cr_assert_not_null(copy);
+    cp_context_free(copy);
+}
+
+Test(capture, a_set_after_a_copy_frees_the_value_it_replaces_at_once)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0); /* in the main thread's base context */
+    for (int i = 0; i < 3; i++)
+        capture_once();
+    cr_assert_eq(frees_of(&a), 0);
+    cr_assert_eq(cp_var_set(v, &b, NULL), 0);
+    cr_assert_eq(frees_of(&a), 1, "the map held a only for the batch");
+    cr_assert_eq(current_value(v), &b);
+    cp_var_free(v);
+    cr_assert_eq(total(), 1);
+}
+
+static void *set_and_capture(void *p)
+{
+    struct set_args *a = p;
+    TCHECK(cp_var_set(a->var, a->value, NULL) == 0);
+    cp_context *copy = cp_copy_context();
+    TCHECK(copy != NULL);
+    cp_context_free(copy);
+    return NULL;
+}
+
+Test(capture, a_context_left_after_a_copy_frees_its_values_with_it)
+{
+    tval a = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cp_context *c = cp_context_new();
+    void *failed = UNTOUCHED;
+    cr_assert_eq(cp_context_run(c, set_and_capture, &(struct set_args){v, &a, NULL, 0},
+                                &failed), 0);
+    cr_assert_null(failed, "failed at line %d", (int)(intptr_t)failed);
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&a), 1, "leaving c dropped the rest of the batch");
+    cp_var_free(v);
+    cr_assert_eq(total(), 1);
+}
+
+Test(capture, a_thread_that_exits_after_a_copy_frees_its_values)
+{
+    tval a = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    struct set_args args = {v, &a, NULL, 0};
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, set_and_capture, &args), 0);
+    join_ok(thread); /* it set and copied in its base context */
+    cr_assert_eq(frees_of(&a), 1, "the thread's exit dropped the rest of the batch");
+    cp_var_free(v);
+    cr_assert_eq(total(), 1);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Threads: base contexts and cp_thread_create                               */
 
 struct inherit {

@@ -1688,6 +1688,32 @@ Test(base, a_worker_keeps_no_variable_after_the_job_that_used_it, .timeout = 30)
     cr_assert_eq(atomic_load(&frees), 2);
 }
 
+/* Submits take references on the submitter's map a batch at a time (see
+ * "The capture batch" in context.c): after more submits than a batch holds,
+ * all waited for, a change of the variable frees the value it replaces at
+ * once, and nothing of the batch outlives the submitter's context. */
+Test(base, submits_keep_no_value_of_the_submitters_context_past_a_change,
+     .timeout = 30)
+{
+    static int a, b;
+    cp_var *v = cp_var_new("v", count_free);
+    cp_pool *pool = new_pool(2);
+    atomic_store(&frees, 0);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0); /* in the main thread's base context */
+    struct read_var rv = {v};
+    enum { JOBS = 100 };
+    cp_future *f[JOBS];
+    for (int i = 0; i < JOBS; i++)
+        cr_assert_eq(cp_pool_submit(pool, read_var_job, &rv, &f[i]), 0);
+    for (int i = 0; i < JOBS; i++)
+        cr_assert_eq(wait_ok(f[i]), &a);
+    cr_assert_eq(atomic_load(&frees), 0);
+    cr_assert_eq(cp_var_set(v, &b, NULL), 0);
+    cr_assert_eq(atomic_load(&frees), 1, "the batch kept a's map alive");
+    free_pool(pool);
+    cp_var_free(v);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Frame tasks                                                               */
 
