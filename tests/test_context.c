@@ -2285,6 +2285,33 @@ Test(capture, a_thread_that_exits_after_a_copy_frees_its_values)
     cr_assert_eq(total(), 1);
 }
 
+/* Copies held past the set, so that none is kept (see "The copy cache") and
+ * the set must drop the batch by itself; more of them than two batches, so
+ * that the batch runs out and is taken again. The old map lives exactly
+ * while a copy holds it. */
+Test(capture, copies_past_two_batches_hold_the_old_map_until_the_last_is_freed)
+{
+    tval a = {0}, b = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    enum { COPIES = 70 };
+    cp_context *copies[COPIES];
+    for (int i = 0; i < COPIES; i++) {
+        copies[i] = cp_copy_context();
+        cr_assert_not_null(copies[i]);
+    }
+    cr_assert_eq(cp_var_set(v, &b, NULL), 0);
+    for (int i = 0; i < COPIES; i++) {
+        cr_assert_eq(frees_of(&a), 0, "a freed with %d copies left", COPIES - i);
+        cr_assert_eq(cp_context_get_or(copies[i], v, NULL), &a);
+        cp_context_free(copies[i]);
+    }
+    cr_assert_eq(frees_of(&a), 1, "the batch kept the old map alive");
+    cr_assert_eq(current_value(v), &b);
+    cp_var_free(v);
+    cr_assert_eq(total(), 1);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Threads: base contexts and cp_thread_create                               */
 

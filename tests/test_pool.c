@@ -1959,6 +1959,75 @@ Test(task, a_task_on_a_map_its_spawner_left_sets_a_variable_and_frees_nothing_tw
     cp_var_free(v);
 }
 
+/* Captures on both sides of a frame: a job changes its map after a spawn and
+ * copies it (a capture, kept), then syncs; the task, run at the sync on one
+ * worker, copies its borrowed map in its turn. Each frame drops the
+ * thread's capture batch as it begins and ends (see "The capture batch" in
+ * context.c): the map of the spawn is freed at the sync, the job's at its
+ * next change, each value once. */
+struct frame_captures {
+    cp_pool *pool;
+    cp_var *var;
+    atomic_int a, b, c; /* values, counting their frees (count_own) */
+    int a_at_sync, b_at_change;
+};
+
+static void count_own(void *p)
+{
+    atomic_fetch_add((atomic_int *)p, 1);
+}
+
+static void *copy_the_borrowed_map(void *p)
+{
+    struct frame_captures *fc = p;
+    cp_context *k = cp_copy_context();
+    JCHECK(k != NULL);
+    JCHECK(cp_context_get_or(k, fc->var, NULL) == &fc->a);
+    cp_context_free(k);
+    return NULL;
+}
+
+static void *capture_around_a_sync(void *p)
+{
+    struct frame_captures *fc = p;
+    JCHECK(cp_var_set(fc->var, &fc->a, NULL) == 0);
+    cp_task t;
+    JCHECK(cp_spawn(fc->pool, &t, copy_the_borrowed_map, fc) == 0);
+    JCHECK(cp_var_set(fc->var, &fc->b, NULL) == 0);
+    cp_context *k = cp_copy_context();
+    JCHECK(k != NULL);
+    JCHECK(cp_sync(&t, NULL) == 0);
+    fc->a_at_sync = atomic_load(&fc->a);
+    cp_context_free(k);
+    JCHECK(cp_var_set(fc->var, &fc->c, NULL) == 0);
+    fc->b_at_change = atomic_load(&fc->b);
+    return NULL;
+}
+
+Test(task, captures_in_and_around_a_frame_keep_no_map_past_its_holders,
+     .timeout = 30)
+{
+    cp_var *v = cp_var_new("v", count_own);
+    for (unsigned threads = 1; threads <= 2; threads++) {
+        cp_pool *pool = new_pool(threads);
+        for (int round = 0; round < 50; round++) {
+            struct frame_captures fc = {.pool = pool, .var = v};
+            cp_future *f = NULL;
+            cr_assert_eq(cp_pool_submit(pool, capture_around_a_sync, &fc, &f), 0);
+            wait_ok(f);
+            cr_assert_eq(fc.a_at_sync, 1, "%u: the spawn's map outlived the sync",
+                         threads);
+            cr_assert_eq(fc.b_at_change, 1,
+                         "%u: the job's map outlived its change", threads);
+            cr_assert_eq(atomic_load(&fc.a) + atomic_load(&fc.b) + atomic_load(&fc.c),
+                         3);
+        }
+        jobs_ok();
+        free_pool(pool);
+    }
+    cp_var_free(v);
+}
+
 /* Many tasks spawned in a row by one job, as a parallel loop does, so that
  * idle workers are offered the oldest of them one after another while the
  * newest run at their syncs; every other one goes to a second pool instead,
