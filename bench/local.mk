@@ -11,9 +11,11 @@ EXTRA_DIST += bench/run
 # -rpath makes libtool build it shared although it is never installed.
 noinst_LTLIBRARIES += bench/libfloor.la
 bench_libfloor_la_SOURCES = bench/floor.c bench/floor.h
+bench_libfloor_la_CFLAGS = $(AM_CFLAGS) $(BENCH_ALIGN_CFLAGS)
 bench_libfloor_la_LDFLAGS = -rpath $(abs_builddir)/bench -avoid-version -no-undefined
 
 bench_bench_context_SOURCES = bench/bench_context.c $(BENCH_COMMON)
+bench_bench_context_CFLAGS = $(AM_CFLAGS) $(BENCH_ALIGN_CFLAGS)
 bench_bench_context_LDADD = bench/libfloor.la $(BENCH_LIBS)
 
 bench_bench_pool_SOURCES = bench/bench_pool.c bench/mutex_pool.c bench/mutex_pool.h \

@@ -731,7 +731,13 @@ static __attribute__((noinline)) int get_slow(const cp_var *var, void **value)
     return 0;
 }
 
-int cp_var_get(const cp_var *var, void **value)
+/* The get functions start on a 64-byte boundary, so that the hit path
+ * (a dozen instructions) sits in one line of code whatever the functions
+ * laid out before it: where it straddled two, a hit took 10 to 25% longer
+ * here, more than the whole gap to pthread_getspecific. */
+#define GET_ENTRY __attribute__((aligned(64)))
+
+GET_ENTRY int cp_var_get(const cp_var *var, void **value)
 {
     /* NULL arguments take the slow path, which reports them (a NULL var
      * never hits: the cache holds only variables that had a value). */
@@ -740,7 +746,7 @@ int cp_var_get(const cp_var *var, void **value)
     return get_slow(var, value);
 }
 
-void *cp_var_get_or(const cp_var *var, void *fallback)
+GET_ENTRY void *cp_var_get_or(const cp_var *var, void *fallback)
 {
     void *value;
     if (var && (cache_hit(var, &value) || lookup_value(var, &value)))
