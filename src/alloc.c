@@ -10,22 +10,29 @@
  * workers, a thread the call starts) neither count nor fail. Per-thread
  * state also keeps the hook free of shared cache lines on the hot path.
  *
- * Invariant: the countdown is 0 when the hook is off; a positive value n
- * means "the nth allocation from now on this thread fails". Only the
- * allocation that moves it from 1 to 0 fails.
+ * Every allocation decrements the countdown, and the one that brings it to
+ * 0 fails: armed with n, the nth allocation from then on fails; off, it
+ * starts at ULONG_MAX, which no thread counts down in its life. After the
+ * failure it wraps to ULONG_MAX and so is off again. The same count tells
+ * how many allocations the thread made since the countdown was last set
+ * (`start` less the countdown, in unsigned arithmetic, across the wrap),
+ * so a call pays one decrement for both.
  */
 #include "alloc.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#define HOOK_OFF ULONG_MAX
+
 __thread unsigned long cp__alloc_countdown
-    __attribute__((tls_model("initial-exec")));
-__thread unsigned long cp__allocations
-    __attribute__((tls_model("initial-exec")));
+    __attribute__((tls_model("initial-exec"))) = HOOK_OFF;
+/* The countdown's value when last set, and the allocations counted before. */
+static __thread unsigned long start = HOOK_OFF, counted;
 
 void *cp__malloc(size_t size)
 {
@@ -56,12 +63,13 @@ void cp__free(void *ptr)
 
 void cp__alloc_fail_nth(unsigned long nth)
 {
-    cp__alloc_countdown = nth;
+    counted = cp__alloc_count();
+    start = cp__alloc_countdown = nth ? nth : HOOK_OFF;
 }
 
 unsigned long cp__alloc_count(void)
 {
-    return cp__allocations;
+    return counted + (start - cp__alloc_countdown);
 }
 
 /* Small-object lists (alloc.h): a thread's lists are freed when it exits. */

@@ -64,17 +64,15 @@ struct cp__small_cache {
 extern __thread struct cp__small_cache cp__small
     __attribute__((tls_model("initial-exec")));
 
-/* The failure hook's state (see cp__alloc_fail_nth), and its test: counts
- * one allocation, and says whether it is the one to fail. */
+/* The failure hook's countdown (see alloc.c), and its test: counts one
+ * allocation, and says whether it is the one to fail. One decrement, which
+ * also counts the allocations for cp__alloc_count. */
 extern __thread unsigned long cp__alloc_countdown
-    __attribute__((tls_model("initial-exec")));
-extern __thread unsigned long cp__allocations
     __attribute__((tls_model("initial-exec")));
 
 static inline bool cp__alloc_should_fail(void)
 {
-    cp__allocations++;
-    return cp__alloc_countdown != 0 && --cp__alloc_countdown == 0;
+    return --cp__alloc_countdown == 0;
 }
 
 /* Whether size is served from the lists, and its class. */

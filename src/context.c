@@ -387,9 +387,11 @@ static void materialise_borrows(cp__hamt m)
  * c's lock (map_ref), held throughout for a shared context. fresh: item is
  * new and unpublished (hamt.h), and is published once the map holds it,
  * before any other thread can see it. *gone: the item that left the map,
- * referenced, or NULL. Returns 0, CP_ENOMEM or (delete) CP_ENOENT; on
- * failure the map is unchanged (the borrows and the frame may hold their
- * own references by then, which changes nothing anyone can see). Always
+ * referenced, or NULL. Returns 0, CP_ENOMEM, (delete) CP_ENOENT, or (set)
+ * CP__HAMT_SAME when var has that value already: item is not taken and
+ * *gone is the map's item, borrowed (hamt.h). Then and on failure the
+ * map is unchanged (the borrows and the frame may hold their own
+ * references by then, which changes nothing anyone can see). Always
  * inlined into its two callers, cp_var_set and cp_var_reset, with
  * write_begin: as calls of their own they cost a set+reset some 55
  * instructions of saved registers and moved arguments. */
@@ -767,27 +769,26 @@ int cp_var_set(cp_var *var, void *value, cp_token **token)
         if (!tok)
             return CP_ENOMEM;
     }
-    cp__hamt_item *old = cp__hamt_find(c->map, var->hash, var);
-    if (old && old->value == value) {
-        /* The value the context has already: nothing to change. */
+    /* No lookup first: the map reports the item it replaced, or the one
+     * that has this value already. */
+    cp__hamt_item *item = item_new(var, value), *old;
+    int err = item ? map_update(c, item, true, var, &old) : CP_ENOMEM;
+    if (err == CP__HAMT_SAME) {
+        /* The value the context has already: nothing changed, and the new
+         * item was never seen (its shell goes, not the value). */
+        cp__free_small(item, sizeof *item);
         if (tok)
             cp__hamt_item_incref(old);
-    } else {
-        cp__hamt_item *item = item_new(var, value);
-        /* References on var: the new item's, and the token's when var has
-         * no value to hold it (see below), taken at once. */
-        size_t var_refs = 1 + (tok && !old);
+    } else if (err != 0) {
         if (item)
-            var_take(var, var_refs);
-        if (!item || map_update(c, item, true, var, &old) != 0) {
-            if (item) {
-                /* Not taken: undo item_new without freeing the value. */
-                var_decref(var, var_refs);
-                cp__free_small(item, sizeof *item);
-            }
-            cp__free_small(tok, sizeof *tok);
-            return CP_ENOMEM;
-        }
+            cp__free_small(item, sizeof *item);
+        cp__free_small(tok, sizeof *tok);
+        return CP_ENOMEM;
+    } else {
+        /* References on var: the new item's, and the token's when var had
+         * no value to hold it (see below), taken at once, before old can
+         * drop one of its own. */
+        var_take(var, 1 + (tok && !old));
         if (!tok)
             cp__hamt_item_decref(old); /* NULL: none */
     }
@@ -826,7 +827,9 @@ int cp_var_reset(cp_var *var, cp_token *token)
      * of a variable already without a value (CP_ENOENT) leaves the state
      * the reset asks for. */
     int err = map_update(c, token->old, false, var, &gone);
-    if (err != 0 && err != CP_ENOENT)
+    if (err == CP__HAMT_SAME)
+        gone = NULL; /* the old value is there already (gone is borrowed) */
+    else if (err != 0 && err != CP_ENOENT)
         return err;
     /* Usually gone is the set's own item, and this its last reference: the
      * token keeps the item's reference on var, so the variable's count is

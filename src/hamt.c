@@ -741,7 +741,9 @@ cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key)
 struct change {
     bool given;           /* for cp__hamt_*_given: report old, referenced */
     bool added;           /* a set added a new key */
-    cp__hamt_item *old;   /* the item replaced or deleted, if any */
+    /* The item replaced or deleted, if any; after SET_SAME, the item that
+     * already holds the value (borrowed: no reference is taken). */
+    cp__hamt_item *old;
 };
 
 /* Whether the caller gives node (give) and held its only reference. */
@@ -832,8 +834,10 @@ static set_result entry_set(slot e, unsigned shift, cp__hamt_item *item, bool gi
     if (slot_is_item(e)) {
         cp__hamt_item *old = slot_item(e);
         if (key_matches(old, item->hash, item->key)) {
-            if (old->value == item->value)
+            if (old->value == item->value) {
+                ch->old = old;
                 return SET_SAME;
+            }
             leave(ch, old, give);
             put(out, item_slot(item));
             return SET_NEW;
@@ -874,8 +878,10 @@ static set_result node_set(cp__hamt_node *node, unsigned shift, cp__hamt_item *i
             cp__hamt_item *old = slot_item(node->entries[i]);
             if (old->key != item->key)
                 continue;
-            if (old->value == item->value)
+            if (old->value == item->value) {
+                ch->old = old;
                 return SET_SAME;
+            }
             leave(ch, old, mine);
             cp__hamt_item_incref(item); /* for the slot */
             return slot_replaced(node, i, item_slot(item), node->count, give, mine, out)
@@ -963,8 +969,11 @@ static int hamt_set(cp__hamt *m, cp__hamt_item *item, bool give, cp__hamt_item *
         slot root;
         switch (node_set(m->root, 0, item, give, &ch, &root)) {
         case SET_SAME:
-            if (!give)
-                cp__hamt_incref(*m);
+            if (give) {
+                *old = ch.old;
+                return CP__HAMT_SAME;
+            }
+            cp__hamt_incref(*m);
             break;
         case SET_NOMEM:
             /* A failure comes before any node on the path is changed (the

@@ -118,13 +118,18 @@ int cp__hamt_delete(cp__hamt m, uint32_t hash, const void *key, cp__hamt *out);
  * in place, or moved into a resized node) instead of copied, so entries they
  * keep see no reference count change (see "Reuse" in hamt.c). *old: the item
  * that left the map (replaced or deleted), with a reference for the caller,
- * or NULL; old must not be NULL, or that reference would be lost. On failure (CP_ENOMEM; CP_ENOENT from a delete of an absent key),
- * *m, its nodes and *old are untouched.
+ * or NULL; old must not be NULL, or that reference would be lost. On
+ * failure (CP_ENOMEM; CP_ENOENT from a delete of an absent key), *m, its
+ * nodes and *old are untouched. A set of a key that *m already
+ * maps to an item with the same value returns CP__HAMT_SAME: *m is
+ * untouched, item is not taken (the caller still holds it), and *old is
+ * the item in the map, borrowed (valid while *m holds it).
  * Safe only while nobody can reach m's nodes without a reference of their
  * own: the caller holds no borrowed pointer to m's nodes, and no other
  * thread takes a reference to m's root meanwhile. Items found in m stay
  * valid: the given functions free none (the one that leaves is reported,
  * referenced). */
+#define CP__HAMT_SAME 1 /* cp__hamt_set_given: the value is there already */
 int cp__hamt_set_given(cp__hamt *m, cp__hamt_item *item, cp__hamt_item **old);
 int cp__hamt_delete_given(cp__hamt *m, uint32_t hash, const void *key,
                           cp__hamt_item **old);

@@ -2989,6 +2989,34 @@ Test(enomem, var_set_with_token_changes_nothing)
     cp_var_free(s.w);
 }
 
+static int attempt_base_set_same(void *p)
+{
+    struct base_set *s = p;
+    return cp_var_set(s->v, &s->a, &s->t);
+}
+
+/* A set of the value the variable has makes its item before the map says
+ * the value is there: a failure of either allocation (token, item) changes
+ * nothing, and the success frees neither the value nor anything else, and
+ * gives a token whose old value is that value. */
+Test(enomem, var_set_of_the_value_it_has_changes_nothing)
+{
+    struct base_set s = {0};
+    base_set_init(&s, true);
+    cr_assert_eq(fail_each_alloc(attempt_base_set_same, base_set_unchanged, &s), 2);
+    cr_assert_eq(current_value(s.v), &s.a);
+    cr_assert_eq(total(), 0, "an identical set freed a value");
+    void *old = NULL;
+    cr_assert_eq(cp_token_old_value(s.t, &old), 0);
+    cr_assert_eq(old, &s.a);
+    cr_assert_eq(cp_var_reset(s.v, s.t), 0);
+    cr_assert_eq(current_value(s.v), &s.a);
+    cp_token_free(s.t);
+    cr_assert_eq(total(), 0, "the token's end freed the value the context has");
+    cp_var_free(s.v);
+    cp_var_free(s.w);
+}
+
 /* A set that took the thread's kept references and then failed lets go of
  * them: v still ends exactly once, at its cp_var_free. */
 Test(enomem, var_set_taking_kept_references_changes_nothing)

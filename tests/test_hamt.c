@@ -867,11 +867,18 @@ Test(hamt, given_changes_to_an_unshared_map_reuse_its_nodes)
     ref.value[7] = 0;
     verify(m, &ref);
 
-    /* An identical value changes nothing and reports nothing. */
+    /* An identical value changes nothing, does not take the item, and
+     * reports the map's own item for the key, with no reference taken. */
     item = mk(hashes[9], 9, 10);
-    old = VAL(1);
-    cr_assert_eq(cp__hamt_set_given(&m, item, &old), 0);
-    cr_assert_null(old);
+    old = NULL;
+    cr_assert_eq(cp__hamt_set_given(&m, item, &old), CP__HAMT_SAME);
+    cr_assert_eq(m.root, root);
+    cr_assert_eq(m.count, 99);
+    cr_assert_not_null(old);
+    cr_assert_neq(old, item);
+    cr_assert_eq((uintptr_t)old->key, (uintptr_t)item->key);
+    cr_assert_eq((uintptr_t)old->value, 10);
+    cr_assert_eq(atomic_load(&old->refs), 1, "no reference taken on the map's item");
     cr_assert_eq(atomic_load(&item->refs), 1, "the map kept its own item");
     cp__hamt_item_decref(item);
     verify(m, &ref);

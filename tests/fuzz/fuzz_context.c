@@ -1161,16 +1161,20 @@ static void hset(int k, int id, bool ours)
         CHECK(r == CP_ENOMEM && same_map(out, hgiven ? hcur.m : untouched));
         CHECK(gone == (cp__hamt_item *)&untouched);
     } else {
-        CHECK(r == 0);
         int old = hcur.item[k];
         bool same = old != MISSING && ivalue[old] == ivalue[id];
+        /* The same value: the same map; a given set says so, and reports
+         * the map's item for the key, borrowed. */
+        CHECK(r == (same && hgiven ? CP__HAMT_SAME : 0));
         if (same)
-            CHECK(same_map(out, hcur.m)); /* the same value: the same map */
+            CHECK(same_map(out, hcur.m));
         else
             hcur.item[k] = id;
         CHECK(out.count == hmodel_count(&hcur));
-        if (hgiven)
-            hcheck_gone(gone, same ? MISSING : old);
+        if (hgiven && same)
+            CHECK(gone == &iptr[old]->base);
+        else if (hgiven)
+            hcheck_gone(gone, old);
         else
             cp__hamt_decref(hcur.m);
         hcur.m = out;
