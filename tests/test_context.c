@@ -483,6 +483,35 @@ Test(token, set_of_the_same_value_gives_a_token_with_that_old_value)
     cp_var_free(v);
 }
 
+/* A reset to the value the context has already (the map reports the same
+ * value, CP__HAMT_SAME) succeeds, changes nothing and uses the token up,
+ * whether the map's item is the token's own old item or another item with
+ * the same (borrowed) value. */
+Test(reset, to_the_value_the_context_has_uses_the_token_up)
+{
+    int a, b;
+    cp_var *v = cp_var_new("v", NULL);
+    cp_token *same = NULL, *other = NULL;
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(v, &a, &same), 0); /* its old item is the map's */
+    cr_assert_eq(cp_var_reset(v, same), 0);
+    cr_assert_eq(current_value(v), &a);
+    cr_assert_eq(cp_var_reset(v, same), CP_ETOKEN_USED);
+
+    cr_assert_eq(cp_var_set(v, &b, &other), 0); /* its old item: a's */
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);   /* a new item for a */
+    cr_assert_eq(cp_var_reset(v, other), 0);
+    cr_assert_eq(current_value(v), &a);
+    cr_assert_eq(cp_var_reset(v, other), CP_ETOKEN_USED);
+    void *old = UNTOUCHED;
+    cr_assert_eq(cp_token_old_value(other, &old), 0);
+    cr_assert_eq(old, &a);
+    cp_token_free(same);
+    cp_token_free(other);
+    cr_assert_eq(current_value(v), &a);
+    cp_var_free(v);
+}
+
 /* ------------------------------------------------------------------------ */
 /* ContextVar.reset                                                          */
 
@@ -2919,6 +2948,47 @@ Test(enomem, var_new_default_returns_null_and_does_not_free_the_default)
     cr_assert_eq(current_value(s.v), &s.d);
     cp_var_free(s.v);
     cr_assert_eq(frees_of(&s.d), 1);
+}
+
+/* The failure hook on a thread of its own: the count starts at 0, counts
+ * every allocation, the failed one and those after it (the hook is off
+ * again after its failure), and goes on unchanged across
+ * cp__alloc_fail_nth(0). */
+static void *alloc_hook_counts(void *unused)
+{
+    (void)unused;
+    TCHECK(cp__alloc_count() == 0);
+    void *p = cp__malloc(8);
+    TCHECK(p != NULL);
+    cp__free(p);
+    TCHECK(cp__alloc_count() == 1);
+    cp__alloc_fail_nth(2);
+    TCHECK(cp__alloc_count() == 1);
+    p = cp__malloc(8);
+    TCHECK(p != NULL);
+    cp__free(p);
+    TCHECK(cp__malloc(8) == NULL); /* the 2nd from the arming */
+    TCHECK(cp__alloc_count() == 3);
+    for (int i = 0; i < 1000; i++) {
+        p = cp__malloc(8);
+        TCHECK(p != NULL); /* off again */
+        cp__free(p);
+    }
+    TCHECK(cp__alloc_count() == 1003);
+    cp__alloc_fail_nth(0);
+    TCHECK(cp__alloc_count() == 1003);
+    p = cp__malloc(8);
+    TCHECK(p != NULL);
+    cp__free(p);
+    TCHECK(cp__alloc_count() == 1004);
+    return NULL;
+}
+
+Test(enomem, the_hook_counts_from_zero_across_its_failure_and_its_disarming)
+{
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, alloc_hook_counts, NULL), 0);
+    join_ok(th);
 }
 
 /* The main thread's base context holds v = a and w = keep. */

@@ -885,6 +885,39 @@ Test(hamt, given_changes_to_an_unshared_map_reuse_its_nodes)
     drop_all(m);
 }
 
+/* An identical value for a key in a collision node: the given set changes
+ * nothing, takes nothing, and reports the map's item, borrowed, whether the
+ * node is the caller's alone or shared with a snapshot. */
+Test(hamt, given_set_of_an_identical_value_in_a_collision_node_reports_the_maps_item)
+{
+    static model ref, snap_ref;
+    const uint32_t hashes[] = {0xABCD, 0xABCD, 0xABCD};
+    cp__hamt m = build(&ref, 3, hashes);
+    cr_assert_eq(shape(m).collision_nodes, 1);
+    for (int shared = 0; shared < 2; shared++) {
+        cp__hamt snap = shared ? snapshot(m, &ref, &snap_ref) : CP__HAMT_EMPTY;
+        cp__hamt kept = m;
+        cp__hamt_item *in_map = cp__hamt_find(m, 0xABCD, KEY(1));
+        size_t refs = atomic_load(&in_map->refs);
+        cp__hamt_item *item = mk(0xABCD, 1, 2), *old = NULL;
+        unsigned long before = cp__alloc_count();
+        cr_assert_eq(cp__hamt_set_given(&m, item, &old), CP__HAMT_SAME);
+        cr_assert_eq(cp__alloc_count(), before, "nothing allocated");
+        cr_assert_eq(m.root, kept.root);
+        cr_assert_eq(m.count, 3);
+        cr_assert_eq(old, in_map, "the map's own item, reported");
+        cr_assert_eq(atomic_load(&in_map->refs), refs, "no reference taken on it");
+        cr_assert_eq(atomic_load(&item->refs), 1, "the map did not take the item");
+        cp__hamt_item_decref(item);
+        verify(m, &ref);
+        if (shared) {
+            verify(snap, &snap_ref);
+            cp__hamt_decref(snap);
+        }
+    }
+    drop_all(m);
+}
+
 Test(hamt, given_insert_and_delete_use_the_spare_slot_of_a_bitmap_node)
 {
     static model ref;
