@@ -12,8 +12,10 @@
  *
  * Every allocation decrements the countdown, and the one that brings it to
  * 0 fails: armed with n, the nth allocation from then on fails; off, it
- * starts at ULONG_MAX, which no thread counts down in its life. After the
- * failure it wraps to ULONG_MAX and so is off again. The same count tells
+ * starts at ULLONG_MAX, which no thread counts down in its life (64 bits
+ * wide also where unsigned long is 32: at a set+reset's two allocations,
+ * a 32-bit countdown runs out within minutes). After the failure it wraps
+ * to ULLONG_MAX and so is off again. The same count tells
  * how many allocations the thread made since the countdown was last set
  * (`start` less the countdown, in unsigned arithmetic, across the wrap),
  * so a call pays one decrement for both.
@@ -27,12 +29,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HOOK_OFF ULONG_MAX
+#define HOOK_OFF ULLONG_MAX
 
-__thread unsigned long cp__alloc_countdown
+__thread unsigned long long cp__alloc_countdown
     __attribute__((tls_model("initial-exec"))) = HOOK_OFF;
 /* The countdown's value when last set, and the allocations counted before. */
-static __thread unsigned long start = HOOK_OFF, counted;
+static __thread unsigned long long start = HOOK_OFF, counted;
+_Static_assert(HOOK_OFF >= UINT64_MAX, "the countdown must not run out in a thread's life");
 
 void *cp__malloc(size_t size)
 {
@@ -63,13 +66,13 @@ void cp__free(void *ptr)
 
 void cp__alloc_fail_nth(unsigned long nth)
 {
-    counted = cp__alloc_count();
+    counted += start - cp__alloc_countdown;
     start = cp__alloc_countdown = nth ? nth : HOOK_OFF;
 }
 
 unsigned long cp__alloc_count(void)
 {
-    return counted + (start - cp__alloc_countdown);
+    return (unsigned long)(counted + (start - cp__alloc_countdown));
 }
 
 /* Small-object lists (alloc.h): a thread's lists are freed when it exits. */

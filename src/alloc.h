@@ -3,7 +3,7 @@
  *
  * Every allocation in ctxpool goes through cp__malloc/cp__calloc so that tests
  * can make the Nth one fail and check that the call reports CP_ENOMEM, changes
- * nothing and leaks nothing. The hook costs a thread-local increment and
+ * nothing and leaks nothing. The hook costs a thread-local decrement and
  * test per allocation.
  */
 #ifndef CTXPOOL_ALLOC_H
@@ -67,7 +67,7 @@ extern __thread struct cp__small_cache cp__small
 /* The failure hook's countdown (see alloc.c), and its test: counts one
  * allocation, and says whether it is the one to fail. One decrement, which
  * also counts the allocations for cp__alloc_count. */
-extern __thread unsigned long cp__alloc_countdown
+extern __thread unsigned long long cp__alloc_countdown
     __attribute__((tls_model("initial-exec")));
 
 static inline bool cp__alloc_should_fail(void)
