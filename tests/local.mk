@@ -18,6 +18,7 @@ UNIT_TESTS = \
 STRESS_TESTS = \
 	tests/stress/deque_stress \
 	tests/stress/context_stress \
+	tests/stress/early_pool \
 	tests/stress/fence_fallback \
 	tests/stress/pool_stress \
 	tests/stress/pool_stress_fenced \
@@ -82,6 +83,11 @@ tests_stress_pool_stress_fenced_SOURCES = tests/stress/pool_stress.c \
 	tests/stress/no_membarrier.c
 tests_stress_pool_stress_fenced_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_pool_stress_fenced_LDADD = $(TEST_LIBS)
+
+# A pool made by a constructor that runs before the library's.
+tests_stress_early_pool_SOURCES = tests/stress/early_pool.c
+tests_stress_early_pool_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_early_pool_LDADD = $(TEST_LIBS)
 
 tests_test_error_SOURCES = tests/test_error.c
 tests_test_error_CPPFLAGS = $(TEST_CPPFLAGS)
