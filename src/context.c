@@ -208,7 +208,7 @@ void cp__context_lockless_writes(bool on)
 /* Whether a shared context may be written without the lock. */
 static bool lockless_ok(void)
 {
-    return cp__fence_asymmetric &&
+    return atomic_load_explicit(&cp__fence_asymmetric, memory_order_relaxed) &&
            atomic_load_explicit(&lockless_writes, memory_order_relaxed);
 }
 

@@ -15,9 +15,18 @@
  *
  * The process registers for the command when the library is loaded
  * (registering with threads running waits for an RCU grace period,
- * milliseconds, which a dlopen into a busy process pays once). Where the
+ * milliseconds, which a dlopen into a busy process pays once), or when the
+ * first pool is made if that comes first (cp__fence_init). Where the
  * kernel refuses, cp__fence_asymmetric is false and both sides use a full
- * fence, so every caller is correct either way.
+ * fence, so every caller is correct either way, provided both sides of a
+ * handshake see the same mode: a heavy side that read false fences only
+ * its own thread, and a light side that read true fences nothing. The mode
+ * is decided once and only ever goes from false to true, so a handshake
+ * whose threads start after the decision (a pool's workers: cp_pool_new
+ * decides first) sees one mode; one that may run across it (the context's:
+ * its light side never reads the mode, and it takes that side only after
+ * reading the mode true, see "The map lock") must not depend on a read
+ * made before.
  */
 #ifndef CTXPOOL_FENCE_H
 #define CTXPOOL_FENCE_H
@@ -25,14 +34,20 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
-/* Registered for the expedited membarrier at load; never changes after. */
-extern bool cp__fence_asymmetric;
+/* Registered for the expedited membarrier: false until decided, then
+ * fixed. relaxed loads: see cp__fence_init. */
+extern atomic_bool cp__fence_asymmetric;
+
+/* Decide the mode now if it is not decided yet: before a thread that
+ * takes either side of a handshake starts. Cheap after the first call. */
+void cp__fence_init(void);
 
 /* The hot side's fence: a compiler barrier where the rare side fences for
  * both, else a full fence. */
 static inline void cp__fence_light(void)
 {
-    if (__builtin_expect(cp__fence_asymmetric, 1))
+    if (__builtin_expect(atomic_load_explicit(&cp__fence_asymmetric,
+                                              memory_order_relaxed), 1))
         atomic_signal_fence(memory_order_seq_cst);
     else
         atomic_thread_fence(memory_order_seq_cst);

@@ -1042,6 +1042,10 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     if (!poolp)
         return CP_EINVAL;
     pthread_once(&atfork_once, atfork_register);
+    /* The fence mode of notify and park, fixed before the workers start
+     * (fence.h): a pool made before the library's constructor ran must not
+     * see it change under its workers. */
+    cp__fence_init();
     unsigned n = options ? options->threads : 0;
     if (n == 0) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
