@@ -20,6 +20,7 @@ STRESS_TESTS = \
 	tests/stress/context_stress \
 	tests/stress/early_pool \
 	tests/stress/fence_fallback \
+	tests/stress/inject_stall \
 	tests/stress/pool_stress \
 	tests/stress/pool_stress_fenced \
 	tests/stress/var_stress
@@ -83,6 +84,10 @@ tests_stress_pool_stress_fenced_SOURCES = tests/stress/pool_stress.c \
 	tests/stress/no_membarrier.c
 tests_stress_pool_stress_fenced_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_pool_stress_fenced_LDADD = $(TEST_LIBS)
+
+tests_stress_inject_stall_SOURCES = tests/stress/inject_stall.c
+tests_stress_inject_stall_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_inject_stall_LDADD = $(TEST_LIBS)
 
 # A pool made by a constructor that runs before the library's.
 tests_stress_early_pool_SOURCES = tests/stress/early_pool.c
