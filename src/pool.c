@@ -25,10 +25,12 @@
  * Waiting. A thread that waits for a job or task and is a worker of the pool
  * helps: it offers its own private tasks, runs its own deque's work, the
  * injection queue's, and steals, until what it waits for is done; only when
- * a search finds nothing does it sleep on the item's state word. Whoever
- * finishes the item wakes it. The item may still be queued then (behind
- * other work in a busy worker's deque); it is not lost, only later: the
- * waiter's last look (in search) wakes another worker for any work visible.
+ * a search finds nothing, and no work is visible that it could not take
+ * (an outside push half done hides the items behind it), does it sleep on
+ * the item's state word. Whoever finishes the item wakes it. The item may
+ * still be queued then (behind other work in a busy worker's deque); it is
+ * not lost, only later: the last searcher to stop (in search) wakes a
+ * parked worker for any work visible.
  *
  * Parking. Idle workers sleep on an event count (the futex word `epoch` with a
  * count of waiters beside it): a worker announces itself as a waiter, then
@@ -946,8 +948,20 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
         }
         if (deadline && now_ns() >= deadline)
             return CP_ETIMEDOUT;
-        if (self)
+        if (self) {
+            /* Work is queued that we could not take: an outside push half
+             * done (its link not stored yet, so the items behind it, what
+             * we wait for perhaps among them, cannot be popped), or a
+             * submit between its count and its push. Look again rather
+             * than sleep, as park does: nobody wakes a waiter for queued
+             * work (notify wakes parked workers only), and every other
+             * worker may be waiting as we are. The pusher needs the CPU. */
+            if (work_visible(pool)) {
+                sched_yield();
+                continue;
+            }
             pending_flush(self);
+        }
         if (!sleep_on(w, deadline))
             return CP_ETIMEDOUT;
     }
