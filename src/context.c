@@ -106,13 +106,16 @@
 
 #include "context.h"
 
+#include <errno.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "alloc.h"
-#include "fence.h"
 
 /* References a thread takes on its current map's root at a time for its
  * captures (see "The capture batch"). */
@@ -186,19 +189,60 @@ static _Atomic uint64_t next_token_id = 1;
  *   writing = 0 (release)
  *
  * This is Dekker's handshake with the owner's hardware fence moved to the
- * reader (an asymmetric fence, fence.h). After the reader's heavy fence, an
- * owner that raised the flag before it shows it, and the reader waits for
- * its change to end; an owner that raises it later sees watched and takes
- * the lock after lowering the flag. The fence is needed only if the
- * context is entered when the reader looks: the enter's compare-and-swap
- * and the reader's store of watched and load of the owner are all seq_cst,
- * so an owner entering later sees watched, and one that left published
- * everything with its release of c->owner. Where the kernel has no
- * asymmetric fence for us, every shared context takes the lock for every
- * change. */
+ * reader (an asymmetric fence, as in userspace RCU): membarrier's
+ * MEMBARRIER_CMD_PRIVATE_EXPEDITED runs a full barrier on every CPU that
+ * runs one of our threads (a thread not running passed one when it was
+ * switched out). After it, an owner that raised the flag before the
+ * barrier shows it, and the reader waits for its change to end; an owner
+ * that raises it later sees watched and takes the lock after lowering the
+ * flag. The fence is needed only if the context is entered when the reader
+ * looks: the enter's compare-and-swap and the reader's store of watched and
+ * load of the owner are all seq_cst, so an owner entering later sees
+ * watched, and one that left published everything with its release of
+ * c->owner. The process registers for the command when the library is
+ * loaded (registering with threads running waits for an RCU grace period,
+ * milliseconds, which a dlopen into a busy process pays once); where the
+ * kernel refuses, every shared context takes the lock for every change. */
 
+static bool fence_ready; /* registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED */
 /* relaxed: a test switch, read when a context is made or entered. */
 static atomic_bool lockless_writes = true;
+
+static bool fence_try_register(void)
+{
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+
+/* Runs when the library is loaded, before any call can read fence_ready
+ * (a context made earlier, by another library's constructor, takes the
+ * lock: safe). Leaves errno as it found it. */
+static __attribute__((constructor)) void fence_register(void)
+{
+    int saved = errno;
+    fence_ready = fence_try_register();
+    errno = saved;
+}
+
+/* A full barrier on every CPU running one of our threads. The barrier is
+ * needed, so a failure is not accepted: registered, the call fails only
+ * for want of memory (ENOMEM, try again) or when the registration was lost
+ * (EPERM, after a checkpoint and restore by an older CRIU: register again).
+ * If that fails, MEMBARRIER_CMD_GLOBAL (slower: it waits for every CPU to
+ * pass a quiescent state) needs no registration. */
+static void fence_all_threads(void)
+{
+    int saved = errno;
+    for (;;) {
+        if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+            break;
+        if (errno == EPERM && fence_try_register())
+            continue;
+        if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0)
+            break;
+        sched_yield();
+    }
+    errno = saved;
+}
 
 void cp__context_lockless_writes(bool on)
 {
@@ -208,8 +252,7 @@ void cp__context_lockless_writes(bool on)
 /* Whether a shared context may be written without the lock. */
 static bool lockless_ok(void)
 {
-    return atomic_load_explicit(&cp__fence_asymmetric, memory_order_relaxed) &&
-           atomic_load_explicit(&lockless_writes, memory_order_relaxed);
+    return fence_ready && atomic_load_explicit(&lockless_writes, memory_order_relaxed);
 }
 
 static void map_lock(const cp_context *c)
@@ -252,7 +295,7 @@ static void watch(cp_context *c)
          * either that load sees an owner, or the owner sees watched. */
         atomic_store_explicit(&c->watched, true, memory_order_seq_cst);
         if (atomic_load_explicit(&c->owner, memory_order_seq_cst) != 0) {
-            cp__fence_heavy();
+            fence_all_threads();
             c->fenced = true; /* lock holders only */
         }
     }

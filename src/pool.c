@@ -29,26 +29,21 @@
  * (an outside push half done hides the items behind it), does it sleep on
  * the item's state word. Whoever finishes the item wakes it. The item may
  * still be queued then (behind other work in a busy worker's deque); it is
- * not lost, only later: the last searcher to stop (in search) wakes a
- * parked worker for any work visible.
+ * not lost, only later: the waiter's last look (in search) wakes another
+ * worker for any work visible.
  *
  * Parking. Idle workers sleep on an event count (the futex word `epoch` with a
  * count of waiters beside it): a worker announces itself as a waiter, then
  * looks for work once more, and only then sleeps, on the epoch it read when it
  * announced itself. A thread that publishes work then reads the waiter count;
  * if it is not zero it bumps the epoch and wakes one sleeper. Both sides order
- * "write mine, then read theirs", so at least one of them sees the other:
- * either the worker finds the work, or the publisher sees the waiter and the
- * bumped epoch makes its futex wait return. The order is an asymmetric fence
- * (fence.h): a worker publishes for every job or task it pushes, so its side
- * is a compiler barrier, and the parking side, once per sleep, runs a
- * membarrier that makes every running thread of ours pass a full barrier
- * (where the kernel has none, both sides take a full fence). An outside
- * submit's exchange is a full barrier already. A worker spins for a bounded
- * time (SPIN_NS) before it parks; an idle pool uses no CPU. The protocol's
- * fences order nothing but itself: all data crosses threads through
- * release/acquire operations, which ThreadSanitizer sees (it does not model
- * fences, nor membarrier), so its runs check every handoff.
+ * "write mine, then read theirs" with seq_cst, so at least one of them sees
+ * the other: either the worker finds the work, or the publisher sees the
+ * waiter and the bumped epoch makes its futex wait return. A worker spins for
+ * a bounded time (SPIN_NS) before it parks; an idle pool uses no CPU. The
+ * protocol's seq_cst fences order nothing but itself: all data crosses
+ * threads through release/acquire operations, which ThreadSanitizer sees
+ * (it does not model fences), so its runs check every handoff.
  *
  * Shutdown. The work items accepted and not yet finished are counted in
  * three counters (pending_total): `admitted`, raised by every submit from
@@ -87,7 +82,6 @@
 #include "context.h"
 #include "ctxpool.h"
 #include "deque.h"
-#include "fence.h"
 #include "pool.h"
 
 #define INJECT_EVERY 32       /* items between two looks at the injection queue */
@@ -450,16 +444,12 @@ static void notify_published(cp_pool *pool)
 
 static void notify(cp_pool *pool)
 {
-    /* The light side of an asymmetric fence (fence.h): the work published
-     * just before (a deque push, whose store is only a release) is ordered
-     * before our reads of the searching and waiter counts by the heavy
-     * fence in park, which a searcher passes after it stops searching and
-     * before it looks for work one last time, and in search for a waiter
-     * that stops searching without parking. Every worker pushes and so
-     * notifies for each job or task it offers; parks and those searchers'
-     * ends are rare next to that. An injection needs no fence: its exchange
-     * is seq_cst itself. */
-    cp__fence_light();
+    /* seq_cst fence: the work published just before (a deque push, whose
+     * store is only a release) is ordered before our reads of the searching
+     * and waiter counts; pairs with the fence in park, which a searcher
+     * passes after it stops searching and before it looks for work one last
+     * time. An injection needs no fence: its exchange is seq_cst itself. */
+    atomic_thread_fence(memory_order_seq_cst);
     notify_published(pool);
 }
 
@@ -517,11 +507,8 @@ static void park(struct worker *self)
      * it sees us counted, through the setter, whose wake bumps the epoch
      * under us. */
     atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
-    /* "Announce, then look": the heavy side of notify's fence (fence.h).
-     * A full fence would order only our side; this one also orders every
-     * notifier's push before its reads, so either we see the work, or the
-     * notifier sees us counted (or no longer searching). */
-    cp__fence_heavy();
+    /* seq_cst fence: "announce, then look", paired with notify's fence. */
+    atomic_thread_fence(memory_order_seq_cst);
     if (!work_visible(pool) && !pool_finished(pool)) {
         stat_bump(&self->parks);
         futex_wait(&pool->epoch, epoch, NULL);
@@ -902,19 +889,13 @@ static struct work *search(struct worker *self, const struct work *awaited,
     /* seq_cst: before the last look in park (notify's pairing). */
     uint32_t left = atomic_fetch_sub_explicit(&pool->searching, 1,
                                               memory_order_seq_cst) - 1;
-    if (w && left == 0) {
+    if (w && left == 0)
         notify(pool);
-    } else if (!w && awaited && left == 0 &&
-               atomic_load_explicit(&pool->waiters, memory_order_seq_cst) != 0) {
+    else if (!w && awaited) {
         /* We stop searching without going to park, where a searcher looks
          * one last time: look here, as park does, for work whose wake was
-         * skipped because we were searching, with park's heavy fence. Only
-         * the last searcher has to (the others still look), and only if a
-         * worker sleeps (one that parks from now on looks itself, after
-         * its own heavy fence): a waiter whose job was just finished by a
-         * busy pool pays nothing. seq_cst load: after our decrement, as in
-         * the handshake of park. */
-        cp__fence_heavy();
+         * skipped because we were searching. seq_cst fence: as in park. */
+        atomic_thread_fence(memory_order_seq_cst);
         if (work_visible(pool))
             notify_published(pool);
     }
@@ -1056,10 +1037,6 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     if (!poolp)
         return CP_EINVAL;
     pthread_once(&atfork_once, atfork_register);
-    /* The fence mode of notify and park, fixed before the workers start
-     * (fence.h): a pool made before the library's constructor ran must not
-     * see it change under its workers. */
-    cp__fence_init();
     unsigned n = options ? options->threads : 0;
     if (n == 0) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);

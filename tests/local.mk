@@ -1,10 +1,8 @@
 # tests/local.mk - the test suite (included from Makefile.am).
 #
 # Criterion unit tests, one file per component, and plain programs
-# (tests/stress/: stress tests, and fence_fallback and pool_stress_fenced,
-# which replace syscall()) that also run under ThreadSanitizer, where
-# Criterion cannot start. Every test links the internal convenience library
-# to reach test hooks.
+# (tests/stress/: stress tests, and fence_fallback, which replaces syscall())
+# that also run under ThreadSanitizer, where Criterion cannot start. Every test links the internal convenience library to reach test hooks.
 TEST_LIBS = libctxpool-internal.la $(PTHREAD_LIBS)
 TEST_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src
 
@@ -18,11 +16,9 @@ UNIT_TESTS = \
 STRESS_TESTS = \
 	tests/stress/deque_stress \
 	tests/stress/context_stress \
-	tests/stress/early_pool \
 	tests/stress/fence_fallback \
 	tests/stress/inject_stall \
 	tests/stress/pool_stress \
-	tests/stress/pool_stress_fenced \
 	tests/stress/var_stress
 
 EXTRA_DIST += tests/stress/check.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
@@ -78,21 +74,9 @@ tests_stress_pool_stress_SOURCES = tests/stress/pool_stress.c
 tests_stress_pool_stress_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_pool_stress_LDADD = $(TEST_LIBS)
 
-# The same program on a kernel without membarrier (no_membarrier.c): the
-# pool's handshakes with full fences on both sides.
-tests_stress_pool_stress_fenced_SOURCES = tests/stress/pool_stress.c \
-	tests/stress/no_membarrier.c
-tests_stress_pool_stress_fenced_CPPFLAGS = $(TEST_CPPFLAGS)
-tests_stress_pool_stress_fenced_LDADD = $(TEST_LIBS)
-
 tests_stress_inject_stall_SOURCES = tests/stress/inject_stall.c
 tests_stress_inject_stall_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_inject_stall_LDADD = $(TEST_LIBS)
-
-# A pool made by a constructor that runs before the library's.
-tests_stress_early_pool_SOURCES = tests/stress/early_pool.c
-tests_stress_early_pool_CPPFLAGS = $(TEST_CPPFLAGS)
-tests_stress_early_pool_LDADD = $(TEST_LIBS)
 
 tests_test_error_SOURCES = tests/test_error.c
 tests_test_error_CPPFLAGS = $(TEST_CPPFLAGS)

@@ -24,13 +24,11 @@ FUZZ_SRCS = \
 	$(top_srcdir)/tests/fuzz/fuzz_context.c \
 	$(top_srcdir)/src/alloc.c \
 	$(top_srcdir)/src/error.c \
-	$(top_srcdir)/src/fence.c \
 	$(top_srcdir)/src/hamt.c \
 	$(top_srcdir)/src/context.c
 FUZZ_HDRS = \
 	$(top_srcdir)/include/ctxpool.h \
 	$(top_srcdir)/src/alloc.h \
-	$(top_srcdir)/src/fence.h \
 	$(top_srcdir)/src/hamt.h \
 	$(top_srcdir)/src/context.h
 
