@@ -24,6 +24,17 @@
         }                                                                  \
     } while (0)
 
+/* UNDER_TSAN: built with ThreadSanitizer, which runs a program many times
+ * slower; stress programs divide their default size by a TSAN_DIVISOR of
+ * their own then. */
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+
 static inline unsigned long long stress_ops(int argc, char **argv,
                                             unsigned long long fallback)
 {

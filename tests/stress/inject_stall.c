@@ -39,13 +39,6 @@
 #define DEFAULT_ROUNDS 1000000ULL
 #define WATCHDOG_SECONDS 60
 
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
 #ifdef UNDER_TSAN
 #define TSAN_DIVISOR 10
 #else

@@ -52,13 +52,6 @@
 
 #define DEFAULT_OPS 1000000ULL
 
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
 #ifdef UNDER_TSAN
 #define TSAN_DIVISOR 2
 #else
