@@ -14,8 +14,8 @@
  * 0 fails: armed with n, the nth allocation from then on fails; off, it
  * starts at ULLONG_MAX, which no thread counts down in its life (64 bits
  * wide also where unsigned long is 32: at a set+reset's two allocations,
- * a 32-bit countdown runs out within minutes). After the failure it wraps
- * to ULLONG_MAX and so is off again. The same count tells
+ * a 32-bit countdown runs out within minutes). The allocation after the
+ * failure wraps it to ULLONG_MAX: off again. The same count tells
  * how many allocations the thread made since the countdown was last set
  * (`start` less the countdown, in unsigned arithmetic, across the wrap),
  * so a call pays one decrement for both.

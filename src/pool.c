@@ -27,10 +27,9 @@
  * injection queue's, and steals, until what it waits for is done; only when
  * a search finds nothing, and no work is visible that it could not take
  * (an outside push half done hides the items behind it), does it sleep on
- * the item's state word. Whoever finishes the item wakes it. The item may
- * still be queued then (behind other work in a busy worker's deque); it is
- * not lost, only later: the waiter's last look (in search) wakes another
- * worker for any work visible.
+ * the item's state word. The item is then not queued but taken by another
+ * thread (it was visible before anyone could wait for it), which wakes the
+ * waiter when it finishes it, and then finds whatever was queued meanwhile.
  *
  * Parking. Idle workers sleep on an event count (the futex word `epoch` with a
  * count of waiters beside it): a worker announces itself as a waiter, then
