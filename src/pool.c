@@ -1475,6 +1475,10 @@ future_wait(cp_future *f, uint64_t timeout_ns, bool timed, void **result)
     if (!f)
         return CP_EINVAL;
     if (!work_final(&f->w)) {
+        /* A child of fork() has none of the pool's workers: nothing would
+         * ever finish the job here. */
+        if (forked_away(f->pool))
+            return CP_ESHUTDOWN;
         /* relaxed: equal only if this thread stored it (it runs f now). */
         if (atomic_load_explicit(&f->runner, memory_order_relaxed) == thread_id())
             return CP_EDEADLK;

@@ -2280,6 +2280,9 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     cp_future *f = NULL;
     cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
     wait_ok(f);
+    /* A job still running at the fork: nothing finishes it in the child. */
+    blocker b;
+    cp_future *busy = occupy_worker(pool, &b);
     cp_context *c = cp_context_new();
     fflush(NULL);
     pid_t pid = fork();
@@ -2301,10 +2304,15 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
             bad |= 32;
         if (runs(&ran) != 1)
             bad |= 64;
+        int waited = cp_future_wait(busy, NULL);
+        int timed = cp_future_wait_timeout(busy, UINT64_MAX, NULL);
+        if (waited != CP_ESHUTDOWN || timed != CP_ESHUTDOWN)
+            bad |= 128;
         if (bad)
             fprintf(stderr, "forked child: submit %d, submit_in %d, spawn %d, "
-                    "shutdown %d, free %d (want %d each)\n", rc[0], rc[1],
-                    rc[2], rc[3], rc[4], CP_ESHUTDOWN);
+                    "shutdown %d, free %d, wait %d, wait_timeout %d (want %d "
+                    "each)\n", rc[0], rc[1], rc[2], rc[3], rc[4], waited, timed,
+                    CP_ESHUTDOWN);
         _exit(bad);
     }
     int status = 0;
@@ -2312,9 +2320,15 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     cr_assert(WIFEXITED(status), "child died: status %#x", status);
     cr_assert_eq(WEXITSTATUS(status), 0, "child failures (bits: 1 submit, 2 "
                  "submit_in, 4 spawn, 8 shutdown, 16 free, 32 future written, "
-                 "64 ran): %#x",
+                 "64 ran, 128 waits): %#x",
                  WEXITSTATUS(status));
-    /* The parent's pool is untouched. */
+    /* The parent's pool is untouched, its busy job still running. */
+    cr_assert_not(cp_future_done(busy));
+    gate_open(&b.g);
+    void *result = NULL;
+    cr_assert_eq(cp_future_wait(busy, &result), 0);
+    cr_assert_eq(result, &b);
+    cp_future_free(busy);
     cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
     wait_ok(f);
     cr_assert_eq(runs(&ran), 2);
