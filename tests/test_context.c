@@ -2950,6 +2950,14 @@ Test(enomem, var_new_default_returns_null_and_does_not_free_the_default)
     cr_assert_eq(frees_of(&s.d), 1);
 }
 
+/* One allocation through the hook: whether it succeeded (it is freed). */
+static bool alloc_succeeds(void)
+{
+    void *p = cp__malloc(8);
+    cp__free(p);
+    return p != NULL;
+}
+
 /* The failure hook on a thread of its own: the count starts at 0, counts
  * every allocation, the failed one and those after it (the hook is off
  * again after its failure), and goes on unchanged across
@@ -2958,28 +2966,19 @@ static void *alloc_hook_counts(void *unused)
 {
     (void)unused;
     TCHECK(cp__alloc_count() == 0);
-    void *p = cp__malloc(8);
-    TCHECK(p != NULL);
-    cp__free(p);
+    TCHECK(alloc_succeeds());
     TCHECK(cp__alloc_count() == 1);
     cp__alloc_fail_nth(2);
     TCHECK(cp__alloc_count() == 1);
-    p = cp__malloc(8);
-    TCHECK(p != NULL);
-    cp__free(p);
+    TCHECK(alloc_succeeds());
     TCHECK(cp__malloc(8) == NULL); /* the 2nd from the arming */
     TCHECK(cp__alloc_count() == 3);
-    for (int i = 0; i < 1000; i++) {
-        p = cp__malloc(8);
-        TCHECK(p != NULL); /* off again */
-        cp__free(p);
-    }
+    for (int i = 0; i < 1000; i++)
+        TCHECK(alloc_succeeds()); /* off again */
     TCHECK(cp__alloc_count() == 1003);
     cp__alloc_fail_nth(0);
     TCHECK(cp__alloc_count() == 1003);
-    p = cp__malloc(8);
-    TCHECK(p != NULL);
-    cp__free(p);
+    TCHECK(alloc_succeeds());
     TCHECK(cp__alloc_count() == 1004);
     return NULL;
 }
