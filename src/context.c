@@ -318,32 +318,37 @@ static bool read_begin(const cp_context *c)
     return true;
 }
 
-/* Owner: start a change of c's map. Returns whether it took the lock. */
-static inline bool write_begin(cp_context *c)
+/* How an owner's change of its map is guarded (write_begin). */
+enum write_guard {
+    WRITE_ALONE,   /* not shared: no other thread can reach the map */
+    WRITE_FLAGGED, /* writing raised, no reader watching */
+    WRITE_LOCKED,  /* under the lock */
+};
+
+/* Owner: start a change of c's map. */
+static inline enum write_guard write_begin(cp_context *c)
 {
     if (!c->shared)
-        return false;
-    /* seq_cst loads: see "The map lock". The relaxed store and the compiler
-     * barrier are half of a Dekker handshake whose fences are the reader's
-     * membarrier. */
-    if (!atomic_load_explicit(&c->watched, memory_order_seq_cst)) {
-        atomic_store_explicit(&c->writing, true, memory_order_relaxed);
-        atomic_signal_fence(memory_order_seq_cst);
-        if (!atomic_load_explicit(&c->watched, memory_order_seq_cst))
-            return false;
-        /* relaxed: nothing changed. A reader that saw the flag waits for
-         * this store, holding the lock we are about to take. */
-        atomic_store_explicit(&c->writing, false, memory_order_relaxed);
-    }
+        return WRITE_ALONE;
+    /* The relaxed store and the compiler barrier are half of a Dekker
+     * handshake whose fences are the reader's membarrier; the load is
+     * seq_cst (see "The map lock"). */
+    atomic_store_explicit(&c->writing, true, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst);
+    if (!atomic_load_explicit(&c->watched, memory_order_seq_cst))
+        return WRITE_FLAGGED;
+    /* relaxed: nothing changed. A reader that saw the flag waits for this
+     * store, holding the lock we are about to take. */
+    atomic_store_explicit(&c->writing, false, memory_order_relaxed);
     map_lock(c);
-    return true;
+    return WRITE_LOCKED;
 }
 
-static void write_end(cp_context *c, bool locked)
+static void write_end(cp_context *c, enum write_guard guard)
 {
-    if (locked)
+    if (guard == WRITE_LOCKED)
         map_unlock(c);
-    else if (c->shared)
+    else if (guard == WRITE_FLAGGED)
         /* release: publishes the change to the reader waiting in watch. */
         atomic_store_explicit(&c->writing, false, memory_order_release);
 }
@@ -407,12 +412,12 @@ map_update(cp_context *c, cp__hamt_item *item, bool fresh, const cp_var *var,
         cp__hamt_incref(c->map);
         c->owns_map = true;
     }
-    bool locked = write_begin(c);
+    enum write_guard guard = write_begin(c);
     int err = item ? cp__hamt_set_given(&c->map, item, gone)
                    : cp__hamt_delete_given(&c->map, var->hash, var, gone);
     if (err == 0 && fresh)
         cp__hamt_item_publish(item); /* the map holds it; write_end publishes */
-    write_end(c, locked);
+    write_end(c, guard);
     return err;
 }
 

@@ -61,7 +61,21 @@ static inline void cp__hamt_item_init(cp__hamt_item *item, uint32_t hash,
     item->release = release;
 }
 
-void cp__hamt_item_incref(cp__hamt_item *item);
+/* Take one more reference on item; the caller holds one already. Inline:
+ * every set takes one for the map. */
+static inline void cp__hamt_item_incref(cp__hamt_item *item)
+{
+    /* relaxed: the caller's own reference keeps item alive; taking another
+     * orders nothing (see "Reference counting" in hamt.c). An unpublished
+     * item has no other thread to race with: a plain load and store do. */
+    if (item->unpublished)
+        atomic_store_explicit(&item->refs,
+                              atomic_load_explicit(&item->refs, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&item->refs, 1, memory_order_relaxed);
+}
+
 void cp__hamt_item_decref(cp__hamt_item *item); /* NULL: no-op */
 
 /* An unpublished item goes into a map that other threads may reach once
