@@ -160,9 +160,11 @@ struct cp__hamt_node {
     atomic_size_t refs;
     uint8_t kind;   /* enum node_kind */
     uint8_t room;   /* slots allocated: node_slots(), and in a bitmap node
-                       one more when that is even, a slot the allocator's
-                       16-byte steps would waste anyway: an insert in place
-                       (see "Reuse") may use it */
+                       one more when that is even and below BITMAP_MAX, a
+                       slot the allocator's 16-byte steps would waste
+                       anyway: an insert in place (see "Reuse") may use it.
+                       So a bitmap node with count < room may take one
+                       more entry */
     uint32_t count; /* entries: bitmap = popcount(bits), array = non-empty
                        slots, collision = items */
     uint32_t bits;  /* bitmap: which chunks are present; collision: the hash
@@ -404,7 +406,7 @@ void cp__hamt_decref_n(cp__hamt m, size_t n)
 static cp__hamt_node *node_alloc(enum node_kind kind, uint32_t nslots,
                                  uint32_t count, uint32_t bits)
 {
-    uint32_t room = kind == KIND_BITMAP ? nslots | 1 : nslots;
+    uint32_t room = kind == KIND_BITMAP && nslots < BITMAP_MAX ? nslots | 1 : nslots;
     cp__hamt_node *node = cp__alloc_small(node_size(room));
     if (node == NULL)
         return NULL;
@@ -892,7 +894,7 @@ static set_result node_set(cp__hamt_node *node, unsigned shift, cp__hamt_item *i
     uint32_t idx;
     if (node->kind == KIND_BITMAP) {
         if (!(node->bits & (UINT32_C(1) << c))) {
-            if (mine && node->count < node->room && node->count < BITMAP_MAX)
+            if (mine && node->count < node->room)
                 copy = bitmap_insert_here(node, c, item);
             else if (node->count < BITMAP_MAX)
                 copy = bitmap_inserted(node, c, item_slot(item), mine);
@@ -934,7 +936,7 @@ static bool root_insert_here(cp__hamt_node *root, cp__hamt_item *item)
 {
     unsigned c = chunk_of(item->hash, 0);
     if (root->kind != KIND_BITMAP || (root->bits & (UINT32_C(1) << c)) ||
-        root->count >= root->room || root->count >= BITMAP_MAX ||
+        root->count >= root->room ||
         !sole_reference(&root->refs))
         return false;
     bitmap_insert_here(root, c, item);
