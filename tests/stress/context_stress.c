@@ -28,6 +28,16 @@
  * writer is inside. The first entry's first read is a handover to the lock.
  * Every other round uses the test hook that makes contexts take the lock
  * from the start, as where membarrier is missing.
+ * Then, owners in turn: in each of target_steps / 40 + 1 rounds, a fresh
+ * context is entered RING_ENTRIES times, one run each, by RING_OWNERS
+ * threads in turn (each entry on another thread than the last), while the
+ * main thread reads it without pause, as a reader thread above does. Reads
+ * fall between entries (watched, no fence) or inside them (a fence, then
+ * the lock), so that reads race with the next owner's enter on another
+ * thread, its clearing of watched under the lock, and its first changes
+ * without the lock. Every run also copies the current context and frees
+ * the copy, so that the copy cache and the capture batch hold the root
+ * that readers hold too when the run's first change flushes them.
  * Besides, CHAIN_DRIVERS threads build chains of cp_thread_create threads,
  * each checking that it sees its creator's values but the creator does not
  * see its own, and that every base context is released at thread exit.
@@ -57,6 +67,8 @@
 #define CHAIN_DEPTH 6
 #define DEFAULT_STEPS 40000ULL
 #define FIRST_READS 3 /* reads per entry in the first-reads rounds */
+#define RING_OWNERS 2
+#define RING_ENTRIES 6 /* entries per context in the owners-in-turn rounds */
 
 /* ------------------------------------------------------------------------ */
 /* Counting values                                                           */
@@ -213,6 +225,11 @@ static void *step(void *p)
     /* Inside a run the mapping functions are a live view. */
     CHECK(cp_context_len(s->c) == (size_t)s->pos, "len %zu, expected %d",
           cp_context_len(s->c), s->pos);
+    /* A copy of a non-empty context freed at once is kept (the copy
+     * cache), with the rest of the capture batch its copy took: both hold
+     * the root, as readers' copies may, until the first change below
+     * drops them. */
+    cp_context_free(cp_copy_context());
     for (int op = 0; op < OPS_PER_STEP; op++) {
         void *value = NULL;
         bool setting = !s->down;
@@ -294,34 +311,39 @@ static void copy_and_iterate(const struct shared *s)
     cp_iter_free(it);
 }
 
+/* One round of a reader's reads of s->c, from a thread that does not have
+ * it entered; reads counts the rounds. */
+static void read_once(struct shared *s, unsigned long reads)
+{
+    char mine;
+    copy_and_iterate(s);
+    CHECK(cp_context_len(s->c) <= NV, "len out of range");
+    int i = (int)(reads % NV);
+    void *value = NULL;
+    if (cp_context_get(s->c, s->vars[i], &value) == 0)
+        CHECK(parity_of(s, i, value) >= 0, "a value no round gave");
+    CHECK(!cp_context_contains(s->c, reader_var), "a reader's set leaked");
+
+    /* Start work in the latest published snapshot. */
+    cp_context *pub = atomic_exchange_explicit(&s->published, NULL,
+                                               memory_order_acq_rel);
+    if (pub) {
+        check_snapshot(s, pub);
+        size_t before = cp_context_len(pub);
+        struct reader_run r = {s, &mine};
+        CHECK(cp_context_run(pub, set_reader_var, &r, NULL) == 0, "run in snapshot");
+        CHECK(cp_context_len(pub) == before + 1, "reader's set not kept");
+        CHECK(cp_context_get_or(pub, reader_var, NULL) == &mine, "reader value");
+        cp_context_free(pub);
+    }
+}
+
 static void *reader(void *p)
 {
-    struct shared *s = p;
-    char mine;
     unsigned long reads = 0;
-    do {
-        copy_and_iterate(s);
-        CHECK(cp_context_len(s->c) <= NV, "len out of range");
-        int i = (int)(reads % NV);
-        void *value = NULL;
-        if (cp_context_get(s->c, s->vars[i], &value) == 0)
-            CHECK(parity_of(s, i, value) >= 0, "a value no round gave");
-        CHECK(!cp_context_contains(s->c, reader_var), "a reader's set leaked");
-
-        /* Start work in the latest published snapshot. */
-        cp_context *pub = atomic_exchange_explicit(&s->published, NULL,
-                                                   memory_order_acq_rel);
-        if (pub) {
-            check_snapshot(s, pub);
-            size_t before = cp_context_len(pub);
-            struct reader_run r = {s, &mine};
-            CHECK(cp_context_run(pub, set_reader_var, &r, NULL) == 0, "run in snapshot");
-            CHECK(cp_context_len(pub) == before + 1, "reader's set not kept");
-            CHECK(cp_context_get_or(pub, reader_var, NULL) == &mine, "reader value");
-            cp_context_free(pub);
-        }
-        reads++;
-    } while (!atomic_load_explicit(&workers_done, memory_order_acquire));
+    do
+        read_once(p, reads++);
+    while (!atomic_load_explicit(&workers_done, memory_order_acquire));
     return NULL;
 }
 
@@ -520,6 +542,75 @@ static void first_rounds(struct shared *s, unsigned long rounds)
     CHECK(pthread_join(writer, NULL) == 0, "pthread_join");
 }
 
+/* ------------------------------------------------------------------------ */
+/* Owners in turn                                                            */
+
+/* Entry n of the current round's context is run by owner n % RING_OWNERS.
+ * release/acquire throughout: a new limit publishes s->c, a new turn the
+ * entry before it (and the last entry of a round to the reader, which then
+ * drains and frees the context); quit, set after the last round, publishes
+ * nothing but is paired the same way. */
+struct ring {
+    struct shared *s;
+    atomic_uint turn;  /* entries done, over all rounds */
+    atomic_uint limit; /* entries asked for, over all rounds */
+    atomic_bool quit;
+};
+
+struct ring_owner {
+    struct ring *r;
+    unsigned self;
+};
+
+static void *ring_owner(void *p)
+{
+    struct ring_owner *o = p;
+    struct ring *r = o->r;
+    while (!atomic_load_explicit(&r->quit, memory_order_acquire)) {
+        unsigned n = atomic_load_explicit(&r->turn, memory_order_acquire);
+        if (n % RING_OWNERS != o->self ||
+            n == atomic_load_explicit(&r->limit, memory_order_acquire)) {
+            /* Not our turn: the thread whose turn it is, or the reader,
+             * needs the CPU more (there are more threads than CPUs). */
+            sched_yield();
+            continue;
+        }
+        CHECK(cp_context_run(r->s->c, step, r->s, NULL) == 0, "owner's run");
+        atomic_store_explicit(&r->turn, n + 1, memory_order_release);
+    }
+    return NULL;
+}
+
+/* rounds fresh contexts, each entered RING_ENTRIES times by the owners in
+ * turn while this thread reads it. */
+static void ring_rounds(struct shared *s, unsigned long rounds)
+{
+    struct ring r = {.s = s};
+    struct ring_owner owners[RING_OWNERS];
+    pthread_t th[RING_OWNERS];
+    for (unsigned t = 0; t < RING_OWNERS; t++) {
+        owners[t] = (struct ring_owner){&r, t};
+        CHECK(pthread_create(&th[t], NULL, ring_owner, &owners[t]) == 0,
+              "pthread_create");
+    }
+    unsigned limit = 0;
+    unsigned long reads = 0;
+    for (unsigned long k = 0; k < rounds; k++) {
+        s->c = cp_context_new();
+        CHECK(s->c != NULL, "cp_context_new");
+        limit += RING_ENTRIES;
+        atomic_store_explicit(&r.limit, limit, memory_order_release);
+        do
+            read_once(s, reads++);
+        while (atomic_load_explicit(&r.turn, memory_order_acquire) != limit);
+        CHECK(cp_context_run(s->c, drain, s, NULL) == 0, "drain run");
+        cp_context_free(s->c);
+    }
+    atomic_store_explicit(&r.quit, true, memory_order_release);
+    for (unsigned t = 0; t < RING_OWNERS; t++)
+        CHECK(pthread_join(th[t], NULL) == 0, "pthread_join");
+}
+
 int main(int argc, char **argv)
 {
     target_steps = stress_ops(argc, argv, DEFAULT_STEPS);
@@ -566,6 +657,8 @@ int main(int argc, char **argv)
     }
     unsigned long rounds = target_steps / 20 + 1;
     first_rounds(&shared[0], rounds);
+    unsigned long ring = target_steps / 40 + 1;
+    ring_rounds(&shared[1], ring);
 
     unsigned long sets = 0, steps = 0, busy = 0;
     for (int k = 0; k < NCTX; k++) {
@@ -581,6 +674,7 @@ int main(int argc, char **argv)
     unsigned long freed = atomic_load(&values_freed);
     CHECK(freed == sets, "%lu values set but %lu freed", sets, freed);
     printf("context_stress: %lu runs, %lu refused busy, %lu sets, %lu chains, "
-           "%lu first reads: ok\n", steps, busy, sets, dr.reps * CHAIN_DRIVERS, rounds);
+           "%lu first reads, %lu contexts owned in turn: ok\n", steps, busy, sets,
+           dr.reps * CHAIN_DRIVERS, rounds, ring);
     return 0;
 }
