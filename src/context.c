@@ -337,9 +337,12 @@ static inline enum write_guard write_begin(cp_context *c)
     atomic_signal_fence(memory_order_seq_cst);
     if (!atomic_load_explicit(&c->watched, memory_order_seq_cst))
         return WRITE_FLAGGED;
-    /* relaxed: nothing changed. A reader that saw the flag waits for this
-     * store, holding the lock we are about to take. */
-    atomic_store_explicit(&c->writing, false, memory_order_relaxed);
+    /* release: nothing changed under the flag, but a reader that saw it
+     * waits for this store, holding the lock we are about to take, and
+     * may read it in place of the release that ended our change before:
+     * release makes that change ours to publish here too, without relying
+     * on a release sequence (which C++20 dropped for same-thread stores). */
+    atomic_store_explicit(&c->writing, false, memory_order_release);
     map_lock(c);
     return WRITE_LOCKED;
 }
