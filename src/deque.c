@@ -60,18 +60,29 @@
  *   slots        all loads and stores    relaxed   ordered by bottom/buffer
  *   bottom, top  size: loads             relaxed   an estimate only
  *
+ * cp__deque_pop_marked (deque.h) is pop in the paper's own form: release
+ * store of bottom, seq_cst fence, relaxed load of top, and the same CAS for
+ * the last item. The argument above holds with the fence in S in place of
+ * the seq_cst store and load: a thief's seq_cst load of bottom that misses
+ * the store comes before the fence in S, its earlier load of top too, and
+ * a load after a seq_cst fence sees the last seq_cst modification before
+ * the fence in S or a later one (C11 7.17.3), so the owner's top is at
+ * least the thief's. The fence also orders the caller's store to *mark
+ * before its loads after the call: one serialising instruction for both.
+ *
  * The fences of the paper, and ThreadSanitizer. Le et al. write pop as
  * "relaxed store bottom; seq_cst fence; relaxed load top" and steal as
  * "acquire load top; seq_cst fence; acquire load bottom", and push as
  * "relaxed slot store; release fence; relaxed store bottom". TSan does not
  * model atomic_thread_fence, so with those fences it would miss the
  * happens-before that carries an item's contents from the owner to a thief.
- * This file has no fences at all: it puts the order on the accesses
- * themselves. The four accesses the seq_cst fences ordered (pop's bottom
- * store and top load, steal's top and bottom loads) are seq_cst operations;
- * together with the seq_cst CAS on top they belong to the single total order
- * S of C11 7.17.3, which is exactly the store-buffering guarantee the
- * argument above uses (a seq_cst load sees the last seq_cst store before it
+ * This file has no fences but cp__deque_pop_marked's (which orders no
+ * data: its store of bottom is a release too): it puts the order on the
+ * accesses themselves. The four accesses the seq_cst fences ordered (pop's
+ * bottom store and top load, steal's top and bottom loads) are seq_cst
+ * operations; together with the seq_cst CAS on top they belong to the
+ * single total order S of C11 7.17.3, which is exactly the store-buffering
+ * guarantee the argument above uses (a seq_cst load sees the last seq_cst store before it
  * in S, or a store that does not happen before that one). Push's release
  * fence becomes a release store of bottom. This is correct on real hardware
  * by the C11 model alone, and is no slower than the fences: on x86 the

@@ -17,6 +17,7 @@
 
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -119,6 +120,52 @@ static inline void *cp__deque_pop(cp__deque *d)
         atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
     }
     return item;
+}
+
+/* Owner: take the bottom item if it is `item`, having set *mark first; the
+ * caller's half of a store-buffering pair on *mark (pool.c's
+ * job_take_own). The pop is Le et al.'s own formulation, with its seq_cst
+ * fence: the fence orders both stores before it, *mark and bottom, before
+ * every load after it, the caller's loads after the call included, so one
+ * fence serves the deque and the caller. Returns whether item was taken;
+ * when it was not, *mark is false again. Who may read *mark must tolerate
+ * a true seen while the item was not taken: cleared again, the mark says
+ * nothing. */
+static inline bool cp__deque_pop_marked(cp__deque *d, void *item, atomic_bool *mark)
+{
+    /* relaxed: only the owner writes bottom and buffer. */
+    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed) - 1;
+    cp__deque_buffer *a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
+    /* relaxed: a first look, only to leave at once when item is not at the
+     * bottom; the load after the fence decides. Only the owner writes the
+     * slots, so the slot's value is the one the pop below would take. */
+    int64_t t = atomic_load_explicit(&d->top, memory_order_relaxed);
+    if (t > b || atomic_load_explicit(cp__deque_slot(a, b), memory_order_relaxed) != item)
+        return false;
+    /* *mark relaxed, bottom release (as every store of it, see deque.c's
+     * table): the fence orders both before the loads below. */
+    atomic_store_explicit(mark, true, memory_order_relaxed);
+    atomic_store_explicit(&d->bottom, b, memory_order_release);
+    /* seq_cst fence: a thief whose seq_cst load of bottom missed our store
+     * comes before the fence in S, its load of top too, so the load of top
+     * below sees at least the top that thief saw (C11 7.17.3); the same
+     * for the caller's loads against its partner's store of *mark. */
+    atomic_thread_fence(memory_order_seq_cst);
+    /* relaxed: ordered by the fence; nothing a thief wrote is read. */
+    t = atomic_load_explicit(&d->top, memory_order_relaxed);
+    if (t < b)
+        return true;
+    /* The last item, or none: as in pop, the last one is raced for with
+     * the same CAS (seq_cst; failure relaxed: nothing read is used). */
+    bool taken = t == b && atomic_compare_exchange_strong_explicit(
+                               &d->top, &t, t + 1, memory_order_seq_cst,
+                               memory_order_relaxed);
+    /* release: as in pop. Empty either way: top == bottom == b + 1. */
+    atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
+    if (!taken)
+        /* relaxed: the caller reads nothing into a cleared mark. */
+        atomic_store_explicit(mark, false, memory_order_relaxed);
+    return taken;
 }
 
 /* Any thread: take the oldest item. */

@@ -30,6 +30,10 @@
  * the item's state word. The item is then not queued but taken by another
  * thread (it was visible before anyone could wait for it), which wakes the
  * waiter when it finishes it, and then finds whatever was queued meanwhile.
+ * A worker that finds the job it waits for at the bottom of its own deque
+ * takes it back and runs it without the claim's compare-and-swap: a
+ * store-buffering pair with cp_future_cancel on the fence its pop takes
+ * anyway decides between them instead (see job_take_own).
  *
  * Parking. Idle workers sleep on an event count (the futex word `epoch` with a
  * count of waiters beside it): a worker announces itself as a waiter, then
@@ -132,7 +136,8 @@ enum {
     ST_RUNNING = 1,
     ST_DONE = 2,       /* ran, or found its context busy: outcome tells */
     ST_CANCELLED = 3,
-    ST_CANCELLING = 4, /* claimed by cp_future_cancel, not final yet */
+    ST_CANCELLING = 4, /* claimed by cp_future_cancel, not final yet; it
+                          may still go back to PENDING (see cp_future_cancel) */
     ST_MASK = 7,
     ST_WAITERS = 8,
     ST_FREED = 16,
@@ -166,6 +171,8 @@ struct cp_future {
     cp_context *in;              /* or the context itself (submit_in), one ref */
     cp_pool *pool;
     _Atomic uintptr_t runner;    /* the thread running it, to detect self-waits */
+    atomic_bool taken;           /* set by a waiter taking it to run it (see
+                                    job_take_own) */
 };
 
 /* A frame task, laid over cp_task (64 bytes). Its context is a borrowed
@@ -591,19 +598,35 @@ static __attribute__((noinline)) struct work *steal_some(struct worker *self)
     return NULL;
 }
 
+/* Whether self is due to look at the injection queue first (see
+ * INJECT_EVERY): counts the item about to be looked for. */
+static inline bool inject_due(struct worker *self)
+{
+    return ++self->tick % INJECT_EVERY == 0;
+}
+
+/* The next item for self to run, or NULL, when no injected one is due:
+ * its own deque's, the injection queue's, a victim's. */
+static inline __attribute__((always_inline)) struct work *
+find_more_work(struct worker *self)
+{
+    struct work *w;
+    if ((w = cp__deque_pop(&self->deque)))
+        return w;
+    if ((w = take_injected(self)))
+        return w;
+    return steal_some(self);
+}
+
 /* The next item for self to run, or NULL. Always inlined, and the deque
  * pop with it: a worker runs it for every item, a helping wait too. */
 static inline __attribute__((always_inline)) struct work *
 find_work(struct worker *self)
 {
     struct work *w;
-    if (++self->tick % INJECT_EVERY == 0 && (w = take_injected(self)))
+    if (inject_due(self) && (w = take_injected(self)))
         return w;
-    if ((w = cp__deque_pop(&self->deque)))
-        return w;
-    if ((w = take_injected(self)))
-        return w;
-    return steal_some(self);
+    return find_more_work(self);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -717,22 +740,39 @@ static bool job_alone(struct cp_future *f)
     return atomic_load_explicit(&f->w.state, memory_order_acquire) & ST_FREED;
 }
 
+/* f's state word once no cancel is deciding about it: a cancel that finds
+ * f taken by its waiter backs off to PENDING (see cp_future_cancel), so
+ * CANCELLING is not a cancel won until it is final. The cancel holds it for
+ * a few instructions, or for the drop of the payload when it won. acquire:
+ * the submitter's writes (made before the release in the queue push), or
+ * the cancel's, are ours. */
+static uint32_t job_settled(struct cp_future *f)
+{
+    uint32_t s;
+    while (((s = atomic_load_explicit(&f->w.state, memory_order_acquire)) & ST_MASK) ==
+           ST_CANCELLING)
+        sched_yield(); /* the cancel needs the CPU */
+    return s;
+}
+
 /* Move f from PENDING to RUNNING. Returns false when cp_future_cancel won:
- * it drops the payload and reports the job. acquire: the submitter's writes
- * (made before the release in the queue push), or the cancel's, are ours. */
+ * it drops the payload and reports the job. acquire: as job_settled's. */
 static bool job_claim(struct cp_future *f, bool alone)
 {
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
     if (alone)
         return (s & ST_MASK) == ST_PENDING; /* nobody looks at it but us */
-    do {
+    for (;;) {
+        if ((s & ST_MASK) == ST_CANCELLING)
+            s = job_settled(f);
         if ((s & ST_MASK) != ST_PENDING)
             return false;
-    } while (!atomic_compare_exchange_weak_explicit(&f->w.state, &s,
-                                                    (s & ~ST_MASK) | ST_RUNNING,
-                                                    memory_order_acquire,
-                                                    memory_order_acquire));
-    return true;
+        if (atomic_compare_exchange_weak_explicit(&f->w.state, &s,
+                                                  (s & ~ST_MASK) | ST_RUNNING,
+                                                  memory_order_acquire,
+                                                  memory_order_acquire))
+            return true;
+    }
 }
 
 /* f, claimed (RUNNING), has run or been cancelled (final): tell its
@@ -743,48 +783,110 @@ static void job_end(struct cp_future *f, bool alone, uint32_t final)
         job_release(f);
 }
 
-static void run_job(struct worker *self, struct cp_future *f)
+/* f was cancelled by cp_future_cancel, which cannot count it: the pool may
+ * be gone by the time a cancel returns. Let go of it as the pool. */
+static void job_cancelled(struct worker *self, struct cp_future *f, bool alone)
 {
-    cp_pool *pool = self->pool;
-    bool alone = job_alone(f);
-    if (!job_claim(f, alone)) {
-        /* Cancelled by cp_future_cancel, which cannot count it: the pool
-         * may be gone by the time a cancel returns. */
-        stat_bump(&self->cancelled);
-        if (alone)
-            job_release(f);
-        else
-            future_let_go(f, ST_RELEASED);
-        pending_done(self);
-        return;
-    }
-    if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
+    stat_bump(&self->cancelled);
+    if (alone)
+        job_release(f);
+    else
+        future_let_go(f, ST_RELEASED);
+    pending_done(self);
+}
+
+/* Run f, which is ours to run (claimed, or taken by its waiter), or cancel
+ * it if the pool is being cancelled: its outcome and result are written and
+ * its payload dropped. Returns the final state to give it. Always inlined:
+ * run_job and job_take_own are each most of it. */
+static inline __attribute__((always_inline)) uint32_t
+job_run(struct worker *self, struct cp_future *f, bool alone)
+{
+    if (atomic_load_explicit(&self->pool->state, memory_order_relaxed) == CANCELLING) {
         drop_payload(f);
         f->w.outcome = CP_ECANCELED;
         stat_bump(&self->cancelled);
-        job_end(f, alone, ST_CANCELLED);
-    } else {
-        if (!alone)
-            /* relaxed: only compared with the reader's own identity. */
-            atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
-        if (f->in) {
-            int err = cp__context_enter(f->in);
-            f->w.outcome = (int16_t)err;
-            if (err == 0) {
-                f->result = f->fn(f->arg);
-                cp__context_leave(f->in);
-            }
-            drop_payload(f);
-        } else {
-            f->result = run_in_frame(f->map, true, f->fn, f->arg);
-            f->map = CP__HAMT_EMPTY;
-            f->w.outcome = 0;
-        }
-        if (f->w.outcome == 0)
-            stat_bump(&self->completed);
-        job_end(f, alone, ST_DONE);
+        return ST_CANCELLED;
     }
+    if (!alone)
+        /* relaxed: only compared with the reader's own identity. */
+        atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
+    if (f->in) {
+        int err = cp__context_enter(f->in);
+        f->w.outcome = (int16_t)err;
+        if (err == 0) {
+            f->result = f->fn(f->arg);
+            cp__context_leave(f->in);
+        }
+        drop_payload(f);
+    } else {
+        f->result = run_in_frame(f->map, true, f->fn, f->arg);
+        f->map = CP__HAMT_EMPTY;
+        f->w.outcome = 0;
+    }
+    if (f->w.outcome == 0)
+        stat_bump(&self->completed);
+    return ST_DONE;
+}
+
+static void run_job(struct worker *self, struct cp_future *f)
+{
+    bool alone = job_alone(f);
+    if (!job_claim(f, alone)) {
+        job_cancelled(self, f, alone);
+        return;
+    }
+    job_end(f, alone, job_run(self, f, alone));
     pending_done(self);
+}
+
+/* A waiter's own future f is at the bottom of its deque: take it and run it
+ * here, without the claim's compare-and-swap. Returns whether f was taken
+ * (it is final then). Always inlined into wait_work: most waits for a
+ * future in fork-join code end here.
+ *
+ * The claim is what decides between a worker and cp_future_cancel; here a
+ * store-buffering pair does instead, on f->taken and f's state word: we set
+ * taken, then (after the pop's seq_cst fence) read the state; the cancel
+ * moves the state to CANCELLING (seq_cst compare-and-swap), then reads taken
+ * (seq_cst). By C11 7.17.3 with the fence, at least one sees the other's
+ * store: if our read does not see CANCELLING, the cancel in S after the
+ * fence, its read of taken sees true and it backs off to PENDING, returning
+ * CP_EBUSY; if the cancel sees false, our read sees CANCELLING or later.
+ * Both may see each other: we then wait for the cancel to decide
+ * (job_settled). taken may also be true while f is not ours (the pop lost
+ * f to a thief and had not cleared it yet, or f was already stolen when we
+ * looked): a cancel then backs off from a job the thief runs, which it
+ * waits for (job_claim), and CP_EBUSY is the truth. The state stays PENDING
+ * while f runs: cancels keep backing off (taken stays set), and the finish
+ * is a compare-and-swap that waits for them to. f cannot be freed meanwhile:
+ * our caller holds the handle. */
+static inline __attribute__((always_inline)) bool
+job_take_own(struct worker *self, struct cp_future *f)
+{
+    if (!cp__deque_pop_marked(&self->deque, &f->w, &f->taken))
+        return false;
+    uint32_t s = job_settled(f);
+    if ((s & ST_MASK) != ST_PENDING) {
+        job_cancelled(self, f, false);
+        return true;
+    }
+    uint32_t final = job_run(self, f, false);
+    /* Final, and let go of as the pool; the handle, held by our caller's
+     * wait, is not freed yet, so cp_future_free will free f. release: the
+     * outcome and result to whoever acquires the final state. Failure
+     * relaxed: the state is looked at again before it is used. */
+    s = atomic_load_explicit(&f->w.state, memory_order_relaxed);
+    do {
+        if ((s & ST_MASK) == ST_CANCELLING)
+            s = job_settled(f);
+    } while (!atomic_compare_exchange_weak_explicit(
+        &f->w.state, &s, s - ST_PENDING + final + ST_RELEASED, memory_order_release,
+        memory_order_relaxed));
+    if (s & ST_WAITERS)
+        futex_wake(&f->w.state, INT_MAX);
+    pending_done(self);
+    return true;
 }
 
 /* A frame task taken by a thread other than its spawner, or by its spawner
@@ -912,7 +1014,16 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
     struct worker *self = pool ? worker_of(pool) : NULL;
     while (!work_final(w)) {
         if (self) {
-            struct work *other = find_work(self);
+            /* find_work, but for what we wait for at the bottom of our
+             * deque, which we run here (final: done). */
+            struct work *other = NULL;
+            if (inject_due(self))
+                other = take_injected(self);
+            if (!other) {
+                if (w->kind == KIND_JOB && job_take_own(self, (struct cp_future *)w))
+                    return 0;
+                other = find_more_work(self);
+            }
             /* No work found: offer our own private tasks (to ourselves as
              * much as anyone): what we wait for may need them. */
             if (!other && offer_private(self))
@@ -1368,6 +1479,7 @@ submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
     f->result = NULL;
     f->pool = pool;
     atomic_init(&f->runner, 0); /* not yet shared */
+    atomic_init(&f->taken, false); /* not yet shared */
     if (in) {
         cp__context_incref(in);
         f->in = in;
@@ -1521,18 +1633,29 @@ int cp_future_cancel(cp_future *f)
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
     for (;;) {
         uint32_t st = s & ST_MASK;
-        if (st == ST_CANCELLED || st == ST_CANCELLING)
+        if (st == ST_CANCELLING)
+            st = (s = job_settled(f)) & ST_MASK; /* another cancel deciding */
+        if (st == ST_CANCELLED)
             return 0;
         if (st != ST_PENDING)
             return CP_EBUSY;
-        /* acquire on success: we take the payload over from the submitter.
-         * CANCELLING, not final: waiters keep waiting, and so nobody may
-         * free f while we still use it below. */
+        /* seq_cst: the cancel's store of the store-buffering pair with
+         * job_take_own (see there); also acquire: we take the payload over
+         * from the submitter. CANCELLING, not final: waiters keep waiting,
+         * and so nobody may free f while we still use it below. */
         if (atomic_compare_exchange_weak_explicit(&f->w.state, &s,
                                                   (s & ~ST_MASK) | ST_CANCELLING,
-                                                  memory_order_acquire,
+                                                  memory_order_seq_cst,
                                                   memory_order_acquire))
             break;
+    }
+    /* seq_cst: the cancel's load of the pair. Taken by its waiter, who may
+     * be running it already: back to PENDING (relaxed: nothing to publish;
+     * a subtraction keeps the flags that waiters add meanwhile). */
+    if (atomic_load_explicit(&f->taken, memory_order_seq_cst)) {
+        atomic_fetch_sub_explicit(&f->w.state, ST_CANCELLING - ST_PENDING,
+                                  memory_order_relaxed);
+        return CP_EBUSY;
     }
     /* The caller's handle keeps f alive; the payload is ours alone now. The
      * final state is the last thing we do to f (work_finish wakes waiters). */

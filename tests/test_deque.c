@@ -81,6 +81,39 @@ Test(deque, pop_and_steal_on_empty_deque_find_nothing)
     cp__deque_destroy(&d);
 }
 
+Test(deque, marked_pop_takes_only_the_bottom_item_and_marks_only_then)
+{
+    cp__deque d;
+    atomic_bool mark = false;
+    cr_assert_eq(cp__deque_init(&d, 2), 0);
+    cr_assert_not(cp__deque_pop_marked(&d, item(0), &mark), "empty deque");
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(cp__deque_push(&d, item(i)), 0);
+    cr_assert_not(cp__deque_pop_marked(&d, item(1), &mark), "not at the bottom");
+    cr_assert_not(atomic_load(&mark));
+    cr_assert_eq(cp__deque_size(&d), 3);
+    cr_assert(cp__deque_pop_marked(&d, item(2), &mark));
+    cr_assert(atomic_load(&mark));
+    atomic_store(&mark, false);
+    /* Item 0 stolen: item 1 is the last one, taken by the CAS on top. */
+    cr_assert_eq(steal_one(&d), item(0));
+    cr_assert(cp__deque_pop_marked(&d, item(1), &mark));
+    cr_assert(atomic_load(&mark));
+    atomic_store(&mark, false);
+    /* Emptied by the marked pop, the deque is consistent: its stale slot
+     * is not taken again, and it works on as a deque. */
+    cr_assert_eq(cp__deque_size(&d), 0);
+    cr_assert_not(cp__deque_pop_marked(&d, item(1), &mark));
+    cr_assert_not(atomic_load(&mark));
+    cr_assert_null(cp__deque_pop(&d));
+    cr_assert_eq(cp__deque_push(&d, item(3)), 0);
+    cr_assert_eq(steal_one(&d), item(3));
+    /* Stolen since the owner pushed it: the stale slot holds item 3. */
+    cr_assert_not(cp__deque_pop_marked(&d, item(3), &mark));
+    cr_assert_not(atomic_load(&mark));
+    cp__deque_destroy(&d);
+}
+
 Test(deque, growth_past_initial_capacity_keeps_every_item_in_order)
 {
     cp__deque d;

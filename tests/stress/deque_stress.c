@@ -2,11 +2,14 @@
  *
  * The owner pushes and pops in a random mix, with bursts of up to BURST_MAX
  * pushes that make a deque starting at capacity 4 grow again and again, while
- * the thieves steal in a loop. Every item is checked to be taken exactly once
- * (a counter per item), never invented (the pointer is one of ours, pushed in
- * this round), and to carry the plain, non-atomic payload the owner wrote
- * before pushing it: under ThreadSanitizer that payload is what proves the
- * deque publishes an item's contents with a happens-before edge.
+ * the thieves steal in a loop. Half its pops are cp__deque_pop_marked's, of
+ * the item it pushed last and has not popped: the pop that takes an item
+ * after a fence instead of a seq_cst store, against the same thieves.
+ * Every item is checked to be taken exactly once (a counter per item),
+ * never invented (the pointer is one of ours, pushed in this round), and to
+ * carry the plain, non-atomic payload the owner wrote before pushing it:
+ * under ThreadSanitizer that payload is what proves the deque publishes an
+ * item's contents with a happens-before edge.
  *
  * Size: "operations" counts a push and a take per item; the default is
  * DEFAULT_OPS, and argv[1] or CP_STRESS_SCALE changes it (see check.h), e.g.
@@ -46,6 +49,10 @@ typedef struct item {
 
 static item items[ROUND_ITEMS];
 static cp__deque deque;
+/* The owner's: the items it pushed and has not popped, oldest first (the
+ * oldest may have been stolen), and the mark of cp__deque_pop_marked. */
+static size_t unpopped[ROUND_ITEMS];
+static atomic_bool mark;
 
 /* Set by the owner between rounds, read by thieves after the start barrier,
  * which orders them. */
@@ -131,6 +138,33 @@ typedef struct totals {
     uint64_t items, popped, stolen, aborts, bursts;
 } totals;
 
+/* The owner's pop: the newest item it has not popped, unless the thieves
+ * took it (and so every older one); by cp__deque_pop or, when marked, by
+ * cp__deque_pop_marked. *depth: the number of such items. */
+static void *owner_pop(size_t *depth, bool marked)
+{
+    void *newest = *depth ? &items[unpopped[*depth - 1]] : NULL;
+    void *x;
+    if (marked) {
+        /* relaxed: the owner's own flag, read back by the owner. */
+        atomic_store_explicit(&mark, false, memory_order_relaxed);
+        if (*depth > 1)
+            /* Not at the bottom: never taken, nothing changed. */
+            CHECK(!cp__deque_pop_marked(&deque, &items[unpopped[0]], &mark),
+                  "a marked pop took an item that was not at the bottom");
+        x = newest && cp__deque_pop_marked(&deque, newest, &mark) ? newest : NULL;
+        CHECK(atomic_load_explicit(&mark, memory_order_relaxed) == (x != NULL),
+              "the mark says %d after a marked pop that took %p",
+              atomic_load_explicit(&mark, memory_order_relaxed), x);
+    } else {
+        x = cp__deque_pop(&deque);
+        CHECK(x == NULL || x == newest, "pop took %p, not the newest item %p", x,
+              newest);
+    }
+    *depth = x ? *depth - 1 : 0;
+    return x;
+}
+
 /* One round with the thieves already waiting at start_barrier. */
 static void owner_round(uint64_t round, size_t n, thief *thieves,
                         unsigned nthieves, uint64_t *rng, totals *sum)
@@ -144,7 +178,7 @@ static void owner_round(uint64_t round, size_t n, thief *thieves,
     atomic_store_explicit(&round_done, false, memory_order_relaxed);
     pthread_barrier_wait(&start_barrier); /* orders the setup above */
 
-    size_t pushed = 0;
+    size_t pushed = 0, depth = 0;
     uint64_t popped = 0;
     while (pushed < n) {
         uint64_t r = next_random(rng);
@@ -161,16 +195,17 @@ static void owner_round(uint64_t round, size_t n, thief *thieves,
             items[pushed].payload = expected_payload(round, pushed);
             int rc = cp__deque_push(&deque, &items[pushed]);
             CHECK(rc == 0, "push failed: %d", rc);
+            unpopped[depth++] = pushed;
         }
         if (k == 0) {
-            void *x = cp__deque_pop(&deque);
+            void *x = owner_pop(&depth, r & 128);
             if (x != NULL) {
                 take(x, round, "owner");
                 popped++;
             }
         }
     }
-    for (void *x; (x = cp__deque_pop(&deque)) != NULL; popped++)
+    for (void *x; (x = owner_pop(&depth, popped & 1)) != NULL; popped++)
         take(x, round, "owner");
     /* release: pairs with the thieves' acquire; the deque is empty now. */
     atomic_store_explicit(&round_done, true, memory_order_release);

@@ -22,6 +22,15 @@
  *    a worker at every point of going to sleep.
  * 4. Frame tasks: recursive cp_spawn/cp_sync trees from several outside
  *    threads at once and from inside a job, each checking its context.
+ * 5. Own waits against cancels: a job submits a child and waits for it,
+ *    which its worker then mostly takes back from its deque and runs itself
+ *    (without the claim's compare-and-swap), while the main thread cancels
+ *    the child and an outside thread waits for it too; on the pool of two
+ *    workers the other steals some. A quarter of the cancels come before
+ *    the wait (on one worker they must win), a quarter after it (they must
+ *    not), the rest at a random moment. Every child ran exactly once or
+ *    was reported cancelled, a cancel that said 0 means it never ran, one
+ *    that said CP_EBUSY that it ran, and both waits agree.
  *
  * A watchdog thread turns a hang into a failure: if the progress counter
  * does not move for WATCHDOG_SECONDS, it prints the phase and exits 1. That
@@ -610,6 +619,138 @@ static void phase_tasks(uint64_t nodes)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Phase 5: own waits against cancels                                       */
+
+enum own_order { CANCEL_FIRST, WAIT_FIRST, RACE };
+
+typedef struct own_slot {
+    _Atomic(cp_future *) child;  /* release by the parent, acquire by others */
+    enum own_order order;        /* set before the parent is submitted */
+    atomic_int ran;
+    atomic_int wait_rc;          /* the parent's wait */
+    atomic_bool cancelled;       /* the main thread's cancel has returned */
+    atomic_bool waited;          /* the parent's wait has returned */
+    atomic_int other_rc;         /* the outside waiter's, when it waits */
+    atomic_bool other_done;
+} own_slot;
+
+static own_slot *own;
+static uint64_t own_rounds;
+static cp_pool *own_pool; /* one worker, then two (the second steals) */
+
+static void *own_child(void *p)
+{
+    own_slot *o = p;
+    CHECK(atomic_fetch_add_explicit(&o->ran, 1, memory_order_relaxed) == 0,
+          "own child ran twice");
+    /* Long enough, sometimes, for a cancel to come while it runs. */
+    uint64_t rng = (uintptr_t)p;
+    spin_ns(splitmix(&rng) % 2000);
+    return p;
+}
+
+static void *own_parent(void *p)
+{
+    own_slot *o = p;
+    cp_future *f = NULL;
+    CHECK(cp_pool_submit(own_pool, own_child, o, &f) == 0, "submit child");
+    atomic_store_explicit(&o->child, f, memory_order_release);
+    uint64_t rng = (uintptr_t)p * 31;
+    if (o->order == CANCEL_FIRST)
+        /* acquire: pairs with the main thread's release after its cancel. */
+        while (!atomic_load_explicit(&o->cancelled, memory_order_acquire))
+            sched_yield();
+    else if (o->order == RACE)
+        spin_ns(splitmix(&rng) % 8000);
+    void *r = NULL;
+    int rc = cp_future_wait(f, &r);
+    CHECK(rc == 0 ? r == o : rc == CP_ECANCELED, "own wait: %s", cp_strerror(rc));
+    atomic_store_explicit(&o->wait_rc, rc, memory_order_relaxed);
+    /* release: the main thread's acquire then sees ran and wait_rc. */
+    atomic_store_explicit(&o->waited, true, memory_order_release);
+    return NULL;
+}
+
+/* Waits for every other child, as an outside thread that may sleep on it
+ * while the parent's worker runs it. */
+static void *own_other_waiter(void *arg)
+{
+    (void)arg;
+    for (uint64_t i = 0; i < own_rounds; i += 2) {
+        cp_future *f;
+        while (!(f = atomic_load_explicit(&own[i].child, memory_order_acquire)))
+            sched_yield();
+        atomic_store_explicit(&own[i].other_rc, cp_future_wait(f, NULL),
+                              memory_order_relaxed);
+        atomic_store_explicit(&own[i].other_done, true, memory_order_release);
+    }
+    return NULL;
+}
+
+static void phase_own(uint64_t rounds)
+{
+    atomic_store(&phase, "own waits against cancels");
+    own_rounds = rounds;
+    own = calloc(rounds, sizeof *own);
+    CHECK(own != NULL, "out of memory");
+    own_pool = new_pool(1, "own");
+    pthread_t other;
+    CHECK(pthread_create(&other, NULL, own_other_waiter, NULL) == 0, "pthread_create");
+    uint64_t rng = 7;
+    for (uint64_t i = 0; i < rounds; i++) {
+        bool one_worker = i < rounds / 2;
+        if (i == rounds / 2) {
+            CHECK(cp_pool_free(own_pool) == 0, "free");
+            own_pool = new_pool(2, "own");
+        }
+        own_slot *o = &own[i];
+        o->order = i % 4 == 0 ? CANCEL_FIRST : i % 4 == 1 ? WAIT_FIRST : RACE;
+        cp_future *parent = NULL;
+        CHECK(cp_pool_submit(own_pool, own_parent, o, &parent) == 0, "submit");
+        cp_future *f;
+        while (!(f = atomic_load_explicit(&o->child, memory_order_acquire)))
+            sched_yield();
+        uint64_t r = splitmix(&rng);
+        if (o->order == WAIT_FIRST)
+            while (!atomic_load_explicit(&o->waited, memory_order_acquire))
+                sched_yield();
+        else if (o->order == RACE)
+            spin_ns(r % 4 == 0 ? 0 : (r >> 8) % 10000);
+        int c = cp_future_cancel(f);
+        CHECK(c == 0 || c == CP_EBUSY, "own cancel: %s", cp_strerror(c));
+        /* release: pairs with the parent's acquire. */
+        atomic_store_explicit(&o->cancelled, true, memory_order_release);
+        /* Before the wait, on one worker, the child cannot have started:
+         * the only worker runs the parent. After it, it has ended. */
+        CHECK(o->order != CANCEL_FIRST || !one_worker || c == 0,
+              "child %" PRIu64 ": cancel before the wait said %s", i, cp_strerror(c));
+        CHECK(o->order != WAIT_FIRST || c == CP_EBUSY,
+              "child %" PRIu64 ": cancel after the wait said %s", i, cp_strerror(c));
+        CHECK(cp_future_wait(parent, NULL) == 0, "parent wait");
+        cp_future_free(parent);
+        int rc = atomic_load_explicit(&o->wait_rc, memory_order_relaxed);
+        int ran = atomic_load_explicit(&o->ran, memory_order_relaxed);
+        CHECK(rc == 0 ? ran == 1 : ran == 0, "child %" PRIu64 ": wait %s, ran %d", i,
+              cp_strerror(rc), ran);
+        CHECK(c == 0 ? rc == CP_ECANCELED : ran == 1,
+              "child %" PRIu64 ": cancel %s, wait %s, ran %d", i, cp_strerror(c),
+              cp_strerror(rc), ran);
+        if (i % 2 == 0) {
+            while (!atomic_load_explicit(&o->other_done, memory_order_acquire))
+                sched_yield();
+            CHECK(atomic_load_explicit(&o->other_rc, memory_order_relaxed) == rc,
+                  "child %" PRIu64 ": the other waiter got %s, the parent %s", i,
+                  cp_strerror(atomic_load(&o->other_rc)), cp_strerror(rc));
+        }
+        cp_future_free(f);
+        tick();
+    }
+    CHECK(pthread_join(other, NULL) == 0, "join");
+    CHECK(cp_pool_free(own_pool) == 0, "free");
+    free(own);
+}
+
+/* ------------------------------------------------------------------------ */
 
 static double seconds_since(uint64_t t0)
 {
@@ -639,8 +780,12 @@ int main(int argc, char **argv)
     t0 = now_ns();
     phase_tasks(ops);
     double t_tasks = seconds_since(t0);
+    t0 = now_ns();
+    phase_own(ops / 20 > 2 ? ops / 20 : 2);
+    double t_own = seconds_since(t0);
 
     printf("pool_stress: %" PRIu64 " ops: trees %.2f s, mixed %.2f s, "
-           "wake-ups %.2f s, tasks %.2f s\n", ops, t_trees, t_mixed, t_wake, t_tasks);
+           "wake-ups %.2f s, tasks %.2f s, own waits %.2f s\n", ops, t_trees, t_mixed,
+           t_wake, t_tasks, t_own);
     return 0;
 }
