@@ -31,9 +31,10 @@
  * thread (it was visible before anyone could wait for it), which wakes the
  * waiter when it finishes it, and then finds whatever was queued meanwhile.
  * A worker that finds the job it waits for at the bottom of its own deque
- * takes it back and runs it without the claim's compare-and-swap: a
- * store-buffering pair with cp_future_cancel on the fence its pop takes
- * anyway decides between them instead (see job_take_own).
+ * takes it back and runs it with no atomic read-modify-write: the fence its
+ * pop takes anyway serves two store-buffering pairs instead, one with
+ * cp_future_cancel for the claim, one with other waiters for the finish
+ * (job_take_own). Other threads that come to wait after such a take poll.
  *
  * Parking. Idle workers sleep on an event count (the futex word `epoch` with a
  * count of waiters beside it): a worker announces itself as a waiter, then
@@ -91,6 +92,8 @@
 #define INJECT_BATCH 16       /* items moved from the injection queue at a time */
 #define SPIN_NS 50000         /* how long an idle worker searches before parking */
 #define DEQUE_LOG_CAPACITY 8  /* initial deque size: 256 items */
+#define POLL_MIN_NS 16000     /* a wait's polls for a job run by its taker ... */
+#define POLL_MAX_NS 1000000   /* ... from every 16 us to every 1 ms (sleep_on) */
 
 /* ------------------------------------------------------------------------ */
 /* Futex                                                                     */
@@ -858,9 +861,15 @@ static void run_job(struct worker *self, struct cp_future *f)
  * f to a thief and had not cleared it yet, or f was already stolen when we
  * looked): a cancel then backs off from a job the thief runs, which it
  * waits for (job_claim), and CP_EBUSY is the truth. The state stays PENDING
- * while f runs: cancels keep backing off (taken stays set), and the finish
- * is a compare-and-swap that waits for them to. f cannot be freed meanwhile:
- * our caller holds the handle. */
+ * while f runs: cancels keep backing off (taken stays set). f cannot be
+ * freed meanwhile: our caller holds the handle.
+ *
+ * The finish: a waiter that sleeps sets ST_WAITERS (seq_cst) and then reads
+ * taken (seq_cst), the same pair the other way round. If our read after the
+ * fence saw no ST_WAITERS, every waiter that sets it later sees taken, and
+ * polls instead of counting on a wake (sleep_on): the final state is then
+ * a plain store. If it saw the bit, the finish is a compare-and-swap that
+ * keeps the bits and waits out a deciding cancel, and a wake. */
 static inline __attribute__((always_inline)) bool
 job_take_own(struct worker *self, struct cp_future *f)
 {
@@ -874,17 +883,23 @@ job_take_own(struct worker *self, struct cp_future *f)
     uint32_t final = job_run(self, f, false);
     /* Final, and let go of as the pool; the handle, held by our caller's
      * wait, is not freed yet, so cp_future_free will free f. release: the
-     * outcome and result to whoever acquires the final state. Failure
-     * relaxed: the state is looked at again before it is used. */
-    s = atomic_load_explicit(&f->w.state, memory_order_relaxed);
-    do {
-        if ((s & ST_MASK) == ST_CANCELLING)
-            s = job_settled(f);
-    } while (!atomic_compare_exchange_weak_explicit(
-        &f->w.state, &s, s - ST_PENDING + final + ST_RELEASED, memory_order_release,
-        memory_order_relaxed));
-    if (s & ST_WAITERS)
+     * outcome and result to whoever acquires the final state. */
+    if (!(s & ST_WAITERS)) {
+        /* No sleeper was there when we took f, and none has come since that
+         * relies on a wake (see sleep_on): a plain store. It may overwrite
+         * ST_WAITERS set since (by pollers) or a cancel's CANCELLING (which
+         * then fails to back off from it, see cp_future_cancel). */
+        atomic_store_explicit(&f->w.state, final | ST_RELEASED, memory_order_release);
+    } else {
+        /* Failure relaxed: the state is looked at again before it is used. */
+        do {
+            if ((s & ST_MASK) == ST_CANCELLING)
+                s = job_settled(f);
+        } while (!atomic_compare_exchange_weak_explicit(
+            &f->w.state, &s, s - ST_PENDING + final + ST_RELEASED, memory_order_release,
+            memory_order_relaxed));
         futex_wake(&f->w.state, INT_MAX);
+    }
     pending_done(self);
     return true;
 }
@@ -936,25 +951,44 @@ static bool work_final(const struct work *w)
 
 /* Sleep until w's state changes from what we saw, or the deadline
  * (0: none). Returns false when the deadline has passed. */
-static bool sleep_on(struct work *w, uint64_t deadline)
+static bool sleep_on(struct work *w, uint64_t deadline, uint64_t *poll_ns)
 {
-    uint32_t s = atomic_load_explicit(&w->state, memory_order_acquire);
+    /* seq_cst, the load and the compare-and-swap: the sleeper's store and
+     * the first of its loads of the store-buffering pair below. The futex
+     * compares the word itself; a finish's read-modify-write sees our bit
+     * because it reads the latest value. */
+    uint32_t s = atomic_load_explicit(&w->state, memory_order_seq_cst);
     if (state_final(s))
         return true;
-    /* relaxed: the futex compares the word itself; work_finish's addition
-     * sees our bit because it reads the latest value. */
     if (!(s & ST_WAITERS) &&
         !atomic_compare_exchange_strong_explicit(&w->state, &s, s | ST_WAITERS,
-                                                 memory_order_relaxed,
+                                                 memory_order_seq_cst,
                                                  memory_order_relaxed))
         return true; /* changed under us: look again */
-    struct timespec rel, *relp = NULL;
+    uint64_t sleep_ns = UINT64_MAX; /* until woken */
+    /* A job its waiter's worker took back to run itself ends with a plain
+     * store and no wake unless that worker saw ST_WAITERS when it took it
+     * (job_take_own). With the bit set (seq_cst, in S before this load),
+     * not seeing taken (seq_cst) means the taker's load after its fence saw
+     * the bit, by C11 7.17.3 (the taker stored taken before that fence):
+     * it will wake us. Seeing taken, we may not be woken: poll, from
+     * POLL_MIN_NS, doubling to POLL_MAX_NS. */
+    if (w->kind == KIND_JOB &&
+        atomic_load_explicit(&((struct cp_future *)w)->taken, memory_order_seq_cst)) {
+        sleep_ns = *poll_ns;
+        *poll_ns = sleep_ns < POLL_MAX_NS / 2 ? 2 * sleep_ns : POLL_MAX_NS;
+    }
     if (deadline) {
         uint64_t now = now_ns();
         if (now >= deadline)
             return false;
-        rel.tv_sec = (time_t)((deadline - now) / 1000000000u);
-        rel.tv_nsec = (long)((deadline - now) % 1000000000u);
+        if (deadline - now < sleep_ns)
+            sleep_ns = deadline - now;
+    }
+    struct timespec rel, *relp = NULL;
+    if (sleep_ns != UINT64_MAX) {
+        rel.tv_sec = (time_t)(sleep_ns / 1000000000u);
+        rel.tv_nsec = (long)(sleep_ns % 1000000000u);
         relp = &rel;
     }
     futex_wait(&w->state, s | ST_WAITERS, relp);
@@ -1012,6 +1046,7 @@ static inline __attribute__((always_inline)) int
 wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
 {
     struct worker *self = pool ? worker_of(pool) : NULL;
+    uint64_t poll_ns = POLL_MIN_NS; /* see sleep_on */
     while (!work_final(w)) {
         if (self) {
             /* find_work, but for what we wait for at the bottom of our
@@ -1053,7 +1088,7 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
             }
             pending_flush(self);
         }
-        if (!sleep_on(w, deadline))
+        if (!sleep_on(w, deadline, &poll_ns))
             return CP_ETIMEDOUT;
     }
     return 0;
@@ -1650,11 +1685,17 @@ int cp_future_cancel(cp_future *f)
             break;
     }
     /* seq_cst: the cancel's load of the pair. Taken by its waiter, who may
-     * be running it already: back to PENDING (relaxed: nothing to publish;
-     * a subtraction keeps the flags that waiters add meanwhile). */
+     * be running it already: back to PENDING, keeping the flags waiters add
+     * meanwhile, unless the waiter has finished it and stored its final
+     * state over ours (see job_take_own). relaxed: nothing to publish. */
     if (atomic_load_explicit(&f->taken, memory_order_seq_cst)) {
-        atomic_fetch_sub_explicit(&f->w.state, ST_CANCELLING - ST_PENDING,
-                                  memory_order_relaxed);
+        s = atomic_load_explicit(&f->w.state, memory_order_relaxed);
+        while ((s & ST_MASK) == ST_CANCELLING &&
+               !atomic_compare_exchange_weak_explicit(&f->w.state, &s,
+                                                      s - ST_CANCELLING + ST_PENDING,
+                                                      memory_order_relaxed,
+                                                      memory_order_relaxed))
+            ;
         return CP_EBUSY;
     }
     /* The caller's handle keeps f alive; the payload is ours alone now. The
