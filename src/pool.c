@@ -435,20 +435,26 @@ static void wake(cp_pool *pool, int count)
     futex_wake(&pool->epoch, count);
 }
 
+/* notify_published's wake, out of line: a busy pool never gets here. */
+static __attribute__((noinline)) void notify_waiters(cp_pool *pool)
+{
+    /* seq_cst: while a wake is on its way, the worker it wakes will search
+     * and find this work too: no second wake (and system call) for it. */
+    if (atomic_exchange_explicit(&pool->waking, 1, memory_order_seq_cst) == 0)
+        wake(pool, 1);
+}
+
 /* New work was published: make sure some worker will look. No wake when a
  * worker is searching: it will find the work, and wakes the next worker when
  * it does (see worker_main), as Go's and Tokio's schedulers do; so a stream
- * of submits costs no system calls while the pool is busy. */
-static void notify_published(cp_pool *pool)
+ * of submits costs no system calls while the pool is busy. Inline: a busy
+ * pool has nobody to wake, which the loads alone tell. */
+static inline void notify_published(cp_pool *pool)
 {
-    /* seq_cst loads: the event-count protocol's "read theirs". While a
-     * wake is on its way, the worker it wakes will search and find this
-     * work too: no second wake (and system call) for it. */
-    if (atomic_load_explicit(&pool->searching, memory_order_seq_cst) != 0 ||
-        atomic_load_explicit(&pool->waiters, memory_order_seq_cst) == 0 ||
-        atomic_exchange_explicit(&pool->waking, 1, memory_order_seq_cst) != 0)
-        return;
-    wake(pool, 1);
+    /* seq_cst loads: the event-count protocol's "read theirs". */
+    if (atomic_load_explicit(&pool->searching, memory_order_seq_cst) == 0 &&
+        atomic_load_explicit(&pool->waiters, memory_order_seq_cst) != 0)
+        notify_waiters(pool);
 }
 
 static void notify(cp_pool *pool)
@@ -822,13 +828,13 @@ job_run(struct worker *self, struct cp_future *f, bool alone)
             cp__context_leave(f->in);
         }
         drop_payload(f);
+        if (err == 0)
+            stat_bump(&self->completed);
     } else {
+        /* The frame takes the map's reference; the outcome is submit's 0. */
         f->result = run_in_frame(f->map, true, f->fn, f->arg);
-        f->map = CP__HAMT_EMPTY;
-        f->w.outcome = 0;
-    }
-    if (f->w.outcome == 0)
         stat_bump(&self->completed);
+    }
     return ST_DONE;
 }
 
@@ -1503,15 +1509,14 @@ submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
         job_release(f);
         return err;
     }
-    atomic_init(&f->w.next, NULL); /* not yet shared */
-    /* Without a handle, the job is the pool's alone from the start. */
+    /* w.next: written by inject_link if ever used. Without a handle, the
+     * job is the pool's alone from the start. */
     atomic_init(&f->w.state, future ? ST_PENDING : ST_FREED); /* not yet shared */
     f->w.kind = KIND_JOB;
     f->w.counted = true;
     f->w.outcome = 0;
     f->fn = fn;
-    f->arg = arg;
-    f->result = NULL;
+    f->arg = arg; /* result: written when the outcome is 0, read only then */
     f->pool = pool;
     atomic_init(&f->runner, 0); /* not yet shared */
     atomic_init(&f->taken, false); /* not yet shared */
