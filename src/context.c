@@ -106,16 +106,13 @@
 
 #include "context.h"
 
-#include <errno.h>
-#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include "alloc.h"
+#include "fence.h"
 
 /* References a thread takes on its current map's root at a time for its
  * captures (see "The capture batch"). */
@@ -199,50 +196,11 @@ static _Atomic uint64_t next_token_id = 1;
  * looks: the enter's compare-and-swap and the reader's store of watched and
  * load of the owner are all seq_cst, so an owner entering later sees
  * watched, and one that left published everything with its release of
- * c->owner. The process registers for the command when the library is
- * loaded (registering with threads running waits for an RCU grace period,
- * milliseconds, which a dlopen into a busy process pays once); where the
- * kernel refuses, every shared context takes the lock for every change. */
+ * c->owner. Where the kernel refuses the command (fence.c), every shared
+ * context takes the lock for every change. */
 
-static bool fence_ready; /* registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED */
 /* relaxed: a test switch, read when a context is made or entered. */
 static atomic_bool lockless_writes = true;
-
-static bool fence_try_register(void)
-{
-    return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
-}
-
-/* Runs when the library is loaded, before any call can read fence_ready
- * (a context made earlier, by another library's constructor, takes the
- * lock: safe). Leaves errno as it found it. */
-static __attribute__((constructor)) void fence_register(void)
-{
-    int saved = errno;
-    fence_ready = fence_try_register();
-    errno = saved;
-}
-
-/* A full barrier on every CPU running one of our threads. The barrier is
- * needed, so a failure is not accepted: registered, the call fails only
- * for want of memory (ENOMEM, try again) or when the registration was lost
- * (EPERM, after a checkpoint and restore by an older CRIU: register again).
- * If that fails, MEMBARRIER_CMD_GLOBAL (slower: it waits for every CPU to
- * pass a quiescent state) needs no registration. */
-static void fence_all_threads(void)
-{
-    int saved = errno;
-    for (;;) {
-        if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
-            break;
-        if (errno == EPERM && fence_try_register())
-            continue;
-        if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0)
-            break;
-        sched_yield();
-    }
-    errno = saved;
-}
 
 void cp__context_lockless_writes(bool on)
 {
@@ -252,7 +210,7 @@ void cp__context_lockless_writes(bool on)
 /* Whether a shared context may be written without the lock. */
 static bool lockless_ok(void)
 {
-    return fence_ready && atomic_load_explicit(&lockless_writes, memory_order_relaxed);
+    return cp__fence_ready() && atomic_load_explicit(&lockless_writes, memory_order_relaxed);
 }
 
 static void map_lock(const cp_context *c)
@@ -295,7 +253,7 @@ static void watch(cp_context *c)
          * either that load sees an owner, or the owner sees watched. */
         atomic_store_explicit(&c->watched, true, memory_order_seq_cst);
         if (atomic_load_explicit(&c->owner, memory_order_seq_cst) != 0) {
-            fence_all_threads();
+            cp__fence_all_threads();
             c->fenced = true; /* lock holders only */
         }
     }

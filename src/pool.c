@@ -34,7 +34,11 @@
  * takes it back and runs it with no atomic read-modify-write: the fence its
  * pop takes anyway serves two store-buffering pairs instead, one with
  * cp_future_cancel for the claim, one with other waiters for the finish
- * (job_take_own). Other threads that come to wait after such a take poll.
+ * (job_take_own). A thread that comes to wait after such a take, and so
+ * may not be seen by the taker's plain finish, runs an asymmetric fence
+ * (fence.h) before it sleeps, which makes sure the taker sees it: one
+ * membarrier system call, on a path fork-join code never takes (it is the
+ * second waiter of one future at once).
  *
  * Parking. Idle workers sleep on an event count (the futex word `epoch` with a
  * count of waiters beside it): a worker announces itself as a waiter, then
@@ -86,14 +90,13 @@
 #include "context.h"
 #include "ctxpool.h"
 #include "deque.h"
+#include "fence.h"
 #include "pool.h"
 
 #define INJECT_EVERY 32       /* items between two looks at the injection queue */
 #define INJECT_BATCH 16       /* items moved from the injection queue at a time */
 #define SPIN_NS 50000         /* how long an idle worker searches before parking */
 #define DEQUE_LOG_CAPACITY 8  /* initial deque size: 256 items */
-#define POLL_MIN_NS 16000     /* a wait's polls for a job run by its taker ... */
-#define POLL_MAX_NS 1000000   /* ... from every 16 us to every 1 ms (sleep_on) */
 
 /* ------------------------------------------------------------------------ */
 /* Futex                                                                     */
@@ -176,6 +179,8 @@ struct cp_future {
     _Atomic uintptr_t runner;    /* the thread running it, to detect self-waits */
     atomic_bool taken;           /* set by a waiter taking it to run it (see
                                     job_take_own) */
+    atomic_bool late;            /* set by a waiter that came after the take
+                                    (sleep_on) */
 };
 
 /* A frame task, laid over cp_task (64 bytes). Its context is a borrowed
@@ -872,10 +877,12 @@ static void run_job(struct worker *self, struct cp_future *f)
  *
  * The finish: a waiter that sleeps sets ST_WAITERS (seq_cst) and then reads
  * taken (seq_cst), the same pair the other way round. If our read after the
- * fence saw no ST_WAITERS, every waiter that sets it later sees taken, and
- * polls instead of counting on a wake (sleep_on): the final state is then
- * a plain store. If it saw the bit, the finish is a compare-and-swap that
- * keeps the bits and waits out a deciding cancel, and a wake. */
+ * fence saw no ST_WAITERS, every waiter that sets it later sees taken: it
+ * then raises f->late and runs an asymmetric fence (fence.h) before it
+ * sleeps (sleep_on), and our finish is a plain store, a compiler barrier
+ * and a look at late, the other half of that handshake. If it saw the bit,
+ * or the process has no asymmetric fence, the finish is a compare-and-swap
+ * that keeps the bits and waits out a deciding cancel, and a wake. */
 static inline __attribute__((always_inline)) bool
 job_take_own(struct worker *self, struct cp_future *f)
 {
@@ -890,12 +897,19 @@ job_take_own(struct worker *self, struct cp_future *f)
     /* Final, and let go of as the pool; the handle, held by our caller's
      * wait, is not freed yet, so cp_future_free will free f. release: the
      * outcome and result to whoever acquires the final state. */
-    if (!(s & ST_WAITERS)) {
-        /* No sleeper was there when we took f, and none has come since that
-         * relies on a wake (see sleep_on): a plain store. It may overwrite
-         * ST_WAITERS set since (by pollers) or a cancel's CANCELLING (which
-         * then fails to back off from it, see cp_future_cancel). */
+    if (!(s & ST_WAITERS) && cp__fence_ready()) {
+        /* No sleeper was there when we took f: a plain store. It may
+         * overwrite ST_WAITERS set since by late waiters, or a cancel's
+         * CANCELLING (which then fails to back off from it, see
+         * cp_future_cancel). A late waiter raised late before its fence:
+         * either its futex wait compares against our store, or our load of
+         * late after the store (after the barrier its fence put on this CPU)
+         * sees it. The compiler barrier keeps the load after the store;
+         * relaxed: the handshake's order comes from the waiter's fence. */
         atomic_store_explicit(&f->w.state, final | ST_RELEASED, memory_order_release);
+        atomic_signal_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&f->late, memory_order_relaxed))
+            futex_wake(&f->w.state, INT_MAX);
     } else {
         /* Failure relaxed: the state is looked at again before it is used. */
         do {
@@ -957,7 +971,7 @@ static bool work_final(const struct work *w)
 
 /* Sleep until w's state changes from what we saw, or the deadline
  * (0: none). Returns false when the deadline has passed. */
-static bool sleep_on(struct work *w, uint64_t deadline, uint64_t *poll_ns)
+static bool sleep_on(struct work *w, uint64_t deadline)
 {
     /* seq_cst, the load and the compare-and-swap: the sleeper's store and
      * the first of its loads of the store-buffering pair below. The futex
@@ -971,30 +985,30 @@ static bool sleep_on(struct work *w, uint64_t deadline, uint64_t *poll_ns)
                                                  memory_order_seq_cst,
                                                  memory_order_relaxed))
         return true; /* changed under us: look again */
-    uint64_t sleep_ns = UINT64_MAX; /* until woken */
     /* A job its waiter's worker took back to run itself ends with a plain
-     * store and no wake unless that worker saw ST_WAITERS when it took it
+     * store unless that worker saw ST_WAITERS when it took it
      * (job_take_own). With the bit set (seq_cst, in S before this load),
      * not seeing taken (seq_cst) means the taker's load after its fence saw
      * the bit, by C11 7.17.3 (the taker stored taken before that fence):
-     * it will wake us. Seeing taken, we may not be woken: poll, from
-     * POLL_MIN_NS, doubling to POLL_MAX_NS. */
-    if (w->kind == KIND_JOB &&
-        atomic_load_explicit(&((struct cp_future *)w)->taken, memory_order_seq_cst)) {
-        sleep_ns = *poll_ns;
-        *poll_ns = sleep_ns < POLL_MAX_NS / 2 ? 2 * sleep_ns : POLL_MAX_NS;
+     * it will wake us. Seeing taken, we raise late and fence every thread
+     * (fence.h): then either the futex wait's own look at the word sees
+     * the taker's final store, or the taker's look at late after that store
+     * sees ours, and it wakes us. seq_cst store: the fence's half on our
+     * side needs it before the syscall's; a rare path. */
+    if (w->kind == KIND_JOB && cp__fence_ready()) {
+        struct cp_future *f = (struct cp_future *)w;
+        if (atomic_load_explicit(&f->taken, memory_order_seq_cst)) {
+            atomic_store_explicit(&f->late, true, memory_order_seq_cst);
+            cp__fence_all_threads();
+        }
     }
+    struct timespec rel, *relp = NULL;
     if (deadline) {
         uint64_t now = now_ns();
         if (now >= deadline)
             return false;
-        if (deadline - now < sleep_ns)
-            sleep_ns = deadline - now;
-    }
-    struct timespec rel, *relp = NULL;
-    if (sleep_ns != UINT64_MAX) {
-        rel.tv_sec = (time_t)(sleep_ns / 1000000000u);
-        rel.tv_nsec = (long)(sleep_ns % 1000000000u);
+        rel.tv_sec = (time_t)((deadline - now) / 1000000000u);
+        rel.tv_nsec = (long)((deadline - now) % 1000000000u);
         relp = &rel;
     }
     futex_wait(&w->state, s | ST_WAITERS, relp);
@@ -1052,7 +1066,6 @@ static inline __attribute__((always_inline)) int
 wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
 {
     struct worker *self = pool ? worker_of(pool) : NULL;
-    uint64_t poll_ns = POLL_MIN_NS; /* see sleep_on */
     while (!work_final(w)) {
         if (self) {
             /* find_work, but for what we wait for at the bottom of our
@@ -1094,7 +1107,7 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
             }
             pending_flush(self);
         }
-        if (!sleep_on(w, deadline, &poll_ns))
+        if (!sleep_on(w, deadline))
             return CP_ETIMEDOUT;
     }
     return 0;
@@ -1520,6 +1533,7 @@ submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
     f->pool = pool;
     atomic_init(&f->runner, 0); /* not yet shared */
     atomic_init(&f->taken, false); /* not yet shared */
+    atomic_init(&f->late, false); /* not yet shared */
     if (in) {
         cp__context_incref(in);
         f->in = in;

@@ -630,6 +630,7 @@ typedef struct own_slot {
     atomic_int wait_rc;          /* the parent's wait */
     atomic_bool cancelled;       /* the main thread's cancel has returned */
     atomic_bool waited;          /* the parent's wait has returned */
+    atomic_bool other_waiting;   /* the outside waiter is about to wait */
     atomic_int other_rc;         /* the outside waiter's, when it waits */
     atomic_bool other_done;
 } own_slot;
@@ -646,6 +647,16 @@ static void *own_child(void *p)
     /* Long enough, sometimes, for a cancel to come while it runs. */
     uint64_t rng = (uintptr_t)p;
     spin_ns(splitmix(&rng) % 2000);
+    /* A child the outside waiter waits for runs on until that waiter has
+     * come, and a little longer, so that it often comes after the take and
+     * is asleep when a parent that took the child back ends it: the wake
+     * such a late waiter needs (see job_take_own) is then tested.
+     * relaxed: a hint; the wait orders what the waiter reads. */
+    if ((o - own) % 2 == 0) {
+        while (!atomic_load_explicit(&o->other_waiting, memory_order_relaxed))
+            sched_yield();
+        spin_ns(20000);
+    }
     return p;
 }
 
@@ -680,6 +691,7 @@ static void *own_other_waiter(void *arg)
         cp_future *f;
         while (!(f = atomic_load_explicit(&own[i].child, memory_order_acquire)))
             sched_yield();
+        atomic_store_explicit(&own[i].other_waiting, true, memory_order_relaxed);
         atomic_store_explicit(&own[i].other_rc, cp_future_wait(f, NULL),
                               memory_order_relaxed);
         atomic_store_explicit(&own[i].other_done, true, memory_order_release);

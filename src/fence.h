@@ -1,0 +1,29 @@
+/* fence.h - asymmetric fences: a full barrier run on every CPU that runs
+ * one of the process's threads (Linux membarrier), so that the other side
+ * of a Dekker-style handshake needs only a compiler barrier.
+ *
+ * Use: a fast path that runs often stores (or loads) with a compiler
+ * barrier between its store and its load; a slow path that runs rarely
+ * stores, calls cp__fence_all_threads, then loads. Either the slow path's
+ * load sees the fast path's store, or the fast path's load sees the slow
+ * path's store: the barrier lands on the fast path's CPU either before its
+ * store (which the slow path's load then sees) or after it, and then before
+ * its load too (which then sees the slow path's store, made before the
+ * call). A thread not running when the barrier is sent passed one when it
+ * was switched out. Each call interrupts every CPU that runs one of our
+ * threads, so it belongs on paths that are rare by design. */
+#ifndef CTXPOOL_FENCE_H
+#define CTXPOOL_FENCE_H
+
+#include <stdbool.h>
+
+/* Whether cp__fence_all_threads may be counted on: the process registered
+ * for MEMBARRIER_CMD_PRIVATE_EXPEDITED when the library was loaded. Fixed
+ * from then on. Where it is false, the fast path must take a real fence. */
+bool cp__fence_ready(void);
+
+/* A full barrier on every CPU running one of our threads, and on ours.
+ * Call only where cp__fence_ready() is true. Leaves errno as it was. */
+void cp__fence_all_threads(void);
+
+#endif /* CTXPOOL_FENCE_H */
