@@ -17,7 +17,7 @@
 
 /* Set once, by the constructor, before any caller can read it (a caller in
  * another library's constructor that runs earlier sees false: safe). */
-static bool ready;
+bool cp__fence_registered;
 
 static bool try_register(void)
 {
@@ -28,13 +28,8 @@ static bool try_register(void)
 static __attribute__((constructor)) void fence_register(void)
 {
     int saved = errno;
-    ready = try_register();
+    cp__fence_registered = try_register();
     errno = saved;
-}
-
-bool cp__fence_ready(void)
-{
-    return ready;
 }
 
 /* The barrier is needed, so a failure is not accepted: registered, the
