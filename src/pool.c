@@ -291,11 +291,14 @@ static __thread struct worker *this_worker
  * generation, and every call on an older pool returns CP_ESHUTDOWN. */
 static _Atomic unsigned fork_generation;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+/* cp__pool_workers: worker threads created and not yet joined. */
+static _Atomic unsigned workers_unjoined;
 
 static void atfork_child(void)
 {
     /* relaxed: the child has a single thread here. */
     atomic_fetch_add_explicit(&fork_generation, 1, memory_order_relaxed);
+    atomic_store_explicit(&workers_unjoined, 0, memory_order_relaxed);
 }
 
 static void atfork_register(void)
@@ -1166,7 +1169,9 @@ static void workers_stop(cp_pool *pool, unsigned started)
                                             memory_order_seq_cst);
     notify_all(pool);
     for (unsigned i = 0; i < started; i++)
-        pthread_join(pool->workers[i].thread, NULL);
+        if (pthread_join(pool->workers[i].thread, NULL) == 0)
+            /* relaxed: a count for the tests, ordering nothing. */
+            atomic_fetch_sub_explicit(&workers_unjoined, 1, memory_order_relaxed);
 }
 
 static void pool_release(cp_pool *pool, unsigned deques)
@@ -1241,6 +1246,7 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
             pool_release(pool, n);
             return CP_ENOMEM;
         }
+        atomic_fetch_add_explicit(&workers_unjoined, 1, memory_order_relaxed);
         /* Linux keeps 15 characters of a thread's name: cut ours there. */
         char thread_name[64];
         snprintf(thread_name, sizeof thread_name, "%s-%u", name, i);
@@ -1410,6 +1416,11 @@ static inline __attribute__((always_inline)) struct cp_future *job_alloc(void)
             atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
     }
     return f;
+}
+
+unsigned cp__pool_workers(void)
+{
+    return atomic_load_explicit(&workers_unjoined, memory_order_relaxed);
 }
 
 size_t cp__pool_jobs_out(void)

@@ -10,4 +10,14 @@
  * pools the jobs went to are freed, it is 0. */
 size_t cp__pool_jobs_out(void);
 
+/* Test hook: how many worker threads of all pools cp_pool_new has created
+ * and nothing has joined yet (cp_pool_free, or cp_pool_new's own failure
+ * path). A joined worker has ended: its start routine returned. Unlike
+ * /proc/self/task, which still lists a thread for a moment after
+ * pthread_join returns (the kernel clears the thread's tid, which wakes the
+ * joiner, early in the thread's exit, and takes it off the list at the
+ * end), this count is exact as soon as the join returns. 0 in a child of fork(), which has
+ * no workers. */
+unsigned cp__pool_workers(void);
+
 #endif /* CTXPOOL_POOL_H */
