@@ -122,7 +122,8 @@ static inline void cp__free_small(void *ptr, size_t size)
 
 /* Test hook: the nth allocation the calling thread makes from now on
  * (1 = the next one) returns NULL, once; 0 turns the hook off. Other
- * threads' allocations neither count nor fail. */
+ * threads' allocations neither count nor fail. cp_pool_new's creation of
+ * a worker thread counts as one, and fails as pthread_create would. */
 void cp__alloc_fail_nth(unsigned long nth);
 
 /* Test hook: how many allocations the calling thread has made. */

@@ -1241,7 +1241,10 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     }
     for (unsigned i = 0; i < n; i++) {
         struct worker *w = &pool->workers[i];
-        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        /* A thread (its stack) counts as an allocation for the test hook,
+         * so that the tests reach the stop of the workers already started. */
+        if (cp__alloc_should_fail() ||
+            pthread_create(&w->thread, NULL, worker_main, w) != 0) {
             workers_stop(pool, i);
             pool_release(pool, n);
             return CP_ENOMEM;

@@ -2384,10 +2384,12 @@ Test(null, pool_functions_reject_null, .timeout = 30)
 /* ------------------------------------------------------------------------ */
 /* Out of memory                                                             */
 
-/* Workers are counted by the library (cp__pool_workers: created, not yet
- * joined), not by listing /proc/self/task: the kernel lets pthread_join
- * return before it takes the thread off that list, so a list read just after
- * a join can still hold the joined thread. */
+/* The hook fails each worker thread's creation too (alloc.h), so the calls
+ * that fail after starting workers must join them. Workers are counted by
+ * the library (cp__pool_workers: created, not yet joined), not by listing
+ * /proc/self/task: the kernel lets pthread_join return before it takes the
+ * thread off that list, so a list read just after a join can still hold the
+ * joined thread. */
 Test(oom, pool_new_fails_cleanly_at_every_allocation, .timeout = 60)
 {
     unsigned workers_before = cp__pool_workers();
