@@ -144,6 +144,8 @@ enum {
     ST_CANCELLED = 3,
     ST_CANCELLING = 4, /* claimed by cp_future_cancel, not final yet; it
                           may still go back to PENDING (see cp_future_cancel) */
+    ST_DROPPING = 5,   /* the cancel won and drops the payload (user code:
+                          free_value); final when it has */
     ST_MASK = 7,
     ST_WAITERS = 8,
     ST_FREED = 16,
@@ -759,8 +761,10 @@ static bool job_alone(struct cp_future *f)
 
 /* f's state word once no cancel is deciding about it: a cancel that finds
  * f taken by its waiter backs off to PENDING (see cp_future_cancel), so
- * CANCELLING is not a cancel won until it is final. The cancel holds it for
- * a few instructions, or for the drop of the payload when it won. acquire:
+ * CANCELLING is not a cancel won until it is DROPPING or final. The cancel
+ * holds it for a few instructions and runs no user code meanwhile: the
+ * drop of the payload, which may run free_value and so a wait that helps
+ * on this very thread, comes after DROPPING. acquire:
  * the submitter's writes (made before the release in the queue push), or
  * the cancel's, are ours. */
 static uint32_t job_settled(struct cp_future *f)
@@ -772,8 +776,9 @@ static uint32_t job_settled(struct cp_future *f)
     return s;
 }
 
-/* Move f from PENDING to RUNNING. Returns false when cp_future_cancel won:
- * it drops the payload and reports the job. acquire: as job_settled's. */
+/* Move f from PENDING to RUNNING. Returns false when cp_future_cancel won
+ * (DROPPING or CANCELLED): it drops the payload and reports the job.
+ * acquire: as job_settled's. */
 static bool job_claim(struct cp_future *f, bool alone)
 {
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
@@ -858,9 +863,10 @@ static void run_job(struct worker *self, struct cp_future *f)
 }
 
 /* A waiter's own future f is at the bottom of its deque: take it and run it
- * here, without the claim's compare-and-swap. Returns whether f was taken
- * (it is final then). Always inlined into wait_work: most waits for a
- * future in fork-join code end here.
+ * here, without the claim's compare-and-swap. Returns whether f is final
+ * now: taken and run, or found cancelled (a cancel still dropping the
+ * payload, DROPPING, is not final: the caller waits on). Always inlined
+ * into wait_work: most waits for a future in fork-join code end here.
  *
  * The claim is what decides between a worker and cp_future_cancel; here a
  * store-buffering pair does instead, on f->taken and f's state word: we set
@@ -893,8 +899,10 @@ job_take_own(struct worker *self, struct cp_future *f)
         return false;
     uint32_t s = job_settled(f);
     if ((s & ST_MASK) != ST_PENDING) {
+        /* A cancel won: CANCELLED, or DROPPING until its drop of the
+         * payload ends, which its work_finish then wakes us for. */
         job_cancelled(self, f, false);
-        return true;
+        return (s & ST_MASK) == ST_CANCELLED;
     }
     uint32_t final = job_run(self, f, false);
     /* Final, and let go of as the pool; the handle, held by our caller's
@@ -1703,8 +1711,8 @@ int cp_future_cancel(cp_future *f)
         uint32_t st = s & ST_MASK;
         if (st == ST_CANCELLING)
             st = (s = job_settled(f)) & ST_MASK; /* another cancel deciding */
-        if (st == ST_CANCELLED)
-            return 0;
+        if (st == ST_CANCELLED || st == ST_DROPPING)
+            return 0; /* another cancel won */
         if (st != ST_PENDING)
             return CP_EBUSY;
         /* seq_cst: the cancel's store of the store-buffering pair with
@@ -1731,10 +1739,19 @@ int cp_future_cancel(cp_future *f)
             ;
         return CP_EBUSY;
     }
+    /* Won: say so before the payload's drop, which may run user code
+     * (free_value) that waits for a job and helps meanwhile on this very
+     * thread; a worker that dequeues f then, this one included, must not
+     * wait for us to settle (job_settled) but take the cancel as won. Not
+     * final yet: waiters keep waiting, and nobody frees f under us.
+     * relaxed: the readers of DROPPING use nothing we wrote; an addition,
+     * so that the flags waiters add meanwhile stay. */
+    atomic_fetch_add_explicit(&f->w.state, ST_DROPPING - ST_CANCELLING,
+                              memory_order_relaxed);
     /* The caller's handle keeps f alive; the payload is ours alone now. The
      * final state is the last thing we do to f (work_finish wakes waiters). */
     drop_payload(f);
-    work_finish(&f->w, ST_CANCELLING, ST_CANCELLED, 0);
+    work_finish(&f->w, ST_DROPPING, ST_CANCELLED, 0);
     return 0;
 }
 

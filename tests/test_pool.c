@@ -1054,6 +1054,132 @@ Test(cancel, after_start_is_ebusy_and_the_job_finishes, .timeout = 30)
     cr_assert_eq(cp__pool_jobs_out(), 0);
 }
 
+/* A cancel that wins drops the job's payload, the last reference to the
+ * context it captured: the free_value of a value there runs then, user code,
+ * which may wait for a job. On a worker that wait helps, and pops the
+ * cancelled job itself (it lies above the one waited for). That worker must
+ * take the cancel as won, as it did before a cancel could back off, not
+ * wait for the cancel to settle: the cancel is its own caller, and the wait
+ * would never end (the test's timeout turns that hang into a failure). */
+static struct {
+    atomic_int ran;
+    cp_future *under;      /* queued under the cancelled job */
+    atomic_int under_rc;   /* the wait in free_value */
+    atomic_int waits;      /* free_value's waits: exactly one */
+} drop_wait;
+static int drop_waiting_value; /* the value whose free waits */
+
+static void wait_in_free_value(void *value)
+{
+    if (value != &drop_waiting_value)
+        return;
+    atomic_fetch_add(&drop_wait.waits, 1);
+    atomic_store(&drop_wait.under_rc, cp_future_wait(drop_wait.under, NULL));
+}
+
+static void *cancel_own_queued_job(void *p)
+{
+    cp_pool *pool = p;
+    cp_var *v = cp_var_new("v", wait_in_free_value);
+    JCHECK(v != NULL);
+    JCHECK(cp_pool_submit(pool, count_job, &drop_wait.ran, &drop_wait.under) == 0);
+    /* f captures the only map that holds the waiting value: this job's
+     * context moves on to another value at once. */
+    JCHECK(cp_var_set(v, &drop_waiting_value, NULL) == 0);
+    cp_future *f = NULL;
+    JCHECK(cp_pool_submit(pool, count_job, &drop_wait.ran, &f) == 0);
+    static int other;
+    JCHECK(cp_var_set(v, &other, NULL) == 0);
+    /* Our worker's deque: under, then f on top. Nobody else can take f. */
+    JCHECK(cp_future_cancel(f) == 0);
+    JCHECK(atomic_load(&drop_wait.waits) == 1);
+    JCHECK(atomic_load(&drop_wait.under_rc) == 0);
+    JCHECK(cp_future_wait(f, NULL) == CP_ECANCELED);
+    cp_future_free(f);
+    cp_future_free(drop_wait.under);
+    cp_var_free(v);
+    return NULL;
+}
+
+Test(cancel, won_by_a_worker_whose_payload_drop_waits_for_a_job_under_it,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    cp_future *job = NULL;
+    cr_assert_eq(cp_pool_submit(pool, cancel_own_queued_job, pool, &job), 0);
+    wait_ok(job);
+    jobs_ok();
+    cr_assert_eq(runs(&drop_wait.ran), 1, "the job under it ran, the cancelled one did not");
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.cancelled, 1);
+    free_pool(pool);
+}
+
+/* While a won cancel drops the payload (DROPPING), the job is not final:
+ * a worker that waits for it and takes it back from its deque then must
+ * not report it as finished. Here the drop, on the main thread, waits
+ * until the worker's timed wait has returned, so that wait can only time
+ * out (whatever the timing); it must not say 0 (a result never written).
+ * Before DROPPING the worker spun on the cancel (job_settled) instead, and
+ * neither side ever went on. */
+static struct {
+    sem_t f_ready, dropping;
+    cp_future *f;
+    atomic_int timed_rc;
+    atomic_bool timed_done;
+} held_drop;
+static int held_drop_value;
+
+static void hold_drop(void *value)
+{
+    if (value != &held_drop_value)
+        return;
+    sem_post(&held_drop.dropping);
+    while (!atomic_load(&held_drop.timed_done))
+        sched_yield();
+}
+
+static void *wait_for_own_job_being_dropped(void *p)
+{
+    cp_pool *pool = p;
+    static atomic_int ran;
+    cp_var *v = cp_var_new("v", hold_drop);
+    JCHECK(v != NULL);
+    JCHECK(cp_var_set(v, &held_drop_value, NULL) == 0);
+    JCHECK(cp_pool_submit(pool, count_job, &ran, &held_drop.f) == 0);
+    static int other;
+    JCHECK(cp_var_set(v, &other, NULL) == 0);
+    sem_post(&held_drop.f_ready);
+    sem_wait(&held_drop.dropping);
+    /* f is at the bottom of our deque, its cancel dropping the payload. */
+    atomic_store(&held_drop.timed_rc, cp_future_wait_timeout(held_drop.f, 1000000, NULL));
+    atomic_store(&held_drop.timed_done, true);
+    JCHECK(cp_future_wait(held_drop.f, NULL) == CP_ECANCELED);
+    JCHECK(runs(&ran) == 0);
+    cp_var_free(v);
+    return NULL;
+}
+
+Test(cancel, a_job_its_cancel_is_still_dropping_is_not_final_for_its_waiting_worker,
+     .timeout = 30)
+{
+    cr_assert_eq(sem_init(&held_drop.f_ready, 0, 0), 0);
+    cr_assert_eq(sem_init(&held_drop.dropping, 0, 0), 0);
+    cp_pool *pool = new_pool(1);
+    cp_future *job = NULL;
+    cr_assert_eq(cp_pool_submit(pool, wait_for_own_job_being_dropped, pool, &job), 0);
+    cr_assert_eq(sem_wait(&held_drop.f_ready), 0);
+    cr_assert_eq(cp_future_cancel(held_drop.f), 0);
+    wait_ok(job);
+    jobs_ok();
+    cr_assert_eq(atomic_load(&held_drop.timed_rc), CP_ETIMEDOUT, "the timed wait said %s",
+                 cp_strerror(atomic_load(&held_drop.timed_rc)));
+    cr_assert_eq(cp_future_wait(held_drop.f, NULL), CP_ECANCELED);
+    cp_future_free(held_drop.f);
+    free_pool(pool);
+}
+
 Test(future, freed_before_its_job_finishes_the_job_still_runs, .timeout = 30)
 {
     queued q;
