@@ -15,9 +15,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* Set once, by the constructor, before any caller can read it (a caller in
- * another library's constructor that runs earlier sees false: safe). */
-bool cp__fence_registered;
+/* Set once, by the constructor (see cp__fence_ready). */
+atomic_bool cp__fence_registered;
 
 static bool try_register(void)
 {
@@ -28,7 +27,8 @@ static bool try_register(void)
 static __attribute__((constructor)) void fence_register(void)
 {
     int saved = errno;
-    cp__fence_registered = try_register();
+    /* relaxed: see cp__fence_ready. */
+    atomic_store_explicit(&cp__fence_registered, try_register(), memory_order_relaxed);
     errno = saved;
 }
 

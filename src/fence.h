@@ -15,11 +15,12 @@
 #ifndef CTXPOOL_FENCE_H
 #define CTXPOOL_FENCE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 
 /* Set by fence.c's constructor when the library is loaded; read it
  * through cp__fence_ready. */
-extern bool cp__fence_registered;
+extern atomic_bool cp__fence_registered;
 
 /* Whether cp__fence_all_threads may be counted on: the process registered
  * for MEMBARRIER_CMD_PRIVATE_EXPEDITED when the library was loaded. Fixed
@@ -27,7 +28,11 @@ extern bool cp__fence_registered;
  * Inline: a future's finish asks. */
 static inline bool cp__fence_ready(void)
 {
-    return cp__fence_registered;
+    /* relaxed: stored once, by the constructor; a caller that runs before
+     * it (in another library's constructor) reads false, which is safe, but
+     * a pair of callers must not ask separately and act on two answers:
+     * each pool asks once, when it is made. */
+    return atomic_load_explicit(&cp__fence_registered, memory_order_relaxed);
 }
 
 /* A full barrier on every CPU running one of our threads, and on ours.

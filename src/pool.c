@@ -282,6 +282,9 @@ struct cp_pool {
 
     unsigned nworkers;
     unsigned fork_generation;
+    /* cp__fence_ready() when the pool was made: the taker of a future and
+     * its late waiters (job_take_own, sleep_on) must agree on it. */
+    bool fenced;
     struct worker *workers;
 };
 
@@ -908,7 +911,7 @@ job_take_own(struct worker *self, struct cp_future *f)
     /* Final, and let go of as the pool; the handle, held by our caller's
      * wait, is not freed yet, so cp_future_free will free f. release: the
      * outcome and result to whoever acquires the final state. */
-    if (!(s & ST_WAITERS) && cp__fence_ready()) {
+    if (!(s & ST_WAITERS) && self->pool->fenced) {
         /* No sleeper was there when we took f: a plain store. It may
          * overwrite ST_WAITERS set since by late waiters, or a cancel's
          * CANCELLING (which then fails to back off from it, see
@@ -1006,7 +1009,7 @@ static bool sleep_on(struct work *w, uint64_t deadline)
      * the taker's final store, or the taker's look at late after that store
      * sees ours, and it wakes us. seq_cst store: the fence's half on our
      * side needs it before the syscall's; a rare path. */
-    if (w->kind == KIND_JOB && cp__fence_ready()) {
+    if (w->kind == KIND_JOB && ((struct cp_future *)w)->pool->fenced) {
         struct cp_future *f = (struct cp_future *)w;
         if (atomic_load_explicit(&f->taken, memory_order_seq_cst)) {
             atomic_store_explicit(&f->late, true, memory_order_seq_cst);
@@ -1233,6 +1236,7 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     }
     pool->nworkers = n;
     pool->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    pool->fenced = cp__fence_ready();
     /* atomic_init: no worker exists yet, nothing is shared. */
     atomic_init(&pool->inject_stub.next, NULL); /* not yet shared */
     atomic_init(&pool->inject_head, &pool->inject_stub); /* not yet shared */
@@ -1709,8 +1713,14 @@ int cp_future_cancel(cp_future *f)
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
     for (;;) {
         uint32_t st = s & ST_MASK;
-        if (st == ST_CANCELLING)
-            st = (s = job_settled(f)) & ST_MASK; /* another cancel deciding */
+        if (st == ST_CANCELLING) {
+            /* Another cancel deciding; in a child of fork(), one on a thread
+             * the child does not have, which never will (the job is not
+             * final, so its pool is alive: f->pool may be read). */
+            if (forked_away(f->pool))
+                return CP_ESHUTDOWN;
+            st = (s = job_settled(f)) & ST_MASK;
+        }
         if (st == ST_CANCELLED || st == ST_DROPPING)
             return 0; /* another cancel won */
         if (st != ST_PENDING)
