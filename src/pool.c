@@ -47,7 +47,10 @@
  * if it is not zero it bumps the epoch and wakes one sleeper. Both sides order
  * "write mine, then read theirs" with seq_cst, so at least one of them sees
  * the other: either the worker finds the work, or the publisher sees the
- * waiter and the bumped epoch makes its futex wait return. A worker spins for
+ * waiter and the bumped epoch makes its futex wait return. Where the kernel
+ * has membarrier, a worker that pushes on its own deque orders its side with
+ * a compiler barrier only, and the worker about to park fences every CPU
+ * instead (look_last, fence.h): pushes are many, parks few. A worker spins for
  * a bounded time (SPIN_NS) before it parks; an idle pool uses no CPU. The
  * protocol's seq_cst fences order nothing but itself: all data crosses
  * threads through release/acquire operations, which ThreadSanitizer sees
@@ -282,8 +285,9 @@ struct cp_pool {
 
     unsigned nworkers;
     unsigned fork_generation;
-    /* cp__fence_ready() when the pool was made: the taker of a future and
-     * its late waiters (job_take_own, sleep_on) must agree on it. */
+    /* cp__fence_ready() when the pool was made: the two sides of each
+     * asymmetric handshake must agree on it (a future's taker and its late
+     * waiters, job_take_own and sleep_on; notify and look_last). */
     bool fenced;
     struct worker *workers;
 };
@@ -472,12 +476,19 @@ static inline void notify_published(cp_pool *pool)
 
 static void notify(cp_pool *pool)
 {
-    /* seq_cst fence: the work published just before (a deque push, whose
-     * store is only a release) is ordered before our reads of the searching
-     * and waiter counts; pairs with the fence in park, which a searcher
-     * passes after it stops searching and before it looks for work one last
-     * time. An injection needs no fence: its exchange is seq_cst itself. */
-    atomic_thread_fence(memory_order_seq_cst);
+    /* The work published just before (a deque push, whose store is only a
+     * release) is ordered before our reads of the searching and waiter
+     * counts, against the "announce, then look" of a worker about to park
+     * (look_last). With the asymmetric fence (pool->fenced), its side
+     * interrupts every CPU with a barrier, so ours needs only the compiler
+     * barrier (fence.h): a worker's push, which fork-join code makes for
+     * every future, pays no fence, and a park one system call. Else a
+     * seq_cst fence, paired with look_last's. An injection needs neither:
+     * its exchange is seq_cst itself. */
+    if (pool->fenced)
+        atomic_signal_fence(memory_order_seq_cst);
+    else
+        atomic_thread_fence(memory_order_seq_cst);
     notify_published(pool);
 }
 
@@ -521,6 +532,18 @@ static bool work_visible(cp_pool *pool)
     return false;
 }
 
+/* A worker that announced itself (counted in the waiters, or out of the
+ * searchers) orders that before its last look for work: the heavy side of
+ * notify's handshake. A rare path: a worker gets here after searching for
+ * SPIN_NS. */
+static void look_last(cp_pool *pool)
+{
+    if (pool->fenced)
+        cp__fence_all_threads();
+    else
+        atomic_thread_fence(memory_order_seq_cst);
+}
+
 static void park(struct worker *self)
 {
     cp_pool *pool = self->pool;
@@ -535,8 +558,8 @@ static void park(struct worker *self)
      * it sees us counted, through the setter, whose wake bumps the epoch
      * under us. */
     atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
-    /* seq_cst fence: "announce, then look", paired with notify's fence. */
-    atomic_thread_fence(memory_order_seq_cst);
+    /* "Announce, then look", paired with notify's fence. */
+    look_last(pool);
     if (!work_visible(pool) && !pool_finished(pool)) {
         stat_bump(&self->parks);
         futex_wait(&pool->epoch, epoch, NULL);
@@ -1063,8 +1086,8 @@ static struct work *search(struct worker *self, const struct work *awaited,
     else if (!w && awaited) {
         /* We stop searching without going to park, where a searcher looks
          * one last time: look here, as park does, for work whose wake was
-         * skipped because we were searching. seq_cst fence: as in park. */
-        atomic_thread_fence(memory_order_seq_cst);
+         * skipped because we were searching; as park does. */
+        look_last(pool);
         if (work_visible(pool))
             notify_published(pool);
     }
