@@ -6,8 +6,8 @@
  * barrier between its store and its load; a slow path that runs rarely
  * stores, calls cp__fence_all_threads, then loads. Either the slow path's
  * load sees the fast path's store, or the fast path's load sees the slow
- * path's store: the barrier lands on the fast path's CPU either before its
- * store (which the slow path's load then sees) or after it, and then before
+ * path's store: the barrier lands on the fast path's CPU either after its
+ * store (which the slow path's load then sees) or before it, and so before
  * its load too (which then sees the slow path's store, made before the
  * call). A thread not running when the barrier is sent passed one when it
  * was switched out. Each call interrupts every CPU that runs one of our

@@ -50,8 +50,10 @@
  * waiter and the bumped epoch makes its futex wait return. Where the kernel
  * has membarrier, a worker that pushes on its own deque orders its side with
  * a compiler barrier only, and the worker about to park fences every CPU
- * instead (look_last, fence.h): pushes are many, parks few. A worker spins for
- * a bounded time (SPIN_NS) before it parks; an idle pool uses no CPU. The
+ * instead (look_last, fence.h): pushes are many; parks, and helping waits
+ * that stop searching without work, are few (about one per steal of an
+ * awaited job in fork-join code). A worker spins for a bounded time
+ * (SPIN_NS) before it parks; an idle pool uses no CPU. The
  * protocol's seq_cst fences order nothing but itself: all data crosses
  * threads through release/acquire operations, which ThreadSanitizer sees
  * (it does not model fences), so its runs check every handoff.
@@ -484,7 +486,10 @@ static void notify(cp_pool *pool)
      * barrier (fence.h): a worker's push, which fork-join code makes for
      * every future, pays no fence, and a park one system call. Else a
      * seq_cst fence, paired with look_last's. An injection needs neither:
-     * its exchange is seq_cst itself. */
+     * its exchange is seq_cst itself. Where nothing was published just
+     * before (search's wake of the next searcher, steal_some's), the loads
+     * follow a seq_cst read-modify-write of ours (searching's decrement,
+     * the steal's compare-and-swap), which orders them already. */
     if (pool->fenced)
         atomic_signal_fence(memory_order_seq_cst);
     else
@@ -534,8 +539,10 @@ static bool work_visible(cp_pool *pool)
 
 /* A worker that announced itself (counted in the waiters, or out of the
  * searchers) orders that before its last look for work: the heavy side of
- * notify's handshake. A rare path: a worker gets here after searching for
- * SPIN_NS. */
+ * notify's handshake. Taken by every park (after a search of up to
+ * SPIN_NS, or at once when half the workers search) and by every helping
+ * wait whose search ends without work, mostly because what it awaited
+ * finished elsewhere: not per item, but not only after SPIN_NS either. */
 static void look_last(cp_pool *pool)
 {
     if (pool->fenced)
@@ -558,7 +565,8 @@ static void park(struct worker *self)
      * it sees us counted, through the setter, whose wake bumps the epoch
      * under us. */
     atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
-    /* "Announce, then look", paired with notify's fence. */
+    /* "Announce, then look", paired with notify's barrier (a compiler
+     * barrier where pool->fenced, else a seq_cst fence). */
     look_last(pool);
     if (!work_visible(pool) && !pool_finished(pool)) {
         stat_bump(&self->parks);
@@ -1086,7 +1094,7 @@ static struct work *search(struct worker *self, const struct work *awaited,
     else if (!w && awaited) {
         /* We stop searching without going to park, where a searcher looks
          * one last time: look here, as park does, for work whose wake was
-         * skipped because we were searching; as park does. */
+         * skipped because we were searching. */
         look_last(pool);
         if (work_visible(pool))
             notify_published(pool);

@@ -19,6 +19,7 @@ STRESS_TESTS = \
 	tests/stress/fence_fallback \
 	tests/stress/inject_stall \
 	tests/stress/pool_stress \
+	tests/stress/push_wakeup \
 	tests/stress/var_stress
 
 EXTRA_DIST += tests/stress/check.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
@@ -73,6 +74,10 @@ tests_test_pool_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
 tests_stress_pool_stress_SOURCES = tests/stress/pool_stress.c
 tests_stress_pool_stress_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_pool_stress_LDADD = $(TEST_LIBS)
+
+tests_stress_push_wakeup_SOURCES = tests/stress/push_wakeup.c
+tests_stress_push_wakeup_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_push_wakeup_LDADD = $(TEST_LIBS)
 
 tests_stress_inject_stall_SOURCES = tests/stress/inject_stall.c
 tests_stress_inject_stall_CPPFLAGS = $(TEST_CPPFLAGS)

@@ -1,0 +1,313 @@
+/* push_wakeup.c - lost wake-ups for work that a worker pushes on its own
+ * deque.
+ *
+ * pool_stress's "lost wake-ups" phase submits from outside the pool, onto
+ * the injection queue, whose seq_cst exchange orders the notify itself. A
+ * worker's push is only a release store of bottom, and with membarrier its
+ * notify has only a compiler barrier; the worker about to park (look_last)
+ * or a waiter that stops searching fences every CPU instead. Each phase
+ * here makes a worker push work and then block WITHOUT helping (on a
+ * semaphore the pushed work posts), so that only another worker can run
+ * that work: if the other worker's park missed the push and the push's
+ * notify missed the parker, the program hangs, which the watchdog turns
+ * into a failure. Random pauses on every side, some about as long as a
+ * worker's search before it parks (SPIN_NS, 50 us), aim the push at every
+ * point of going to sleep.
+ *
+ * 1. push: a job pauses, submits a child (a push on its worker's deque),
+ *    and blocks until the child has run; pools of 2 and 3 workers.
+ * 2. batch: the main thread submits a few jobs at once; the first of them
+ *    to start blocks until all the others have run. Its worker may have
+ *    moved the others from the injection queue to its own deque
+ *    (take_injected's notify).
+ * 3. awaited: three workers; F is short; P waits for F (a helping wait:
+ *    it searches with F awaited, and when F ends first it stops searching
+ *    without parking, search's look_last), then blocks until C has run;
+ *    G pauses, submits C and blocks until C has run. P's and G's workers
+ *    may both be blocked: C needs the third.
+ *
+ * A plain program (no Criterion), so that it runs under ThreadSanitizer.
+ * The watchdog is a hang detector, not a timing assertion. Size: argv[1]
+ * or CP_STRESS_SCALE times DEFAULT_ROUNDS (check.h). Exits 0 on success,
+ * 1 with the failed check on stderr.
+ */
+#include "check.h"
+#include "ctxpool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_ROUNDS 20000ULL
+#ifdef UNDER_TSAN
+#define TSAN_DIVISOR 4
+#else
+#define TSAN_DIVISOR 1
+#endif
+#ifndef WATCHDOG_SECONDS
+#define WATCHDOG_SECONDS 60
+#endif
+#define BATCH_MAX 16
+
+static uint64_t splitmix(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Busy-wait about ns nanoseconds: the point is to stay on the CPU. */
+static void spin_ns(uint64_t ns)
+{
+    if (ns == 0)
+        return;
+    uint64_t until = now_ns() + ns;
+    while (now_ns() < until)
+        ;
+}
+
+/* "Not at all", "a few hundred ns", "a few us", or about a worker's
+ * search before it parks (50 us in pool.c). */
+static uint64_t random_pause(uint64_t *rng)
+{
+    uint64_t r = splitmix(rng);
+    switch (r % 8) {
+    case 0:
+        return 0;
+    case 1: case 2: case 3:
+        return (r >> 8) % 500;
+    case 4: case 5:
+        return (r >> 8) % 5000;
+    default:
+        return 20000 + (r >> 8) % 100000;
+    }
+}
+
+/* Progress for the watchdog; relaxed: only "did it move" matters. */
+static atomic_ullong progress;
+static const char *_Atomic phase = "start";
+
+static void tick(void)
+{
+    atomic_fetch_add_explicit(&progress, 1, memory_order_relaxed);
+}
+
+static void *watchdog_main(void *arg)
+{
+    (void)arg;
+    unsigned long long last = atomic_load_explicit(&progress, memory_order_relaxed);
+    unsigned still = 0;
+    for (;;) {
+        struct timespec t = {0, 100000000}; /* 0.1 s */
+        nanosleep(&t, NULL);
+        unsigned long long now = atomic_load_explicit(&progress, memory_order_relaxed);
+        if (now != last) {
+            last = now;
+            still = 0;
+        } else if (++still >= WATCHDOG_SECONDS * 10) {
+            fprintf(stderr, "push_wakeup: no progress for %d s in phase \"%s\": "
+                    "a lost wake-up (work pushed on a blocked worker's deque, "
+                    "every other worker asleep)\n",
+                    WATCHDOG_SECONDS, atomic_load(&phase));
+            _exit(1);
+        }
+    }
+    return NULL;
+}
+
+static void sem_wait_all(sem_t *s, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        while (sem_wait(s) != 0)
+            CHECK(errno == EINTR, "sem_wait");
+}
+
+static cp_pool *new_pool(unsigned threads)
+{
+    cp_pool_options o = {.threads = threads, .name = "pushwake"};
+    cp_pool *pool = NULL;
+    int rc = cp_pool_new(&pool, &o);
+    CHECK(rc == 0, "cp_pool_new: %s", cp_strerror(rc));
+    return pool;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Phase 1: a job pushes a child and blocks until it has run                */
+
+struct round {
+    cp_pool *pool;
+    uint64_t pause;       /* before the push */
+    sem_t ran;            /* posted by the child(ren) */
+    unsigned blocked_for; /* posts the blocked job waits for */
+    atomic_bool first;    /* batch: set by the first job to start */
+    cp_future *awaited;   /* awaited: F */
+};
+
+static void *post_child(void *p)
+{
+    sem_post(&((struct round *)p)->ran);
+    return NULL;
+}
+
+static void *push_then_block(void *p)
+{
+    struct round *r = p;
+    spin_ns(r->pause);
+    int rc = cp_pool_submit(r->pool, post_child, r, NULL);
+    CHECK(rc == 0, "submit from a job: %s", cp_strerror(rc));
+    sem_wait_all(&r->ran, r->blocked_for);
+    return NULL;
+}
+
+static void phase_push(uint64_t rounds)
+{
+    atomic_store(&phase, "push");
+    uint64_t rng = 1;
+    for (unsigned threads = 2; threads <= 3; threads++) {
+        cp_pool *pool = new_pool(threads);
+        for (uint64_t i = 0; i < rounds / 2; i++) {
+            struct round r = {.pool = pool, .pause = random_pause(&rng), .blocked_for = 1};
+            CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
+            spin_ns(random_pause(&rng));
+            cp_future *f = NULL;
+            CHECK(cp_pool_submit(pool, push_then_block, &r, &f) == 0, "submit");
+            CHECK(cp_future_wait(f, NULL) == 0, "wait");
+            cp_future_free(f);
+            sem_destroy(&r.ran);
+            tick();
+        }
+        CHECK(cp_pool_free(pool) == 0, "free");
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Phase 2: the first job of a batch blocks until the others have run      */
+
+static void *batch_job(void *p)
+{
+    struct round *r = p;
+    /* relaxed: the semaphore orders what matters (nothing but the count). */
+    if (!atomic_exchange_explicit(&r->first, true, memory_order_relaxed))
+        sem_wait_all(&r->ran, r->blocked_for);
+    else
+        sem_post(&r->ran);
+    return NULL;
+}
+
+static void phase_batch(uint64_t rounds)
+{
+    atomic_store(&phase, "batch");
+    uint64_t rng = 2;
+    cp_pool *pool = new_pool(2);
+    for (uint64_t i = 0; i < rounds; i++) {
+        unsigned n = 2 + (unsigned)(splitmix(&rng) % (BATCH_MAX - 1));
+        struct round r = {.pool = pool, .blocked_for = n - 1};
+        CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
+        atomic_init(&r.first, false);
+        spin_ns(random_pause(&rng));
+        cp_future *f[BATCH_MAX];
+        for (unsigned j = 0; j < n; j++)
+            CHECK(cp_pool_submit(pool, batch_job, &r, &f[j]) == 0, "submit");
+        for (unsigned j = 0; j < n; j++) {
+            CHECK(cp_future_wait(f[j], NULL) == 0, "wait");
+            cp_future_free(f[j]);
+        }
+        sem_destroy(&r.ran);
+        tick();
+    }
+    CHECK(cp_pool_free(pool) == 0, "free");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Phase 3: a helping wait that ends without work, against a push           */
+
+static void *short_job(void *p)
+{
+    spin_ns((uintptr_t)p);
+    return NULL;
+}
+
+static void *wait_then_block(void *p)
+{
+    struct round *r = p;
+    CHECK(cp_future_wait(r->awaited, NULL) == 0, "wait for F");
+    sem_wait_all(&r->ran, 1);
+    return NULL;
+}
+
+static void *post_child_twice(void *p)
+{
+    sem_post(&((struct round *)p)->ran);
+    sem_post(&((struct round *)p)->ran);
+    return NULL;
+}
+
+static void *push_twice_then_block(void *p)
+{
+    struct round *r = p;
+    spin_ns(r->pause);
+    int rc = cp_pool_submit(r->pool, post_child_twice, r, NULL);
+    CHECK(rc == 0, "submit from a job: %s", cp_strerror(rc));
+    sem_wait_all(&r->ran, 1);
+    return NULL;
+}
+
+static void phase_awaited(uint64_t rounds)
+{
+    atomic_store(&phase, "awaited");
+    uint64_t rng = 3;
+    cp_pool *pool = new_pool(3);
+    for (uint64_t i = 0; i < rounds; i++) {
+        struct round r = {.pool = pool, .pause = random_pause(&rng)};
+        CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
+        cp_future *f = NULL, *p = NULL, *g = NULL;
+        spin_ns(random_pause(&rng));
+        CHECK(cp_pool_submit(pool, short_job,
+                             (void *)(uintptr_t)(random_pause(&rng) / 4), &f) == 0,
+              "submit F");
+        r.awaited = f;
+        if (splitmix(&rng) & 1) {
+            CHECK(cp_pool_submit(pool, wait_then_block, &r, &p) == 0, "submit P");
+            CHECK(cp_pool_submit(pool, push_twice_then_block, &r, &g) == 0, "submit G");
+        } else {
+            CHECK(cp_pool_submit(pool, push_twice_then_block, &r, &g) == 0, "submit G");
+            CHECK(cp_pool_submit(pool, wait_then_block, &r, &p) == 0, "submit P");
+        }
+        CHECK(cp_future_wait(p, NULL) == 0, "wait P");
+        CHECK(cp_future_wait(g, NULL) == 0, "wait G");
+        CHECK(cp_future_wait(f, NULL) == 0, "wait F");
+        cp_future_free(p);
+        cp_future_free(g);
+        cp_future_free(f);
+        sem_destroy(&r.ran);
+        tick();
+    }
+    CHECK(cp_pool_free(pool) == 0, "free");
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t rounds = stress_ops(argc, argv, DEFAULT_ROUNDS / TSAN_DIVISOR);
+    pthread_t wd;
+    CHECK(pthread_create(&wd, NULL, watchdog_main, NULL) == 0, "watchdog");
+    pthread_detach(wd);
+    phase_push(rounds);
+    phase_batch(rounds / 2);
+    phase_awaited(rounds / 2);
+    printf("push_wakeup: %llu rounds, no lost wake-up\n", (unsigned long long)rounds);
+    return 0;
+}
