@@ -22,7 +22,7 @@ STRESS_TESTS = \
 	tests/stress/push_wakeup \
 	tests/stress/var_stress
 
-EXTRA_DIST += tests/stress/check.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
+EXTRA_DIST += tests/stress/check.h tests/stress/pause.h tests/stress/watchdog.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
 	tests/examples.sh tests/install.sh
 LOG_COMPILER = $(SHELL) $(top_srcdir)/tests/run-test.sh
 SH_LOG_COMPILER = $(SHELL)

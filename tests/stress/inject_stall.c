@@ -14,7 +14,7 @@
  * its future nobody would wake it: the producer's notify, once it ran,
  * wakes parked workers only, and the only worker is not parked.
  *
- * A watchdog thread turns a hang into a failure: if no round ends for
+ * A watchdog thread (watchdog.h) turns a hang into a failure: if no round ends for
  * WATCHDOG_SECONDS, it prints the round and exits 1. That is a hang
  * detector, not a timing assertion.
  *
@@ -26,6 +26,7 @@
 #define _GNU_SOURCE
 #include "check.h"
 #include "ctxpool.h"
+#include "watchdog.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -37,8 +38,6 @@
 #include <unistd.h>
 
 #define DEFAULT_ROUNDS 1000000ULL
-#define WATCHDOG_SECONDS 60
-
 #ifdef UNDER_TSAN
 #define TSAN_DIVISOR 10
 #else
@@ -85,6 +84,7 @@ static void *waiting_job(void *arg)
         CHECK(cp_future_wait(f, NULL) == 0, "wait");
         cp_future_free(f);
         atomic_fetch_add(&rounds_done, 1);
+        watchdog_tick();
     }
 }
 
@@ -111,26 +111,6 @@ static void *hog_main(void *arg)
     return NULL;
 }
 
-static void *watchdog_main(void *arg)
-{
-    (void)arg;
-    unsigned long long last = atomic_load(&rounds_done);
-    unsigned still = 0;
-    for (;;) {
-        struct timespec t = {0, 100000000}; /* 0.1 s */
-        nanosleep(&t, NULL);
-        unsigned long long now = atomic_load(&rounds_done);
-        if (now != last) {
-            last = now;
-            still = 0;
-        } else if (++still == WATCHDOG_SECONDS * 10) {
-            fprintf(stderr, "inject_stall: hang after %llu rounds: the worker "
-                            "sleeps on a future that is queued\n", now);
-            _exit(1);
-        }
-    }
-}
-
 int main(int argc, char **argv)
 {
     uint64_t rounds = stress_ops(argc, argv, DEFAULT_ROUNDS / TSAN_DIVISOR);
@@ -139,9 +119,8 @@ int main(int argc, char **argv)
     cp_pool_options options = {.threads = 1, .pin = two_cpus};
     CHECK(cp_pool_new(&pool, &options) == 0, "pool");
 
-    pthread_t watchdog, producer, hog;
-    CHECK(pthread_create(&watchdog, NULL, watchdog_main, NULL) == 0, "watchdog");
-    pthread_detach(watchdog);
+    pthread_t producer, hog;
+    watchdog_start("inject_stall", "the worker sleeps on a future that is queued");
     cp_future *waiter;
     CHECK(cp_pool_submit(pool, waiting_job, NULL, &waiter) == 0, "submit");
     CHECK(pthread_create(&producer, NULL, producer_main, NULL) == 0, "producer");

@@ -32,7 +32,7 @@
  *    was reported cancelled, a cancel that said 0 means it never ran, one
  *    that said CP_EBUSY that it ran, and both waits agree.
  *
- * A watchdog thread turns a hang into a failure: if the progress counter
+ * A watchdog thread (watchdog.h) turns a hang into a failure: if the progress counter
  * does not move for WATCHDOG_SECONDS, it prints the phase and exits 1. That
  * is a hang detector, not a timing assertion.
  *
@@ -45,6 +45,8 @@
  */
 #include "check.h"
 #include "ctxpool.h"
+#include "pause.h"
+#include "watchdog.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -67,68 +69,10 @@
 #define TSAN_DIVISOR 1
 #endif
 
-#define WATCHDOG_SECONDS 60
-
 enum { NVARS = 4, MAX_DEPTH = 8, MAX_FANOUT = 8 };
 
 /* ------------------------------------------------------------------------ */
 /* Shared helpers                                                            */
-
-static uint64_t splitmix(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Busy-wait about ns nanoseconds (no sleep: the point is to stay on CPU). */
-static void spin_ns(uint64_t ns)
-{
-    if (ns == 0)
-        return;
-    uint64_t until = now_ns() + ns;
-    while (now_ns() < until)
-        ;
-}
-
-/* Progress for the watchdog; relaxed: only "did it move" matters. */
-static atomic_ullong progress;
-static const char *_Atomic phase = "start";
-
-static void tick(void)
-{
-    atomic_fetch_add_explicit(&progress, 1, memory_order_relaxed);
-}
-
-static void *watchdog_main(void *arg)
-{
-    (void)arg;
-    unsigned long long last = atomic_load_explicit(&progress, memory_order_relaxed);
-    unsigned still = 0;
-    for (;;) {
-        struct timespec t = {0, 100000000}; /* 0.1 s */
-        nanosleep(&t, NULL);
-        unsigned long long now = atomic_load_explicit(&progress, memory_order_relaxed);
-        if (now != last) {
-            last = now;
-            still = 0;
-        } else if (++still >= WATCHDOG_SECONDS * 10) {
-            fprintf(stderr, "pool_stress: no progress for %d s in phase \"%s\": "
-                    "a hang (lost wake-up or a wait that never returns)\n",
-                    WATCHDOG_SECONDS, atomic_load(&phase));
-            _exit(1);
-        }
-    }
-    return NULL;
-}
 
 /* Values: heap boxes; the destructor counts every free. */
 typedef struct box {
@@ -221,7 +165,7 @@ static void *tree_run(void *p)
     unsigned char before = atomic_fetch_add_explicit(&tree_ran[j->id], 1,
                                                      memory_order_relaxed);
     CHECK(before == 0, "tree job %" PRIu64 " ran twice", j->id);
-    tick();
+    watchdog_tick();
     uint64_t rng = j->seed;
     uint64_t mine[NVARS];
     memcpy(mine, j->expect, sizeof mine);
@@ -313,7 +257,7 @@ static void *tree_phase(void *p)
 
 static void phase_trees(uint64_t jobs)
 {
-    atomic_store(&phase, "trees");
+    watchdog_phase("trees");
     tree_ran = calloc(jobs, sizeof *tree_ran);
     CHECK(tree_ran != NULL, "out of memory");
     const unsigned threads[] = {1, 4};
@@ -387,7 +331,7 @@ static void *mixed_job(void *p)
     uint64_t id = (uintptr_t)p;
     int before = atomic_fetch_add_explicit(&slots[id].ran, 1, memory_order_relaxed);
     CHECK(before == 0, "mixed job %" PRIu64 " ran twice", id);
-    tick();
+    watchdog_tick();
     uint64_t rng = id * 7919 + 1;
     uint64_t r = splitmix(&rng);
     if (r % 4 == 0)
@@ -401,13 +345,13 @@ static void *mixed_outside(void *p)
 {
     uint64_t rng = (uintptr_t)p;
     while (mixed_submit(&rng, true))
-        tick();
+        watchdog_tick();
     return NULL;
 }
 
 static void phase_mixed(uint64_t jobs)
 {
-    atomic_store(&phase, "mixed");
+    watchdog_phase("mixed");
     enum { ROUNDS = 4, OUTSIDE = 4 };
     mixed_cap = jobs / ROUNDS;
     if (mixed_cap < 16)
@@ -461,7 +405,7 @@ static void phase_mixed(uint64_t jobs)
             if (atomic_load(&slots[i].cancel_rc) == 0)
                 CHECK(rc == CP_ECANCELED, "job %" PRIu64 ": cancel said 0, wait %s",
                       i, cp_strerror(rc));
-            tick();
+            watchdog_tick();
         }
         CHECK(accepted == atomic_load(&mixed_accepted), "%" PRIu64 " futures, %llu "
               "accepted", accepted, atomic_load(&mixed_accepted));
@@ -512,7 +456,7 @@ static void *wake_job(void *p)
 
 static void phase_wakeups(uint64_t rounds)
 {
-    atomic_store(&phase, "lost wake-ups");
+    watchdog_phase("lost wake-ups");
     const unsigned threads[] = {1, 2};
     uint64_t rng = 42;
     for (int t = 0; t < 2; t++) {
@@ -526,7 +470,7 @@ static void phase_wakeups(uint64_t rounds)
             void *r = NULL;
             CHECK(cp_future_wait(f, &r) == 0 && r == arg, "wait");
             cp_future_free(f);
-            tick();
+            watchdog_tick();
         }
         CHECK(cp_pool_free(pool) == 0, "free");
     }
@@ -570,7 +514,7 @@ static void *task_tree(void *p)
     CHECK(rc == 0, "sync: %s", cp_strerror(rc));
     CHECK(get_var(0) == ours, "a task's change reached its spawner");
     if (a->n % 64 == 0)
-        tick();
+        watchdog_tick();
     return (void *)(uintptr_t)(1 + r + (uintptr_t)l);
 }
 
@@ -591,7 +535,7 @@ static void *task_outside(void *p)
 
 static void phase_tasks(uint64_t nodes)
 {
-    atomic_store(&phase, "frame tasks");
+    watchdog_phase("frame tasks");
     enum { OUTSIDE = 3 };
     task_pool = new_pool(3, "task");
     uint64_t per = nodes / (OUTSIDE + 1);
@@ -701,7 +645,7 @@ static void *own_other_waiter(void *arg)
 
 static void phase_own(uint64_t rounds)
 {
-    atomic_store(&phase, "own waits against cancels");
+    watchdog_phase("own waits against cancels");
     own_rounds = rounds;
     own = calloc(rounds, sizeof *own);
     CHECK(own != NULL, "out of memory");
@@ -755,7 +699,7 @@ static void phase_own(uint64_t rounds)
                   cp_strerror(atomic_load(&o->other_rc)), cp_strerror(rc));
         }
         cp_future_free(f);
-        tick();
+        watchdog_tick();
     }
     CHECK(pthread_join(other, NULL) == 0, "join");
     CHECK(cp_pool_free(own_pool) == 0, "free");
@@ -776,9 +720,7 @@ int main(int argc, char **argv)
         vars[v] = cp_var_new("stress", box_free);
         CHECK(vars[v] != NULL, "out of memory");
     }
-    pthread_t wd;
-    CHECK(pthread_create(&wd, NULL, watchdog_main, NULL) == 0, "watchdog");
-    pthread_detach(wd);
+    watchdog_start("pool_stress", "a hang (lost wake-up or a wait that never returns)");
 
     uint64_t t0 = now_ns();
     phase_trees(ops);

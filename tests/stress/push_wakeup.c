@@ -33,6 +33,8 @@
  */
 #include "check.h"
 #include "ctxpool.h"
+#include "pause.h"
+#include "watchdog.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -50,35 +52,7 @@
 #else
 #define TSAN_DIVISOR 1
 #endif
-#ifndef WATCHDOG_SECONDS
-#define WATCHDOG_SECONDS 60
-#endif
 #define BATCH_MAX 16
-
-static uint64_t splitmix(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Busy-wait about ns nanoseconds: the point is to stay on the CPU. */
-static void spin_ns(uint64_t ns)
-{
-    if (ns == 0)
-        return;
-    uint64_t until = now_ns() + ns;
-    while (now_ns() < until)
-        ;
-}
 
 /* "Not at all", "a few hundred ns", "a few us", or about a worker's
  * search before it parks (50 us in pool.c). */
@@ -95,38 +69,6 @@ static uint64_t random_pause(uint64_t *rng)
     default:
         return 20000 + (r >> 8) % 100000;
     }
-}
-
-/* Progress for the watchdog; relaxed: only "did it move" matters. */
-static atomic_ullong progress;
-static const char *_Atomic phase = "start";
-
-static void tick(void)
-{
-    atomic_fetch_add_explicit(&progress, 1, memory_order_relaxed);
-}
-
-static void *watchdog_main(void *arg)
-{
-    (void)arg;
-    unsigned long long last = atomic_load_explicit(&progress, memory_order_relaxed);
-    unsigned still = 0;
-    for (;;) {
-        struct timespec t = {0, 100000000}; /* 0.1 s */
-        nanosleep(&t, NULL);
-        unsigned long long now = atomic_load_explicit(&progress, memory_order_relaxed);
-        if (now != last) {
-            last = now;
-            still = 0;
-        } else if (++still >= WATCHDOG_SECONDS * 10) {
-            fprintf(stderr, "push_wakeup: no progress for %d s in phase \"%s\": "
-                    "a lost wake-up (work pushed on a blocked worker's deque, "
-                    "every other worker asleep)\n",
-                    WATCHDOG_SECONDS, atomic_load(&phase));
-            _exit(1);
-        }
-    }
-    return NULL;
 }
 
 static void sem_wait_all(sem_t *s, unsigned n)
@@ -175,7 +117,7 @@ static void *push_then_block(void *p)
 
 static void phase_push(uint64_t rounds)
 {
-    atomic_store(&phase, "push");
+    watchdog_phase("push");
     uint64_t rng = 1;
     for (unsigned threads = 2; threads <= 3; threads++) {
         cp_pool *pool = new_pool(threads);
@@ -188,7 +130,7 @@ static void phase_push(uint64_t rounds)
             CHECK(cp_future_wait(f, NULL) == 0, "wait");
             cp_future_free(f);
             sem_destroy(&r.ran);
-            tick();
+            watchdog_tick();
         }
         CHECK(cp_pool_free(pool) == 0, "free");
     }
@@ -210,7 +152,7 @@ static void *batch_job(void *p)
 
 static void phase_batch(uint64_t rounds)
 {
-    atomic_store(&phase, "batch");
+    watchdog_phase("batch");
     uint64_t rng = 2;
     cp_pool *pool = new_pool(2);
     for (uint64_t i = 0; i < rounds; i++) {
@@ -227,7 +169,7 @@ static void phase_batch(uint64_t rounds)
             cp_future_free(f[j]);
         }
         sem_destroy(&r.ran);
-        tick();
+        watchdog_tick();
     }
     CHECK(cp_pool_free(pool) == 0, "free");
 }
@@ -268,7 +210,7 @@ static void *push_twice_then_block(void *p)
 
 static void phase_awaited(uint64_t rounds)
 {
-    atomic_store(&phase, "awaited");
+    watchdog_phase("awaited");
     uint64_t rng = 3;
     cp_pool *pool = new_pool(3);
     for (uint64_t i = 0; i < rounds; i++) {
@@ -294,7 +236,7 @@ static void phase_awaited(uint64_t rounds)
         cp_future_free(g);
         cp_future_free(f);
         sem_destroy(&r.ran);
-        tick();
+        watchdog_tick();
     }
     CHECK(cp_pool_free(pool) == 0, "free");
 }
@@ -302,9 +244,8 @@ static void phase_awaited(uint64_t rounds)
 int main(int argc, char **argv)
 {
     uint64_t rounds = stress_ops(argc, argv, DEFAULT_ROUNDS / TSAN_DIVISOR);
-    pthread_t wd;
-    CHECK(pthread_create(&wd, NULL, watchdog_main, NULL) == 0, "watchdog");
-    pthread_detach(wd);
+    watchdog_start("push_wakeup", "a lost wake-up (work pushed on a blocked worker's deque, "
+                   "every other worker asleep)");
     phase_push(rounds);
     phase_batch(rounds / 2);
     phase_awaited(rounds / 2);
