@@ -542,7 +542,8 @@ static bool work_visible(cp_pool *pool)
  * notify's handshake. Taken by every park (after a search of up to
  * SPIN_NS, or at once when half the workers search) and by every helping
  * wait whose search ends without work, mostly because what it awaited
- * finished elsewhere: not per item, but not only after SPIN_NS either. */
+ * finished elsewhere, when no other worker searches: not per item, but
+ * not only after SPIN_NS either. */
 static void look_last(cp_pool *pool)
 {
     if (pool->fenced)
@@ -1091,10 +1092,12 @@ static struct work *search(struct worker *self, const struct work *awaited,
                                               memory_order_seq_cst) - 1;
     if (w && left == 0)
         notify(pool);
-    else if (!w && awaited) {
+    else if (!w && awaited && left == 0) {
         /* We stop searching without going to park, where a searcher looks
          * one last time: look here, as park does, for work whose wake was
-         * skipped because we were searching. */
+         * skipped because we were searching. Not while others search: the
+         * last of them to stop looks for us, as it does for a searcher that
+         * found work (above). */
         look_last(pool);
         if (work_visible(pool))
             notify_published(pool);
