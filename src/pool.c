@@ -47,15 +47,8 @@
  * if it is not zero it bumps the epoch and wakes one sleeper. Both sides order
  * "write mine, then read theirs" with seq_cst, so at least one of them sees
  * the other: either the worker finds the work, or the publisher sees the
- * waiter and the bumped epoch makes its futex wait return. Where the kernel
- * has membarrier, a worker busy with jobs that push on its deque (every
- * future of fork-join code) is "light": it orders its pushes with a
- * compiler barrier only, and while any worker is light, one about to park
- * fences every CPU instead (look_last, fence.h). Pushes are many; parks
- * while another worker is busy pushing are few. A worker that runs out of
- * work turns heavy again, so a pool whose jobs push nothing never
- * interrupts other threads' CPUs. A worker spins for a bounded time
- * (SPIN_NS) before it parks; an idle pool uses no CPU. The
+ * waiter and the bumped epoch makes its futex wait return. A worker spins for
+ * a bounded time (SPIN_NS) before it parks; an idle pool uses no CPU. The
  * protocol's seq_cst fences order nothing but itself: all data crosses
  * threads through release/acquire operations, which ThreadSanitizer sees
  * (it does not model fences), so its runs check every handoff.
@@ -244,7 +237,6 @@ struct worker {
     int64_t credit;              /* counted in the pool's pending and not
                                     used yet: never negative (see
                                     pending_flush) */
-    bool light;                  /* counted in pool->light (see notify_own) */
     /* Statistics: written by this worker only (relaxed load + store), read
      * by cp_pool_get_stats from any thread (relaxed). */
     _Atomic uint64_t completed, stolen, parks, submitted, cancelled;
@@ -280,7 +272,6 @@ struct cp_pool {
     _Atomic uint32_t waiters;
     _Atomic uint32_t searching;
     _Atomic uint32_t waking;     /* a wake-one is on its way to a sleeper */
-    _Atomic uint32_t light;      /* workers whose pushes skip the fence */
 
     /* Items workers added less items finished (it wraps below zero: the
      * outside items they finish are counted in admitted); written by
@@ -291,9 +282,8 @@ struct cp_pool {
 
     unsigned nworkers;
     unsigned fork_generation;
-    /* cp__fence_ready() when the pool was made: the two sides of each
-     * asymmetric handshake must agree on it (a future's taker and its late
-     * waiters, job_take_own and sleep_on; notify and look_last). */
+    /* cp__fence_ready() when the pool was made: the taker of a future and
+     * its late waiters (job_take_own, sleep_on) must agree on it. */
     bool fenced;
     struct worker *workers;
 };
@@ -484,53 +474,11 @@ static void notify(cp_pool *pool)
 {
     /* seq_cst fence: the work published just before (a deque push, whose
      * store is only a release) is ordered before our reads of the searching
-     * and waiter counts; pairs with look_last, which a worker passes after
-     * it announces itself (a waiter, or no longer searching) and before it
-     * looks for work one last time. An injection needs no fence: its
-     * exchange is seq_cst itself. */
+     * and waiter counts; pairs with the fence in park, which a searcher
+     * passes after it stops searching and before it looks for work one last
+     * time. An injection needs no fence: its exchange is seq_cst itself. */
     atomic_thread_fence(memory_order_seq_cst);
     notify_published(pool);
-}
-
-/* A worker's push on its own deque, made for its job (enqueue: a submit, a
- * spawn's offer), which fork-join code makes for every future. Where the
- * process has the asymmetric fence (pool->fenced), the worker turns light
- * at its first such push: counted in pool->light, it orders its later
- * pushes with a compiler barrier only, and a worker about to park while
- * any is light fences every CPU instead (look_last, fence.h). It turns
- * heavy again when it runs out of work (go_heavy), so that a pool whose
- * jobs push nothing, or whose workers are idle, never makes parkers pay a
- * system call, which interrupts every CPU running a thread of the
- * process. seq_cst on the count: a parker that reads it 0 has its
- * announcement before our increment, so our later reads of the counts,
- * after the increment, see it; one that reads our decrement has every push
- * of ours before it (its release). */
-static void go_light(cp_pool *pool, struct worker *self)
-{
-    if (pool->fenced) {
-        atomic_fetch_add_explicit(&pool->light, 1, memory_order_seq_cst);
-        self->light = true;
-    }
-}
-
-static void go_heavy(struct worker *self)
-{
-    if (self->light) {
-        self->light = false;
-        atomic_fetch_sub_explicit(&self->pool->light, 1, memory_order_seq_cst);
-    }
-}
-
-static inline void notify_own(cp_pool *pool, struct worker *self)
-{
-    if (__builtin_expect(self->light, 1)) {
-        /* Compiler barrier: the push before our reads (see go_light). */
-        atomic_signal_fence(memory_order_seq_cst);
-        notify_published(pool);
-        return;
-    }
-    go_light(pool, self);
-    notify(pool); /* this push's own order: the fence */
 }
 
 /* Wake every worker: shutdown, and the end of the last pending item. */
@@ -573,19 +521,6 @@ static bool work_visible(cp_pool *pool)
     return false;
 }
 
-/* A worker that announced itself (counted in the waiters, or out of the
- * searchers) orders that before its last look for work: the other side of
- * notify's fence, and of the compiler barrier of light workers' pushes
- * (notify_own), for which it fences every CPU. seq_cst load: after our
- * announcement (see go_light). */
-static void look_last(cp_pool *pool)
-{
-    if (pool->fenced && atomic_load_explicit(&pool->light, memory_order_seq_cst) != 0)
-        cp__fence_all_threads();
-    else
-        atomic_thread_fence(memory_order_seq_cst);
-}
-
 static void park(struct worker *self)
 {
     cp_pool *pool = self->pool;
@@ -600,9 +535,8 @@ static void park(struct worker *self)
      * it sees us counted, through the setter, whose wake bumps the epoch
      * under us. */
     atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
-    /* "Announce, then look", paired with notify's fence and notify_own's
-     * barrier. */
-    look_last(pool);
+    /* seq_cst fence: "announce, then look", paired with notify's fence. */
+    atomic_thread_fence(memory_order_seq_cst);
     if (!work_visible(pool) && !pool_finished(pool)) {
         stat_bump(&self->parks);
         futex_wait(&pool->epoch, epoch, NULL);
@@ -1110,10 +1044,6 @@ static struct work *search(struct worker *self, const struct work *awaited,
                            bool woken)
 {
     cp_pool *pool = self->pool;
-    /* Out of work: our pushes while we search, if any, are take_injected's
-     * (with notify's fence); light, we would make a parker pay a system
-     * call (see go_light). */
-    go_heavy(self);
     /* relaxed: a limit on spinning, not a condition of correctness. */
     if (!woken && atomic_load_explicit(&pool->searching, memory_order_relaxed) >=
                       (pool->nworkers + 1) / 2)
@@ -1130,13 +1060,11 @@ static struct work *search(struct worker *self, const struct work *awaited,
                                               memory_order_seq_cst) - 1;
     if (w && left == 0)
         notify(pool);
-    else if (!w && awaited && left == 0) {
+    else if (!w && awaited) {
         /* We stop searching without going to park, where a searcher looks
          * one last time: look here, as park does, for work whose wake was
-         * skipped because we were searching. Not while others search: the
-         * last of them to stop looks for us, as it does for a searcher that
-         * found work (above). */
-        look_last(pool);
+         * skipped because we were searching. seq_cst fence: as in park. */
+        atomic_thread_fence(memory_order_seq_cst);
         if (work_visible(pool))
             notify_published(pool);
     }
@@ -1191,7 +1119,6 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
                 sched_yield();
                 continue;
             }
-            go_heavy(self);
             pending_flush(self);
         }
         if (!sleep_on(w, deadline))
@@ -1388,7 +1315,7 @@ enqueue(cp_pool *pool, struct worker *self, struct work *w)
 {
     if (self) {
         if (cp__deque_push(&self->deque, w) == 0) {
-            notify_own(pool, self);
+            notify(pool);
             return;
         }
         inject_reinject(pool, w); /* no memory to grow the deque */

@@ -3,11 +3,10 @@
  *
  * pool_stress's "lost wake-ups" phase submits from outside the pool, onto
  * the injection queue, whose seq_cst exchange orders the notify itself. A
- * worker's push is only a release store of bottom; with membarrier, a
- * worker busy with jobs that pushed before ("light", pool.c's go_light)
- * orders its notify with a compiler barrier only, and the worker about to
- * park (look_last) or a waiter that stops searching fences every CPU
- * instead; other pushes take a fence. Each phase
+ * worker's push is only a release store of bottom, which its notify's
+ * seq_cst fence orders before its look at the waiter and searcher counts;
+ * the worker about to park, or a waiter that stops searching, fences
+ * before its last look for work. Each phase
  * here makes a worker push work and then block WITHOUT helping (on a
  * semaphore the pushed work posts), so that only another worker can run
  * that work: if the other worker's park missed the push and the push's
@@ -17,16 +16,14 @@
  * point of going to sleep.
  *
  * 1. push: a job pauses, submits a child (a push on its worker's deque),
- *    and blocks until the child has run; pools of 2 and 3 workers. Every
- *    other round the job first submits a child it waits for, which its
- *    worker takes back and runs: the push that follows is a light one.
+ *    and blocks until the child has run; pools of 2 and 3 workers.
  * 2. batch: the main thread submits a few jobs at once; the first of them
  *    to start blocks until all the others have run. Its worker may have
  *    moved the others from the injection queue to its own deque
  *    (take_injected's notify).
  * 3. awaited: three workers; F is short; P waits for F (a helping wait:
  *    it searches with F awaited, and when F ends first it stops searching
- *    without parking, search's look_last), then blocks until C has run;
+ *    without parking, and looks one last time), then blocks until C has run;
  *    G pauses, submits C and blocks until C has run. P's and G's workers
  *    may both be blocked: C needs the third.
  *
@@ -96,7 +93,6 @@ static cp_pool *new_pool(unsigned threads)
 
 struct round {
     cp_pool *pool;
-    bool light;           /* push: make a push first and take it back */
     uint64_t pause;       /* before the push */
     sem_t ran;            /* posted by the child(ren) */
     unsigned blocked_for; /* posts the blocked job waits for */
@@ -110,24 +106,9 @@ static void *post_child(void *p)
     return NULL;
 }
 
-static void *noop(void *p)
-{
-    return p;
-}
-
 static void *push_then_block(void *p)
 {
     struct round *r = p;
-    if (r->light) {
-        /* A push waited for and taken back at once: the worker is still
-         * busy, and now light (pool.c, go_light), so the push below is
-         * ordered by a compiler barrier only and a parker must fence. */
-        cp_future *f = NULL;
-        int rc = cp_pool_submit(r->pool, noop, NULL, &f);
-        CHECK(rc == 0, "submit from a job: %s", cp_strerror(rc));
-        CHECK(cp_future_wait(f, NULL) == 0, "wait for own child");
-        cp_future_free(f);
-    }
     spin_ns(r->pause);
     int rc = cp_pool_submit(r->pool, post_child, r, NULL);
     CHECK(rc == 0, "submit from a job: %s", cp_strerror(rc));
@@ -142,8 +123,7 @@ static void phase_push(uint64_t rounds)
     for (unsigned threads = 2; threads <= 3; threads++) {
         cp_pool *pool = new_pool(threads);
         for (uint64_t i = 0; i < rounds / 2; i++) {
-            struct round r = {.pool = pool, .light = i % 2 == 1,
-                              .pause = random_pause(&rng), .blocked_for = 1};
+            struct round r = {.pool = pool, .pause = random_pause(&rng), .blocked_for = 1};
             CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
             spin_ns(random_pause(&rng));
             cp_future *f = NULL;
