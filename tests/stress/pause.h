@@ -34,4 +34,23 @@ static inline void spin_ns(uint64_t ns)
         ;
 }
 
+/* A random pause length in ns: "not at all", "a few hundred ns", "a few
+ * us", or about as long as a worker searches before it parks (SPIN_NS, 50 us
+ * in pool.c) and longer, so that a step lands before, in and after a
+ * worker's way to sleep. */
+static inline uint64_t random_pause(uint64_t *rng)
+{
+    uint64_t r = splitmix(rng);
+    switch (r % 8) {
+    case 0:
+        return 0;
+    case 1: case 2: case 3:
+        return (r >> 8) % 500;
+    case 4: case 5:
+        return (r >> 8) % 5000;
+    default:
+        return 20000 + (r >> 8) % 100000;
+    }
+}
+
 #endif /* CTXPOOL_PAUSE_H */

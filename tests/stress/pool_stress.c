@@ -430,23 +430,6 @@ static void phase_mixed(uint64_t jobs)
 /* ------------------------------------------------------------------------ */
 /* Phase 3: lost wake-ups                                                    */
 
-/* A pause that covers "not at all", "a few hundred ns" and "about as long
- * as a worker searches before it parks" (50 us in pool.c). */
-static uint64_t random_pause(uint64_t *rng)
-{
-    uint64_t r = splitmix(rng);
-    switch (r % 8) {
-    case 0:
-        return 0;
-    case 1: case 2: case 3:
-        return (r >> 8) % 500;
-    case 4: case 5:
-        return (r >> 8) % 5000;
-    default:
-        return 20000 + (r >> 8) % 100000;
-    }
-}
-
 static void *wake_job(void *p)
 {
     uint64_t rng = (uintptr_t)p;

@@ -55,23 +55,6 @@
 #endif
 #define BATCH_MAX 16
 
-/* "Not at all", "a few hundred ns", "a few us", or about a worker's
- * search before it parks (50 us in pool.c). */
-static uint64_t random_pause(uint64_t *rng)
-{
-    uint64_t r = splitmix(rng);
-    switch (r % 8) {
-    case 0:
-        return 0;
-    case 1: case 2: case 3:
-        return (r >> 8) % 500;
-    case 4: case 5:
-        return (r >> 8) % 5000;
-    default:
-        return 20000 + (r >> 8) % 100000;
-    }
-}
-
 static void sem_wait_all(sem_t *s, unsigned n)
 {
     for (unsigned i = 0; i < n; i++)
@@ -95,6 +78,7 @@ struct round {
     cp_pool *pool;
     uint64_t pause;       /* before the push */
     sem_t ran;            /* posted by the child(ren) */
+    unsigned posts;       /* how many times push_then_block's child posts */
     unsigned blocked_for; /* posts the blocked job waits for */
     atomic_bool first;    /* batch: set by the first job to start */
     cp_future *awaited;   /* awaited: F */
@@ -102,7 +86,12 @@ struct round {
 
 static void *post_child(void *p)
 {
-    sem_post(&((struct round *)p)->ran);
+    struct round *r = p;
+    /* Read before the first post: after the last one, r may be gone. */
+    unsigned posts = r->posts;
+    sem_t *ran = &r->ran;
+    for (unsigned i = 0; i < posts; i++)
+        sem_post(ran);
     return NULL;
 }
 
@@ -123,7 +112,8 @@ static void phase_push(uint64_t rounds)
     for (unsigned threads = 2; threads <= 3; threads++) {
         cp_pool *pool = new_pool(threads);
         for (uint64_t i = 0; i < rounds / 2; i++) {
-            struct round r = {.pool = pool, .pause = random_pause(&rng), .blocked_for = 1};
+            struct round r = {.pool = pool, .pause = random_pause(&rng), .posts = 1,
+                              .blocked_for = 1};
             CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
             spin_ns(random_pause(&rng));
             cp_future *f = NULL;
@@ -192,30 +182,15 @@ static void *wait_then_block(void *p)
     return NULL;
 }
 
-static void *post_child_twice(void *p)
-{
-    sem_post(&((struct round *)p)->ran);
-    sem_post(&((struct round *)p)->ran);
-    return NULL;
-}
-
-static void *push_twice_then_block(void *p)
-{
-    struct round *r = p;
-    spin_ns(r->pause);
-    int rc = cp_pool_submit(r->pool, post_child_twice, r, NULL);
-    CHECK(rc == 0, "submit from a job: %s", cp_strerror(rc));
-    sem_wait_all(&r->ran, 1);
-    return NULL;
-}
-
 static void phase_awaited(uint64_t rounds)
 {
     watchdog_phase("awaited");
     uint64_t rng = 3;
     cp_pool *pool = new_pool(3);
     for (uint64_t i = 0; i < rounds; i++) {
-        struct round r = {.pool = pool, .pause = random_pause(&rng)};
+        /* C posts for G and for P. */
+        struct round r = {.pool = pool, .pause = random_pause(&rng), .posts = 2,
+                          .blocked_for = 1};
         CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
         cp_future *f = NULL, *p = NULL, *g = NULL;
         spin_ns(random_pause(&rng));
@@ -225,9 +200,9 @@ static void phase_awaited(uint64_t rounds)
         r.awaited = f;
         if (splitmix(&rng) & 1) {
             CHECK(cp_pool_submit(pool, wait_then_block, &r, &p) == 0, "submit P");
-            CHECK(cp_pool_submit(pool, push_twice_then_block, &r, &g) == 0, "submit G");
+            CHECK(cp_pool_submit(pool, push_then_block, &r, &g) == 0, "submit G");
         } else {
-            CHECK(cp_pool_submit(pool, push_twice_then_block, &r, &g) == 0, "submit G");
+            CHECK(cp_pool_submit(pool, push_then_block, &r, &g) == 0, "submit G");
             CHECK(cp_pool_submit(pool, wait_then_block, &r, &p) == 0, "submit P");
         }
         CHECK(cp_future_wait(p, NULL) == 0, "wait P");
