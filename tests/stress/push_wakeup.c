@@ -105,26 +105,17 @@ static void *push_then_block(void *p)
     return NULL;
 }
 
-static void phase_push(uint64_t rounds)
+/* One round: a job pushes a child and blocks until it has run. */
+static void round_push(struct round *r, uint64_t *rng)
 {
-    watchdog_phase("push");
-    uint64_t rng = 1;
-    for (unsigned threads = 2; threads <= 3; threads++) {
-        cp_pool *pool = new_pool(threads);
-        for (uint64_t i = 0; i < rounds / 2; i++) {
-            struct round r = {.pool = pool, .pause = random_pause(&rng), .posts = 1,
-                              .blocked_for = 1};
-            CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
-            spin_ns(random_pause(&rng));
-            cp_future *f = NULL;
-            CHECK(cp_pool_submit(pool, push_then_block, &r, &f) == 0, "submit");
-            CHECK(cp_future_wait(f, NULL) == 0, "wait");
-            cp_future_free(f);
-            sem_destroy(&r.ran);
-            watchdog_tick();
-        }
-        CHECK(cp_pool_free(pool) == 0, "free");
-    }
+    r->pause = random_pause(rng);
+    r->posts = 1;
+    r->blocked_for = 1;
+    spin_ns(random_pause(rng));
+    cp_future *f = NULL;
+    CHECK(cp_pool_submit(r->pool, push_then_block, r, &f) == 0, "submit");
+    CHECK(cp_future_wait(f, NULL) == 0, "wait");
+    cp_future_free(f);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -141,28 +132,19 @@ static void *batch_job(void *p)
     return NULL;
 }
 
-static void phase_batch(uint64_t rounds)
+/* One round: 2 to BATCH_MAX jobs at once; the first to start blocks. */
+static void round_batch(struct round *r, uint64_t *rng)
 {
-    watchdog_phase("batch");
-    uint64_t rng = 2;
-    cp_pool *pool = new_pool(2);
-    for (uint64_t i = 0; i < rounds; i++) {
-        unsigned n = 2 + (unsigned)(splitmix(&rng) % (BATCH_MAX - 1));
-        struct round r = {.pool = pool, .blocked_for = n - 1};
-        CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
-        atomic_init(&r.first, false);
-        spin_ns(random_pause(&rng));
-        cp_future *f[BATCH_MAX];
-        for (unsigned j = 0; j < n; j++)
-            CHECK(cp_pool_submit(pool, batch_job, &r, &f[j]) == 0, "submit");
-        for (unsigned j = 0; j < n; j++) {
-            CHECK(cp_future_wait(f[j], NULL) == 0, "wait");
-            cp_future_free(f[j]);
-        }
-        sem_destroy(&r.ran);
-        watchdog_tick();
+    unsigned n = 2 + (unsigned)(splitmix(rng) % (BATCH_MAX - 1));
+    r->blocked_for = n - 1;
+    spin_ns(random_pause(rng));
+    cp_future *f[BATCH_MAX];
+    for (unsigned j = 0; j < n; j++)
+        CHECK(cp_pool_submit(r->pool, batch_job, r, &f[j]) == 0, "submit");
+    for (unsigned j = 0; j < n; j++) {
+        CHECK(cp_future_wait(f[j], NULL) == 0, "wait");
+        cp_future_free(f[j]);
     }
-    CHECK(cp_pool_free(pool) == 0, "free");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -182,35 +164,49 @@ static void *wait_then_block(void *p)
     return NULL;
 }
 
-static void phase_awaited(uint64_t rounds)
+/* One round: F, P waiting for F, and G pushing C, in either order of P
+ * and G; C posts for G and for P. */
+static void round_awaited(struct round *r, uint64_t *rng)
 {
-    watchdog_phase("awaited");
-    uint64_t rng = 3;
-    cp_pool *pool = new_pool(3);
+    r->pause = random_pause(rng);
+    r->posts = 2;
+    r->blocked_for = 1;
+    cp_pool *pool = r->pool;
+    cp_future *f = NULL, *p = NULL, *g = NULL;
+    spin_ns(random_pause(rng));
+    CHECK(cp_pool_submit(pool, short_job, (void *)(uintptr_t)(random_pause(rng) / 4), &f) == 0,
+          "submit F");
+    r->awaited = f;
+    if (splitmix(rng) & 1) {
+        CHECK(cp_pool_submit(pool, wait_then_block, r, &p) == 0, "submit P");
+        CHECK(cp_pool_submit(pool, push_then_block, r, &g) == 0, "submit G");
+    } else {
+        CHECK(cp_pool_submit(pool, push_then_block, r, &g) == 0, "submit G");
+        CHECK(cp_pool_submit(pool, wait_then_block, r, &p) == 0, "submit P");
+    }
+    CHECK(cp_future_wait(p, NULL) == 0, "wait P");
+    CHECK(cp_future_wait(g, NULL) == 0, "wait G");
+    CHECK(cp_future_wait(f, NULL) == 0, "wait F");
+    cp_future_free(p);
+    cp_future_free(g);
+    cp_future_free(f);
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* Run `rounds` rounds of one phase on a fresh pool of `threads` workers,
+ * each round with a fresh struct round (its semaphore at 0). */
+static void run_phase(const char *name, unsigned threads, uint64_t seed, uint64_t rounds,
+                      void (*one)(struct round *, uint64_t *))
+{
+    watchdog_phase(name);
+    uint64_t rng = seed;
+    cp_pool *pool = new_pool(threads);
     for (uint64_t i = 0; i < rounds; i++) {
-        /* C posts for G and for P. */
-        struct round r = {.pool = pool, .pause = random_pause(&rng), .posts = 2,
-                          .blocked_for = 1};
+        struct round r = {.pool = pool};
         CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
-        cp_future *f = NULL, *p = NULL, *g = NULL;
-        spin_ns(random_pause(&rng));
-        CHECK(cp_pool_submit(pool, short_job,
-                             (void *)(uintptr_t)(random_pause(&rng) / 4), &f) == 0,
-              "submit F");
-        r.awaited = f;
-        if (splitmix(&rng) & 1) {
-            CHECK(cp_pool_submit(pool, wait_then_block, &r, &p) == 0, "submit P");
-            CHECK(cp_pool_submit(pool, push_then_block, &r, &g) == 0, "submit G");
-        } else {
-            CHECK(cp_pool_submit(pool, push_then_block, &r, &g) == 0, "submit G");
-            CHECK(cp_pool_submit(pool, wait_then_block, &r, &p) == 0, "submit P");
-        }
-        CHECK(cp_future_wait(p, NULL) == 0, "wait P");
-        CHECK(cp_future_wait(g, NULL) == 0, "wait G");
-        CHECK(cp_future_wait(f, NULL) == 0, "wait F");
-        cp_future_free(p);
-        cp_future_free(g);
-        cp_future_free(f);
+        atomic_init(&r.first, false);
+        one(&r, &rng);
         sem_destroy(&r.ran);
         watchdog_tick();
     }
@@ -222,9 +218,10 @@ int main(int argc, char **argv)
     uint64_t rounds = stress_ops(argc, argv, DEFAULT_ROUNDS / TSAN_DIVISOR);
     watchdog_start("push_wakeup", "a lost wake-up (work pushed on a blocked worker's deque, "
                    "every other worker asleep)");
-    phase_push(rounds);
-    phase_batch(rounds / 2);
-    phase_awaited(rounds / 2);
+    run_phase("push", 2, 1, rounds / 2, round_push);
+    run_phase("push", 3, 1, rounds / 2, round_push);
+    run_phase("batch", 2, 2, rounds / 2, round_batch);
+    run_phase("awaited", 3, 3, rounds / 2, round_awaited);
     printf("push_wakeup: %llu rounds, no lost wake-up\n", (unsigned long long)rounds);
     return 0;
 }
