@@ -26,10 +26,16 @@
  * helps: it offers its own private tasks, runs its own deque's work, the
  * injection queue's, and steals, until what it waits for is done; only when
  * a search finds nothing, and no work is visible that it could not take
- * (an outside push half done hides the items behind it), does it sleep on
- * the item's state word. The item is then not queued but taken by another
- * thread (it was visible before anyone could wait for it), which wakes the
- * waiter when it finishes it, and then finds whatever was queued meanwhile.
+ * (an outside push half done hides the items behind it), does it sleep.
+ * The item is then not queued but taken by another thread (it was visible
+ * before anyone could wait for it), which wakes the waiter when it
+ * finishes it. A waiting worker sleeps as a parked one does, on the
+ * pool's event count (see "Parking"), so that work queued meanwhile wakes
+ * it too: the busy workers may be blocked on that very work in user code.
+ * The item's finisher, told by a flag in its state word, wakes it there;
+ * a cancel, which may finish an item after the pool's accounting has let
+ * the pool go, holds a reference to the pool's memory for that wake. Any
+ * other thread sleeps on the item's state word.
  * A worker that finds the job it waits for at the bottom of its own deque
  * takes it back and runs it with no atomic read-modify-write: the fence its
  * pop takes anyway serves two store-buffering pairs instead, one with
@@ -101,18 +107,28 @@
 /* ------------------------------------------------------------------------ */
 /* Futex                                                                     */
 
-static void futex_wait(_Atomic uint32_t *word, uint32_t expected,
-                       const struct timespec *relative)
+/* Sleep while *word == expected, until deadline (CLOCK_MONOTONIC ns; 0:
+ * none). Returns on a wake whose bitset shares a bit with `bits`, when
+ * *word != expected, on a signal or at the deadline; every caller
+ * re-checks its condition. */
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected, uint32_t bits,
+                       uint64_t deadline)
 {
-    /* Returns on a wake, when *word != expected, on a signal or at timeout;
-     * every caller re-checks its condition. */
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, relative,
-            NULL, 0);
+    struct timespec at, *atp = NULL;
+    if (deadline) {
+        at.tv_sec = (time_t)(deadline / 1000000000u);
+        at.tv_nsec = (long)(deadline % 1000000000u);
+        atp = &at;
+    }
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET_PRIVATE, expected, atp,
+            NULL, bits);
 }
 
-static void futex_wake(_Atomic uint32_t *word, int count)
+/* Wake up to count sleepers on word whose bits share one with `bits`. */
+static void futex_wake(_Atomic uint32_t *word, int count, uint32_t bits)
 {
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_BITSET_PRIVATE, count, NULL,
+            NULL, bits);
 }
 
 static uint64_t now_ns(void)
@@ -127,7 +143,9 @@ static uint64_t now_ns(void)
 
 /* States of a work item, in its state word, and flags beside them (a
  * change of state keeps the flags). WAITERS is or-ed in by a thread that
- * sleeps on the word, so that whoever finishes the item knows to wake.
+ * sleeps on the word, and HELPERS by a worker of the pool that sleeps on
+ * the pool's epoch waiting for the item (helper_sleep), so that whoever
+ * finishes the item knows to wake them (wake_sleepers).
  *
  * A job (a future) has two holders, the user's handle and the pool, and
  * the word says which have let go: FREED, set by cp_future_free (or at
@@ -149,7 +167,8 @@ enum {
     ST_MASK = 7,
     ST_WAITERS = 8,
     ST_FREED = 16,
-    ST_RELEASED = 32
+    ST_RELEASED = 32,
+    ST_HELPERS = 64
 };
 
 /* KIND_PRIVATE: a frame task kept by its spawner, in no queue (see cp_spawn).
@@ -280,6 +299,10 @@ struct cp_pool {
     /* Read by every worker for every item: a line of its own. */
     alignas(CP__CACHE_LINE) _Atomic int state; /* RUNNING, DRAINING, CANCELLING */
 
+    /* Holders of the pool's memory: its user until cp_pool_free, and every
+     * cancel from its win until its wake (cp_future_cancel). The last one
+     * frees it (pool_unref). */
+    _Atomic unsigned refs;
     unsigned nworkers;
     unsigned fork_generation;
     /* cp__fence_ready() when the pool was made: the taker of a future and
@@ -438,14 +461,25 @@ static bool inject_nonempty(cp_pool *pool)
 /* ------------------------------------------------------------------------ */
 /* Parking                                                                   */
 
-static void wake(cp_pool *pool, int count)
+/* The futex bitsets of the epoch's sleepers: a parked worker sleeps with
+ * PARK_BITS, a helper (helper_sleep) with one of the other 31 bits, chosen
+ * by the item it waits for, so that the end of the item wakes its helpers
+ * and not every sleeper. A notify wakes any sleeper. */
+#define PARK_BITS 1u
+static uint32_t helper_bits(const struct work *w)
+{
+    return 2u << ((uintptr_t)w / alignof(struct work) % 31);
+}
+
+/* Wake up to count of the epoch's sleepers whose bitset meets bits. */
+static void wake(cp_pool *pool, int count, uint32_t bits)
 {
     if (atomic_load_explicit(&pool->waiters, memory_order_seq_cst) == 0)
         return;
     /* seq_cst: a new epoch, so a waiter that read the old one does not
      * sleep (its futex wait compares against the old value). */
     atomic_fetch_add_explicit(&pool->epoch, 1, memory_order_seq_cst);
-    futex_wake(&pool->epoch, count);
+    futex_wake(&pool->epoch, count, bits);
 }
 
 /* notify_published's wake, out of line: a busy pool never gets here. */
@@ -454,7 +488,7 @@ static __attribute__((noinline)) void notify_waiters(cp_pool *pool)
     /* seq_cst: while a wake is on its way, the worker it wakes will search
      * and find this work too: no second wake (and system call) for it. */
     if (atomic_exchange_explicit(&pool->waking, 1, memory_order_seq_cst) == 0)
-        wake(pool, 1);
+        wake(pool, 1, FUTEX_BITSET_MATCH_ANY);
 }
 
 /* New work was published: make sure some worker will look. No wake when a
@@ -485,7 +519,7 @@ static void notify(cp_pool *pool)
 static void notify_all(cp_pool *pool)
 {
     atomic_thread_fence(memory_order_seq_cst);
-    wake(pool, INT_MAX);
+    wake(pool, INT_MAX, FUTEX_BITSET_MATCH_ANY);
 }
 
 /* The items accepted and not finished (see "Shutdown"), given the workers'
@@ -519,34 +553,6 @@ static bool work_visible(cp_pool *pool)
         if (cp__deque_size(&pool->workers[i].deque) > 0)
             return true;
     return false;
-}
-
-static void park(struct worker *self)
-{
-    cp_pool *pool = self->pool;
-    /* seq_cst: the epoch we may sleep on, read before we count ourselves in. */
-    uint32_t epoch = atomic_load_explicit(&pool->epoch, memory_order_seq_cst);
-    atomic_fetch_add_explicit(&pool->waiters, 1, memory_order_seq_cst);
-    /* seq_cst: a wake in flight may have found no waiter (it then bumps
-     * nothing), and notifiers that see the flag skip their wake. Clearing it
-     * here, counted in and before the last look, covers them: a notifier
-     * that read the flag before this store published its work before that,
-     * so the look below sees the work; one that reads a flag set again after
-     * it sees us counted, through the setter, whose wake bumps the epoch
-     * under us. */
-    atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
-    /* seq_cst fence: "announce, then look", paired with notify's fence. */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (!work_visible(pool) && !pool_finished(pool)) {
-        stat_bump(&self->parks);
-        futex_wait(&pool->epoch, epoch, NULL);
-    }
-    atomic_fetch_sub_explicit(&pool->waiters, 1, memory_order_seq_cst);
-    /* seq_cst: whoever leaves park ends the wake in flight, woken or not.
-     * Ending it early (another worker is the one woken) costs at most one
-     * more wake. A flag left set by a wake that found no waiter is harmless:
-     * the next worker to park clears it before its last look (above). */
-    atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -669,23 +675,40 @@ static void future_let_go(struct cp_future *f, uint32_t mine)
         job_release(f);
 }
 
+/* w was made final, its state word `old` just before: wake whoever sleeps
+ * waiting for it. Whoever waits may free w as soon as the state is final;
+ * the futex wake on its word may then find the word reused, which only
+ * means a spurious wake for a futex user there, as futex users must
+ * expect; w is not read. Helpers (ST_HELPERS) sleep on pool's epoch, which
+ * the caller keeps alive: it is one of pool's workers, or a cancel holding
+ * a reference (cp_future_cancel). A helper counted itself a waiter and read
+ * the epoch before its mark (helper_sleep), and the caller's
+ * read-modify-write that saw the mark acquired it (the mark's
+ * compare-and-swap is seq_cst): wake reads the count with the helper in it,
+ * and its new epoch comes after the helper's read, so the helper's futex
+ * wait either finds the epoch changed or is woken. */
+static void wake_sleepers(cp_pool *pool, struct work *w, uint32_t old)
+{
+    if (old & ST_WAITERS)
+        futex_wake(&w->state, INT_MAX, FUTEX_BITSET_MATCH_ANY);
+    if (old & ST_HELPERS)
+        wake(pool, INT_MAX, helper_bits(w));
+}
+
 /* Move w's state from `from` to final (DONE or CANCELLED), keeping the
- * flags and adding `flags`, and wake whoever sleeps on it. Returns the word
- * as it was. Whoever waits may free w as soon as the state is final; the
- * futex wake may then find the word reused, which only means a spurious
- * wake for a futex user there, as futex users must expect. */
-static uint32_t work_finish(struct work *w, uint32_t from, uint32_t final,
-                            uint32_t flags)
+ * flags and adding `flags`, and wake whoever sleeps waiting for it (pool:
+ * see wake_sleepers). Returns the word as it was. */
+static uint32_t work_finish(cp_pool *pool, struct work *w, uint32_t from,
+                            uint32_t final, uint32_t flags)
 {
     /* release: the outcome and result written before are visible to whoever
      * acquires the final state; acquire: for the caller that frees w on
-     * seeing ST_FREED. The addition (modulo 2^32 when final < from) changes
-     * only the state bits, since the state is `from` and the flags added
-     * are not yet set. */
+     * seeing ST_FREED, and for wake_sleepers. The addition (modulo 2^32
+     * when final < from) changes only the state bits, since the state is
+     * `from` and the flags added are not yet set. */
     uint32_t old = atomic_fetch_add_explicit(&w->state, final - from + flags,
                                              memory_order_acq_rel);
-    if (old & ST_WAITERS)
-        futex_wake(&w->state, INT_MAX);
+    wake_sleepers(pool, w, old);
     return old;
 }
 
@@ -802,9 +825,9 @@ static bool job_claim(struct cp_future *f, bool alone)
 
 /* f, claimed (RUNNING), has run or been cancelled (final): tell its
  * waiters, if it can have any, and let go of it. */
-static void job_end(struct cp_future *f, bool alone, uint32_t final)
+static void job_end(cp_pool *pool, struct cp_future *f, bool alone, uint32_t final)
 {
-    if (alone || (work_finish(&f->w, ST_RUNNING, final, ST_RELEASED) & ST_FREED))
+    if (alone || (work_finish(pool, &f->w, ST_RUNNING, final, ST_RELEASED) & ST_FREED))
         job_release(f);
 }
 
@@ -861,7 +884,7 @@ static void run_job(struct worker *self, struct cp_future *f)
         job_cancelled(self, f, alone);
         return;
     }
-    job_end(f, alone, job_run(self, f, alone));
+    job_end(self->pool, f, alone, job_run(self, f, alone));
     pending_done(self);
 }
 
@@ -887,14 +910,15 @@ static void run_job(struct worker *self, struct cp_future *f)
  * while f runs: cancels keep backing off (taken stays set). f cannot be
  * freed meanwhile: our caller holds the handle.
  *
- * The finish: a waiter that sleeps sets ST_WAITERS (seq_cst) and then reads
- * taken (seq_cst), the same pair the other way round. If our read after the
- * fence saw no ST_WAITERS, every waiter that sets it later sees taken: it
- * then raises f->late and runs an asymmetric fence (fence.h) before it
- * sleeps (sleep_on), and our finish is a plain store, a compiler barrier
- * and a look at late, the other half of that handshake. If it saw the bit,
- * or the process has no asymmetric fence, the finish is a compare-and-swap
- * that keeps the bits and waits out a deciding cancel, and a wake. */
+ * The finish: a waiter that sleeps sets ST_WAITERS or ST_HELPERS (seq_cst)
+ * and then reads taken (seq_cst), the same pair the other way round. If our
+ * read after the fence saw neither bit, every waiter that sets one later
+ * sees taken: it then raises f->late and runs an asymmetric fence
+ * (fence.h) before it sleeps (mark_sleeper), and our finish is a plain
+ * store, a compiler barrier and a look at late, the other half of that
+ * handshake. If it saw a bit, or the process has no asymmetric fence, the
+ * finish is a compare-and-swap that keeps the bits and waits out a
+ * deciding cancel, and a wake. */
 static inline __attribute__((always_inline)) bool
 job_take_own(struct worker *self, struct cp_future *f)
 {
@@ -911,28 +935,32 @@ job_take_own(struct worker *self, struct cp_future *f)
     /* Final, and let go of as the pool; the handle, held by our caller's
      * wait, is not freed yet, so cp_future_free will free f. release: the
      * outcome and result to whoever acquires the final state. */
-    if (!(s & ST_WAITERS) && self->pool->fenced) {
+    if (!(s & (ST_WAITERS | ST_HELPERS)) && self->pool->fenced) {
         /* No sleeper was there when we took f: a plain store. It may
-         * overwrite ST_WAITERS set since by late waiters, or a cancel's
+         * overwrite the bits set since by late waiters, or a cancel's
          * CANCELLING (which then fails to back off from it, see
          * cp_future_cancel). A late waiter raised late before its fence:
-         * either its futex wait compares against our store, or our load of
-         * late after the store (after the barrier its fence put on this CPU)
-         * sees it. The compiler barrier keeps the load after the store;
-         * relaxed: the handshake's order comes from the waiter's fence. */
+         * either its look at the word after the fence (its futex wait's
+         * compare, or helper_sleep's) sees our store, or our load of late
+         * after the store (after the barrier its fence put on this CPU)
+         * sees it, and we wake it, of either kind. The compiler barrier
+         * keeps the load after the store. acquire: a late helper's count
+         * and epoch read come before our wake (see wake_sleepers); the
+         * handshake's order itself comes from the waiter's fence. */
         atomic_store_explicit(&f->w.state, final | ST_RELEASED, memory_order_release);
         atomic_signal_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&f->late, memory_order_relaxed))
-            futex_wake(&f->w.state, INT_MAX);
+        if (atomic_load_explicit(&f->late, memory_order_acquire))
+            wake_sleepers(self->pool, &f->w, ST_WAITERS | ST_HELPERS);
     } else {
-        /* Failure relaxed: the state is looked at again before it is used. */
+        /* acq_rel: release as above, acquire for wake_sleepers. Failure
+         * relaxed: the state is looked at again before it is used. */
         do {
             if ((s & ST_MASK) == ST_CANCELLING)
                 s = job_settled(f);
         } while (!atomic_compare_exchange_weak_explicit(
-            &f->w.state, &s, s - ST_PENDING + final + ST_RELEASED, memory_order_release,
+            &f->w.state, &s, s - ST_PENDING + final + ST_RELEASED, memory_order_acq_rel,
             memory_order_relaxed));
-        futex_wake(&f->w.state, INT_MAX);
+        wake_sleepers(self->pool, &f->w, s);
     }
     pending_done(self);
     return true;
@@ -950,14 +978,14 @@ static void run_task(struct worker *self, struct task *t)
     if (counted && atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
         t->w.outcome = CP_ECANCELED;
         stat_bump(&self->cancelled);
-        work_finish(&t->w, ST_PENDING, ST_CANCELLED, 0);
+        work_finish(pool, &t->w, ST_PENDING, ST_CANCELLED, 0);
     } else {
         /* The spawner keeps the borrowed map alive until cp_sync returns. */
         void *result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
         t->u.result = result;
         t->w.outcome = 0;
         stat_bump(&self->completed);
-        work_finish(&t->w, ST_PENDING, ST_DONE, 0);
+        work_finish(pool, &t->w, ST_PENDING, ST_DONE, 0);
     }
     if (counted)
         pending_done(self);
@@ -983,32 +1011,38 @@ static bool work_final(const struct work *w)
     return state_final(atomic_load_explicit(&w->state, memory_order_acquire));
 }
 
-/* Sleep until w's state changes from what we saw, or the deadline
- * (0: none). Returns false when the deadline has passed. */
-static bool sleep_on(struct work *w, uint64_t deadline)
+/* Mark w for a thread about to sleep until w is final, with `bit` in its
+ * state word: ST_WAITERS, the thread sleeps on the word; ST_HELPERS, it is
+ * a worker of w's pool and sleeps on the pool's epoch (park). w's finisher
+ * then wakes it (wake_sleepers). Returns the word with the bit set, or a
+ * final state: no sleep. */
+static uint32_t mark_sleeper(struct work *w, uint32_t bit)
 {
     /* seq_cst, the load and the compare-and-swap: the sleeper's store and
-     * the first of its loads of the store-buffering pair below. The futex
-     * compares the word itself; a finish's read-modify-write sees our bit
-     * because it reads the latest value. */
+     * the first of its loads of the store-buffering pair below. Always a
+     * read-modify-write, even when the bit is set already (by an earlier
+     * sleep): a finish's read-modify-write, which reads the latest value,
+     * then sees our bit and acquires what we did before it (see
+     * wake_sleepers). */
     uint32_t s = atomic_load_explicit(&w->state, memory_order_seq_cst);
+    while (!state_final(s) &&
+           !atomic_compare_exchange_weak_explicit(&w->state, &s, s | bit,
+                                                  memory_order_seq_cst,
+                                                  memory_order_seq_cst))
+        ;
     if (state_final(s))
-        return true;
-    if (!(s & ST_WAITERS) &&
-        !atomic_compare_exchange_strong_explicit(&w->state, &s, s | ST_WAITERS,
-                                                 memory_order_seq_cst,
-                                                 memory_order_relaxed))
-        return true; /* changed under us: look again */
+        return s;
     /* A job its waiter's worker took back to run itself ends with a plain
-     * store unless that worker saw ST_WAITERS when it took it
+     * store unless that worker saw a sleeper's bit when it took it
      * (job_take_own). With the bit set (seq_cst, in S before this load),
      * not seeing taken (seq_cst) means the taker's load after its fence saw
      * the bit, by C11 7.17.3 (the taker stored taken before that fence):
      * it will wake us. Seeing taken, we raise late and fence every thread
-     * (fence.h): then either the futex wait's own look at the word sees
-     * the taker's final store, or the taker's look at late after that store
-     * sees ours, and it wakes us. seq_cst store: the fence's half on our
-     * side needs it before the syscall's; a rare path. */
+     * (fence.h): then either our look at the word after the fence (the
+     * futex wait's own, or park's) sees the taker's final store, or the
+     * taker's look at late after that store sees ours, and it wakes us.
+     * seq_cst store: the fence's half on our side needs it before the
+     * syscall's; a rare path. */
     if (w->kind == KIND_JOB && ((struct cp_future *)w)->pool->fenced) {
         struct cp_future *f = (struct cp_future *)w;
         if (atomic_load_explicit(&f->taken, memory_order_seq_cst)) {
@@ -1016,17 +1050,57 @@ static bool sleep_on(struct work *w, uint64_t deadline)
             cp__fence_all_threads();
         }
     }
-    struct timespec rel, *relp = NULL;
-    if (deadline) {
-        uint64_t now = now_ns();
-        if (now >= deadline)
-            return false;
-        rel.tv_sec = (time_t)((deadline - now) / 1000000000u);
-        rel.tv_nsec = (long)((deadline - now) % 1000000000u);
-        relp = &rel;
+    return s | bit;
+}
+
+/* Sleep on w's state word until it changes from what we marked, or the
+ * deadline (0: none): the sleep of a waiter that is not a worker of w's
+ * pool. */
+static void sleep_on(struct work *w, uint64_t deadline)
+{
+    uint32_t s = mark_sleeper(w, ST_WAITERS);
+    if (!state_final(s))
+        futex_wait(&w->state, s, FUTEX_BITSET_MATCH_ANY, deadline);
+}
+
+/* Sleep on the pool's event count (see "Parking"): a worker that found no
+ * work (awaited NULL), or a worker waiting for awaited that found nothing
+ * to help with (wait_work). Count ourselves a waiter, look once more, and
+ * only then sleep, on the epoch read before we counted in; until a notify
+ * or the end of awaited wakes us, or the deadline (0: none). Counted as a
+ * waiter, a waiting worker is woken for new work as a parked one is: work
+ * queued after it fell asleep may be what the busy workers block on. */
+static void park(struct worker *self, struct work *awaited, uint64_t deadline)
+{
+    cp_pool *pool = self->pool;
+    /* seq_cst: the epoch we may sleep on, read before we count ourselves in. */
+    uint32_t epoch = atomic_load_explicit(&pool->epoch, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&pool->waiters, 1, memory_order_seq_cst);
+    /* seq_cst: a wake in flight may have found no waiter (it then bumps
+     * nothing), and notifiers that see the flag skip their wake. Clearing it
+     * here, counted in and before the last look, covers them: a notifier
+     * that read the flag before this store published its work before that,
+     * so the look below sees the work; one that reads a flag set again after
+     * it sees us counted, through the setter, whose wake bumps the epoch
+     * under us. */
+    atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
+    /* Marked, awaited's finisher wakes us: its read-modify-write sees the
+     * mark, or our look below sees awaited final. */
+    bool idle = !awaited || !state_final(mark_sleeper(awaited, ST_HELPERS));
+    /* seq_cst fence: "announce, then look", paired with notify's fence. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (idle && !work_visible(pool) &&
+        !(awaited ? work_final(awaited) : pool_finished(pool))) {
+        stat_bump(&self->parks);
+        futex_wait(&pool->epoch, epoch, awaited ? helper_bits(awaited) : PARK_BITS,
+                   deadline);
     }
-    futex_wait(&w->state, s | ST_WAITERS, relp);
-    return true;
+    atomic_fetch_sub_explicit(&pool->waiters, 1, memory_order_seq_cst);
+    /* seq_cst: whoever leaves park ends the wake in flight, woken or not.
+     * Ending it early (another worker is the one woken) costs at most one
+     * more wake. A flag left set by a wake that found no waiter is harmless:
+     * the next worker to park clears it before its last look (above). */
+    atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
 }
 
 /* Look for work for a while (SPIN_NS) before sleeping, counted as
@@ -1071,6 +1145,22 @@ static struct work *search(struct worker *self, const struct work *awaited,
     return w;
 }
 
+/* A worker's sleep in a wait for w (wait_work): parked, so that new work
+ * wakes it as well as w's end. Out of line: a slow path. A notify's
+ * wake-one may have come to us for work we will not look for (w is final,
+ * or the deadline passed; or we take another item first), and while it was
+ * on its way other notifies skipped their wakes: pass it on, as search's
+ * end does, waking a worker for the work still visible. seq_cst fence: as
+ * in park, the look after our wake's end (park's store to waking). */
+static __attribute__((noinline)) void helper_sleep(struct worker *self, struct work *w,
+                                                   uint64_t deadline)
+{
+    park(self, w, deadline);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (work_visible(self->pool))
+        notify_published(self->pool);
+}
+
 static bool offer_private(struct worker *self);
 
 /* Wait until w is final; a worker of pool helps meanwhile. Returns 0, or
@@ -1112,17 +1202,16 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
              * done (its link not stored yet, so the items behind it, what
              * we wait for perhaps among them, cannot be popped), or a
              * submit between its count and its push. Look again rather
-             * than sleep, as park does: nobody wakes a waiter for queued
-             * work (notify wakes parked workers only), and every other
-             * worker may be waiting as we are. The pusher needs the CPU. */
+             * than sleep, as park does. The pusher needs the CPU. */
             if (work_visible(pool)) {
                 sched_yield();
                 continue;
             }
             pending_flush(self);
+            helper_sleep(self, w, deadline);
+        } else {
+            sleep_on(w, deadline);
         }
-        if (!sleep_on(w, deadline))
-            return CP_ETIMEDOUT;
     }
     return 0;
 }
@@ -1161,7 +1250,7 @@ static void *worker_main(void *p)
         if ((w = search(self, NULL, false))) {
             run_work(self, w);
         } else if (!pool_finished(pool)) {
-            park(self);
+            park(self, NULL, 0);
             woken = true;
         }
     }
@@ -1191,6 +1280,15 @@ static void pool_release(cp_pool *pool, unsigned deques)
         cp__deque_destroy(&pool->workers[i].deque);
     cp__free(pool->workers);
     cp__free(pool);
+}
+
+/* Let go of the pool's memory as one of its holders (see refs); the last
+ * one frees it, its workers joined already. acq_rel: whoever frees it sees
+ * every use the other holders made of it. */
+static void pool_unref(cp_pool *pool)
+{
+    if (atomic_fetch_sub_explicit(&pool->refs, 1, memory_order_acq_rel) == 1)
+        pool_release(pool, pool->nworkers);
 }
 
 /* cp_pool_options.pin: worker i on the (i mod n)-th of the n CPUs this
@@ -1235,6 +1333,7 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
         return CP_ENOMEM;
     }
     pool->nworkers = n;
+    atomic_init(&pool->refs, 1); /* the user's; not yet shared */
     pool->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
     pool->fenced = cp__fence_ready();
     /* atomic_init: no worker exists yet, nothing is shared. */
@@ -1612,7 +1711,7 @@ int cp_pool_free(cp_pool *pool)
     if (worker_of(pool))
         return CP_EDEADLK;
     workers_stop(pool, pool->nworkers);
-    pool_release(pool, pool->nworkers);
+    pool_unref(pool);
     return 0;
 }
 
@@ -1708,8 +1807,9 @@ int cp_future_cancel(cp_future *f)
 {
     if (!f)
         return CP_EINVAL;
-    /* The pool is not touched here: once the job is ours, the worker that
-     * dequeues it may finish the pool's accounting and the pool be freed. */
+    /* The pool is touched only under a reference (below): once the job is
+     * ours, the worker that dequeues it may finish the pool's accounting
+     * and the pool be freed. */
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
     for (;;) {
         uint32_t st = s & ST_MASK;
@@ -1749,19 +1849,28 @@ int cp_future_cancel(cp_future *f)
             ;
         return CP_EBUSY;
     }
-    /* Won: say so before the payload's drop, which may run user code
+    /* Won. Our finish wakes the workers that sleep waiting for f on the
+     * pool's epoch (wake_sleepers), so we hold the pool's memory until
+     * then; taken here, where the pool is still alive: f is counted in it,
+     * and a worker that dequeues f waits while it is CANCELLING
+     * (job_settled). relaxed: the release below orders it. */
+    cp_pool *pool = f->pool;
+    atomic_fetch_add_explicit(&pool->refs, 1, memory_order_relaxed);
+    /* Say so before the payload's drop, which may run user code
      * (free_value) that waits for a job and helps meanwhile on this very
      * thread; a worker that dequeues f then, this one included, must not
      * wait for us to settle (job_settled) but take the cancel as won. Not
      * final yet: waiters keep waiting, and nobody frees f under us.
-     * relaxed: the readers of DROPPING use nothing we wrote; an addition,
-     * so that the flags waiters add meanwhile stay. */
+     * release: the reference comes before whatever a worker that acquires
+     * DROPPING does next, the end of the pool included; an addition, so
+     * that the flags waiters add meanwhile stay. */
     atomic_fetch_add_explicit(&f->w.state, ST_DROPPING - ST_CANCELLING,
-                              memory_order_relaxed);
+                              memory_order_release);
     /* The caller's handle keeps f alive; the payload is ours alone now. The
      * final state is the last thing we do to f (work_finish wakes waiters). */
     drop_payload(f);
-    work_finish(&f->w, ST_DROPPING, ST_CANCELLED, 0);
+    work_finish(pool, &f->w, ST_DROPPING, ST_CANCELLED, 0);
+    pool_unref(pool);
     return 0;
 }
 

@@ -17,6 +17,7 @@ STRESS_TESTS = \
 	tests/stress/deque_stress \
 	tests/stress/context_stress \
 	tests/stress/fence_fallback \
+	tests/stress/helper_sleep \
 	tests/stress/inject_stall \
 	tests/stress/pool_stress \
 	tests/stress/push_wakeup \
@@ -78,6 +79,10 @@ tests_stress_pool_stress_LDADD = $(TEST_LIBS)
 tests_stress_push_wakeup_SOURCES = tests/stress/push_wakeup.c
 tests_stress_push_wakeup_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_push_wakeup_LDADD = $(TEST_LIBS)
+
+tests_stress_helper_sleep_SOURCES = tests/stress/helper_sleep.c
+tests_stress_helper_sleep_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_helper_sleep_LDADD = $(TEST_LIBS)
 
 tests_stress_inject_stall_SOURCES = tests/stress/inject_stall.c
 tests_stress_inject_stall_CPPFLAGS = $(TEST_CPPFLAGS)

@@ -1,0 +1,129 @@
+/* helper_sleep.c - a worker asleep in a wait (cp_future_wait) is woken for
+ * work queued after it fell asleep.
+ *
+ * Three workers. F pauses, submits B (a push on its worker's deque) and
+ * blocks until B has run; Z blocks until B has run; G waits for F. F and Z
+ * start before G is submitted, so G's worker cannot take F: it searches,
+ * finds nothing and sleeps until F ends. When F's pause outlasts that
+ * search, B's push finds nobody searching, and only G's worker is free to
+ * run B: its sleep must end for B (its worker counts as a waiter, which
+ * B's notify wakes), or F never ends and the pool hangs, which the
+ * watchdog turns into a failure. Before that was so, a helping wait slept
+ * on F's state word alone, and this program hung in its first rounds.
+ *
+ * 1. wait: G waits with cp_future_wait (a wait that searches first).
+ * 2. timed: G waits with cp_future_wait_timeout and an hour's timeout (a
+ *    wait that does not search, and sleeps with a deadline).
+ *
+ * F's pause grows from 0.1 ms to 2 ms, round by round, so that B comes at
+ * every point of G's search and sleep; a round whose G has not slept yet
+ * passes too. A plain program (no Criterion), so that it runs under
+ * ThreadSanitizer. The watchdog is a hang detector, not a timing
+ * assertion. Size: argv[1] or CP_STRESS_SCALE times DEFAULT_ROUNDS rounds
+ * per phase (check.h). Exits 0 on success, 1 with the failed check on
+ * stderr.
+ */
+#include "check.h"
+#include "ctxpool.h"
+#include "watchdog.h"
+
+#include <errno.h>
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+
+#define DEFAULT_ROUNDS 100ULL
+#define HOUR_NS (3600ULL * 1000000000ULL)
+
+struct round {
+    cp_pool *pool;
+    uint64_t pause_ns;
+    bool timed;
+    sem_t started, b_ran;
+    cp_future *f;
+};
+
+static void sem_wait_one(sem_t *s)
+{
+    while (sem_wait(s) != 0)
+        CHECK(errno == EINTR, "sem_wait");
+}
+
+static void *job_b(void *p)
+{
+    struct round *r = p;
+    sem_post(&r->b_ran); /* for F */
+    sem_post(&r->b_ran); /* for Z */
+    return NULL;
+}
+
+static void *job_f(void *p)
+{
+    struct round *r = p;
+    sem_post(&r->started);
+    struct timespec t = {0, (long)r->pause_ns};
+    while (nanosleep(&t, &t) != 0)
+        ;
+    CHECK(cp_pool_submit(r->pool, job_b, r, NULL) == 0, "submit B");
+    sem_wait_one(&r->b_ran);
+    return (void *)1;
+}
+
+static void *job_z(void *p)
+{
+    struct round *r = p;
+    sem_post(&r->started);
+    sem_wait_one(&r->b_ran);
+    return NULL;
+}
+
+static void *job_g(void *p)
+{
+    struct round *r = p;
+    void *result = NULL;
+    int err = r->timed ? cp_future_wait_timeout(r->f, HOUR_NS, &result)
+                       : cp_future_wait(r->f, &result);
+    CHECK(err == 0 && result == (void *)1, "G's wait for F: %d", err);
+    return NULL;
+}
+
+static void run_phase(const char *name, bool timed, unsigned long long rounds)
+{
+    watchdog_phase(name);
+    cp_pool_options o = {.threads = 3, .name = "helpsleep"};
+    cp_pool *pool = NULL;
+    CHECK(cp_pool_new(&pool, &o) == 0, "cp_pool_new");
+    for (unsigned long long i = 0; i < rounds; i++) {
+        struct round r = {.pool = pool, .pause_ns = 100000u * (1 + i % 20), .timed = timed};
+        CHECK(sem_init(&r.started, 0, 0) == 0 && sem_init(&r.b_ran, 0, 0) == 0, "sem_init");
+        cp_future *z = NULL, *g = NULL;
+        CHECK(cp_pool_submit(pool, job_f, &r, &r.f) == 0, "submit F");
+        sem_wait_one(&r.started);
+        CHECK(cp_pool_submit(pool, job_z, &r, &z) == 0, "submit Z");
+        sem_wait_one(&r.started);
+        CHECK(cp_pool_submit(pool, job_g, &r, &g) == 0, "submit G");
+        CHECK(cp_future_wait(g, NULL) == 0, "wait G");
+        CHECK(cp_future_wait(z, NULL) == 0, "wait Z");
+        CHECK(cp_future_wait(r.f, NULL) == 0, "wait F");
+        cp_future_free(g);
+        cp_future_free(z);
+        cp_future_free(r.f);
+        sem_destroy(&r.started);
+        sem_destroy(&r.b_ran);
+        watchdog_tick();
+    }
+    CHECK(cp_pool_free(pool) == 0, "free");
+}
+
+int main(int argc, char **argv)
+{
+    unsigned long long rounds = stress_ops(argc, argv, DEFAULT_ROUNDS);
+    watchdog_start("helper_sleep", "B queued on a blocked worker's deque while the worker "
+                   "waiting for F sleeps: its wait was not woken for queued work");
+    run_phase("wait", false, rounds);
+    run_phase("timed", true, rounds);
+    printf("helper_sleep: 2 x %llu rounds, every queued job ran\n", rounds);
+    return 0;
+}
