@@ -397,7 +397,8 @@ typedef struct cp_pool_stats {
                            cp_future_cancel is counted when a worker
                            discards it from its queue) */
     uint64_t stolen;    /* jobs a worker took from another worker's deque */
-    uint64_t parks;     /* times a worker went to sleep for lack of work */
+    uint64_t parks;     /* times a worker went to sleep for lack of work (idle, or
+                           waiting with nothing to help with) */
 } cp_pool_stats;
 
 /* cp_pool_get_stats - counters of the pool, each read atomically (together

@@ -200,9 +200,17 @@ struct cp_future {
     _Atomic uintptr_t runner;    /* the thread running it, to detect self-waits */
     atomic_bool taken;           /* set by a waiter taking it to run it (see
                                     job_take_own) */
-    atomic_bool late;            /* set by a waiter that came after the take
-                                    (sleep_on) */
+    _Atomic uint8_t late;        /* LATE_* bits: raised by waiters that came
+                                    after the take (mark_sleeper) */
+    bool fenced;                 /* the pool's fenced, and the generation it */
+    unsigned fork_generation;    /* was made in: read where the pool may be
+                                    gone (a finished job outlives it) */
 };
+
+/* f->late: LATE_RAISED, a waiter came after the take and fenced every
+ * thread; LATE_SURE, and then found f not final, so the taker's look at
+ * late is sure to see it: later sleepers need no fence (mark_sleeper). */
+enum { LATE_RAISED = 1, LATE_SURE = 2 };
 
 /* A frame task, laid over cp_task (64 bytes). Its context is a borrowed
  * capture of the spawner's (context.h): no atomic operation when spawned. The
@@ -283,6 +291,10 @@ struct cp_pool {
      * again (take_injected). */
     _Atomic uint64_t refused;
     _Atomic uint64_t reinjected;
+    /* Holders of the pool's memory: its user until cp_pool_free, and every
+     * cancel from its win until its wake (cp_future_cancel). The last one
+     * frees it (pool_unref). Rare too, and out of the hot lines. */
+    _Atomic unsigned refs;
     struct work inject_stub;
 
     /* Event count: epoch (the futex word) and the number of waiters; and
@@ -299,10 +311,6 @@ struct cp_pool {
     /* Read by every worker for every item: a line of its own. */
     alignas(CP__CACHE_LINE) _Atomic int state; /* RUNNING, DRAINING, CANCELLING */
 
-    /* Holders of the pool's memory: its user until cp_pool_free, and every
-     * cancel from its win until its wake (cp_future_cancel). The last one
-     * frees it (pool_unref). */
-    _Atomic unsigned refs;
     unsigned nworkers;
     unsigned fork_generation;
     /* cp__fence_ready() when the pool was made: the taker of a future and
@@ -334,11 +342,12 @@ static void atfork_register(void)
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
-static bool forked_away(const cp_pool *pool)
+/* Whether we are a child of fork() and `generation` (a pool's, or a job's
+ * copy of it) is from before the fork. */
+static bool forked_away(unsigned generation)
 {
     /* relaxed: set in the single-threaded child before any call can read it. */
-    return pool->fork_generation !=
-           atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    return generation != atomic_load_explicit(&fork_generation, memory_order_relaxed);
 }
 
 /* The calling thread's worker if it is one of pool's, else NULL. */
@@ -682,7 +691,7 @@ static void future_let_go(struct cp_future *f, uint32_t mine)
  * expect; w is not read. Helpers (ST_HELPERS) sleep on pool's epoch, which
  * the caller keeps alive: it is one of pool's workers, or a cancel holding
  * a reference (cp_future_cancel). A helper counted itself a waiter and read
- * the epoch before its mark (helper_sleep), and the caller's
+ * the epoch before its mark (park), and the caller's
  * read-modify-write that saw the mark acquired it (the mark's
  * compare-and-swap is seq_cst): wake reads the count with the helper in it,
  * and its new epoch comes after the helper's read, so the helper's futex
@@ -939,18 +948,26 @@ job_take_own(struct worker *self, struct cp_future *f)
         /* No sleeper was there when we took f: a plain store. It may
          * overwrite the bits set since by late waiters, or a cancel's
          * CANCELLING (which then fails to back off from it, see
-         * cp_future_cancel). A late waiter raised late before its fence:
-         * either its look at the word after the fence (its futex wait's
-         * compare, or helper_sleep's) sees our store, or our load of late
-         * after the store (after the barrier its fence put on this CPU)
-         * sees it, and we wake it, of either kind. The compiler barrier
-         * keeps the load after the store. acquire: a late helper's count
-         * and epoch read come before our wake (see wake_sleepers); the
-         * handshake's order itself comes from the waiter's fence. */
+         * cp_future_cancel). A late waiter raised late before its fence
+         * (mark_sleeper): either its look at the word after the fence sees
+         * our store, or our load of late after the store (after the
+         * barrier its fence put on this CPU) sees it, and we wake every
+         * late waiter, of either kind, those that came after it and
+         * skipped the fence (LATE_SURE) too. The compiler barrier
+         * keeps the load after the store; relaxed: the handshake's order
+         * comes from the waiter's fence. */
         atomic_store_explicit(&f->w.state, final | ST_RELEASED, memory_order_release);
         atomic_signal_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&f->late, memory_order_acquire))
+        if (atomic_load_explicit(&f->late, memory_order_relaxed)) {
+            /* seq_cst fence: our store, then wake_sleepers' read of the
+             * waiter count; a helper counts itself in, then fences and
+             * looks at the word (park): one of us sees the other, whether
+             * or not it fenced every thread (LATE_SURE). Its epoch read
+             * comes before our new epoch, since the count's seq_cst
+             * increment, read by our seq_cst load, synchronizes with it. */
+            atomic_thread_fence(memory_order_seq_cst);
             wake_sleepers(self->pool, &f->w, ST_WAITERS | ST_HELPERS);
+        }
     } else {
         /* acq_rel: release as above, acquire for wake_sleepers. Failure
          * relaxed: the state is looked at again before it is used. */
@@ -1038,16 +1055,25 @@ static uint32_t mark_sleeper(struct work *w, uint32_t bit)
      * not seeing taken (seq_cst) means the taker's load after its fence saw
      * the bit, by C11 7.17.3 (the taker stored taken before that fence):
      * it will wake us. Seeing taken, we raise late and fence every thread
-     * (fence.h): then either our look at the word after the fence (the
-     * futex wait's own, or park's) sees the taker's final store, or the
-     * taker's look at late after that store sees ours, and it wakes us.
-     * seq_cst store: the fence's half on our side needs it before the
-     * syscall's; a rare path. */
-    if (w->kind == KIND_JOB && ((struct cp_future *)w)->pool->fenced) {
+     * (fence.h): then either our look at the word after the fence sees the
+     * taker's final store, or the taker's look at late after that store
+     * sees ours, and it wakes us (with a fence of its own first, so that
+     * its wake sees us counted or we see its store: see job_take_own). If
+     * our look finds f not final, the taker's look is sure to see late:
+     * we say so (LATE_SURE), and later sleeps skip the fence. seq_cst
+     * read-modify-write: the fence's half on our side needs it before the
+     * syscall's; a rare path. acquire on the load of LATE_SURE: pairs with
+     * its release. */
+    if (w->kind == KIND_JOB && ((struct cp_future *)w)->fenced) {
         struct cp_future *f = (struct cp_future *)w;
-        if (atomic_load_explicit(&f->taken, memory_order_seq_cst)) {
-            atomic_store_explicit(&f->late, true, memory_order_seq_cst);
+        if (atomic_load_explicit(&f->taken, memory_order_seq_cst) &&
+            !(atomic_load_explicit(&f->late, memory_order_acquire) & LATE_SURE)) {
+            atomic_fetch_or_explicit(&f->late, LATE_RAISED, memory_order_seq_cst);
             cp__fence_all_threads();
+            s = atomic_load_explicit(&w->state, memory_order_seq_cst);
+            if (state_final(s))
+                return s;
+            atomic_fetch_or_explicit(&f->late, LATE_SURE, memory_order_release);
         }
     }
     return s | bit;
@@ -1380,7 +1406,7 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
 static inline __attribute__((always_inline)) int
 admit(cp_pool *pool, struct worker *self)
 {
-    if (forked_away(pool))
+    if (forked_away(pool->fork_generation))
         return CP_ESHUTDOWN;
     if (self) {
         /* relaxed: our own item runs before we finish, or the drain waits. */
@@ -1656,9 +1682,11 @@ submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
     f->fn = fn;
     f->arg = arg; /* result: written when the outcome is 0, read only then */
     f->pool = pool;
+    f->fenced = pool->fenced;
+    f->fork_generation = pool->fork_generation;
     atomic_init(&f->runner, 0); /* not yet shared */
     atomic_init(&f->taken, false); /* not yet shared */
-    atomic_init(&f->late, false); /* not yet shared */
+    atomic_init(&f->late, 0); /* not yet shared */
     if (in) {
         cp__context_incref(in);
         f->in = in;
@@ -1690,7 +1718,7 @@ int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how)
 {
     if (!pool || (how != CP_SHUTDOWN_DRAIN && how != CP_SHUTDOWN_CANCEL))
         return CP_EINVAL;
-    if (forked_away(pool))
+    if (forked_away(pool->fork_generation))
         return CP_ESHUTDOWN;
     int expected = RUNNING;
     /* seq_cst: see "Shutdown". */
@@ -1706,7 +1734,7 @@ int cp_pool_free(cp_pool *pool)
 {
     if (!pool)
         return 0;
-    if (forked_away(pool))
+    if (forked_away(pool->fork_generation))
         return CP_ESHUTDOWN;
     if (worker_of(pool))
         return CP_EDEADLK;
@@ -1768,7 +1796,7 @@ future_wait(cp_future *f, uint64_t timeout_ns, bool timed, void **result)
     if (!work_final(&f->w)) {
         /* A child of fork() has none of the pool's workers: nothing would
          * ever finish the job here. */
-        if (forked_away(f->pool))
+        if (forked_away(f->fork_generation))
             return CP_ESHUTDOWN;
         /* relaxed: equal only if this thread stored it (it runs f now). */
         if (atomic_load_explicit(&f->runner, memory_order_relaxed) == thread_id())
@@ -1815,9 +1843,11 @@ int cp_future_cancel(cp_future *f)
         uint32_t st = s & ST_MASK;
         if (st == ST_CANCELLING) {
             /* Another cancel deciding; in a child of fork(), one on a thread
-             * the child does not have, which never will (the job is not
-             * final, so its pool is alive: f->pool may be read). */
-            if (forked_away(f->pool))
+             * the child does not have, which never will. (The job's copy of
+             * the generation: the other cancel may be backing off from a
+             * job its waiter took and has finished since, and the pool be
+             * gone.) */
+            if (forked_away(f->fork_generation))
                 return CP_ESHUTDOWN;
             st = (s = job_settled(f)) & ST_MASK;
         }
@@ -2020,7 +2050,7 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     /* A worker's task is part of the job that spawns it, which stays counted
      * until the task is synced: it needs no count of its own. (pool is not
      * NULL here: a worker's pool never is.) */
-    if (!self || self->pool != pool || !t || !fn || forked_away(pool))
+    if (!self || self->pool != pool || !t || !fn || forked_away(pool->fork_generation))
         return spawn_queued(pool, t, fn, arg);
     t->u.fn = fn;
     t->arg = arg;

@@ -14,17 +14,27 @@
  * 1. wait: G waits with cp_future_wait (a wait that searches first).
  * 2. timed: G waits with cp_future_wait_timeout and an hour's timeout (a
  *    wait that does not search, and sleeps with a deadline).
- *
  * F's pause grows from 0.1 ms to 2 ms, round by round, so that B comes at
  * every point of G's search and sleep; a round whose G has not slept yet
- * passes too. A plain program (no Criterion), so that it runs under
- * ThreadSanitizer. The watchdog is a hang detector, not a timing
+ * passes too.
+ *
+ * 3. late: T submits F and waits for it, so that it takes F back from its
+ *    own deque and runs it, ending it with a plain store (job_take_own);
+ *    two waiters H1 and H2, on the other workers, come after the take
+ *    (one plain wait, one timed) at random moments, and so go through
+ *    the late waiters' handshake (mark_sleeper's fence, or its skip once
+ *    a fence made sure). In half the rounds F queues B after a random
+ *    pause and blocks until B has run: only a sleeping H can run B. A
+ *    lost wake-up of either kind (for F's end, or for B) hangs.
+ *
+ * A plain program (no Criterion), so that it runs under ThreadSanitizer. The watchdog is a hang detector, not a timing
  * assertion. Size: argv[1] or CP_STRESS_SCALE times DEFAULT_ROUNDS rounds
  * per phase (check.h). Exits 0 on success, 1 with the failed check on
  * stderr.
  */
 #include "check.h"
 #include "ctxpool.h"
+#include "pause.h"
 #include "watchdog.h"
 
 #include <errno.h>
@@ -117,13 +127,108 @@ static void run_phase(const char *name, bool timed, unsigned long long rounds)
     CHECK(cp_pool_free(pool) == 0, "free");
 }
 
+struct late_round {
+    cp_pool *pool;
+    cp_future *f;
+    uint64_t seed;
+    bool queue_b;
+    sem_t h_ready, f_started, b_ran;
+};
+
+static void *late_b(void *p)
+{
+    struct late_round *r = p;
+    sem_post(&r->b_ran);
+    return NULL;
+}
+
+static void *late_f(void *p)
+{
+    struct late_round *r = p;
+    uint64_t rng = r->seed * 2 + 1;
+    sem_post(&r->f_started); /* for H1 */
+    sem_post(&r->f_started); /* for H2 */
+    spin_ns(random_pause(&rng));
+    if (r->queue_b) {
+        CHECK(cp_pool_submit(r->pool, late_b, r, NULL) == 0, "submit B");
+        sem_wait_one(&r->b_ran);
+    }
+    return (void *)1;
+}
+
+/* T: both Hs are running (blocked), so F stays on T's deque until T's
+ * wait takes it back. */
+static void *late_t(void *p)
+{
+    struct late_round *r = p;
+    sem_wait_one(&r->h_ready);
+    sem_wait_one(&r->h_ready);
+    CHECK(cp_pool_submit(r->pool, late_f, r, &r->f) == 0, "submit F");
+    void *result = NULL;
+    CHECK(cp_future_wait(r->f, &result) == 0 && result == (void *)1, "T's wait for F");
+    return NULL;
+}
+
+struct late_waiter {
+    struct late_round *round;
+    bool timed;
+};
+
+static void *late_h(void *p)
+{
+    struct late_waiter *h = p;
+    struct late_round *r = h->round;
+    uint64_t rng = r->seed * 4 + 2 + h->timed;
+    sem_post(&r->h_ready);
+    sem_wait_one(&r->f_started);
+    spin_ns(random_pause(&rng));
+    void *result = NULL;
+    int err = h->timed ? cp_future_wait_timeout(r->f, HOUR_NS, &result)
+                       : cp_future_wait(r->f, &result);
+    CHECK(err == 0 && result == (void *)1, "H's wait for F: %d", err);
+    return NULL;
+}
+
+static void run_late(unsigned long long rounds)
+{
+    watchdog_phase("late");
+    cp_pool_options o = {.threads = 3, .name = "helpsleep"};
+    cp_pool *pool = NULL;
+    CHECK(cp_pool_new(&pool, &o) == 0, "cp_pool_new");
+    for (unsigned long long i = 0; i < rounds; i++) {
+        struct late_round r = {.pool = pool, .seed = i, .queue_b = i % 2};
+        CHECK(sem_init(&r.h_ready, 0, 0) == 0 && sem_init(&r.f_started, 0, 0) == 0 &&
+                  sem_init(&r.b_ran, 0, 0) == 0,
+              "sem_init");
+        struct late_waiter w1 = {&r, false}, w2 = {&r, true};
+        cp_future *h1 = NULL, *h2 = NULL, *t = NULL;
+        CHECK(cp_pool_submit(pool, late_h, &w1, &h1) == 0, "submit H1");
+        CHECK(cp_pool_submit(pool, late_h, &w2, &h2) == 0, "submit H2");
+        CHECK(cp_pool_submit(pool, late_t, &r, &t) == 0, "submit T");
+        CHECK(cp_future_wait(t, NULL) == 0, "wait T");
+        CHECK(cp_future_wait(h1, NULL) == 0, "wait H1");
+        CHECK(cp_future_wait(h2, NULL) == 0, "wait H2");
+        cp_future_free(t);
+        cp_future_free(h1);
+        cp_future_free(h2);
+        cp_future_free(r.f);
+        sem_destroy(&r.h_ready);
+        sem_destroy(&r.f_started);
+        sem_destroy(&r.b_ran);
+        watchdog_tick();
+    }
+    CHECK(cp_pool_free(pool) == 0, "free");
+}
+
 int main(int argc, char **argv)
 {
     unsigned long long rounds = stress_ops(argc, argv, DEFAULT_ROUNDS);
-    watchdog_start("helper_sleep", "B queued on a blocked worker's deque while the worker "
-                   "waiting for F sleeps: its wait was not woken for queued work");
+    watchdog_start("helper_sleep", "a worker asleep in a wait for F was not woken, for B "
+                   "queued while it slept or (late) for F's end");
     run_phase("wait", false, rounds);
     run_phase("timed", true, rounds);
-    printf("helper_sleep: 2 x %llu rounds, every queued job ran\n", rounds);
+    run_late(rounds * 10);
+    printf("helper_sleep: 2 x %llu and %llu late rounds, every queued job ran\n", rounds,
+           rounds * 10);
     return 0;
 }
