@@ -20,12 +20,17 @@
  *
  * 3. late: T submits F and waits for it, so that it takes F back from its
  *    own deque and runs it, ending it with a plain store (job_take_own);
- *    two waiters H1 and H2, on the other workers, come after the take
- *    (one plain wait, one timed) at random moments, and so go through
- *    the late waiters' handshake (mark_sleeper's fence, or its skip once
- *    a fence made sure). In half the rounds F queues B after a random
+ *    two waiters H1 and H2, on the other workers, and a thread outside
+ *    the pool come after the take (a plain wait, a timed one, a plain
+ *    one) at random moments, and so go through the late waiters'
+ *    handshake (mark_sleeper's fence, or its skip once a fence made
+ *    sure), sleeping on the pool's epoch (H1, H2) or on F's state word
+ *    (the outside thread). In half the rounds F queues B after a random
  *    pause and blocks until B has run: only a sleeping H can run B. A
- *    lost wake-up of either kind (for F's end, or for B) hangs.
+ *    lost wake-up of either kind (for F's end, or for B) hangs: one does
+ *    when late waiters are not woken by the taker. (The fences' store-
+ *    buffering windows are nanoseconds wide: no stress test can show
+ *    that a fence is needed.)
  *
  * A plain program (no Criterion), so that it runs under ThreadSanitizer. The watchdog is a hang detector, not a timing
  * assertion. Size: argv[1] or CP_STRESS_SCALE times DEFAULT_ROUNDS rounds
@@ -38,6 +43,7 @@
 #include "watchdog.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <semaphore.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -148,6 +154,7 @@ static void *late_f(void *p)
     uint64_t rng = r->seed * 2 + 1;
     sem_post(&r->f_started); /* for H1 */
     sem_post(&r->f_started); /* for H2 */
+    sem_post(&r->f_started); /* for the outside waiter */
     spin_ns(random_pause(&rng));
     if (r->queue_b) {
         CHECK(cp_pool_submit(r->pool, late_b, r, NULL) == 0, "submit B");
@@ -178,7 +185,7 @@ static void *late_h(void *p)
 {
     struct late_waiter *h = p;
     struct late_round *r = h->round;
-    uint64_t rng = r->seed * 4 + 2 + h->timed;
+    uint64_t rng = r->seed * 4 + 1 + h->timed;
     sem_post(&r->h_ready);
     sem_wait_one(&r->f_started);
     spin_ns(random_pause(&rng));
@@ -186,6 +193,19 @@ static void *late_h(void *p)
     int err = h->timed ? cp_future_wait_timeout(r->f, HOUR_NS, &result)
                        : cp_future_wait(r->f, &result);
     CHECK(err == 0 && result == (void *)1, "H's wait for F: %d", err);
+    return NULL;
+}
+
+/* The outside waiter: a thread of no pool, which sleeps on F's word. */
+static void *late_outside(void *p)
+{
+    struct late_round *r = p;
+    uint64_t rng = r->seed * 4 + 3;
+    sem_wait_one(&r->f_started);
+    spin_ns(random_pause(&rng));
+    void *result = NULL;
+    CHECK(cp_future_wait(r->f, &result) == 0 && result == (void *)1,
+          "the outside wait for F");
     return NULL;
 }
 
@@ -205,6 +225,9 @@ static void run_late(unsigned long long rounds)
         CHECK(cp_pool_submit(pool, late_h, &w1, &h1) == 0, "submit H1");
         CHECK(cp_pool_submit(pool, late_h, &w2, &h2) == 0, "submit H2");
         CHECK(cp_pool_submit(pool, late_t, &r, &t) == 0, "submit T");
+        pthread_t outside;
+        CHECK(pthread_create(&outside, NULL, late_outside, &r) == 0, "pthread_create");
+        CHECK(pthread_join(outside, NULL) == 0, "pthread_join");
         CHECK(cp_future_wait(t, NULL) == 0, "wait T");
         CHECK(cp_future_wait(h1, NULL) == 0, "wait H1");
         CHECK(cp_future_wait(h2, NULL) == 0, "wait H2");
