@@ -264,6 +264,11 @@ struct worker {
     int64_t credit;              /* counted in the pool's pending and not
                                     used yet: never negative (see
                                     pending_flush) */
+    /* The pool's state is CANCELLING: a copy in our own line, which the
+     * worker reads for every item it runs or adds, instead of the pool's
+     * (cp_pool_shutdown). Relaxed, as those reads of the state were: a
+     * hint, an item that races with the start of a cancel runs. */
+    atomic_bool cancel;
     /* Statistics: written by this worker only (relaxed load + store), read
      * by cp_pool_get_stats from any thread (relaxed). */
     _Atomic uint64_t completed, stolen, parks, submitted, cancelled;
@@ -308,7 +313,9 @@ struct cp_pool {
      * outside items they finish are counted in admitted); written by
      * workers in batches. */
     alignas(CP__CACHE_LINE) _Atomic uint64_t pending;
-    /* Read by every worker for every item: a line of its own. */
+    /* Read by every outside submit and by idle workers, and with it the
+     * fields below, which never change: a line of its own. (Workers keep a
+     * copy of CANCELLING in their own line: struct worker's cancel.) */
     alignas(CP__CACHE_LINE) _Atomic int state; /* RUNNING, DRAINING, CANCELLING */
 
     unsigned nworkers;
@@ -342,12 +349,14 @@ static void atfork_register(void)
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
-/* Whether we are a child of fork() and `generation` (a pool's, or a job's
- * copy of it) is from before the fork. */
-static bool forked_away(unsigned generation)
+/* Whether we are a child of fork() and *generation (a pool's, or a job's
+ * copy of it) is from before the fork. A process that never forked reads
+ * only the global: no line of a pool or job for every wait. */
+static bool forked_away(const unsigned *generation)
 {
     /* relaxed: set in the single-threaded child before any call can read it. */
-    return generation != atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    unsigned now = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    return now != 0 && *generation != now;
 }
 
 /* The calling thread's worker if it is one of pool's, else NULL. */
@@ -859,7 +868,7 @@ static void job_cancelled(struct worker *self, struct cp_future *f, bool alone)
 static inline __attribute__((always_inline)) uint32_t
 job_run(struct worker *self, struct cp_future *f, bool alone)
 {
-    if (atomic_load_explicit(&self->pool->state, memory_order_relaxed) == CANCELLING) {
+    if (atomic_load_explicit(&self->cancel, memory_order_relaxed)) {
         drop_payload(f);
         f->w.outcome = CP_ECANCELED;
         stat_bump(&self->cancelled);
@@ -944,7 +953,7 @@ job_take_own(struct worker *self, struct cp_future *f)
     /* Final, and let go of as the pool; the handle, held by our caller's
      * wait, is not freed yet, so cp_future_free will free f. release: the
      * outcome and result to whoever acquires the final state. */
-    if (!(s & (ST_WAITERS | ST_HELPERS)) && self->pool->fenced) {
+    if (!(s & (ST_WAITERS | ST_HELPERS)) && f->fenced) {
         /* No sleeper was there when we took f: a plain store. It may
          * overwrite the bits set since by late waiters, or a cancel's
          * CANCELLING (which then fails to back off from it, see
@@ -992,7 +1001,7 @@ static void run_task(struct worker *self, struct task *t)
     /* A worker's task is part of the running job that spawned it, which a
      * cancel lets finish; a task spawned from outside is a job of its own.
      * relaxed: a hint; a task that races with the start of a cancel runs. */
-    if (counted && atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING) {
+    if (counted && atomic_load_explicit(&self->cancel, memory_order_relaxed)) {
         t->w.outcome = CP_ECANCELED;
         stat_bump(&self->cancelled);
         work_finish(pool, &t->w, ST_PENDING, ST_CANCELLED, 0);
@@ -1081,8 +1090,9 @@ static uint32_t mark_sleeper(struct work *w, uint32_t bit)
 
 /* Sleep on w's state word until it changes from what we marked, or the
  * deadline (0: none): the sleep of a waiter that is not a worker of w's
- * pool. */
-static void sleep_on(struct work *w, uint64_t deadline)
+ * pool. Out of line, as helper_sleep: wait_work, inlined into every wait,
+ * keeps its slow paths out of the way of the fast one. */
+static __attribute__((noinline)) void sleep_on(struct work *w, uint64_t deadline)
 {
     uint32_t s = mark_sleeper(w, ST_WAITERS);
     if (!state_final(s))
@@ -1406,11 +1416,11 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
 static inline __attribute__((always_inline)) int
 admit(cp_pool *pool, struct worker *self)
 {
-    if (forked_away(pool->fork_generation))
+    if (forked_away(&pool->fork_generation))
         return CP_ESHUTDOWN;
     if (self) {
         /* relaxed: our own item runs before we finish, or the drain waits. */
-        if (atomic_load_explicit(&pool->state, memory_order_relaxed) == CANCELLING)
+        if (atomic_load_explicit(&self->cancel, memory_order_relaxed))
             return CP_ESHUTDOWN;
         if (self->credit == 0) {
             self->credit = FLUSH_EVERY; /* see pending_flush */
@@ -1718,7 +1728,7 @@ int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how)
 {
     if (!pool || (how != CP_SHUTDOWN_DRAIN && how != CP_SHUTDOWN_CANCEL))
         return CP_EINVAL;
-    if (forked_away(pool->fork_generation))
+    if (forked_away(&pool->fork_generation))
         return CP_ESHUTDOWN;
     int expected = RUNNING;
     /* seq_cst: see "Shutdown". */
@@ -1726,6 +1736,9 @@ int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how)
             &pool->state, &expected, how == CP_SHUTDOWN_DRAIN ? DRAINING : CANCELLING,
             memory_order_seq_cst, memory_order_seq_cst))
         return CP_ESHUTDOWN;
+    if (how == CP_SHUTDOWN_CANCEL)
+        for (unsigned i = 0; i < pool->nworkers; i++)
+            atomic_store_explicit(&pool->workers[i].cancel, true, memory_order_relaxed);
     notify_all(pool);
     return 0;
 }
@@ -1734,7 +1747,7 @@ int cp_pool_free(cp_pool *pool)
 {
     if (!pool)
         return 0;
-    if (forked_away(pool->fork_generation))
+    if (forked_away(&pool->fork_generation))
         return CP_ESHUTDOWN;
     if (worker_of(pool))
         return CP_EDEADLK;
@@ -1796,7 +1809,7 @@ future_wait(cp_future *f, uint64_t timeout_ns, bool timed, void **result)
     if (!work_final(&f->w)) {
         /* A child of fork() has none of the pool's workers: nothing would
          * ever finish the job here. */
-        if (forked_away(f->fork_generation))
+        if (forked_away(&f->fork_generation))
             return CP_ESHUTDOWN;
         /* relaxed: equal only if this thread stored it (it runs f now). */
         if (atomic_load_explicit(&f->runner, memory_order_relaxed) == thread_id())
@@ -1847,7 +1860,7 @@ int cp_future_cancel(cp_future *f)
              * the generation: the other cancel may be backing off from a
              * job its waiter took and has finished since, and the pool be
              * gone.) */
-            if (forked_away(f->fork_generation))
+            if (forked_away(&f->fork_generation))
                 return CP_ESHUTDOWN;
             st = (s = job_settled(f)) & ST_MASK;
         }
@@ -2050,7 +2063,7 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     /* A worker's task is part of the job that spawns it, which stays counted
      * until the task is synced: it needs no count of its own. (pool is not
      * NULL here: a worker's pool never is.) */
-    if (!self || self->pool != pool || !t || !fn || forked_away(pool->fork_generation))
+    if (!self || self->pool != pool || !t || !fn || forked_away(&pool->fork_generation))
         return spawn_queued(pool, t, fn, arg);
     t->u.fn = fn;
     t->arg = arg;
