@@ -313,9 +313,10 @@ struct cp_pool {
      * outside items they finish are counted in admitted); written by
      * workers in batches. */
     alignas(CP__CACHE_LINE) _Atomic uint64_t pending;
-    /* Read by every outside submit and by idle workers, and with it the
-     * fields below, which never change: a line of its own. (Workers keep a
-     * copy of CANCELLING in their own line: struct worker's cancel.) */
+    /* Read by every outside submit, by idle workers and by workers' flushes
+     * of their counts, and with it the fields below, which never change: a
+     * line of its own. (Workers keep a copy of CANCELLING in their own
+     * line: struct worker's cancel.) */
     alignas(CP__CACHE_LINE) _Atomic int state; /* RUNNING, DRAINING, CANCELLING */
 
     unsigned nworkers;
@@ -1383,6 +1384,7 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
             return CP_ENOMEM;
         }
         w->pool = pool;
+        atomic_init(&w->cancel, false); /* not yet shared */
         w->index = i;
         w->rng = UINT64_C(0x9e3779b97f4a7c15) * (i + 1);
     }
@@ -1407,6 +1409,18 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
         pin_workers(pool);
     *poolp = pool;
     return 0;
+}
+
+/* Set every worker's copy of "the pool is cancelling" (struct worker's
+ * cancel). The shutdown that cancels calls it, and so does every call that
+ * finds the pool cancelling, before it says so (CP_ESHUTDOWN): whatever its
+ * caller does next comes after the copies are set, as it came after the
+ * state's change when workers read the state itself. relaxed: the copies
+ * are a hint (see there), ordered by what follows; idempotent. */
+static void cancel_flags_set(cp_pool *pool)
+{
+    for (unsigned i = 0; i < pool->nworkers; i++)
+        atomic_store_explicit(&pool->workers[i].cancel, true, memory_order_relaxed);
 }
 
 /* Account for a new counted work item: 0, or CP_ESHUTDOWN (nothing
@@ -1434,8 +1448,11 @@ admit(cp_pool *pool, struct worker *self)
      * From here until the job is linked, idle workers see the injection
      * queue non-empty and look again instead of parking: a short window. */
     atomic_fetch_add_explicit(&pool->admitted, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&pool->state, memory_order_seq_cst) == RUNNING)
+    int state = atomic_load_explicit(&pool->state, memory_order_seq_cst);
+    if (state == RUNNING)
         return 0;
+    if (state == CANCELLING)
+        cancel_flags_set(pool);
     /* seq_cst: see "Shutdown"; the refusal may bring the count to zero. */
     atomic_fetch_add_explicit(&pool->refused, 1, memory_order_seq_cst);
     if (pending_total(pool, atomic_load_explicit(&pool->pending, memory_order_seq_cst)) == 0)
@@ -1734,11 +1751,13 @@ int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how)
     /* seq_cst: see "Shutdown". */
     if (!atomic_compare_exchange_strong_explicit(
             &pool->state, &expected, how == CP_SHUTDOWN_DRAIN ? DRAINING : CANCELLING,
-            memory_order_seq_cst, memory_order_seq_cst))
+            memory_order_seq_cst, memory_order_seq_cst)) {
+        if (expected == CANCELLING)
+            cancel_flags_set(pool);
         return CP_ESHUTDOWN;
+    }
     if (how == CP_SHUTDOWN_CANCEL)
-        for (unsigned i = 0; i < pool->nworkers; i++)
-            atomic_store_explicit(&pool->workers[i].cancel, true, memory_order_relaxed);
+        cancel_flags_set(pool);
     notify_all(pool);
     return 0;
 }
