@@ -20,6 +20,7 @@
 #define _GNU_SOURCE /* pthread_timedjoin_np, pthread_getname_np */
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
@@ -1711,6 +1712,96 @@ Test(shutdown, a_drain_keeps_the_workers_while_a_running_job_may_add_work,
     gate_open(&d.shut);
     free_pool(pool);
     jobs_ok();
+}
+
+struct queued_late {
+    cp_pool *pool;
+    cp_future *f;
+    sem_t started, b_ran;
+    gate go;
+};
+
+/* Within 10 s (a hang detector, not a timing): whether s could be taken. */
+static bool sem_wait_10s(sem_t *s)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    int rc;
+    while ((rc = sem_timedwait(s, &deadline)) != 0 && errno == EINTR)
+        ;
+    return rc == 0;
+}
+
+static void *queued_late_b(void *p)
+{
+    struct queued_late *q = p;
+    sem_post(&q->b_ran); /* for F */
+    sem_post(&q->b_ran); /* for Z */
+    return NULL;
+}
+
+/* F: once let go, queues B on its own deque and waits for it without
+ * helping. */
+static void *queued_late_f(void *p)
+{
+    struct queued_late *q = p;
+    sem_post(&q->started);
+    gate_pass(&q->go);
+    JCHECK(cp_pool_submit(q->pool, queued_late_b, q, NULL) == 0);
+    JCHECK(sem_wait_10s(&q->b_ran));
+    return NULL;
+}
+
+/* Z: waits for B without helping. */
+static void *queued_late_z(void *p)
+{
+    struct queued_late *q = p;
+    sem_post(&q->started);
+    JCHECK(sem_wait_10s(&q->b_ran));
+    return NULL;
+}
+
+/* G: a helping wait for F, with nothing to help with until B. */
+static void *queued_late_g(void *p)
+{
+    struct queued_late *q = p;
+    JCHECK(cp_future_wait(q->f, NULL) == 0);
+    return NULL;
+}
+
+Test(future, a_worker_asleep_in_a_wait_runs_work_queued_after_it_fell_asleep,
+     .timeout = 60)
+{
+    /* Three workers: F's and Z's are blocked, G's waits for F, finds
+     * nothing to run and sleeps. Then F queues B, which F and Z wait for:
+     * only G's worker is free to run it, so its sleep must end for B as
+     * well as for F's end. Before it did, B never ran, and F and Z gave up
+     * after 10 s. */
+    cp_pool *pool = new_pool(3);
+    struct queued_late q = {.pool = pool, .go = GATE_INITIALIZER};
+    cr_assert_eq(sem_init(&q.started, 0, 0), 0);
+    cr_assert_eq(sem_init(&q.b_ran, 0, 0), 0);
+    cp_future *z = NULL, *g = NULL;
+    cr_assert_eq(cp_pool_submit(pool, queued_late_f, &q, &q.f), 0);
+    cr_assert_eq(sem_wait(&q.started), 0);
+    cr_assert_eq(cp_pool_submit(pool, queued_late_z, &q, &z), 0);
+    cr_assert_eq(sem_wait(&q.started), 0);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(cp_pool_submit(pool, queued_late_g, &q, &g), 0);
+    let_a_worker_park(pool, st.parks); /* G's: the only one not blocked */
+    gate_open(&q.go);
+    cr_assert_eq(cp_future_wait(g, NULL), 0);
+    cr_assert_eq(cp_future_wait(z, NULL), 0);
+    cr_assert_eq(cp_future_wait(q.f, NULL), 0);
+    jobs_ok();
+    cp_future_free(g);
+    cp_future_free(z);
+    cp_future_free(q.f);
+    free_pool(pool);
+    sem_destroy(&q.started);
+    sem_destroy(&q.b_ran);
 }
 
 /* ------------------------------------------------------------------------ */
