@@ -330,7 +330,9 @@ CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
  * of fork() for a job that had not finished at the fork: nothing is waited
  * for.
  * Called on a worker of the pool, it runs other jobs
- * while it waits, so fork-join never deadlocks, with any number of threads.
+ * while it waits, so fork-join never deadlocks, with any number of threads;
+ * with nothing to run it sleeps until the job ends or new work comes to the
+ * pool, which it then runs too.
  * Ordering: the job's end happens-before this returns.
  * Threads: any thread; several threads may wait on one future. */
 CP_EXPORT int cp_future_wait(cp_future *f, void **result);
