@@ -32,10 +32,11 @@
  *    buffering windows are nanoseconds wide: no stress test can show
  *    that a fence is needed.)
  *
- * A plain program (no Criterion), so that it runs under ThreadSanitizer. The watchdog is a hang detector, not a timing
- * assertion. Size: argv[1] or CP_STRESS_SCALE times DEFAULT_ROUNDS rounds
- * per phase (check.h). Exits 0 on success, 1 with the failed check on
- * stderr.
+ * A plain program (no Criterion), so that it runs under ThreadSanitizer.
+ * The watchdog is a hang detector, not a timing assertion. Size: argv[1]
+ * or CP_STRESS_SCALE times DEFAULT_ROUNDS rounds for each of the first two
+ * phases, ten times that for the late phase (check.h). Exits 0 on success,
+ * 1 with the failed check on stderr.
  */
 #include "check.h"
 #include "ctxpool.h"
