@@ -515,20 +515,26 @@ static double run_pool_pingpong(void *arg)
 
 static void bench_wakeup(void)
 {
+    /* Interleaved (bench_compare): a slow spell of the host once made one
+     * run's ctxpool rounds 20 times slower than its futex rounds, measured
+     * a few seconds apart. Between rounds both peers sleep, so neither
+     * takes CPU from the other's rounds. */
     pthread_t peer;
     BENCH_CHECK(pthread_create(&peer, NULL, pong, NULL) == 0, "pthread_create");
+    pool = new_pool(1);
+    pingpong_parks = stats_of(pool).parks;
+    struct bench_case cases[] = {
+        {"futex ping-pong", run_futex_pingpong, NULL},
+        {"ctxpool", run_pool_pingpong, NULL},
+    };
     bench_baseline("wakeup", "futex ping-pong");
-    bench_measure("wakeup", "futex ping-pong", "ns/round trip", run_futex_pingpong, NULL);
+    bench_compare("wakeup", "ns/round trip", cases, 2);
+    cp_pool_free(pool);
     atomic_store_explicit(&stop_peer, true, memory_order_relaxed);
     /* release: the stop flag before the ping that shows it to the peer. */
     atomic_fetch_add_explicit(&turn, 1, memory_order_release);
     futex_wake(&turn);
     pthread_join(peer, NULL);
-
-    pool = new_pool(1);
-    pingpong_parks = stats_of(pool).parks;
-    bench_measure("wakeup", "ctxpool", "ns/round trip", run_pool_pingpong, NULL);
-    cp_pool_free(pool);
 }
 
 /* ------------------------------------------------------------------------ */

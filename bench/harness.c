@@ -52,12 +52,32 @@ int bench_wanted(const char *workload)
 void bench_measure(const char *workload, const char *impl, const char *unit,
                    double (*fn)(void *arg), void *arg)
 {
-    fn(arg); /* warm-up: caches, free lists, thread start-up, page faults */
-    printf("row\t%s\t%s\t%s\t", workload, impl, unit);
-    for (int i = 0; i < runs; i++)
-        printf("%s%.6g", i == 0 ? "" : ",", fn(arg));
-    printf("\n");
+    struct bench_case one = {impl, fn, arg};
+    bench_compare(workload, unit, &one, 1);
+}
+
+void bench_compare(const char *workload, const char *unit,
+                   const struct bench_case *cases, int n)
+{
+    double *figures = malloc((size_t)n * (size_t)runs * sizeof *figures);
+    if (!figures)
+        bench_fail("out of memory for %d figures", n * runs);
+    /* warm-up: caches, free lists, thread start-up, page faults */
+    for (int c = 0; c < n; c++)
+        cases[c].fn(cases[c].arg);
+    for (int r = 0; r < runs; r++)
+        for (int k = 0; k < n; k++) {
+            int c = (r + k) % n;
+            figures[c * runs + r] = cases[c].fn(cases[c].arg);
+        }
+    for (int c = 0; c < n; c++) {
+        printf("row\t%s\t%s\t%s\t", workload, cases[c].impl, unit);
+        for (int r = 0; r < runs; r++)
+            printf("%s%.6g", r == 0 ? "" : ",", figures[c * runs + r]);
+        printf("\n");
+    }
     fflush(stdout);
+    free(figures);
 }
 
 void bench_baseline(const char *workload, const char *impl)

@@ -34,6 +34,22 @@ int bench_wanted(const char *workload);
 void bench_measure(const char *workload, const char *impl, const char *unit,
                    double (*fn)(void *arg), void *arg);
 
+/* One implementation of a workload, for bench_compare. */
+struct bench_case {
+    const char *impl;
+    double (*fn)(void *arg);
+    void *arg;
+};
+
+/* bench_measure for n implementations of one workload at once, their runs
+ * interleaved: each case runs once untimed, then come BENCH_RUNS rounds in
+ * which every case runs once, each round starting one case further on.
+ * A slow spell of the machine then falls on every case alike instead of
+ * on whichever ran during it, and the ratios between the cases' medians
+ * hold steady from run to run. Prints the rows in the order given. */
+void bench_compare(const char *workload, const char *unit,
+                   const struct bench_case *cases, int n);
+
 /* Name the implementation the ratios of workload are taken against. */
 void bench_baseline(const char *workload, const char *impl);
 
