@@ -4,7 +4,9 @@
  * Every figure is one timed loop of OPS operations divided by OPS. The
  * ctxpool loops run inside a context prepared for them with cp_context_run
  * (so each case sees exactly the variables it names) and call libctxpool.so
- * as any program does, through the PLT. Results are summed and checked after
+ * as any program does: through the header's inline gets (a hit makes no
+ * call), and through the PLT for everything else. Results are summed and
+ * checked after
  * each loop, so the compiler cannot drop the calls and a wrong value fails
  * the program.
  *

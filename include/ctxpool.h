@@ -134,6 +134,45 @@ CP_EXPORT int cp_var_get(const cp_var *var, void **value);
  * Returns fallback also when var is NULL. Ownership and threads: as cp_var_get. */
 CP_EXPORT void *cp_var_get_or(const cp_var *var, void *fallback);
 
+/* Not part of the API: the inline fast path of the two gets above. The
+ * macros below send every call of cp_var_get and cp_var_get_or through it
+ * (taking a function's address still gives the library's function). The
+ * calling thread's get cache: the variable of its latest lookup in the
+ * current context (never NULL) and the value found. The library forgets it
+ * (var becomes a variable-less address) on every set, reset and change of
+ * current context of this thread, so a hit is its value in the current
+ * context: two loads and a compare inline, where a call into the library
+ * costs about as much as pthread_getspecific. Anything else calls the
+ * library. The layout is part of the library's binary interface. Thread-
+ * local and initial-exec, as the library's own thread state is. */
+typedef struct cp__get_cache {
+    const cp_var *var;
+    void *value;
+} cp__get_cache;
+
+CP_EXPORT extern __thread cp__get_cache cp__get_hit
+    __attribute__((tls_model("initial-exec")));
+
+static inline int cp__var_get_inline(const cp_var *var, void **value)
+{
+    if (__builtin_expect(value && cp__get_hit.var == var, 1)) {
+        *value = cp__get_hit.value;
+        return 0;
+    }
+    return (cp_var_get)(var, value);
+}
+
+static inline void *cp__var_get_or_inline(const cp_var *var, void *fallback)
+{
+    /* A NULL var never hits: the cache's var is never NULL. */
+    if (__builtin_expect(cp__get_hit.var == var, 1))
+        return cp__get_hit.value;
+    return (cp_var_get_or)(var, fallback);
+}
+
+#define cp_var_get(var, value) cp__var_get_inline((var), (value))
+#define cp_var_get_or(var, fallback) cp__var_get_or_inline((var), (fallback))
+
 /* cp_var_set - give the variable a new value in the current context
  * (ContextVar.set(value)).
  * token: where to store an undo record for cp_var_reset; NULL: none is made.

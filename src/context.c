@@ -34,11 +34,12 @@
  * therefore never entered twice at once, and an entry never waits.
  *
  * The get cache. cp_var_get remembers its last two lookups (variable and
- * value) in the thread state, and every set, reset, enter and leave on this
- * thread forgets them. Only this thread changes its current map, so a
- * remembered variable proves the cached value is still the context's; a hit
- * on the most recent is one load and one compare, on the other one more of
- * each. (CPython caches in the variable itself, which is unsound
+ * value): the most recent in cp__get_hit, which the header's inline gets
+ * read without a call, the other in the thread state. Every set, reset,
+ * enter and leave on this thread forgets both. Only this thread changes its
+ * current map, so a remembered variable proves the cached value is still
+ * the context's; a hit on the most recent is one load and one compare,
+ * inline in the caller, on the other a call and one more of each. (CPython caches in the variable itself, which is unsound
  * without a GIL: cpython#121546.) A cached variable cannot be freed and its
  * address reused while the cache holds it, because the current map still
  * holds an item for it: both entries come from lookups in the current map,
@@ -152,8 +153,10 @@ struct cp_iter {
 /* The calling thread's state (context.h), its get cache empty. */
 const char cp__no_var;
 __thread struct cp__thread cp__self
-    __attribute__((tls_model("initial-exec"))) = {.cache_var = CP__NO_VAR,
-                                                  .cache_var2 = CP__NO_VAR};
+    __attribute__((tls_model("initial-exec"))) = {.cache_var2 = CP__NO_VAR};
+/* The get cache's first entry, which the header's inline gets read. */
+CP_EXPORT __thread cp__get_cache cp__get_hit
+    __attribute__((tls_model("initial-exec"))) = {.var = CP__NO_VAR};
 
 static pthread_key_t base_key;
 static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;
@@ -661,8 +664,8 @@ static inline bool cache_hit(const cp_var *var, void **value)
 {
     if (!value)
         return false;
-    if (__builtin_expect(cp__self.cache_var == var, 1)) {
-        *value = cp__self.cache_value;
+    if (__builtin_expect(cp__get_hit.var == var, 1)) {
+        *value = cp__get_hit.value;
         return true;
     }
     if (cp__self.cache_var2 == var) {
@@ -679,10 +682,10 @@ static __attribute__((noinline)) bool lookup_value(const cp_var *var, void **val
     const cp__hamt_item *item = current_item(var);
     if (!item)
         return false;
-    cp__self.cache_var2 = cp__self.cache_var;
-    cp__self.cache_value2 = cp__self.cache_value;
-    cp__self.cache_var = var;
-    cp__self.cache_value = item->value;
+    cp__self.cache_var2 = cp__get_hit.var;
+    cp__self.cache_value2 = cp__get_hit.value;
+    cp__get_hit.var = var;
+    cp__get_hit.value = item->value;
     *value = item->value;
     return true;
 }
@@ -699,14 +702,16 @@ static __attribute__((noinline)) int get_slow(const cp_var *var, void **value)
     return 0;
 }
 
-/* The get functions start on a 64-byte boundary, so that the hit path
+/* The get functions behind the header's inline gets: they answer hits on
+ * the cache's second entry, misses, and calls through their addresses.
+ * They start on a 64-byte boundary, so that the hit path
  * (nine instructions, twelve for the cache's second entry) sits in one
  * line of code whatever the functions laid out before it: where it
  * straddled two, a hit took 10 to 25% longer here, more than the whole gap
  * to pthread_getspecific. */
 #define GET_ENTRY __attribute__((aligned(64)))
 
-GET_ENTRY int cp_var_get(const cp_var *var, void **value)
+GET_ENTRY int (cp_var_get)(const cp_var *var, void **value)
 {
     /* NULL arguments take the slow path, which reports them (a NULL var
      * never hits: the cache holds only variables that had a value). */
@@ -715,7 +720,7 @@ GET_ENTRY int cp_var_get(const cp_var *var, void **value)
     return get_slow(var, value);
 }
 
-GET_ENTRY void *cp_var_get_or(const cp_var *var, void *fallback)
+GET_ENTRY void *(cp_var_get_or)(const cp_var *var, void *fallback)
 {
     void *value;
     if (var && (cache_hit(var, &value) || lookup_value(var, &value)))

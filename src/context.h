@@ -69,12 +69,13 @@ typedef struct cp__borrow {
 struct cp__thread {
     cp_context *current; /* NULL until the thread needs a base context */
     cp_context *base;
-    /* The last two variables cp_var_get found in the current map, the most
-     * recent first, and their values; CP__NO_VAR whenever the current map
-     * may have changed since. Two, so that code reading a few variables in
-     * turn (a request ID, then a deadline) still hits. */
-    const cp_var *cache_var, *cache_var2;
-    void *cache_value, *cache_value2;
+    /* The get cache's second entry: the variable cp_var_get found in the
+     * current map before the one in cp__get_hit (ctxpool.h), and its value;
+     * CP__NO_VAR whenever the current map may have changed since. Two, so
+     * that code reading a few variables in turn (a request ID, then a
+     * deadline) still hits; the inline fast path looks at the first only. */
+    const cp_var *cache_var2;
+    void *cache_value2;
     cp__borrow *borrows; /* this thread's borrowed captures, newest first */
     /* A context this thread copied from its current map and freed: kept,
      * with its reference on that map, for the next cp_copy_context. */
@@ -108,7 +109,7 @@ cp__hamt cp__capture_refill(cp__hamt m);
  * map. */
 static inline void cp__cache_forget(void)
 {
-    cp__self.cache_var = cp__self.cache_var2 = CP__NO_VAR;
+    cp__get_hit.var = cp__self.cache_var2 = CP__NO_VAR;
     /* One test for both: this runs on every change and context switch. */
     if ((uintptr_t)cp__self.copy_cache | (uintptr_t)cp__self.capture_root)
         cp__map_holds_flush();

@@ -380,6 +380,51 @@ Test(var, gets_of_two_variables_in_turn_see_every_change_of_either)
     cp_var_free(w);
 }
 
+/* cp_var_get and cp_var_get_or are macros over an inline cache check; the
+ * library's functions behind them, reached through their addresses (as a
+ * binding from another language would), must give the same answers: a hit
+ * on either cache entry, a miss, a default, a fallback, bad arguments. */
+Test(var, the_functions_behind_the_inline_gets_give_the_same_answers)
+{
+    int a, b, d, fb;
+    int (*get)(const cp_var *, void **) = cp_var_get;
+    void *(*get_or)(const cp_var *, void *) = cp_var_get_or;
+    cp_var *v = cp_var_new("v", NULL), *w = cp_var_new("w", NULL);
+    cp_var *unset = cp_var_new("unset", NULL);
+    cp_var *with_default = cp_var_new_default("with default", &d, NULL);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    cr_assert_eq(cp_var_set(w, &b, NULL), 0);
+    void *x = NULL;
+    cr_assert_eq(cp_var_get(v, &x), 0); /* v: the cache's newest entry */
+    cr_assert_eq(x, &a);
+    x = NULL;
+    cr_assert_eq(get(v, &x), 0);
+    cr_assert_eq(x, &a);
+    cr_assert_eq(cp_var_get_or(w, &fb), &b); /* w newest, v second */
+    x = NULL;
+    cr_assert_eq(get(v, &x), 0);
+    cr_assert_eq(x, &a);
+    cr_assert_eq(get_or(w, &fb), &b);
+    cr_assert_eq(get_or(v, &fb), &a);
+    x = UNTOUCHED;
+    cr_assert_eq(get(unset, &x), CP_ENOENT);
+    cr_assert_eq(x, UNTOUCHED);
+    cr_assert_eq(get_or(unset, &fb), &fb);
+    cr_assert_eq(get(with_default, &x), 0);
+    cr_assert_eq(x, &d);
+    cr_assert_eq(get_or(with_default, &fb), &fb);
+    cr_assert_eq(get(NULL, &x), CP_EINVAL);
+    cr_assert_eq(cp_var_get(NULL, &x), CP_EINVAL);
+    cr_assert_eq(get(v, NULL), CP_EINVAL);
+    cr_assert_eq(cp_var_get(v, NULL), CP_EINVAL);
+    cr_assert_eq(get_or(NULL, &fb), &fb);
+    cr_assert_eq(cp_var_get_or(NULL, &fb), &fb);
+    cp_var_free(v);
+    cp_var_free(w);
+    cp_var_free(unset);
+    cp_var_free(with_default);
+}
+
 /* ------------------------------------------------------------------------ */
 /* ContextVar.name                                                           */
 
