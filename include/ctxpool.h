@@ -486,15 +486,19 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
 /* cp_sync - wait for a spawned task and get its result; runs it inline when
  * no other worker took it, else helps with other work until it is done.
  * Syncs on one thread come in reverse order of its spawns (nested like
- * scopes; a task's syncs nest inside its spawner's, so from inside a task a
- * sync of itself or of a sibling not yet synced is out of order); a sync out
- * of that order returns CP_EINVAL and waits for nothing.
+ * scopes), each in the job, task or cp_context_run call that spawned: from
+ * inside a task a sync of itself or of a sibling not yet synced is out of
+ * order, and so is a sync of a waiting job's task by another job its
+ * thread runs meanwhile. A sync out of order returns CP_EINVAL and waits
+ * for nothing.
  * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first
  * (only a task spawned from outside the pool: a worker's tasks belong to the
  * running job that spawned them, which a cancel lets finish); CP_EINVAL.
  * result may be NULL. Threads: the thread that spawned task. Call it before
- * leaving the context the spawn was made in (before the cp_context_run or
- * job that spawned returns): the task runs in a borrowed view of it. */
+ * leaving the context the spawn was made in (before the cp_context_run,
+ * job or task that spawned returns): the task runs in a borrowed view of
+ * it, and its storage is in use until then; returning with a task not
+ * synced is undefined behaviour. */
 CP_EXPORT int cp_sync(cp_task *task, void **result);
 
 #ifdef __cplusplus

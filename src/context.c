@@ -153,10 +153,13 @@ struct cp_iter {
 /* The calling thread's state (context.h), its get cache empty. */
 const char cp__no_var;
 __thread struct cp__thread cp__self
-    __attribute__((tls_model("initial-exec"))) = {.cache_var2 = CP__NO_VAR};
-/* The get cache's first entry, which the header's inline gets read. */
-CP_EXPORT __thread cp__get_cache cp__get_hit
-    __attribute__((tls_model("initial-exec"))) = {.var = CP__NO_VAR};
+    __attribute__((tls_model("initial-exec"))) = {.hit = {.var = CP__NO_VAR},
+                                                  .cache_var2 = CP__NO_VAR};
+/* The get cache's newest entry, for the header's inline gets: another name
+ * for the start of cp__self, so that the library reaches the whole thread
+ * state through one address. */
+_Static_assert(offsetof(struct cp__thread, hit) == 0, "cp__get_hit must start cp__self");
+CP_EXPORT extern __thread cp__get_cache cp__get_hit __attribute__((alias("cp__self")));
 
 static pthread_key_t base_key;
 static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;
@@ -595,6 +598,7 @@ static inline void context_init(cp_context *c, cp__hamt map, bool shared)
     c->fenced = false;
     c->map = map;
     c->prev = NULL;
+    c->floor = NULL;
     c->token_id = 0;
     c->owns_map = true;
 }
@@ -664,8 +668,8 @@ static inline bool cache_hit(const cp_var *var, void **value)
 {
     if (!value)
         return false;
-    if (__builtin_expect(cp__get_hit.var == var, 1)) {
-        *value = cp__get_hit.value;
+    if (__builtin_expect(cp__self.hit.var == var, 1)) {
+        *value = cp__self.hit.value;
         return true;
     }
     if (cp__self.cache_var2 == var) {
@@ -682,10 +686,10 @@ static __attribute__((noinline)) bool lookup_value(const cp_var *var, void **val
     const cp__hamt_item *item = current_item(var);
     if (!item)
         return false;
-    cp__self.cache_var2 = cp__get_hit.var;
-    cp__self.cache_value2 = cp__get_hit.value;
-    cp__get_hit.var = var;
-    cp__get_hit.value = item->value;
+    cp__self.cache_var2 = cp__self.hit.var;
+    cp__self.cache_value2 = cp__self.hit.value;
+    cp__self.hit.var = var;
+    cp__self.hit.value = item->value;
     *value = item->value;
     return true;
 }
@@ -962,6 +966,7 @@ int cp__context_enter(cp_context *c)
     }
     cp__context_incref(c);
     c->prev = cp__self.current;
+    c->floor = cp__self.borrows;
     cp__self.current = c;
     cp__cache_forget();
     return 0;

@@ -42,6 +42,10 @@ struct cp_context {
     cp__hamt map;
     /* Owner only: the context that was current before this one was entered. */
     cp_context *prev;
+    /* Owner only: the thread's newest borrow when c was entered or the frame
+     * begun (NULL: none). The borrows above it are the tasks spawned in c
+     * since, the only ones a sync in c may take (cp__context_may_sync). */
+    struct cp__borrow *floor;
     /* Owner only: an identity for tokens, given on the first token (0: none). */
     uint64_t token_id;
     /* Whether map holds a reference (false only for a frame on a borrowed
@@ -67,10 +71,13 @@ typedef struct cp__borrow {
  * per-task steps (frames, borrows) inline into the pool: they run once per
  * spawn. initial-exec: one %fs-relative access, no __tls_get_addr. */
 struct cp__thread {
+    /* The get cache's newest entry. First: the library exports its address
+     * as cp__get_hit (context.c), which the header's inline gets read. */
+    cp__get_cache hit;
     cp_context *current; /* NULL until the thread needs a base context */
     cp_context *base;
     /* The get cache's second entry: the variable cp_var_get found in the
-     * current map before the one in cp__get_hit (ctxpool.h), and its value;
+     * current map before the one in hit, and its value;
      * CP__NO_VAR whenever the current map may have changed since. Two, so
      * that code reading a few variables in turn (a request ID, then a
      * deadline) still hits; the inline fast path looks at the first only. */
@@ -109,7 +116,7 @@ cp__hamt cp__capture_refill(cp__hamt m);
  * map. */
 static inline void cp__cache_forget(void)
 {
-    cp__get_hit.var = cp__self.cache_var2 = CP__NO_VAR;
+    cp__self.hit.var = cp__self.cache_var2 = CP__NO_VAR;
     /* One test for both: this runs on every change and context switch. */
     if ((uintptr_t)cp__self.copy_cache | (uintptr_t)cp__self.capture_root)
         cp__map_holds_flush();
@@ -148,6 +155,7 @@ static inline void cp__context_begin_frame(cp_context *c, cp__hamt map, bool own
     c->shared = false;
     c->map = map;
     c->prev = cp__self.current;
+    c->floor = cp__self.borrows;
     c->token_id = 0;
     c->owns_map = owned;
     cp__self.current = c;
@@ -179,6 +187,18 @@ static inline void cp__context_borrow(cp__borrow *b)
 static inline cp__borrow *cp__context_borrow_top(void)
 {
     return cp__self.borrows;
+}
+
+/* Whether b may be synced now: it is the thread's newest borrow (syncs
+ * nest like scopes), and it was made in the current context since the
+ * context was entered or its frame begun. So a task run on the thread that
+ * spawned it (inline, or while that thread helps in a wait) cannot sync
+ * itself or a sibling its spawner has not synced, and another job run
+ * there cannot sync the tasks of the job that waits below it. */
+static inline bool cp__context_may_sync(const cp__borrow *b)
+{
+    const cp__borrow *floor = cp__self.current ? cp__self.current->floor : NULL;
+    return b == cp__self.borrows && b != floor;
 }
 
 static inline void cp__context_unborrow(cp__borrow *b)

@@ -172,8 +172,9 @@ enum {
 };
 
 /* KIND_PRIVATE: a frame task kept by its spawner, in no queue (see cp_spawn).
- * KIND_INLINE: a frame task its spawner runs now, in cp_sync; a sync of it
- * (from inside itself) is refused. */
+ * KIND_INLINE: a frame task its spawner runs now, in cp_sync: neither
+ * private nor queued. (A sync of it from inside itself is refused before
+ * its kind is looked at: cp__context_may_sync.) */
 enum work_kind { KIND_JOB, KIND_TASK, KIND_PRIVATE, KIND_INLINE };
 
 struct work {
@@ -2100,7 +2101,6 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
  * frame on its borrowed map. */
 static void *run_inline(struct worker *self, struct task *t)
 {
-    t->w.kind = KIND_INLINE; /* nobody else has it any more */
     void *result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
     stat_bump(&self->completed);
     return result;
@@ -2110,8 +2110,6 @@ static void *run_inline(struct worker *self, struct task *t)
  * wait for it, running it ourselves if it is still on top of our deque. */
 static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
 {
-    if (t->w.kind == KIND_INLINE)
-        return CP_EINVAL; /* a sync from inside the task itself */
     if (!t->w.counted) {
         /* Queued by this worker on its own deque. Fast path: nobody took
          * it, it is on top of the deque. Anything above it (a submit's job,
@@ -2143,7 +2141,7 @@ static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
 int cp_sync(cp_task *task, void **result)
 {
     struct task *t = (struct task *)task;
-    if (!t || &t->borrow != cp__context_borrow_top())
+    if (!t || !cp__context_may_sync(&t->borrow))
         return CP_EINVAL;
     if (t->w.kind != KIND_PRIVATE)
         return sync_queued(t, result);

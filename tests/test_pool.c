@@ -2056,6 +2056,130 @@ Test(task, syncs_from_inside_a_task_are_refused_on_two_workers, .timeout = 30)
     syncs_from_inside_a_task_are_refused(2);
 }
 
+/* The same refusals when the spawner's thread runs its tasks while it
+ * waits for a job running elsewhere (it offers them to itself and takes
+ * them back from its deque): a task that syncs itself, or the sibling
+ * spawned after it, gets CP_EINVAL (the self-sync used to wait for itself
+ * forever, the sibling's ran). Two workers: the other one runs a blocker
+ * whose gate the checking task opens. */
+struct helped_syncs {
+    cp_pool *pool;
+    bool with_sibling;           /* spawn a second task after the checker */
+    blocker bl;
+    cp_future *blocker_future;
+    cp_task checker, sibling;
+    atomic_int ran_sibling;
+    int rc_sibling, rc_self, rc_checker, rc_after;
+};
+
+static void *checker_task(void *p)
+{
+    struct helped_syncs *o = p;
+    if (o->with_sibling)
+        o->rc_sibling = cp_sync(&o->sibling, NULL);
+    o->rc_self = cp_sync(&o->checker, NULL);
+    gate_open(&o->bl.g);
+    return o;
+}
+
+static void *spawn_and_help_job(void *p)
+{
+    struct helped_syncs *o = p;
+    JCHECK(cp_spawn(o->pool, &o->checker, checker_task, o) == 0);
+    if (o->with_sibling)
+        JCHECK(cp_spawn(o->pool, &o->sibling, count_job, &o->ran_sibling) == 0);
+    /* Runs the tasks meanwhile: nobody else is free to. */
+    JCHECK(cp_future_wait(o->blocker_future, NULL) == 0);
+    void *result = NULL;
+    if (o->with_sibling) {
+        o->rc_after = cp_sync(&o->sibling, &result);
+        JCHECK(result == &o->ran_sibling);
+    }
+    o->rc_checker = cp_sync(&o->checker, &result);
+    JCHECK(result == o);
+    return NULL;
+}
+
+static void syncs_from_a_task_run_while_its_spawner_waits(bool with_sibling)
+{
+    cp_pool *pool = new_pool(2);
+    struct helped_syncs o = {.pool = pool, .with_sibling = with_sibling};
+    o.blocker_future = occupy_worker(pool, &o.bl);
+    cp_future *job = NULL;
+    cr_assert_eq(cp_pool_submit(pool, spawn_and_help_job, &o, &job), 0);
+    wait_ok(job);
+    wait_ok(o.blocker_future);
+    jobs_ok();
+    cr_assert_eq(o.rc_self, CP_EINVAL, "the running task itself");
+    cr_assert_eq(o.rc_checker, 0, "the spawner's own sync still works");
+    if (with_sibling) {
+        cr_assert_eq(o.rc_sibling, CP_EINVAL, "the sibling spawned after it");
+        cr_assert_eq(o.rc_after, 0);
+        cr_assert_eq(runs(&o.ran_sibling), 1);
+    }
+    free_pool(pool);
+}
+
+Test(task, a_task_run_while_its_spawner_waits_cannot_sync_itself, .timeout = 30)
+{
+    syncs_from_a_task_run_while_its_spawner_waits(false);
+}
+
+Test(task, a_task_run_while_its_spawner_waits_cannot_sync_a_later_sibling,
+     .timeout = 30)
+{
+    syncs_from_a_task_run_while_its_spawner_waits(true);
+}
+
+/* A job that a waiting job's thread runs (here: the one it waits for, taken
+ * back from its own deque) cannot sync the waiting job's task: CP_EINVAL,
+ * and the task is still there for its spawner to sync. */
+struct foreign_sync {
+    cp_pool *pool;
+    cp_task *task;
+    atomic_int ran;
+    int rc_foreign, rc_own;
+};
+
+static void *sync_someone_elses_task(void *p)
+{
+    struct foreign_sync *o = p;
+    o->rc_foreign = cp_sync(o->task, NULL);
+    return NULL;
+}
+
+static void *spawn_then_wait_for_a_job(void *p)
+{
+    struct foreign_sync *o = p;
+    cp_task t;
+    cp_future *f = NULL;
+    o->task = &t;
+    JCHECK(cp_spawn(o->pool, &t, count_job, &o->ran) == 0);
+    JCHECK(cp_pool_submit(o->pool, sync_someone_elses_task, o, &f) == 0);
+    JCHECK(cp_future_wait(f, NULL) == 0);
+    cp_future_free(f);
+    void *result = NULL;
+    o->rc_own = cp_sync(&t, &result);
+    JCHECK(result == &o->ran);
+    return NULL;
+}
+
+Test(task, a_job_run_on_the_spawners_thread_cannot_sync_its_task, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    for (int rep = 0; rep < 100; rep++) {
+        struct foreign_sync o = {.pool = pool};
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(pool, spawn_then_wait_for_a_job, &o, &f), 0);
+        wait_ok(f);
+        jobs_ok();
+        cr_assert_eq(o.rc_foreign, CP_EINVAL);
+        cr_assert_eq(o.rc_own, 0);
+        cr_assert_eq(runs(&o.ran), 1);
+    }
+    free_pool(pool);
+}
+
 /* In a job: set v to a, spawn a reader, change v (set b, reset to a
  * token's state, delete) with a reader spawned after each change, then sync
  * them all: each sees v as it was when it was spawned, although the changes
