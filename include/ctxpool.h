@@ -392,7 +392,8 @@ CP_EXPORT bool cp_future_done(const cp_future *f);
 /* cp_future_cancel - make sure the job never runs, if it has not started.
  * Returns 0 when the job will never run (its wait reports CP_ECANCELED; also
  * when it was cancelled already); CP_EBUSY when it has started or finished;
- * CP_EINVAL for NULL. Threads: any thread. */
+ * CP_EINVAL for NULL; CP_ESHUTDOWN in a child of fork() for a job that had
+ * not finished at the fork (nothing changes). Threads: any thread. */
 CP_EXPORT int cp_future_cancel(cp_future *f);
 
 /* cp_future_free - drop the caller's handle. Allowed before the job finishes:
@@ -433,7 +434,10 @@ CP_EXPORT int cp_pool_free(cp_pool *pool);
 typedef struct cp_pool_stats {
     unsigned threads;
     uint64_t submitted; /* jobs accepted by submit, submit_in and spawn */
-    uint64_t completed; /* jobs whose function ran to its end */
+    uint64_t completed; /* jobs whose function ran to its end (a submit_in
+                           job that found its context entered, CP_EBUSY or
+                           CP_ERECURSIVE, is counted neither here nor in
+                           cancelled) */
     uint64_t cancelled; /* jobs reported CP_ECANCELED (one cancelled by
                            cp_future_cancel is counted when a worker
                            discards it from its queue) */
@@ -453,7 +457,8 @@ CP_EXPORT int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats);
 /* cp_thread_create - pthread_create, but fn runs in a copy of the creator's
  * current context, as Python 3.14's Thread(context=copy_context()). (A plain
  * pthread starts with an empty base context.)
- * Returns 0; CP_EINVAL for NULL thread or fn; CP_ENOMEM when memory or
+ * Returns 0; CP_EINVAL for NULL thread or fn, or for attributes that
+ * pthread_create refuses (its EINVAL and EPERM); CP_ENOMEM when memory or
  * threads ran out. fn's return value is the thread's exit value.
  * Threads: any thread. */
 CP_EXPORT int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr,

@@ -107,6 +107,7 @@
 
 #include "context.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -1110,10 +1111,13 @@ int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr, cp_job_fn fn
     start->fn = fn;
     start->arg = arg;
     start->base = base;
-    if (pthread_create(thread, attr, thread_main, start) != 0) {
+    int err = pthread_create(thread, attr, thread_main, start);
+    if (err != 0) {
         context_decref(base);
         cp__free(start);
-        return CP_ENOMEM;
+        /* EAGAIN: out of threads or memory; EINVAL, EPERM: attr asks for
+         * what cannot be had, or not by this caller. */
+        return err == EAGAIN ? CP_ENOMEM : CP_EINVAL;
     }
     return 0;
 }

@@ -1868,22 +1868,20 @@ int cp_future_cancel(cp_future *f)
 {
     if (!f)
         return CP_EINVAL;
+    /* In a child of fork(), a job not final at the fork never will be: no
+     * worker is there to run it, nor the cancel on a thread of the parent
+     * that may have been deciding (ST_CANCELLING). (The job's copy of the
+     * generation: a job outlives its pool.) */
+    if (!work_final(&f->w) && forked_away(&f->fork_generation))
+        return CP_ESHUTDOWN;
     /* The pool is touched only under a reference (below): once the job is
      * ours, the worker that dequeues it may finish the pool's accounting
      * and the pool be freed. */
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
     for (;;) {
         uint32_t st = s & ST_MASK;
-        if (st == ST_CANCELLING) {
-            /* Another cancel deciding; in a child of fork(), one on a thread
-             * the child does not have, which never will. (The job's copy of
-             * the generation: the other cancel may be backing off from a
-             * job its waiter took and has finished since, and the pool be
-             * gone.) */
-            if (forked_away(&f->fork_generation))
-                return CP_ESHUTDOWN;
-            st = (s = job_settled(f)) & ST_MASK;
-        }
+        if (st == ST_CANCELLING)
+            st = (s = job_settled(f)) & ST_MASK; /* another cancel deciding */
         if (st == ST_CANCELLED || st == ST_DROPPING)
             return 0; /* another cancel won */
         if (st != ST_PENDING)

@@ -19,9 +19,11 @@
  * failing position (cp__alloc_count), which proves that every allocation it
  * makes was failed once. Leaks on those paths show up under ASan/valgrind.
  */
+#define _GNU_SOURCE /* cpu_set_t, pthread_attr_setaffinity_np */
 #include <criterion/criterion.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -2493,6 +2495,22 @@ Test(threads, thread_create_gives_fn_result_as_exit_value)
     void *result = NULL;
     cr_assert_eq(pthread_join(th, &result), 0);
     cr_assert_eq(result, &r);
+}
+
+Test(threads, thread_create_reports_attributes_pthread_create_refuses_as_einval)
+{
+    /* Pinned to a CPU that no machine here has: pthread_create says EINVAL
+     * (it is not out of memory, which CP_ENOMEM would say). */
+    pthread_attr_t attr;
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    CPU_SET(CPU_SETSIZE - 1, &cpus);
+    cr_assert_eq(pthread_attr_init(&attr), 0);
+    cr_assert_eq(pthread_attr_setaffinity_np(&attr, sizeof cpus, &cpus), 0);
+    int ran = 0;
+    pthread_t th;
+    cr_assert_eq(cp_thread_create(&th, &attr, return_arg, &ran), CP_EINVAL);
+    cr_assert_eq(pthread_attr_destroy(&attr), 0);
 }
 
 static void *plain_thread_reads(void *p)

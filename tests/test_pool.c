@@ -2620,9 +2620,13 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     cp_future *f = NULL;
     cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
     wait_ok(f);
-    /* A job still running at the fork: nothing finishes it in the child. */
-    blocker b;
+    /* A job still running at the fork, and one waiting behind it and
+     * another: nothing finishes nor cancels them in the child. */
+    blocker b, b2;
     cp_future *busy = occupy_worker(pool, &b);
+    cp_future *busy2 = occupy_worker(pool, &b2);
+    cp_future *waiting = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &waiting), 0);
     cp_context *c = cp_context_new();
     fflush(NULL);
     pid_t pid = fork();
@@ -2646,13 +2650,18 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
             bad |= 64;
         int waited = cp_future_wait(busy, NULL);
         int timed = cp_future_wait_timeout(busy, UINT64_MAX, NULL);
-        if (waited != CP_ESHUTDOWN || timed != CP_ESHUTDOWN)
+        int cancel_busy = cp_future_cancel(busy);
+        int cancel_queued = cp_future_cancel(waiting);
+        if (waited != CP_ESHUTDOWN || timed != CP_ESHUTDOWN ||
+            cancel_busy != CP_ESHUTDOWN || cancel_queued != CP_ESHUTDOWN ||
+            cp_future_done(waiting))
             bad |= 128;
         if (bad)
             fprintf(stderr, "forked child: submit %d, submit_in %d, spawn %d, "
-                    "shutdown %d, free %d, wait %d, wait_timeout %d (want %d "
-                    "each)\n", rc[0], rc[1], rc[2], rc[3], rc[4], waited, timed,
-                    CP_ESHUTDOWN);
+                    "shutdown %d, free %d, wait %d, wait_timeout %d, cancel "
+                    "%d and %d (want %d each), queued job done %d\n", rc[0],
+                    rc[1], rc[2], rc[3], rc[4], waited, timed, cancel_busy,
+                    cancel_queued, CP_ESHUTDOWN, cp_future_done(waiting));
         _exit(bad);
     }
     int status = 0;
@@ -2660,18 +2669,22 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     cr_assert(WIFEXITED(status), "child died: status %#x", status);
     cr_assert_eq(WEXITSTATUS(status), 0, "child failures (bits: 1 submit, 2 "
                  "submit_in, 4 spawn, 8 shutdown, 16 free, 32 future written, "
-                 "64 ran, 128 waits): %#x",
+                 "64 ran, 128 waits and cancels): %#x",
                  WEXITSTATUS(status));
     /* The parent's pool is untouched, its busy job still running. */
     cr_assert_not(cp_future_done(busy));
+    cr_assert_not(cp_future_done(waiting));
     gate_open(&b.g);
+    gate_open(&b2.g);
     void *result = NULL;
     cr_assert_eq(cp_future_wait(busy, &result), 0);
     cr_assert_eq(result, &b);
     cp_future_free(busy);
+    cr_assert_eq(wait_ok(busy2), &b2);
+    cr_assert_eq(wait_ok(waiting), &ran);
     cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
     wait_ok(f);
-    cr_assert_eq(runs(&ran), 2);
+    cr_assert_eq(runs(&ran), 3);
     free_pool(pool);
     cp_context_free(c);
 }
