@@ -259,7 +259,8 @@ CP_EXPORT void cp_context_free(cp_context *c);
  * CP_ERECURSIVE when this thread has (anywhere up its stack); CP_EINVAL for
  * NULL c or fn. On an error fn is not called.
  * fn must return: a thread that ends inside fn (pthread_exit, longjmp out of
- * it) leaves c entered for good, and later runs get CP_EBUSY.
+ * it) leaves c entered for good, and later runs get CP_EBUSY or
+ * CP_ERECURSIVE (a new thread may reuse an ended one's identity).
  * Threads: any thread. Ordering: everything done in c by its previous runs,
  * on any thread, happens-before fn starts. */
 CP_EXPORT int cp_context_run(cp_context *c, void *(*fn)(void *), void *arg,
@@ -491,7 +492,8 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
 /* cp_sync - wait for a spawned task and get its result; runs it inline when
  * no other worker took it, else helps with other work until it is done.
  * Syncs on one thread come in reverse order of its spawns (nested like
- * scopes), each in the job, task or cp_context_run call that spawned: from
+ * scopes), each in the job or task that spawned, inside no cp_context_run
+ * entered since the spawn: from
  * inside a task a sync of itself or of a sibling not yet synced is out of
  * order, and so is a sync of a waiting job's task by another job its
  * thread runs meanwhile. A sync out of order returns CP_EINVAL and waits
@@ -499,10 +501,11 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
  * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first
  * (only a task spawned from outside the pool: a worker's tasks belong to the
  * running job that spawned them, which a cancel lets finish); CP_EINVAL.
- * result may be NULL. Threads: the thread that spawned task. Call it before
- * leaving the context the spawn was made in (before the cp_context_run,
- * job or task that spawned returns): the task runs in a borrowed view of
- * it, and its storage is in use until then; returning with a task not
+ * result may be NULL. Threads: the thread that spawned task. The task sees
+ * the context as it was at the spawn, also when the spawner has left it
+ * (returned from the cp_context_run it spawned in) before the sync. A job
+ * or task must sync every task it spawned before it returns: task's
+ * storage is in use until cp_sync returns, and returning with a task not
  * synced is undefined behaviour. */
 CP_EXPORT int cp_sync(cp_task *task, void **result);
 

@@ -352,6 +352,11 @@ static void materialise_borrows(cp__hamt m)
         }
 }
 
+void cp__context_left_borrowed(cp_context *c)
+{
+    materialise_borrows(c->map);
+}
+
 /* Owner only: set item in c's map, or, when item is NULL, delete var's
  * item. The map's nodes that nobody else holds are reused in place
  * (cp__hamt_set_given), which is safe because nobody else can reach them:
@@ -975,6 +980,8 @@ int cp__context_enter(cp_context *c)
 
 void cp__context_leave(cp_context *c)
 {
+    if (cp__self.borrows != c->floor)
+        cp__context_left_borrowed(c);
     cp__self.current = c->prev;
     c->prev = NULL;
     cp__cache_forget();

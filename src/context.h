@@ -162,12 +162,20 @@ static inline void cp__context_begin_frame(cp_context *c, cp__hamt map, bool own
     cp__cache_forget();
 }
 
+/* Tasks spawned in c are still to be synced as c is left (their borrows
+ * are above c's floor): they take their own references to c's map, which
+ * c's next owner may change in place, or its last holder free. Rare: out of
+ * line. */
+void cp__context_left_borrowed(cp_context *c);
+
 /* Leave the frame c, which must be current, and drop the map it holds then
  * if it holds a reference, and the variable references the thread kept (as
  * cp__context_leave does). c is dead afterwards: its fields are left as
  * they are, since nothing can read them any more. */
 static inline void cp__context_end_frame(cp_context *c)
 {
+    if (cp__self.borrows != c->floor)
+        cp__context_left_borrowed(c);
     cp__self.current = c->prev;
     cp__cache_forget();
     if (c->owns_map)

@@ -2180,6 +2180,87 @@ Test(task, a_job_run_on_the_spawners_thread_cannot_sync_its_task, .timeout = 30)
     free_pool(pool);
 }
 
+/* A task spawned inside a cp_context_run and synced after the run
+ * returned keeps the view of the context it was spawned in, although the
+ * context is changed by its next owner, on another thread, and freed before
+ * the task runs (the task used to read the context's map as changed in
+ * place, or freed). From outside the pool, with the only worker busy until
+ * the sync; and in a job, where the task stays private until the sync runs
+ * it. */
+struct spawn_in_run {
+    cp_pool *pool;
+    cp_context *c;
+    struct read_var rv;
+    cp_task task;
+    int at_spawn, later;
+};
+
+static void *set_and_spawn(void *p)
+{
+    struct spawn_in_run *o = p;
+    JCHECK(cp_var_set(o->rv.var, &o->at_spawn, NULL) == 0);
+    JCHECK(cp_spawn(o->pool, &o->task, read_var_job, &o->rv) == 0);
+    return NULL;
+}
+
+static void *set_later(void *p)
+{
+    struct spawn_in_run *o = p;
+    JCHECK(cp_var_set(o->rv.var, &o->later, NULL) == 0);
+    return NULL;
+}
+
+static void *run_c_setting_later(void *p)
+{
+    struct spawn_in_run *o = p;
+    JCHECK(cp_context_run(o->c, set_later, o, NULL) == 0);
+    return NULL;
+}
+
+/* Spawn in a run of o->c, change o->c on another thread, free it: the
+ * caller then syncs. */
+static void spawn_in_a_run_then_change_and_free(struct spawn_in_run *o)
+{
+    o->c = cp_context_new();
+    JCHECK(o->c != NULL);
+    JCHECK(cp_context_run(o->c, set_and_spawn, o, NULL) == 0);
+    pthread_t th;
+    JCHECK(pthread_create(&th, NULL, run_c_setting_later, o) == 0);
+    JCHECK(pthread_join(th, NULL) == 0);
+    cp_context_free(o->c);
+}
+
+static void *spawn_in_a_run_job(void *p)
+{
+    struct spawn_in_run *o = p;
+    spawn_in_a_run_then_change_and_free(o);
+    void *seen = NULL;
+    JCHECK(cp_sync(&o->task, &seen) == 0);
+    JCHECK(seen == &o->at_spawn);
+    return NULL;
+}
+
+Test(task, a_task_synced_after_its_run_returned_keeps_its_view_of_the_context,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    struct spawn_in_run o = {.pool = pool, .rv = {cp_var_new("v", NULL)}};
+    blocker b;
+    cp_future *busy = occupy_worker(pool, &b);
+    spawn_in_a_run_then_change_and_free(&o);
+    gate_open(&b.g);
+    void *seen = NULL;
+    cr_assert_eq(cp_sync(&o.task, &seen), 0);
+    cr_assert_eq(seen, &o.at_spawn, "the task saw %p, not the value at its spawn", seen);
+    wait_ok(busy);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, spawn_in_a_run_job, &o, &f), 0);
+    wait_ok(f);
+    jobs_ok();
+    free_pool(pool);
+    cp_var_free(o.rv.var);
+}
+
 /* In a job: set v to a, spawn a reader, change v (set b, reset to a
  * token's state, delete) with a reader spawned after each change, then sync
  * them all: each sees v as it was when it was spawned, although the changes
