@@ -134,44 +134,51 @@ CP_EXPORT int cp_var_get(const cp_var *var, void **value);
  * Returns fallback also when var is NULL. Ownership and threads: as cp_var_get. */
 CP_EXPORT void *cp_var_get_or(const cp_var *var, void *fallback);
 
-/* Not part of the API: the inline fast path of the two gets above. The
- * macros below send every call of cp_var_get and cp_var_get_or through it
- * (taking a function's address still gives the library's function). The
- * calling thread's get cache: the variable of its latest lookup in the
- * current context (never NULL) and the value found. The library forgets it
- * (var becomes a variable-less address) on every set, reset and change of
+/* Not part of the API: the inline fast path of the two gets above, with
+ * GCC and compilers that speak its dialect (clang), unless the program
+ * defines CP_NO_INLINE_GET before including this header (for a binding
+ * generator, or code with a member of either name). The macros below send
+ * every call of cp_var_get and cp_var_get_or through it; taking a
+ * function's address still gives the library's function. The calling
+ * thread's get cache: the variable of its latest lookup in the current
+ * context (never NULL) and the value found. The library forgets it (var
+ * becomes a variable-less address) on every set, reset and change of
  * current context of this thread, so a hit is its value in the current
  * context: two loads and a compare inline, where a call into the library
  * costs about as much as pthread_getspecific. Anything else calls the
- * library. The layout is part of the library's binary interface. Thread-
- * local and initial-exec, as the library's own thread state is. */
-typedef struct cp__get_cache {
+ * library. The layout is part of the library's binary interface.
+ * Thread-local and initial-exec, as the library's own thread state is. */
+typedef struct cp_priv_get_cache {
     const cp_var *var;
     void *value;
-} cp__get_cache;
+} cp_priv_get_cache;
 
-CP_EXPORT extern __thread cp__get_cache cp__get_hit
+#if defined(__GNUC__) && !defined(CP_NO_INLINE_GET)
+CP_EXPORT extern __thread cp_priv_get_cache cp_priv_get_hit
     __attribute__((tls_model("initial-exec")));
 
-static inline int cp__var_get_inline(const cp_var *var, void **value)
+static inline int cp_priv_var_get(const cp_var *var, void **value)
 {
-    if (__builtin_expect(value && cp__get_hit.var == var, 1)) {
-        *value = cp__get_hit.value;
+    if (__builtin_expect(value && cp_priv_get_hit.var == var, 1)) {
+        *value = cp_priv_get_hit.value;
         return 0;
     }
     return (cp_var_get)(var, value);
 }
 
-static inline void *cp__var_get_or_inline(const cp_var *var, void *fallback)
+static inline void *cp_priv_var_get_or(const cp_var *var, void *fallback)
 {
     /* A NULL var never hits: the cache's var is never NULL. */
-    if (__builtin_expect(cp__get_hit.var == var, 1))
-        return cp__get_hit.value;
+    if (__builtin_expect(cp_priv_get_hit.var == var, 1))
+        return cp_priv_get_hit.value;
     return (cp_var_get_or)(var, fallback);
 }
 
-#define cp_var_get(var, value) cp__var_get_inline((var), (value))
-#define cp_var_get_or(var, fallback) cp__var_get_or_inline((var), (fallback))
+/* Variadic, so that an argument with commas of its own (a compound
+ * literal) stays one argument, as in a call of the function. */
+#define cp_var_get(...) cp_priv_var_get(__VA_ARGS__)
+#define cp_var_get_or(...) cp_priv_var_get_or(__VA_ARGS__)
+#endif
 
 /* cp_var_set - give the variable a new value in the current context
  * (ContextVar.set(value)).

@@ -34,7 +34,7 @@
  * therefore never entered twice at once, and an entry never waits.
  *
  * The get cache. cp_var_get remembers its last two lookups (variable and
- * value): the most recent in cp__get_hit, which the header's inline gets
+ * value): the most recent in cp_priv_get_hit, which the header's inline gets
  * read without a call, the other in the thread state. Every set, reset,
  * enter and leave on this thread forgets both. Only this thread changes its
  * current map, so a remembered variable proves the cached value is still
@@ -159,8 +159,8 @@ __thread struct cp__thread cp__self
 /* The get cache's newest entry, for the header's inline gets: another name
  * for the start of cp__self, so that the library reaches the whole thread
  * state through one address. */
-_Static_assert(offsetof(struct cp__thread, hit) == 0, "cp__get_hit must start cp__self");
-CP_EXPORT extern __thread cp__get_cache cp__get_hit __attribute__((alias("cp__self")));
+_Static_assert(offsetof(struct cp__thread, hit) == 0, "cp_priv_get_hit must start cp__self");
+CP_EXPORT extern __thread cp_priv_get_cache cp_priv_get_hit __attribute__((alias("cp__self")));
 
 static pthread_key_t base_key;
 static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;

@@ -72,8 +72,8 @@ typedef struct cp__borrow {
  * spawn. initial-exec: one %fs-relative access, no __tls_get_addr. */
 struct cp__thread {
     /* The get cache's newest entry. First: the library exports its address
-     * as cp__get_hit (context.c), which the header's inline gets read. */
-    cp__get_cache hit;
+     * as cp_priv_get_hit (context.c), which the header's inline gets read. */
+    cp_priv_get_cache hit;
     cp_context *current; /* NULL until the thread needs a base context */
     cp_context *base;
     /* The get cache's second entry: the variable cp_var_get found in the

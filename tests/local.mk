@@ -53,7 +53,7 @@ tests_test_hamt_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_hamt_CFLAGS = $(AM_CFLAGS) $(CRITERION_CFLAGS)
 tests_test_hamt_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
 
-tests_test_context_SOURCES = tests/test_context.c
+tests_test_context_SOURCES = tests/test_context.c tests/get_plain.c tests/get_plain.h
 tests_test_context_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_context_CFLAGS = $(AM_CFLAGS) $(CRITERION_CFLAGS)
 tests_test_context_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)

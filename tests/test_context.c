@@ -31,6 +31,7 @@
 
 #include "alloc.h"
 #include "ctxpool.h"
+#include "get_plain.h"
 
 /* ------------------------------------------------------------------------ */
 /* Counting values                                                           */
@@ -384,13 +385,13 @@ Test(var, gets_of_two_variables_in_turn_see_every_change_of_either)
 
 /* cp_var_get and cp_var_get_or are macros over an inline cache check; the
  * library's functions behind them, reached through their addresses (as a
- * binding from another language would), must give the same answers: a hit
- * on either cache entry, a miss, a default, a fallback, bad arguments. */
-Test(var, the_functions_behind_the_inline_gets_give_the_same_answers)
+ * binding from another language would) or from a file compiled with
+ * CP_NO_INLINE_GET (get_plain.c), must give the same answers: a hit on
+ * either cache entry, a miss, a default, a fallback, bad arguments. */
+static void the_functions_give_the_same_answers(int (*get)(const cp_var *, void **),
+                                                void *(*get_or)(const cp_var *, void *))
 {
     int a, b, d, fb;
-    int (*get)(const cp_var *, void **) = cp_var_get;
-    void *(*get_or)(const cp_var *, void *) = cp_var_get_or;
     cp_var *v = cp_var_new("v", NULL), *w = cp_var_new("w", NULL);
     cp_var *unset = cp_var_new("unset", NULL);
     cp_var *with_default = cp_var_new_default("with default", &d, NULL);
@@ -425,6 +426,30 @@ Test(var, the_functions_behind_the_inline_gets_give_the_same_answers)
     cp_var_free(w);
     cp_var_free(unset);
     cp_var_free(with_default);
+}
+
+Test(var, the_functions_behind_the_inline_gets_give_the_same_answers)
+{
+    the_functions_give_the_same_answers(cp_var_get, cp_var_get_or);
+}
+
+Test(var, gets_compiled_without_the_inline_path_give_the_same_answers)
+{
+    the_functions_give_the_same_answers(plain_get, plain_get_or);
+}
+
+/* The macros take an argument with commas of its own, as the functions do. */
+struct pair {
+    int first, second;
+};
+
+Test(var, get_or_takes_a_compound_literal_fallback)
+{
+    cp_var *v = cp_var_new("v", NULL);
+    const struct pair *p = cp_var_get_or(v, &(struct pair){3, 10});
+    cr_assert_eq(p->first, 3);
+    cr_assert_eq(p->second, 10);
+    cp_var_free(v);
 }
 
 /* ------------------------------------------------------------------------ */
