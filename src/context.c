@@ -354,7 +354,20 @@ static void materialise_borrows(cp__hamt m)
 
 void cp__context_left_borrowed(cp_context *c)
 {
-    materialise_borrows(c->map);
+    if (!c->map.root)
+        return;
+    /* Only the borrows above c's floor: the ones below lean on the maps of
+     * the contexts they were made in. (A borrow made in c of a map c has
+     * changed since owns its reference already: map_update; one left by a
+     * context entered inside c got its own when that was left.) A job that
+     * runs many contexts, spawning in each and syncing later, then pays
+     * for the tasks of each context once, not for all of them at every
+     * leave. */
+    for (cp__borrow *b = cp__self.borrows; b != c->floor; b = b->prev)
+        if (!b->owned && b->map.root == c->map.root) {
+            cp__hamt_incref(c->map);
+            b->owned = true;
+        }
 }
 
 /* Owner only: set item in c's map, or, when item is NULL, delete var's
