@@ -337,32 +337,27 @@ static cp__hamt map_ref(const cp_context *c)
     return m;
 }
 
-/* Borrows on this thread that refer to m take their own reference, so that
- * m's nodes are out of their reach before a change reuses them. (A borrow
- * of an equal root made in another frame takes one too: harmless, it is
- * dropped at unborrow.) */
-static void materialise_borrows(cp__hamt m)
-{
-    if (!m.root)
-        return;
-    for (cp__borrow *b = cp__self.borrows; b; b = b->prev)
-        if (!b->owned && b->map.root == m.root) {
-            cp__hamt_incref(m);
-            b->owned = true;
-        }
-}
-
-void cp__context_left_borrowed(cp_context *c)
+/* The borrows of tasks spawned in c (the current context, or the one being
+ * left) and not yet synced take their own reference to c's map, so that a
+ * change of the map in place, or its release, does not reach them. Before
+ * every change of c's map while c has such tasks (map_update), and when c
+ * is left with them (cp__context_leave, cp__context_end_frame).
+ *
+ * Only the borrows above c's floor, the ones made since c was entered (or
+ * its frame begun): one made below in another context X whose root equals
+ * c's is held by X too (X holds its map; a frame on a borrowed map, by the
+ * context it borrowed from, which is X or further down), so the root is
+ * shared and never changed in place; and borrows made in c when it was
+ * entered before took their references when it was left. A borrow above
+ * the floor of a root only equal to c's (left by a context entered inside
+ * c) takes one too: harmless, it is dropped at unborrow. So a set in a task
+ * while its spawners' tasks are outstanding does not walk all of them,
+ * nor does a job that runs many contexts, spawning in each and syncing
+ * later, walk every earlier task at each leave. */
+void cp__context_own_borrows(cp_context *c)
 {
     if (!c->map.root)
         return;
-    /* Only the borrows above c's floor: the ones below lean on the maps of
-     * the contexts they were made in. (A borrow made in c of a map c has
-     * changed since owns its reference already: map_update; one left by a
-     * context entered inside c got its own when that was left.) A job that
-     * runs many contexts, spawning in each and syncing later, then pays
-     * for the tasks of each context once, not for all of them at every
-     * leave. */
     for (cp__borrow *b = cp__self.borrows; b != c->floor; b = b->prev)
         if (!b->owned && b->map.root == c->map.root) {
             cp__hamt_incref(c->map);
@@ -392,8 +387,8 @@ map_update(cp_context *c, cp__hamt_item *item, bool fresh, const cp_var *var,
 {
     /* First: a kept copy's reference would keep the map's nodes shared. */
     cp__cache_forget();
-    if (cp__self.borrows)
-        materialise_borrows(c->map);
+    if (cp__self.borrows != c->floor)
+        cp__context_own_borrows(c);
     if (!c->owns_map) {
         cp__hamt_incref(c->map);
         c->owns_map = true;
@@ -994,7 +989,7 @@ int cp__context_enter(cp_context *c)
 void cp__context_leave(cp_context *c)
 {
     if (cp__self.borrows != c->floor)
-        cp__context_left_borrowed(c);
+        cp__context_own_borrows(c);
     cp__self.current = c->prev;
     c->prev = NULL;
     cp__cache_forget();

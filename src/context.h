@@ -56,9 +56,9 @@ struct cp_context {
 /* Borrowed captures, for frame tasks: a capture of the current map that
  * takes no reference (no atomic operation), valid while the thread's current
  * map stays the same. If the thread changes a map that a borrow on its stack
- * refers to, the borrow takes a reference first ("materialises", in
- * context.c's map_update), so the capture stays valid until
- * cp__context_unborrow. Borrows nest strictly: unborrow only the most
+ * refers to, or leaves the context the borrow was made in, the borrow takes
+ * a reference first (cp__context_own_borrows), so the capture stays valid
+ * until cp__context_unborrow. Borrows nest strictly: unborrow only the most
  * recent one. */
 typedef struct cp__borrow {
     cp__hamt map;
@@ -162,11 +162,11 @@ static inline void cp__context_begin_frame(cp_context *c, cp__hamt map, bool own
     cp__cache_forget();
 }
 
-/* Tasks spawned in c are still to be synced as c is left (their borrows
- * are above c's floor): they take their own references to c's map, which
- * c's next owner may change in place, or its last holder free. Rare: out of
- * line. */
-void cp__context_left_borrowed(cp_context *c);
+/* Tasks spawned in c and not yet synced (their borrows are above c's
+ * floor) take their own references to c's map, which c's next owner may
+ * change in place, or its last holder free (context.c). Called as c is
+ * left with such tasks: rare, out of line. */
+void cp__context_own_borrows(cp_context *c);
 
 /* Leave the frame c, which must be current, and drop the map it holds then
  * if it holds a reference, and the variable references the thread kept (as
@@ -175,7 +175,7 @@ void cp__context_left_borrowed(cp_context *c);
 static inline void cp__context_end_frame(cp_context *c)
 {
     if (cp__self.borrows != c->floor)
-        cp__context_left_borrowed(c);
+        cp__context_own_borrows(c);
     cp__self.current = c->prev;
     cp__cache_forget();
     if (c->owns_map)

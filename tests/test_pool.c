@@ -2240,6 +2240,65 @@ static void *spawn_in_a_run_job(void *p)
     return NULL;
 }
 
+/* A job spawns a reader, then runs a copy of its context that sets the
+ * variable twice (the second set may reuse the copy's new nodes in place)
+ * and spawns and syncs a reader of its own in there: the first reader still
+ * sees the value at its spawn, the second the copy's value then. A set
+ * looks only at the tasks spawned in its own context; the job's task
+ * borrows a map the job still holds, which is therefore never changed in
+ * place. */
+struct copy_sets {
+    cp_pool *pool;
+    struct read_var rv;
+    int a, b, c;
+    void *inner_seen;
+};
+
+static void *set_twice_spawn_and_sync(void *p)
+{
+    struct copy_sets *o = p;
+    cp_task t;
+    JCHECK(cp_var_set(o->rv.var, &o->b, NULL) == 0);
+    JCHECK(cp_spawn(o->pool, &t, read_var_job, &o->rv) == 0);
+    JCHECK(cp_var_set(o->rv.var, &o->c, NULL) == 0);
+    JCHECK(cp_sync(&t, &o->inner_seen) == 0);
+    return NULL;
+}
+
+static void *spawn_then_set_in_a_copy(void *p)
+{
+    struct copy_sets *o = p;
+    cp_task t;
+    JCHECK(cp_var_set(o->rv.var, &o->a, NULL) == 0);
+    JCHECK(cp_spawn(o->pool, &t, read_var_job, &o->rv) == 0);
+    cp_context *copy = cp_copy_context();
+    JCHECK(copy != NULL);
+    JCHECK(cp_context_run(copy, set_twice_spawn_and_sync, o, NULL) == 0);
+    cp_context_free(copy);
+    void *seen = NULL;
+    JCHECK(cp_sync(&t, &seen) == 0);
+    JCHECK(seen == &o->a);
+    JCHECK(o->inner_seen == &o->b);
+    JCHECK(get_here(o->rv.var) == &o->a);
+    return NULL;
+}
+
+Test(task, sets_in_a_copy_do_not_reach_a_task_spawned_before_its_run, .timeout = 30)
+{
+    for (unsigned threads = 1; threads <= 2; threads++) {
+        cp_pool *pool = new_pool(threads);
+        struct copy_sets o = {.pool = pool, .rv = {cp_var_new("v", NULL)}};
+        for (int rep = 0; rep < 50; rep++) {
+            cp_future *f = NULL;
+            cr_assert_eq(cp_pool_submit(pool, spawn_then_set_in_a_copy, &o, &f), 0);
+            wait_ok(f);
+            jobs_ok();
+        }
+        free_pool(pool);
+        cp_var_free(o.rv.var);
+    }
+}
+
 Test(task, a_task_synced_after_its_run_returned_keeps_its_view_of_the_context,
      .timeout = 30)
 {
