@@ -500,11 +500,10 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
  * no other worker took it, else helps with other work until it is done.
  * Syncs on one thread come in reverse order of its spawns (nested like
  * scopes), each in the job or task that spawned, inside no cp_context_run
- * entered since the spawn: from
- * inside a task a sync of itself or of a sibling not yet synced is out of
- * order, and so is a sync of a waiting job's task by another job its
- * thread runs meanwhile. A sync out of order returns CP_EINVAL and waits
- * for nothing.
+ * entered since the spawn: from inside a task a sync of itself or of a
+ * sibling not yet synced is out of order, and so is a sync of a waiting
+ * job's task by another job its thread runs meanwhile. A sync out of order
+ * returns CP_EINVAL and waits for nothing.
  * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first
  * (only a task spawned from outside the pool: a worker's tasks belong to the
  * running job that spawned them, which a cancel lets finish); CP_EINVAL.

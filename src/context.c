@@ -39,8 +39,9 @@
  * enter and leave on this thread forgets both. Only this thread changes its
  * current map, so a remembered variable proves the cached value is still
  * the context's; a hit on the most recent is one load and one compare,
- * inline in the caller, on the other a call and one more of each. (CPython caches in the variable itself, which is unsound
- * without a GIL: cpython#121546.) A cached variable cannot be freed and its
+ * inline in the caller, on the other a call and one more of each.
+ * (CPython caches in the variable itself, which is unsound without a GIL:
+ * cpython#121546.) A cached variable cannot be freed and its
  * address reused while the cache holds it, because the current map still
  * holds an item for it: both entries come from lookups in the current map,
  * and both are forgotten together.
@@ -159,8 +160,10 @@ __thread struct cp__thread cp__self
 /* The get cache's newest entry, for the header's inline gets: another name
  * for the start of cp__self, so that the library reaches the whole thread
  * state through one address. */
-_Static_assert(offsetof(struct cp__thread, hit) == 0, "cp_priv_get_hit must start cp__self");
-CP_EXPORT extern __thread cp_priv_get_cache cp_priv_get_hit __attribute__((alias("cp__self")));
+_Static_assert(offsetof(struct cp__thread, hit) == 0,
+               "cp_priv_get_hit must start cp__self");
+CP_EXPORT extern __thread cp_priv_get_cache cp_priv_get_hit
+    __attribute__((alias("cp__self")));
 
 static pthread_key_t base_key;
 static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;

@@ -164,8 +164,9 @@ static inline void cp__context_begin_frame(cp_context *c, cp__hamt map, bool own
 
 /* Tasks spawned in c and not yet synced (their borrows are above c's
  * floor) take their own references to c's map, which c's next owner may
- * change in place, or its last holder free (context.c). Called as c is
- * left with such tasks: rare, out of line. */
+ * change in place, or its last holder free (context.c). Called before a
+ * change of c's map and as c is left, when c has such tasks: rare, out of
+ * line. */
 void cp__context_own_borrows(cp_context *c);
 
 /* Leave the frame c, which must be current, and drop the map it holds then
