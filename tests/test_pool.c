@@ -860,6 +860,103 @@ Test(submit, hundred_thousand_jobs_from_four_outside_threads_run_exactly_once,
 }
 
 /* ------------------------------------------------------------------------ */
+/* Job caches                                                                */
+
+enum { BURST = 300 }; /* jobs: more than four arenas' worth (63 each) */
+
+struct burst {
+    cp_pool *pool;
+    atomic_int *ran;
+    blocker *b;        /* submit_blocker: the blocker to submit */
+    cp_future *future; /* and its future */
+};
+
+/* On a thread of its own, so that the blocker's job comes from another
+ * thread's cache than the test's. */
+static void *submit_blocker(void *p)
+{
+    struct burst *o = p;
+    JCHECK(cp_pool_submit(o->pool, blocker_job, o->b, &o->future) == 0);
+    return NULL;
+}
+
+/* Jobs the workers give back are the submitting thread's again: a second
+ * burst as large as the first makes no allocation. And they come out in
+ * address order, going down only where the cache moves on to another arena
+ * (at most once an arena), however the workers gave them back: a burst's
+ * memory is read in order, which the hardware prefetches. */
+Test(cache, jobs_given_back_by_workers_are_handed_out_again_in_address_order,
+     .timeout = 30)
+{
+    static cp_future *f[BURST];
+    atomic_int ran = 0;
+    /* The first burst waits behind a blocker: all of its jobs are out at
+     * once, none given back to be handed out again within the burst. */
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    blocker_init(&bl);
+    struct burst o = {pool, &ran, &bl, NULL};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, submit_blocker, &o), 0);
+    cr_assert_eq(pthread_join(th, NULL), 0);
+    jobs_ok();
+    cr_assert_eq(sem_wait(&bl.started), 0);
+    for (int i = 0; i < BURST; i++)
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran, NULL), 0);
+    gate_open(&bl.g);
+    wait_ok(o.future);
+    free_pool(pool); /* drains; its worker gives back what it gathered */
+    cr_assert_eq(runs(&ran), BURST);
+    cr_assert_eq(cp__pool_jobs_out(), 0, "every job is back in its arena");
+
+    pool = new_pool(2);
+    unsigned long before = cp__alloc_count();
+    for (int i = 0; i < BURST; i++)
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f[i]), 0);
+    cr_assert_eq(cp__alloc_count() - before, 0, "the second burst allocated %lu times",
+                 cp__alloc_count() - before);
+    int down = 0;
+    for (int i = 1; i < BURST; i++)
+        down += (uintptr_t)f[i] < (uintptr_t)f[i - 1];
+    cr_assert_leq(down, BURST / 63 + 1, "%d of %d jobs come before the one "
+                  "handed out ahead of them", down, BURST);
+    for (int i = 0; i < BURST; i++)
+        wait_ok(f[i]);
+    free_pool(pool);
+    cr_assert_eq(runs(&ran), 2 * BURST);
+    cr_assert_eq(cp__pool_jobs_out(), 0);
+}
+
+static void *submit_burst_and_exit(void *p)
+{
+    struct burst *b = p;
+    for (int i = 0; i < BURST; i++)
+        JCHECK(cp_pool_submit(b->pool, count_job, b->ran, NULL) == 0);
+    return NULL;
+}
+
+/* A thread that exits while its jobs are queued: they still run once each,
+ * and the worker that gives the last of an arena's jobs back frees the
+ * arena (the leak checks of the valgrind and ASan runs see any that stays). */
+Test(cache, jobs_that_outlive_their_thread_run_and_are_freed, .timeout = 30)
+{
+    atomic_int ran = 0;
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    cp_future *busy = occupy_worker(pool, &bl);
+    struct burst b = {pool, &ran, NULL, NULL};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, submit_burst_and_exit, &b), 0);
+    cr_assert_eq(pthread_join(th, NULL), 0);
+    jobs_ok();
+    cr_assert_eq(runs(&ran), 0, "the worker was busy");
+    gate_open(&bl.g);
+    wait_ok(busy);
+    free_pool(pool);
+    cr_assert_eq(runs(&ran), BURST);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Waiting and cancelling                                                    */
 
 Test(future, wait_returns_the_job_result, .timeout = 30)
