@@ -331,8 +331,8 @@ static void bench_fib(const char *workload, unsigned cutoff)
     pool = new_pool(SUBMIT_WORKERS);
     /* Interleaved (bench_compare): the goals are ratios to the sequential
      * code, whose medians in five runs of a row spread from 0.88 to 1.68
-     * ms while each run's own seven stayed within a few percent; the host
-     * had changed speed between the rows. */
+     * ms, more than the seven runs within four of them (7 to 15%): the
+     * host had changed speed between the rows. */
     struct bench_case cases[] = {
         {"sequential", run_fib, &seq},
         {"sequential, a call per node", run_fib, &calls},
