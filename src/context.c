@@ -749,6 +749,19 @@ GET_ENTRY void *(cp_var_get_or)(const cp_var *var, void *fallback)
     return fallback;
 }
 
+/* The innermost inline task run shares the current context (see cp__lazy)
+ * and is about to change it: make its frame on the shared map, and enter
+ * it. The frame's floor is the run's, so the tasks spawned in the run
+ * before the set are the frame's, as they would have been. Out of line:
+ * a set in such a run comes once a run at most. */
+static __attribute__((noinline)) cp_context *lazy_frame(void)
+{
+    cp__lazy *l = cp__self.lazy;
+    cp__context_begin_frame(&l->frame, l->over->map, false);
+    l->frame.floor = l->floor;
+    return &l->frame;
+}
+
 int cp_var_set(cp_var *var, void *value, cp_token **token)
 {
     if (!var)
@@ -756,6 +769,8 @@ int cp_var_set(cp_var *var, void *value, cp_token **token)
     cp_context *c = current_context();
     if (!c)
         return CP_ENOMEM;
+    if (cp__context_shared_by_lazy(c))
+        c = lazy_frame();
     cp_token *tok = NULL;
     if (token) {
         tok = cp__alloc_small(sizeof *tok);
@@ -813,7 +828,9 @@ int cp_var_reset(cp_var *var, cp_token *token)
     if (token->var != var)
         return CP_ETOKEN_VAR;
     cp_context *c = cp__self.current;
-    if (!c || c->token_id != token->context_id)
+    /* An inline task run sharing c is not c: its frame, had it been made,
+     * would have had no token yet. */
+    if (!c || c->token_id != token->context_id || cp__context_shared_by_lazy(c))
         return CP_ETOKEN_CONTEXT;
     cp__hamt_item *gone = NULL;
     /* The map takes its own reference on the token's old item. A delete

@@ -2223,8 +2223,19 @@ int cp_sync(cp_task *task, void **result)
      * reference of its own) until the unborrow after the frame. So the frame
      * borrows the map too, as run_task's does: handing it the borrow's
      * reference would save nothing, since while the borrow is on the stack
-     * a change of the map takes a reference for it again. */
-    void *r = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
+     * a change of the map takes a reference for it again. While the map is
+     * our current context's still (nothing was set since the spawn: a set
+     * makes a new root while the borrow holds the old), the task shares
+     * the context until it sets something (cp__lazy). */
+    void *r;
+    if (cp__self.current && t->borrow.map.root == cp__self.current->map.root) {
+        cp__lazy lazy;
+        cp__context_begin_lazy(&lazy);
+        r = t->u.fn(t->arg);
+        cp__context_end_lazy(&lazy);
+    } else {
+        r = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
+    }
     cp__context_unborrow(&t->borrow);
     stat_bump(&self->completed);
     if (result)
