@@ -21,6 +21,7 @@ STRESS_TESTS = \
 	tests/stress/inject_stall \
 	tests/stress/pool_stress \
 	tests/stress/push_wakeup \
+	tests/stress/task_stress \
 	tests/stress/var_stress
 
 EXTRA_DIST += tests/stress/check.h tests/stress/pause.h tests/stress/watchdog.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
@@ -79,6 +80,10 @@ tests_stress_pool_stress_LDADD = $(TEST_LIBS)
 tests_stress_push_wakeup_SOURCES = tests/stress/push_wakeup.c
 tests_stress_push_wakeup_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_push_wakeup_LDADD = $(TEST_LIBS)
+
+tests_stress_task_stress_SOURCES = tests/stress/task_stress.c
+tests_stress_task_stress_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_task_stress_LDADD = $(TEST_LIBS)
 
 tests_stress_helper_sleep_SOURCES = tests/stress/helper_sleep.c
 tests_stress_helper_sleep_CPPFLAGS = $(TEST_CPPFLAGS)
