@@ -220,6 +220,12 @@ static inline cp__borrow *cp__context_borrow_top(void)
     return cp__self.borrows;
 }
 
+/* Whether an inline task run shares the context c (see cp__lazy). */
+static inline bool cp__context_shared_by_lazy(const cp_context *c)
+{
+    return cp__self.lazy && cp__self.lazy->over == c;
+}
+
 /* Whether b may be synced now: it is the thread's newest borrow (syncs
  * nest like scopes), and it was made in the current context since the
  * context was entered or its frame begun. So a task run on the thread that
@@ -229,15 +235,9 @@ static inline cp__borrow *cp__context_borrow_top(void)
 static inline bool cp__context_may_sync(const cp__borrow *b)
 {
     const cp__borrow *floor = cp__self.current ? cp__self.current->floor : NULL;
-    if (cp__self.lazy && cp__self.lazy->over == cp__self.current)
+    if (cp__context_shared_by_lazy(cp__self.current))
         floor = cp__self.lazy->floor; /* the floor its frame would have */
     return b == cp__self.borrows && b != floor;
-}
-
-/* Whether an inline task run shares the context c (see cp__lazy). */
-static inline bool cp__context_shared_by_lazy(const cp_context *c)
-{
-    return cp__self.lazy && cp__self.lazy->over == c;
 }
 
 /* Begin an inline task run in l, on the current context, which must not
