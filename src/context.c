@@ -843,12 +843,16 @@ int cp_var_reset(cp_var *var, cp_token *token)
         return err;
     /* Usually gone is the set's own item, and this its last reference: the
      * token keeps the item's reference on var, so the variable's count is
-     * not touched until cp_token_free drops both of the token's at once. */
-    if (gone && cp__last_reference(&gone->refs)) {
-        item_free(gone);
+     * not touched until cp_token_free drops both of the token's at once.
+     * The token is finished with before gone's value is freed: free_value
+     * is user code, which may reset this token again (CP_ETOKEN_USED) or
+     * free it (a value that owns the token of its own set). */
+    bool last = gone && cp__last_reference(&gone->refs);
+    if (last)
         token->var_refs++;
-    }
     atomic_store_explicit(&token->used, true, memory_order_relaxed);
+    if (last)
+        item_free(gone);
     return 0;
 }
 

@@ -853,6 +853,50 @@ Test(reset, does_not_free_the_token)
     cp_var_free(v);
 }
 
+/* A value that owns the token of its own set (a guard that undoes itself
+ * when it goes): its destructor, which the reset runs, resets that token
+ * again, and may free it. A guard without var only counts its frees. */
+struct guard {
+    cp_var *var;
+    cp_token *token;
+    bool free_token;
+    int again; /* what the reset from the destructor returned */
+    int frees;
+};
+
+static void guard_free(void *p)
+{
+    struct guard *g = p;
+    if (g->var) {
+        g->again = cp_var_reset(g->var, g->token);
+        if (g->free_token)
+            cp_token_free(g->token);
+    }
+    g->frees++;
+}
+
+Test(reset, is_done_with_the_token_before_the_value_it_drops_is_freed)
+{
+    for (int free_token = 0; free_token < 2; free_token++) {
+        struct guard dflt = {0};
+        cp_var *v = cp_var_new_default("guarded", &dflt, guard_free);
+        struct guard g = {.var = v, .free_token = free_token, .again = 1};
+        cr_assert_eq(cp_var_set(v, &g, &g.token), 0);
+        cr_assert_eq(cp_var_reset(v, g.token), 0);
+        cr_assert_eq(g.frees, 1);
+        cr_assert_eq(g.again, CP_ETOKEN_USED, "a second reset of a used token: %d",
+                     g.again);
+        void *value = UNTOUCHED;
+        cr_assert_eq(cp_var_get(v, &value), 0);
+        cr_assert_eq(value, &dflt);
+        if (!free_token)
+            cp_token_free(g.token);
+        cp_var_free(v);
+        /* Every hold on the variable was let go: it ended, with its default. */
+        cr_assert_eq(dflt.frees, 1, "free_token %d", free_token);
+    }
+}
+
 struct later_reset {
     cp_context *c;
     cp_var *v;
