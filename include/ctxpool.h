@@ -435,8 +435,14 @@ CP_EXPORT int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how);
  * In the child, every call on an inherited pool (submit, submit_in, spawn,
  * shutdown, free) returns CP_ESHUTDOWN and changes nothing; the child cannot
  * free it (its memory stays until the child exits) but may make new pools.
- * Futures of an inherited pool that were not final at the fork never will
- * be in the child. Contexts and variables work in the child as before. */
+ * cp_pool_get_stats still reads it. Futures, and tasks spawned from outside
+ * the pool, that were not final at the fork never will be in the child:
+ * waits, cancels and syncs of them return CP_ESHUTDOWN. Contexts and
+ * variables work in the child as before, except a context that another
+ * thread had entered at the fork: as a mutex held across fork() stays
+ * held, it stays entered in the child (cp_context_run gives CP_EBUSY), and
+ * a read of it there may wait forever for a change cut off by the fork.
+ * Copies of it made before the fork work. */
 CP_EXPORT int cp_pool_free(cp_pool *pool);
 
 typedef struct cp_pool_stats {
@@ -506,7 +512,9 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
  * returns CP_EINVAL and waits for nothing.
  * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first
  * (only a task spawned from outside the pool: a worker's tasks belong to the
- * running job that spawned them, which a cancel lets finish); CP_EINVAL.
+ * running job that spawned them, which a cancel lets finish); CP_EINVAL;
+ * CP_ESHUTDOWN in a child of fork() for a task spawned from outside the
+ * pool that had not finished at the fork (nothing is waited for).
  * result may be NULL. Threads: the thread that spawned task. The task sees
  * the context as it was at the spawn, also when the spawner has left it
  * (returned from the cp_context_run it spawned in) before the sync. A job

@@ -64,6 +64,10 @@ typedef struct cp__borrow {
     cp__hamt map;
     struct cp__borrow *prev;
     bool owned;
+    /* Not the context core's: room the borrower may use (the pool keeps
+     * there the fork generation of a task spawned from outside it), in
+     * what would be padding otherwise. */
+    unsigned spare;
 } cp__borrow;
 
 /* A frame task its spawner runs inline at cp_sync, sharing the spawner's

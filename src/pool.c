@@ -2139,6 +2139,7 @@ static __attribute__((noinline)) int spawn_queued(cp_pool *pool, struct task *t,
     t->u.fn = fn;
     t->arg = arg;
     cp__context_borrow(&t->borrow);
+    t->borrow.spare = pool->fork_generation; /* for sync_queued */
     task_init(t, true);
     enqueue(pool, NULL, &t->w);
     return 0;
@@ -2196,6 +2197,11 @@ static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
         }
         if (!work_final(&t->w))
             wait_work_slow(self->pool, &t->w, 0);
+    } else if (!work_final(&t->w) && forked_away(&t->borrow.spare)) {
+        /* Spawned from outside a pool whose workers this child of fork()
+         * has none of: nothing would ever run the task here. (The task is
+         * this process's own copy: nobody else looks at it.) */
+        t->w.outcome = CP_ESHUTDOWN;
     } else {
         wait_work_slow(NULL, &t->w, 0);
     }

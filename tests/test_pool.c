@@ -3025,6 +3025,9 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     inherited.busy = occupy_worker(pool, &b);
     inherited.busy2 = occupy_worker(pool, &b2);
     cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &inherited.waiting), 0);
+    /* A task spawned from outside, queued behind them too. */
+    cp_task outside_task;
+    cr_assert_eq(cp_spawn(pool, &outside_task, count_job, &ran), 0);
     inherited.c = cp_context_new();
     cp_future *busy = inherited.busy, *waiting = inherited.waiting;
     cp_context *c = inherited.c;
@@ -3052,16 +3055,18 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
         int timed = cp_future_wait_timeout(busy, UINT64_MAX, NULL);
         int cancel_busy = cp_future_cancel(busy);
         int cancel_queued = cp_future_cancel(waiting);
+        int synced = cp_sync(&outside_task, NULL);
         if (waited != CP_ESHUTDOWN || timed != CP_ESHUTDOWN ||
             cancel_busy != CP_ESHUTDOWN || cancel_queued != CP_ESHUTDOWN ||
-            cp_future_done(waiting))
+            synced != CP_ESHUTDOWN || cp_future_done(waiting))
             bad |= 128;
         if (bad)
             fprintf(stderr, "forked child: submit %d, submit_in %d, spawn %d, "
                     "shutdown %d, free %d, wait %d, wait_timeout %d, cancel "
-                    "%d and %d (want %d each), queued job done %d\n", rc[0],
-                    rc[1], rc[2], rc[3], rc[4], waited, timed, cancel_busy,
-                    cancel_queued, CP_ESHUTDOWN, cp_future_done(waiting));
+                    "%d and %d, sync %d (want %d each), queued job done %d\n",
+                    rc[0], rc[1], rc[2], rc[3], rc[4], waited, timed,
+                    cancel_busy, cancel_queued, synced, CP_ESHUTDOWN,
+                    cp_future_done(waiting));
         _exit(bad);
     }
     int status = 0;
@@ -3069,7 +3074,7 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     cr_assert(WIFEXITED(status), "child died: status %#x", status);
     cr_assert_eq(WEXITSTATUS(status), 0, "child failures (bits: 1 submit, 2 "
                  "submit_in, 4 spawn, 8 shutdown, 16 free, 32 future written, "
-                 "64 ran, 128 waits and cancels): %#x",
+                 "64 ran, 128 waits, cancels and sync): %#x",
                  WEXITSTATUS(status));
     /* The parent's pool is untouched, its busy job still running. */
     cr_assert_not(cp_future_done(busy));
@@ -3082,9 +3087,12 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     cp_future_free(busy);
     cr_assert_eq(wait_ok(inherited.busy2), &b2);
     cr_assert_eq(wait_ok(waiting), &ran);
+    void *synced = NULL;
+    cr_assert_eq(cp_sync(&outside_task, &synced), 0);
+    cr_assert_eq(synced, &ran);
     cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
     wait_ok(f);
-    cr_assert_eq(runs(&ran), 3);
+    cr_assert_eq(runs(&ran), 4);
     free_pool(pool);
     cp_context_free(c);
 }
