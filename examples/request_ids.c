@@ -19,6 +19,23 @@
 static cp_var *request_id; /* the current request's ID: a string */
 static atomic_int wrong_lines;
 
+/* An example has no better answer to a failed call than to stop. */
+static void check(int rc, const char *what)
+{
+    if (rc != 0) {
+        fprintf(stderr, "request_ids: %s: %s\n", what, cp_strerror(rc));
+        exit(1);
+    }
+}
+
+/* A copy of text on the heap, owned by the caller. */
+static char *new_id(const char *text)
+{
+    char *id = strdup(text);
+    check(id ? 0 : CP_ENOMEM, "strdup");
+    return id;
+}
+
 /* Print one line, prefixed with the current request ID; no ID parameter. */
 static void log_line(const char *expected, const char *fmt, ...)
 {
@@ -50,18 +67,19 @@ static void *sub_job(void *arg)
 static void *handle_request(void *arg)
 {
     struct part *req = arg;
-    char *id = malloc(16);
-    snprintf(id, 16, "req-%d", req->request);
+    char text[16];
+    snprintf(text, sizeof text, "req-%d", req->request);
+    char *id = new_id(text);
     /* The context owns id from here on and frees it (free_value) when the
      * last job that can see it has finished. */
-    cp_var_set(request_id, id, NULL);
+    check(cp_var_set(request_id, id, NULL), "cp_var_set");
     log_line(id, "request %d: start, 3 parts", req->request);
 
     struct part parts[3];
     cp_future *futures[3];
     for (int i = 0; i < 3; i++) {
         parts[i] = (struct part){req->pool, id, req->request, i};
-        cp_pool_submit(req->pool, sub_job, &parts[i], &futures[i]);
+        check(cp_pool_submit(req->pool, sub_job, &parts[i], &futures[i]), "cp_pool_submit");
     }
     for (int i = 0; i < 3; i++) {
         cp_future_wait(futures[i], NULL); /* a worker helps while it waits */
@@ -94,7 +112,8 @@ int main(void)
     cp_future *futures[REQUESTS];
     for (int r = 0; r < REQUESTS; r++) {
         requests[r] = (struct part){pool, NULL, r + 1, 0};
-        cp_pool_submit(pool, handle_request, &requests[r], &futures[r]);
+        check(cp_pool_submit(pool, handle_request, &requests[r], &futures[r]),
+              "cp_pool_submit");
     }
     for (int r = 0; r < REQUESTS; r++) {
         cp_future_wait(futures[r], NULL);
@@ -103,11 +122,10 @@ int main(void)
     log_line("-", "main: the requests' IDs never leaked into main");
 
     /* A plain thread that starts in a copy of the creator's context. */
-    char *main_id = malloc(16);
-    snprintf(main_id, 16, "main");
-    cp_var_set(request_id, main_id, NULL);
+    char *main_id = new_id("main");
+    check(cp_var_set(request_id, main_id, NULL), "cp_var_set");
     pthread_t thread;
-    cp_thread_create(&thread, NULL, background, main_id);
+    check(cp_thread_create(&thread, NULL, background, main_id), "cp_thread_create");
     pthread_join(thread, NULL);
 
     cp_pool_free(pool);

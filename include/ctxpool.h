@@ -19,10 +19,12 @@
  * - The library never prints, never exits and never aborts on bad input.
  *
  * Threads: "any thread" means any thread, at any time, concurrently with any
- * other call on the same object unless the comment says otherwise.
+ * other call on the same object unless the comment says otherwise; the
+ * free functions (cp_*_free) excepted: free an object once, after every
+ * other call on it has returned.
  */
-#ifndef CTXPOOL_CTXPOOL_H
-#define CTXPOOL_CTXPOOL_H
+#ifndef CP_CTXPOOL_H
+#define CP_CTXPOOL_H
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -39,7 +41,7 @@ extern "C" {
 #define CP_EXPORT
 #endif
 
-/* The library's version, as numbers and as text. */
+/* The library's version. */
 #define CP_VERSION_MAJOR 0
 #define CP_VERSION_MINOR 1
 #define CP_VERSION_PATCH 0
@@ -53,7 +55,7 @@ extern "C" {
     XX(ENOMEM, -1, "out of memory")                                               \
     XX(EINVAL, -2, "invalid argument")                                            \
     XX(ENOENT, -3, "no value for the variable")                                   \
-    XX(EBUSY, -4, "context is entered by another thread")                         \
+    XX(EBUSY, -4, "context is entered by another thread, or job has started")    \
     XX(ERECURSIVE, -5, "context is already entered by this thread")               \
     XX(ETOKEN_USED, -6, "token has already been used once")                       \
     XX(ETOKEN_VAR, -7, "token was created by a different variable")               \
@@ -332,13 +334,14 @@ typedef struct cp_pool_options {
 
 /* cp_pool_new - start a pool of worker threads.
  * options: may be NULL (all defaults). Worker i is named "<name>-<i>"
- *   (truncated to the 15 characters Linux keeps). With pin, worker i runs
- *   only on the CPU that comes (i mod n)-th of the n CPUs the calling thread
- *   may run on, as Lace and OpenMP's proc_bind do; for fork-join work on a
- *   machine the pool has to itself. Without it the kernel places the
- *   workers, and may leave a woken worker waiting behind a busy one on the
- *   same CPU while another CPU idles (seen on virtual machines). Pinning is
- *   best effort: a worker the system refuses to pin runs unpinned.
+ *   (the name cut to the 15 characters Linux keeps, the index kept whole).
+ *   With pin, worker i runs only on the CPU that comes (i mod n)-th of the
+ *   n CPUs the calling thread may run on, as Lace and OpenMP's proc_bind do;
+ *   for fork-join work on a machine the pool has to itself. Without it the
+ *   kernel places the workers, and may leave a woken worker waiting behind
+ *   a busy one on the same CPU while another CPU idles (seen on virtual
+ *   machines). Pinning is best effort: a worker the system refuses to pin
+ *   runs unpinned.
  * Returns 0 and stores the pool in *pool; CP_EINVAL for NULL pool;
  * CP_ENOMEM when memory or threads ran out (no thread is left running).
  * Threads: any thread. */
@@ -348,6 +351,8 @@ CP_EXPORT int cp_pool_new(cp_pool **pool, const cp_pool_options *options);
  * thread's current context taken now in O(1). A job submitted from a job
  * captures that job's current context, its changes included.
  * future: receives a future for the job's outcome; NULL: fire and forget.
+ * arg: passed to fn as it is; whatever it points to must stay valid until
+ *   fn has run (or the job was cancelled).
  * Returns 0; CP_EINVAL for NULL pool or fn; CP_ESHUTDOWN after
  * cp_pool_shutdown (a job of the pool may still submit while the pool
  * drains: that work belongs to a job already accepted; not after a cancel
@@ -379,7 +384,10 @@ CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
  * Called on a worker of the pool, it runs other jobs
  * while it waits, so fork-join never deadlocks, with any number of threads;
  * with nothing to run it sleeps until the job ends or new work comes to the
- * pool, which it then runs too.
+ * pool, which it then runs too. Those jobs run on the waiting thread, in
+ * their own contexts: a job that waits must not hold a lock they may take
+ * (a non-recursive mutex would deadlock), nor count on thread-local state
+ * staying as it left it.
  * Ordering: the job's end happens-before this returns.
  * Threads: any thread; several threads may wait on one future. */
 CP_EXPORT int cp_future_wait(cp_future *f, void **result);
@@ -399,13 +407,15 @@ CP_EXPORT bool cp_future_done(const cp_future *f);
 
 /* cp_future_cancel - make sure the job never runs, if it has not started.
  * Returns 0 when the job will never run (its wait reports CP_ECANCELED; also
- * when it was cancelled already); CP_EBUSY when it has started or finished;
+ * when it was cancelled already); CP_EBUSY when it has started or finished
+ * (or a worker waiting for it has taken it to run it);
  * CP_EINVAL for NULL; CP_ESHUTDOWN in a child of fork() for a job that had
  * not finished at the fork (nothing changes). Threads: any thread. */
 CP_EXPORT int cp_future_cancel(cp_future *f);
 
 /* cp_future_free - drop the caller's handle. Allowed before the job finishes:
- * the job still runs (or stays cancelled). NULL: no-op.
+ * the job still runs (or stays cancelled). NULL: no-op. A future outlives
+ * its pool: after cp_pool_free, wait, done, cancel and free still work.
  * Threads: any thread, once per future, after every other call on it
  * (wait, cancel, done) returned. */
 CP_EXPORT void cp_future_free(cp_future *f);
@@ -515,7 +525,9 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
  * running job that spawned them, which a cancel lets finish); CP_EINVAL;
  * CP_ESHUTDOWN in a child of fork() for a task spawned from outside the
  * pool that had not finished at the fork (nothing is waited for).
- * result may be NULL. Threads: the thread that spawned task. The task sees
+ * result may be NULL. A sync that waits runs other work meanwhile, on this
+ * thread, as cp_future_wait does (the same care about locks applies).
+ * Threads: the thread that spawned task. The task sees
  * the context as it was at the spawn, also when the spawner has left it
  * (returned from the cp_context_run it spawned in) before the sync. A job
  * or task must sync every task it spawned before it returns: task's
@@ -527,4 +539,4 @@ CP_EXPORT int cp_sync(cp_task *task, void **result);
 }
 #endif
 
-#endif /* CTXPOOL_CTXPOOL_H */
+#endif /* CP_CTXPOOL_H */

@@ -1405,10 +1405,13 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
             return CP_ENOMEM;
         }
         atomic_fetch_add_explicit(&workers_unjoined, 1, memory_order_relaxed);
-        /* Linux keeps 15 characters of a thread's name: cut ours there. */
-        char thread_name[64];
-        snprintf(thread_name, sizeof thread_name, "%s-%u", name, i);
-        thread_name[15] = '\0';
+        /* Linux keeps 15 characters of a thread's name: cut the prefix so
+         * that the index stays. */
+        char thread_name[16], index[12]; /* "-4294967295" and its NUL */
+        size_t len = (size_t)snprintf(index, sizeof index, "-%u", i);
+        size_t kept = strnlen(name, sizeof thread_name - 1 - len);
+        memcpy(thread_name, name, kept);
+        memcpy(thread_name + kept, index, len + 1);
         pthread_setname_np(w->thread, thread_name);
     }
     if (options && options->pin)
