@@ -64,9 +64,11 @@
  * default value; no value in a context or token does: the kept references
  * are on the variable only.
  *
- * The copy cache. A copy freed on the thread that made it, while that
- * thread's current map is still the one copied, is not freed but kept (one
- * per thread) for the thread's next cp_copy_context, which then costs no
+ * The copy cache. A context whose last reference a thread drops while
+ * the context's map is that thread's current map (a copy the thread made
+ * of it, usually, but any shared context: a copy made elsewhere, or by
+ * cp_context_copy) is not freed but kept (one per thread) for the
+ * thread's next cp_copy_context, which then costs no
  * allocation and no atomic operation: the kept context still holds its
  * reference on the map. cp__cache_forget, called before any change of the
  * current map and whenever another context becomes current, frees it. So
@@ -231,8 +233,8 @@ static void map_lock(const cp_context *c)
     while (atomic_exchange_explicit(lock, true, memory_order_acquire)) {
         /* Spin on a plain read (relaxed: only a hint) so the line stays
          * shared. The holder's section is short (a reader's reference, or
-         * the owner's set or reset: a path of at most eight nodes, with at
-         * most one allocation and the frees of what it replaced), but it
+         * the owner's set or reset: a path of at most eight nodes, with a
+         * few allocations and the frees of what it replaced), but it
          * can be preempted, so give the CPU away after a while. */
         for (int spins = 0; atomic_load_explicit(lock, memory_order_relaxed); spins++)
             if (spins > 64)
@@ -889,7 +891,7 @@ static void context_decref(cp_context *c)
 {
     if (!cp__last_reference(&c->refs))
         return;
-    /* A copy of the current map, and no copy kept yet: keep this one (see
+    /* A context on the current map, and none kept yet: keep this one (see
      * "The copy cache"). A base context is never kept: it is not shared. */
     if (CP__KEEP_FREED && c->shared && !cp__self.copy_cache && cp__self.current &&
         c->map.root && c->map.root == cp__self.current->map.root) {

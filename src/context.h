@@ -110,8 +110,9 @@ struct cp__thread {
      * the run (a frame, a cp_context_run) is its own, as it would be inside
      * the run's frame. */
     cp__lazy *lazy;
-    /* A context this thread copied from its current map and freed: kept,
-     * with its reference on that map, for the next cp_copy_context. */
+    /* A context on this thread's current map that this thread freed last
+     * (usually a copy it made): kept, with its reference on that map, for
+     * the next cp_copy_context. */
     cp_context *copy_cache;
     /* References on one variable, kept from the last token this thread
      * freed for its next set of that variable (see "The kept references"

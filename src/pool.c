@@ -513,7 +513,7 @@ static __attribute__((noinline)) void notify_waiters(cp_pool *pool)
 
 /* New work was published: make sure some worker will look. No wake when a
  * worker is searching: it will find the work, and wakes the next worker when
- * it does (see worker_main), as Go's and Tokio's schedulers do; so a stream
+ * it does (see search), as Go's and Tokio's schedulers do; so a stream
  * of submits costs no system calls while the pool is busy. Inline: a busy
  * pool has nobody to wake, which the loads alone tell. */
 static inline void notify_published(cp_pool *pool)

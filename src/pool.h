@@ -6,8 +6,10 @@
 
 /* Test hook: how many jobs the calling thread's job cache has handed out
  * (to this thread's submits) and not had back: jobs whose future or work
- * is still held, or that were lost. Once every handle is freed and the
- * pools the jobs went to are freed, it is 0. */
+ * is still held, or that were lost. Once every handle is freed, the pools
+ * the jobs went to are freed, and no worker of another pool that freed a
+ * handle still holds its slot in its return batch (it gives the batch back
+ * when it moves to another arena, waits, goes idle or exits), it is 0. */
 size_t cp__pool_jobs_out(void);
 
 /* Test hook: how many worker threads of all pools cp_pool_new has created
