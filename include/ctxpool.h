@@ -426,10 +426,17 @@ enum cp_shutdown { CP_SHUTDOWN_DRAIN, CP_SHUTDOWN_CANCEL };
  * CP_SHUTDOWN_DRAIN: refuse new submits (CP_ESHUTDOWN), run every queued job,
  *   then let the workers stop.
  * CP_SHUTDOWN_CANCEL: refuse new submits, cancel every job not yet started
- *   (their futures report CP_ECANCELED), let running ones finish.
+ *   (their futures report CP_ECANCELED), let running ones finish. The jobs
+ *   queued when it is called are cancelled before it returns (their waits
+ *   end then, not when a worker comes to them), as Python's
+ *   shutdown(cancel_futures=True); a job a worker is moving between queues
+ *   at that moment is cancelled when the worker takes it. Frame tasks of a
+ *   running job are not cancelled: the job syncs them.
  * Either way no job is lost: each runs exactly once or is reported cancelled.
  * Does not wait for the workers (cp_pool_free does). A second shutdown
- * returns CP_ESHUTDOWN; CP_EINVAL for NULL pool or an unknown how.
+ * returns CP_ESHUTDOWN, but a CP_SHUTDOWN_CANCEL after a CP_SHUTDOWN_DRAIN,
+ * which cancels what is still queued; CP_EINVAL for NULL pool or an
+ * unknown how.
  * Threads: any thread, including the pool's workers. */
 CP_EXPORT int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how);
 
@@ -463,8 +470,8 @@ typedef struct cp_pool_stats {
                            CP_ERECURSIVE, is counted neither here nor in
                            cancelled) */
     uint64_t cancelled; /* jobs reported CP_ECANCELED (one cancelled by
-                           cp_future_cancel is counted when a worker
-                           discards it from its queue) */
+                           cp_future_cancel is counted when a worker, or a
+                           cancel shutdown, discards it from its queue) */
     uint64_t stolen;    /* jobs a worker took from another worker's deque */
     uint64_t parks;     /* times a worker went to sleep for lack of work (idle, or
                            waiting with nothing to help with) */

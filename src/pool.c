@@ -69,7 +69,9 @@
  * the check is always run or cancelled before the workers leave: no job is
  * lost. Every change that can bring the count to zero (a worker's finished
  * items, a refusal) reads the other counters after its own seq_cst
- * read-modify-write, so the last of them sees zero and wakes the workers.
+ * read-modify-write, so the last of them sees zero and wakes the workers;
+ * so does a cancel shutdown's own count of the queued items it cancelled
+ * (cancel_queued).
  * One count serves three ends for an outside submit, so that it pays one
  * atomic operation for them: the pending count, the statistics' submitted
  * count, and the injection queue's count of pushes (inject_nonempty).
@@ -297,6 +299,9 @@ struct cp_pool {
      * again (take_injected). */
     _Atomic uint64_t refused;
     _Atomic uint64_t reinjected;
+    /* Items a cancel shutdown cancelled in the queues itself (cancel_queued),
+     * for the statistics; relaxed. */
+    _Atomic uint64_t swept;
     /* Holders of the pool's memory: its user until cp_pool_free, and every
      * cancel from its win until its wake (cp_future_cancel). The last one
      * frees it (pool_unref). Rare too, and out of the hot lines. */
@@ -822,10 +827,11 @@ static uint32_t job_settled(struct cp_future *f)
     return s;
 }
 
-/* Move f from PENDING to RUNNING. Returns false when cp_future_cancel won
- * (DROPPING or CANCELLED): it drops the payload and reports the job.
- * acquire: as job_settled's. */
-static bool job_claim(struct cp_future *f, bool alone)
+/* Move f from PENDING to `to`: RUNNING, or DROPPING when the pool's cancel
+ * takes it (job_discard). Returns false when cp_future_cancel won (DROPPING
+ * or CANCELLED): it drops the payload and reports the job. acquire: as
+ * job_settled's. */
+static bool job_claim(struct cp_future *f, bool alone, uint32_t to)
 {
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
     if (alone)
@@ -835,20 +841,30 @@ static bool job_claim(struct cp_future *f, bool alone)
             s = job_settled(f);
         if ((s & ST_MASK) != ST_PENDING)
             return false;
-        if (atomic_compare_exchange_weak_explicit(&f->w.state, &s,
-                                                  (s & ~ST_MASK) | ST_RUNNING,
+        if (atomic_compare_exchange_weak_explicit(&f->w.state, &s, (s & ~ST_MASK) | to,
                                                   memory_order_acquire,
                                                   memory_order_acquire))
             return true;
     }
 }
 
-/* f, claimed (RUNNING), has run or been cancelled (final): tell its
- * waiters, if it can have any, and let go of it. */
-static void job_end(cp_pool *pool, struct cp_future *f, bool alone, uint32_t final)
+/* f, claimed (state `from`: RUNNING or DROPPING), has run or been
+ * cancelled (final): tell its waiters, if it can have any, and let go of
+ * it. */
+static void job_end(cp_pool *pool, struct cp_future *f, bool alone, uint32_t from,
+                    uint32_t final)
 {
-    if (alone || (work_finish(pool, &f->w, ST_RUNNING, final, ST_RELEASED) & ST_FREED))
+    if (alone || (work_finish(pool, &f->w, from, final, ST_RELEASED) & ST_FREED))
         job_release(f);
+}
+
+/* Let go of f, which cp_future_cancel cancelled, as the pool. */
+static void job_let_go(struct cp_future *f, bool alone)
+{
+    if (alone)
+        job_release(f);
+    else
+        future_let_go(f, ST_RELEASED);
 }
 
 /* f was cancelled by cp_future_cancel, which cannot count it: the pool may
@@ -856,26 +872,36 @@ static void job_end(cp_pool *pool, struct cp_future *f, bool alone, uint32_t fin
 static void job_cancelled(struct worker *self, struct cp_future *f, bool alone)
 {
     stat_bump(&self->cancelled);
-    if (alone)
-        job_release(f);
-    else
-        future_let_go(f, ST_RELEASED);
+    job_let_go(f, alone);
     pending_done(self);
 }
 
-/* Run f, which is ours to run (claimed, or taken by its waiter), or cancel
- * it if the pool is being cancelled: its outcome and result are written and
- * its payload dropped. Returns the final state to give it. Always inlined:
- * run_job and job_take_own are each most of it. */
-static inline __attribute__((always_inline)) uint32_t
+/* The pool is cancelling (CP_SHUTDOWN_CANCEL): f, queued, will never run.
+ * Taken as cp_future_cancel takes a job (DROPPING, then CANCELLED), so
+ * that a cp_future_cancel racing with us finds a cancel won and says 0,
+ * as it must for a job that never runs; when one won first, we only let
+ * go of f. The caller counts f cancelled and finished either way. pool:
+ * f's. */
+static void job_discard(cp_pool *pool, struct cp_future *f)
+{
+    bool alone = job_alone(f);
+    if (!job_claim(f, alone, ST_DROPPING)) {
+        job_let_go(f, alone);
+        return;
+    }
+    /* The payload may hold the last references to values: user code
+     * (free_value) runs here, before the state is final, as in a cancel. */
+    drop_payload(f);
+    f->w.outcome = CP_ECANCELED;
+    job_end(pool, f, alone, ST_DROPPING, ST_CANCELLED);
+}
+
+/* Run f, which is ours to run (claimed, or taken by its waiter): its
+ * outcome and result are written and its payload dropped; its final state
+ * is DONE. Always inlined: run_job and job_take_own are each most of it. */
+static inline __attribute__((always_inline)) void
 job_run(struct worker *self, struct cp_future *f, bool alone)
 {
-    if (atomic_load_explicit(&self->cancel, memory_order_relaxed)) {
-        drop_payload(f);
-        f->w.outcome = CP_ECANCELED;
-        stat_bump(&self->cancelled);
-        return ST_CANCELLED;
-    }
     if (!alone)
         /* relaxed: only compared with the reader's own identity. */
         atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
@@ -894,17 +920,24 @@ job_run(struct worker *self, struct cp_future *f, bool alone)
         f->result = run_in_frame(f->map, true, f->fn, f->arg);
         stat_bump(&self->completed);
     }
-    return ST_DONE;
 }
 
 static void run_job(struct worker *self, struct cp_future *f)
 {
+    /* relaxed: a hint; a job that races with the start of a cancel runs. */
+    if (atomic_load_explicit(&self->cancel, memory_order_relaxed)) {
+        job_discard(self->pool, f);
+        stat_bump(&self->cancelled);
+        pending_done(self);
+        return;
+    }
     bool alone = job_alone(f);
-    if (!job_claim(f, alone)) {
+    if (!job_claim(f, alone, ST_RUNNING)) {
         job_cancelled(self, f, alone);
         return;
     }
-    job_end(self->pool, f, alone, job_run(self, f, alone));
+    job_run(self, f, alone);
+    job_end(self->pool, f, alone, ST_RUNNING, ST_DONE);
     pending_done(self);
 }
 
@@ -942,7 +975,11 @@ static void run_job(struct worker *self, struct cp_future *f)
 static inline __attribute__((always_inline)) bool
 job_take_own(struct worker *self, struct cp_future *f)
 {
-    if (!cp__deque_pop_marked(&self->deque, &f->w, &f->taken))
+    /* Not while the pool cancels: taken, f would count as started (a cancel
+     * of it says CP_EBUSY), though it is not to run; the caller's search
+     * pops it and run_job discards it. relaxed: a hint, as in run_job. */
+    if (atomic_load_explicit(&self->cancel, memory_order_relaxed) ||
+        !cp__deque_pop_marked(&self->deque, &f->w, &f->taken))
         return false;
     uint32_t s = job_settled(f);
     if ((s & ST_MASK) != ST_PENDING) {
@@ -951,7 +988,7 @@ job_take_own(struct worker *self, struct cp_future *f)
         job_cancelled(self, f, false);
         return (s & ST_MASK) == ST_CANCELLED;
     }
-    uint32_t final = job_run(self, f, false);
+    job_run(self, f, false);
     /* Final, and let go of as the pool; the handle, held by our caller's
      * wait, is not freed yet, so cp_future_free will free f. release: the
      * outcome and result to whoever acquires the final state. */
@@ -967,7 +1004,7 @@ job_take_own(struct worker *self, struct cp_future *f)
          * skipped the fence (LATE_SURE) too. The compiler barrier
          * keeps the load after the store; relaxed: the handshake's order
          * comes from the waiter's fence. */
-        atomic_store_explicit(&f->w.state, final | ST_RELEASED, memory_order_release);
+        atomic_store_explicit(&f->w.state, ST_DONE | ST_RELEASED, memory_order_release);
         atomic_signal_fence(memory_order_seq_cst);
         if (atomic_load_explicit(&f->late, memory_order_relaxed)) {
             /* seq_cst fence: our store, then wake_sleepers' read of the
@@ -986,7 +1023,7 @@ job_take_own(struct worker *self, struct cp_future *f)
             if ((s & ST_MASK) == ST_CANCELLING)
                 s = job_settled(f);
         } while (!atomic_compare_exchange_weak_explicit(
-            &f->w.state, &s, s - ST_PENDING + final + ST_RELEASED, memory_order_acq_rel,
+            &f->w.state, &s, s - ST_PENDING + ST_DONE + ST_RELEASED, memory_order_acq_rel,
             memory_order_relaxed));
         wake_sleepers(self->pool, &f->w, s);
     }
@@ -1815,23 +1852,102 @@ int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn, void *arg,
     return submit(pool, c, fn, arg, future);
 }
 
+/* A cancel shutdown's sweep found w queued: cancel it as the workers would
+ * when they came to it, and return 1 (one item finished); or, for a
+ * worker's own task, which its running job will sync and a cancel lets
+ * finish, put it where any worker takes it and return 0. */
+static uint64_t cancel_item(cp_pool *pool, struct work *w)
+{
+    if (w->kind == KIND_JOB) {
+        job_discard(pool, (struct cp_future *)w);
+        return 1;
+    }
+    if (w->counted) { /* a task spawned from outside: a job of its own */
+        w->outcome = CP_ECANCELED;
+        work_finish(pool, w, ST_PENDING, ST_CANCELLED, 0);
+        return 1;
+    }
+    inject_reinject(pool, w);
+    return 0;
+}
+
+/* CP_SHUTDOWN_CANCEL: cancel the jobs (and outside tasks) queued now, on
+ * the injection queue and the workers' deques, at once, so that their
+ * waits end now and not after the jobs that run ahead of them, as
+ * Python's shutdown(cancel_futures=True) does. Jobs queued later by the
+ * running jobs (none: a worker's submit is refused from now on) or moving
+ * between queues as we pass are cancelled by the workers, who look at
+ * their cancel flags (set before) for every job they take. */
+static void cancel_queued(cp_pool *pool)
+{
+    uint64_t finished = 0, popped = 0;
+    /* The injection queue: everything on it, onto a list of our own
+     * (through next: a popped item's link is ours, no producer writes it
+     * any more), then cancelled without the lock, which is never held
+     * while user code runs (a payload's free_value), and which workers
+     * hold for a batch at most. */
+    while (!inject_try_lock(pool))
+        sched_yield();
+    struct work *mine = NULL;
+    for (struct work *w; (w = inject_pop(pool)); popped++) {
+        /* relaxed: this thread's own list. */
+        atomic_store_explicit(&w->next, mine, memory_order_relaxed);
+        mine = w;
+    }
+    if (popped)
+        inject_popped_add(pool, popped);
+    inject_unlock(pool);
+    while (mine) {
+        struct work *w = mine;
+        mine = atomic_load_explicit(&w->next, memory_order_relaxed);
+        finished += cancel_item(pool, w);
+    }
+    /* Each deque: as a thief, as many items as it held when we came, so
+     * that tasks its owner offers meanwhile cannot keep us here. */
+    for (unsigned i = 0; i < pool->nworkers; i++) {
+        cp__deque *d = &pool->workers[i].deque;
+        for (size_t left = cp__deque_size(d); left > 0;) {
+            void *item;
+            cp__steal r = cp__deque_steal(d, &item);
+            if (r == CP__STEAL_EMPTY)
+                break;
+            if (r == CP__STEAL_OK) {
+                finished += cancel_item(pool, item);
+                left--;
+            }
+        }
+    }
+    if (finished) {
+        /* relaxed: statistics. */
+        atomic_fetch_add_explicit(&pool->swept, finished, memory_order_relaxed);
+        pending_apply(pool, -(int64_t)finished);
+    }
+}
+
 int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how)
 {
     if (!pool || (how != CP_SHUTDOWN_DRAIN && how != CP_SHUTDOWN_CANCEL))
         return CP_EINVAL;
     if (forked_away(&pool->fork_generation))
         return CP_ESHUTDOWN;
-    int expected = RUNNING;
-    /* seq_cst: see "Shutdown". */
-    if (!atomic_compare_exchange_strong_explicit(
-            &pool->state, &expected, how == CP_SHUTDOWN_DRAIN ? DRAINING : CANCELLING,
-            memory_order_seq_cst, memory_order_seq_cst)) {
-        if (expected == CANCELLING)
+    int want = how == CP_SHUTDOWN_DRAIN ? DRAINING : CANCELLING;
+    int state = RUNNING;
+    /* seq_cst: see "Shutdown". A cancel may follow a drain (as Python's
+     * shutdown(cancel_futures=True) may follow shutdown(wait=False)): the
+     * pool refuses submits either way, and its workers cancel what they
+     * take from the moment their flags are set. */
+    while (!atomic_compare_exchange_strong_explicit(&pool->state, &state, want,
+                                                    memory_order_seq_cst,
+                                                    memory_order_seq_cst)) {
+        if (state == CANCELLING)
             cancel_flags_set(pool);
-        return CP_ESHUTDOWN;
+        if (state == CANCELLING || want == DRAINING)
+            return CP_ESHUTDOWN;
     }
-    if (how == CP_SHUTDOWN_CANCEL)
+    if (want == CANCELLING) {
         cancel_flags_set(pool);
+        cancel_queued(pool);
+    }
     notify_all(pool);
     return 0;
 }
@@ -1870,6 +1986,7 @@ int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats)
         stats->stolen += atomic_load_explicit(&w->stolen, memory_order_relaxed);
         stats->parks += atomic_load_explicit(&w->parks, memory_order_relaxed);
     }
+    stats->cancelled += atomic_load_explicit(&pool->swept, memory_order_relaxed);
     return 0;
 }
 

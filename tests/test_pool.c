@@ -1482,16 +1482,96 @@ Test(shutdown, submit_submit_in_and_spawn_after_shutdown_are_eshutdown,
     }
 }
 
-Test(shutdown, a_second_shutdown_is_eshutdown, .timeout = 30)
+Test(shutdown, a_second_shutdown_is_eshutdown_but_a_cancel_after_a_drain, .timeout = 30)
 {
     enum cp_shutdown modes[] = {CP_SHUTDOWN_DRAIN, CP_SHUTDOWN_CANCEL};
     for (int first = 0; first < 2; first++)
         for (int second = 0; second < 2; second++) {
             cp_pool *pool = new_pool(1);
             cr_assert_eq(cp_pool_shutdown(pool, modes[first]), 0);
+            bool escalates = first == 0 && second == 1;
+            cr_assert_eq(cp_pool_shutdown(pool, modes[second]), escalates ? 0 : CP_ESHUTDOWN);
             cr_assert_eq(cp_pool_shutdown(pool, modes[second]), CP_ESHUTDOWN);
             free_pool(pool);
         }
+}
+
+/* A job that queues two children on its own worker's deque, then holds. */
+struct queue_then_hold {
+    cp_pool *pool;
+    blocker bl;
+    atomic_int ran;
+    cp_future *child[2];
+    int submit_rc[2], wait_rc[2];
+};
+
+static void *queue_then_hold_job(void *p)
+{
+    struct queue_then_hold *q = p;
+    for (int i = 0; i < 2; i++)
+        q->submit_rc[i] = cp_pool_submit(q->pool, count_job, &q->ran, &q->child[i]);
+    blocker_job(&q->bl);
+    for (int i = 0; i < 2; i++) {
+        q->wait_rc[i] = q->submit_rc[i] == 0 ? cp_future_wait(q->child[i], NULL) : 1;
+        cp_future_free(q->child[i]);
+    }
+    return NULL;
+}
+
+/* Every future in f is final now and reports CP_ECANCELED. */
+static void all_cancelled_now(cp_future **f, int n)
+{
+    for (int i = 0; i < n; i++) {
+        cr_assert(cp_future_done(f[i]), "future %d not final", i);
+        cr_assert_eq(cp_future_wait(f[i], NULL), CP_ECANCELED, "future %d", i);
+    }
+}
+
+Test(shutdown, cancel_cancels_the_queued_jobs_before_it_returns, .timeout = 30)
+{
+    /* The only worker holds in a job that queued two children on its
+     * deque; outside, jobs with and without futures and a task wait on the
+     * injection queue. Their waits end as the shutdown returns, not when
+     * the held job lets the worker go (as Python's cancel_futures). */
+    for (int escalate = 0; escalate < 2; escalate++) {
+        cp_pool *pool = new_pool(1);
+        struct queue_then_hold q = {.pool = pool, .ran = 0};
+        blocker_init(&q.bl);
+        cp_future *held = NULL;
+        cr_assert_eq(cp_pool_submit(pool, queue_then_hold_job, &q, &held), 0);
+        cr_assert_eq(sem_wait(&q.bl.started), 0);
+        cr_assert_eq(q.submit_rc[0], 0);
+        cr_assert_eq(q.submit_rc[1], 0);
+        atomic_int ran = 0;
+        cp_future *f[3];
+        for (int i = 0; i < 3; i++)
+            cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f[i]), 0);
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran, NULL), 0);
+        cp_task t;
+        cr_assert_eq(cp_spawn(pool, &t, count_job, &ran), 0);
+        /* Second round: a drain first, then the cancel. */
+        if (escalate)
+            cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_DRAIN), 0);
+        cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_CANCEL), 0);
+        all_cancelled_now(f, 3);
+        all_cancelled_now(q.child, 2);
+        cr_assert_eq(cp_sync(&t, NULL), CP_ECANCELED);
+        cp_pool_stats st;
+        stats_of(pool, &st);
+        cr_assert_eq(st.cancelled, 7);
+        gate_open(&q.bl.g);
+        wait_ok(held);
+        cr_assert_eq(q.wait_rc[0], CP_ECANCELED);
+        cr_assert_eq(q.wait_rc[1], CP_ECANCELED);
+        for (int i = 0; i < 3; i++)
+            cp_future_free(f[i]);
+        stats_of(pool, &st);
+        cr_assert_eq(st.cancelled, 7);
+        cr_assert_eq(st.completed, 1);
+        free_pool(pool);
+        cr_assert_eq(runs(&ran), 0);
+        cr_assert_eq(runs(&q.ran), 0);
+    }
 }
 
 Test(shutdown, unknown_mode_is_einval_and_changes_nothing, .timeout = 30)

@@ -405,6 +405,11 @@ static void phase_mixed(uint64_t jobs)
             if (atomic_load(&slots[i].cancel_rc) == 0)
                 CHECK(rc == CP_ECANCELED, "job %" PRIu64 ": cancel said 0, wait %s",
                       i, cp_strerror(rc));
+            /* And the other way: a job its cancel found started ran, also
+             * when the cancel raced with the shutdown's. */
+            if (atomic_load(&slots[i].cancel_rc) == CP_EBUSY)
+                CHECK(rc == 0, "job %" PRIu64 ": cancel said CP_EBUSY, wait %s", i,
+                      cp_strerror(rc));
             watchdog_tick();
         }
         CHECK(accepted == atomic_load(&mixed_accepted), "%" PRIu64 " futures, %llu "
