@@ -329,7 +329,9 @@ typedef struct cp_pool_options {
     bool pin;         /* pin each worker to one CPU (see cp_pool_new) */
     /* room to grow: stack size, hooks. Zero-initialise the whole struct
      * ({0} or designated initializers), so that fields added later start
-     * at their defaults. */
+     * at their defaults when you rebuild. A field added changes the
+     * library's interface version (its soname): a program built with the
+     * older, smaller struct keeps using the library it was built for. */
 } cp_pool_options;
 
 /* cp_pool_new - start a pool of worker threads.
