@@ -13,6 +13,7 @@ MAN_FAMILIES = \
 MAN_LINKS = \
 	doc/cp_context_contains.3 \
 	doc/cp_context_copy.3 \
+	doc/cp_context_equal.3 \
 	doc/cp_context_free.3 \
 	doc/cp_context_get.3 \
 	doc/cp_context_get_or.3 \

@@ -298,6 +298,13 @@ CP_EXPORT void *cp_context_get_or(const cp_context *c, const cp_var *var,
  * 0 for NULL. Threads: as cp_context_contains. */
 CP_EXPORT size_t cp_context_len(const cp_context *c);
 
+/* cp_context_equal - whether a and b hold values for the same variables,
+ * the same values (a == b: Context is a Mapping; values compare as
+ * pointers, what they point to is the caller's business); defaults of the
+ * variables do not count. Each is read as one consistent snapshot. false
+ * when either is NULL. Threads: as cp_context_contains. */
+CP_EXPORT bool cp_context_equal(const cp_context *a, const cp_context *b);
+
 /* cp_context_iter - an iterator over a snapshot of c taken in O(1)
  * (iter/keys/values/items). Later changes to c do not show in it.
  * Returns it, or NULL when c is NULL or memory ran out. Free with cp_iter_free.

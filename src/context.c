@@ -1081,6 +1081,29 @@ size_t cp_context_len(const cp_context *c)
     return n;
 }
 
+bool cp_context_equal(const cp_context *a, const cp_context *b)
+{
+    if (!a || !b)
+        return false;
+    /* Snapshots of both: the owners may change them meanwhile. */
+    cp__hamt ma = map_ref(a), mb = map_ref(b);
+    /* One root: one map. Else the same count, and every item of a's found
+     * in b's with the same value (a map holds one item per variable). */
+    bool equal = ma.root == mb.root;
+    if (!equal && ma.count == mb.count) {
+        cp__hamt_iter it;
+        cp__hamt_iter_init(&it, ma);
+        equal = true;
+        for (cp__hamt_item *x; equal && (x = cp__hamt_iter_next(&it));) {
+            const cp__hamt_item *y = cp__hamt_find(mb, x->hash, x->key);
+            equal = y && y->value == x->value;
+        }
+    }
+    cp__hamt_decref(ma);
+    cp__hamt_decref(mb);
+    return equal;
+}
+
 cp_iter *cp_context_iter(const cp_context *c)
 {
     if (!c)

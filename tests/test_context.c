@@ -1466,6 +1466,42 @@ Test(mapping, functions_are_a_live_view_inside_a_run)
     cp_var_free(l.w);
 }
 
+Test(mapping, equal_compares_variables_and_values)
+{
+    int x, y;
+    cp_var *v = cp_var_new_default("v", &y, NULL), *w = cp_var_new("w", NULL);
+    cp_context *a = cp_context_new(), *b = cp_context_new();
+    cr_assert(cp_context_equal(a, b), "two empty contexts");
+    cr_assert(cp_context_equal(a, a));
+    cr_assert_not(cp_context_equal(a, NULL));
+    cr_assert_not(cp_context_equal(NULL, a));
+    cr_assert_not(cp_context_equal(NULL, NULL));
+    cr_assert_eq(set_in(a, v, &x, NULL), 0);
+    cr_assert_not(cp_context_equal(a, b), "a value against none (nor the default)");
+    cp_context *copy = cp_context_copy(a);
+    cr_assert(cp_context_equal(a, copy));
+    /* Built apart, the same variable and value: equal. */
+    cr_assert_eq(set_in(b, v, &x, NULL), 0);
+    cr_assert(cp_context_equal(a, b));
+    cr_assert(cp_context_equal(b, a));
+    /* The same value under another variable, or another value: not. */
+    cr_assert_eq(set_in(copy, v, &y, NULL), 0);
+    cr_assert_not(cp_context_equal(a, copy));
+    cp_context *other = cp_context_new();
+    cr_assert_eq(set_in(other, w, &x, NULL), 0);
+    cr_assert_not(cp_context_equal(a, other));
+    /* More variables than the other: not, either way round. */
+    cr_assert_eq(set_in(b, w, &x, NULL), 0);
+    cr_assert_not(cp_context_equal(a, b));
+    cr_assert_not(cp_context_equal(b, a));
+    cp_context_free(a);
+    cp_context_free(b);
+    cp_context_free(copy);
+    cp_context_free(other);
+    cp_var_free(v);
+    cp_var_free(w);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Iteration (iter, keys, values, items)                                     */
 
