@@ -303,6 +303,9 @@ static void copy_and_iterate(const struct shared *s)
     cp_context *snap = cp_context_copy(s->c);
     CHECK(snap != NULL, "cp_context_copy failed");
     check_snapshot(s, snap);
+    /* Its answer depends on the owner's timing; what is checked is that
+     * it reads s->c safely while the owner writes (TSan, ASan). */
+    (void)cp_context_equal(s->c, snap);
     cp_context_free(snap);
 
     cp_iter *it = cp_context_iter(s->c);
