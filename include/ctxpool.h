@@ -439,8 +439,10 @@ enum cp_shutdown { CP_SHUTDOWN_DRAIN, CP_SHUTDOWN_CANCEL };
  *   queued when it is called are cancelled before it returns (their waits
  *   end then, not when a worker comes to them), as Python's
  *   shutdown(cancel_futures=True); a job a worker is moving between queues
- *   at that moment is cancelled when the worker takes it. Frame tasks of a
- *   running job are not cancelled: the job syncs them.
+ *   at that moment is cancelled when the worker takes it. Once they are
+ *   all final, the values only their contexts held are freed, on the
+ *   calling thread (free_value may run there, and may wait for any job).
+ *   Frame tasks of a running job are not cancelled: the job syncs them.
  * Either way no job is lost: each runs exactly once or is reported cancelled.
  * Does not wait for the workers (cp_pool_free does). A second shutdown
  * returns CP_ESHUTDOWN, but a CP_SHUTDOWN_CANCEL after a CP_SHUTDOWN_DRAIN,

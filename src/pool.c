@@ -959,7 +959,12 @@ static void run_job(struct worker *self, struct cp_future *f)
  * (job_settled). taken may also be true while f is not ours (the pop lost
  * f to a thief and had not cleared it yet, or f was already stolen when we
  * looked): a cancel then backs off from a job the thief runs, which it
- * waits for (job_claim), and CP_EBUSY is the truth. The state stays PENDING
+ * waits for (job_claim), and CP_EBUSY is the truth; unless the thief is a
+ * cancel shutdown's sweep, or a worker whose cancel flag is set, which
+ * discards it: a cancel that reads taken in the few instructions between
+ * our mark and its clearing, as the pool's cancel begins, says CP_EBUSY of
+ * a job that never runs (we check our flag before the mark, so only a
+ * take already under way when the flags are set can). The state stays PENDING
  * while f runs: cancels keep backing off (taken stays set). f cannot be
  * freed meanwhile: our caller holds the handle.
  *
@@ -1852,55 +1857,88 @@ int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn, void *arg,
     return submit(pool, c, fn, arg, future);
 }
 
-/* A cancel shutdown's sweep found w queued: cancel it as the workers would
- * when they came to it, and return 1 (one item finished); or, for a
- * worker's own task, which its running job will sync and a cancel lets
- * finish, put it where any worker takes it and return 0. */
-static uint64_t cancel_item(cp_pool *pool, struct work *w)
+/* A cancel shutdown's sweep (cancel_queued): the items it took off the
+ * queues, and what it does with them. It runs no user code until every
+ * item it took is final: a free_value run by a payload's drop may wait for
+ * another queued job, which must not be one the sweep holds. */
+struct sweep {
+    uint64_t finished;              /* items made final: counted in pending */
+    struct work *drop, **drop_tail; /* jobs to drop the payload of, in order */
+    struct work *back;              /* workers' own tasks, to queue again */
+};
+
+/* Link w onto *list through its next, ours while w is in no queue.
+ * relaxed: this thread's own list. */
+static void sweep_link(struct work **list, struct work *w)
+{
+    atomic_store_explicit(&w->next, *list, memory_order_relaxed);
+    *list = w;
+}
+
+/* Phase one, for w, taken off a queue: make it final without user code. A
+ * job is taken as cp_future_cancel takes one (DROPPING), so that a cancel
+ * racing with ours finds a cancel won and says 0, then finished CANCELLED
+ * with its payload still in it, for phase two; the pool keeps its hold on
+ * it (ST_RELEASED unset) until then. A task spawned from outside is a job
+ * of its own: cancelled. A worker's own task belongs to the running job
+ * that will sync it, which a cancel lets finish: queued again. */
+static void sweep_item(cp_pool *pool, struct work *w, struct sweep *sw)
 {
     if (w->kind == KIND_JOB) {
-        job_discard(pool, (struct cp_future *)w);
-        return 1;
-    }
-    if (w->counted) { /* a task spawned from outside: a job of its own */
+        struct cp_future *f = (struct cp_future *)w;
+        bool alone = job_alone(f);
+        sw->finished++;
+        if (!job_claim(f, alone, ST_DROPPING)) {
+            job_let_go(f, alone); /* a cp_future_cancel won: it drops */
+            return;
+        }
+        f->w.outcome = CP_ECANCELED;
+        if (!alone)
+            work_finish(pool, w, ST_DROPPING, ST_CANCELLED, 0);
+        atomic_store_explicit(&w->next, NULL, memory_order_relaxed);
+        *sw->drop_tail = w;
+        sw->drop_tail = (struct work **)&w->next;
+    } else if (w->counted) {
+        sw->finished++;
         w->outcome = CP_ECANCELED;
         work_finish(pool, w, ST_PENDING, ST_CANCELLED, 0);
-        return 1;
+    } else {
+        sweep_link(&sw->back, w);
     }
-    inject_reinject(pool, w);
-    return 0;
 }
 
 /* CP_SHUTDOWN_CANCEL: cancel the jobs (and outside tasks) queued now, on
  * the injection queue and the workers' deques, at once, so that their
  * waits end now and not after the jobs that run ahead of them, as
- * Python's shutdown(cancel_futures=True) does. Jobs queued later by the
- * running jobs (none: a worker's submit is refused from now on) or moving
- * between queues as we pass are cancelled by the workers, who look at
- * their cancel flags (set before) for every job they take. */
-static void cancel_queued(cp_pool *pool)
+ * Python's shutdown(cancel_futures=True) does. Phase one (here) makes
+ * them final; phase two (sweep_drop) drops their payloads. A job a worker
+ * is moving between queues as we pass, or that a worker's submit racing
+ * with the flags adds, is cancelled by the workers, who look at their
+ * cancel flags (set before) for every job they take. */
+static void cancel_queued(cp_pool *pool, struct sweep *sw)
 {
-    uint64_t finished = 0, popped = 0;
-    /* The injection queue: everything on it, onto a list of our own
-     * (through next: a popped item's link is ours, no producer writes it
-     * any more), then cancelled without the lock, which is never held
-     * while user code runs (a payload's free_value), and which workers
-     * hold for a batch at most. */
-    while (!inject_try_lock(pool))
-        sched_yield();
-    struct work *mine = NULL;
-    for (struct work *w; (w = inject_pop(pool)); popped++) {
-        /* relaxed: this thread's own list. */
-        atomic_store_explicit(&w->next, mine, memory_order_relaxed);
-        mine = w;
-    }
-    if (popped)
-        inject_popped_add(pool, popped);
-    inject_unlock(pool);
-    while (mine) {
-        struct work *w = mine;
-        mine = atomic_load_explicit(&w->next, memory_order_relaxed);
-        finished += cancel_item(pool, w);
+    /* The injection queue, until it is empty: a submit admitted before the
+     * shutdown may still be linking its job (a push half done hides the
+     * items behind it from inject_pop), and needs the CPU to finish. Taken
+     * under the lock onto a list of our own, and swept without it: workers
+     * hold it for a batch at most. */
+    while (inject_nonempty(pool)) {
+        struct work *mine = NULL;
+        uint64_t popped = 0;
+        if (inject_try_lock(pool)) {
+            for (struct work *w; (w = inject_pop(pool)); popped++)
+                sweep_link(&mine, w);
+            if (popped)
+                inject_popped_add(pool, popped);
+            inject_unlock(pool);
+        }
+        if (!popped)
+            sched_yield();
+        while (mine) {
+            struct work *w = mine;
+            mine = atomic_load_explicit(&w->next, memory_order_relaxed);
+            sweep_item(pool, w, sw);
+        }
     }
     /* Each deque: as a thief, as many items as it held when we came, so
      * that tasks its owner offers meanwhile cannot keep us here. */
@@ -1912,15 +1950,36 @@ static void cancel_queued(cp_pool *pool)
             if (r == CP__STEAL_EMPTY)
                 break;
             if (r == CP__STEAL_OK) {
-                finished += cancel_item(pool, item);
+                sweep_item(pool, item, sw);
                 left--;
             }
         }
     }
-    if (finished) {
+    /* Queued again only now: the loop above would have taken them again. */
+    while (sw->back) {
+        struct work *w = sw->back;
+        sw->back = atomic_load_explicit(&w->next, memory_order_relaxed);
+        inject_reinject(pool, w);
+    }
+    if (sw->finished) {
         /* relaxed: statistics. */
-        atomic_fetch_add_explicit(&pool->swept, finished, memory_order_relaxed);
-        pending_apply(pool, -(int64_t)finished);
+        atomic_fetch_add_explicit(&pool->swept, sw->finished, memory_order_relaxed);
+        pending_apply(pool, -(int64_t)sw->finished);
+    }
+}
+
+/* Phase two: drop the payloads of the jobs phase one made final, in the
+ * order they were queued, and let go of each as the pool. User code
+ * (free_value) may run; nothing here touches the pool, which every item
+ * has left. */
+static void sweep_drop(struct sweep *sw)
+{
+    while (sw->drop) {
+        struct cp_future *f = (struct cp_future *)sw->drop;
+        sw->drop = atomic_load_explicit(&f->w.next, memory_order_relaxed);
+        bool alone = job_alone(f);
+        drop_payload(f);
+        job_let_go(f, alone);
     }
 }
 
@@ -1944,11 +2003,13 @@ int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how)
         if (state == CANCELLING || want == DRAINING)
             return CP_ESHUTDOWN;
     }
+    struct sweep sw = {0, NULL, &sw.drop, NULL};
     if (want == CANCELLING) {
         cancel_flags_set(pool);
-        cancel_queued(pool);
+        cancel_queued(pool, &sw);
     }
     notify_all(pool);
+    sweep_drop(&sw);
     return 0;
 }
 

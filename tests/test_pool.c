@@ -1665,6 +1665,66 @@ Test(shutdown, cancel_reports_each_job_cancelled_or_run_exactly_once, .timeout =
         cr_assert_eq(runs(&ran[i]), 0);
 }
 
+/* A value whose free_value waits for a job (its wait's outcome kept). */
+struct waits_when_freed {
+    cp_future *job;
+    int frees, wait_rc;
+};
+
+static void free_and_wait(void *p)
+{
+    struct waits_when_freed *v = p;
+    v->frees++;
+    v->wait_rc = cp_future_wait(v->job, NULL);
+}
+
+static void *set_waiting_value(void *p)
+{
+    cp_var *var = ((void **)p)[0];
+    return (void *)(intptr_t)cp_var_set(var, ((void **)p)[1], NULL);
+}
+
+Test(shutdown, cancel_finishes_the_queued_jobs_before_it_drops_their_contexts,
+     .timeout = 30)
+{
+    /* X's context holds the last reference to a value whose free_value
+     * waits for Y, queued too. The cancel makes both final before it drops
+     * either's payload: the wait in free_value ends (on the thread that
+     * shuts down, no worker free to help), whichever was queued first. */
+    for (int x_first = 0; x_first < 2; x_first++) {
+        cp_pool *pool = new_pool(1);
+        blocker bl;
+        cp_future *busy = occupy_worker(pool, &bl);
+        cp_var *var = cp_var_new("waits", free_and_wait);
+        struct waits_when_freed value = {NULL, 0, 1};
+        cp_context *c = cp_context_new();
+        void *args[2] = {var, &value};
+        void *set = UNTOUCHED;
+        cr_assert_eq(cp_context_run(c, set_waiting_value, args, &set), 0);
+        cr_assert_null(set);
+        atomic_int ran = 0;
+        cp_future *x = NULL, *y = NULL;
+        if (!x_first)
+            cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &y), 0);
+        cr_assert_eq(cp_pool_submit_in(pool, c, count_job, &ran, &x), 0);
+        if (x_first)
+            cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &y), 0);
+        value.job = y;
+        cp_context_free(c); /* the job holds the last reference */
+        cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_CANCEL), 0);
+        cr_assert_eq(value.frees, 1);
+        cr_assert_eq(value.wait_rc, CP_ECANCELED);
+        all_cancelled_now((cp_future *[]){x, y}, 2);
+        gate_open(&bl.g);
+        wait_ok(busy);
+        cp_future_free(x);
+        cp_future_free(y);
+        free_pool(pool);
+        cp_var_free(var);
+        cr_assert_eq(runs(&ran), 0);
+    }
+}
+
 Test(shutdown, cancel_cancels_a_task_spawned_from_outside_not_yet_started,
      .timeout = 30)
 {
