@@ -377,7 +377,9 @@ CP_EXPORT int cp_pool_submit(cp_pool *pool, cp_job_fn fn, void *arg,
  * If c is entered elsewhere when the job starts, the job does not run and its
  * future reports CP_EBUSY (another thread) or CP_ERECURSIVE (the worker's own
  * stack). The pool holds its own reference to c until the job is done, so the
- * caller may free its reference right after the call.
+ * caller may free its reference right after the call. (For a job that a
+ * CP_SHUTDOWN_CANCEL cancels in its queue: until cp_pool_shutdown returns,
+ * which may be after the job's wait has returned; see there.)
  * Returns and threads: as cp_pool_submit, plus CP_EINVAL for NULL c. */
 CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
                                 void *arg, cp_future **future);

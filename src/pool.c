@@ -1861,18 +1861,35 @@ int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn, void *arg,
  * queues, and what it does with them. It runs no user code until every
  * item it took is final: a free_value run by a payload's drop may wait for
  * another queued job, which must not be one the sweep holds. */
-struct sweep {
-    uint64_t finished;              /* items made final: counted in pending */
-    struct work *drop, **drop_tail; /* jobs to drop the payload of, in order */
-    struct work *back;              /* workers' own tasks, to queue again */
+struct sweep_list {
+    struct work *first, *last;
 };
 
-/* Link w onto *list through its next, ours while w is in no queue.
+struct sweep {
+    uint64_t finished;      /* items made final: counted in pending */
+    struct sweep_list drop; /* jobs to drop the payload of, in queue order */
+    struct sweep_list back; /* workers' own tasks, to queue again */
+};
+
+/* Append w to list through its next, ours while w is in no queue.
  * relaxed: this thread's own list. */
-static void sweep_link(struct work **list, struct work *w)
+static void sweep_append(struct sweep_list *list, struct work *w)
 {
-    atomic_store_explicit(&w->next, *list, memory_order_relaxed);
-    *list = w;
+    atomic_store_explicit(&w->next, NULL, memory_order_relaxed);
+    if (list->last)
+        atomic_store_explicit(&list->last->next, w, memory_order_relaxed);
+    else
+        list->first = w;
+    list->last = w;
+}
+
+/* The first item of list, taken off it, or NULL. */
+static struct work *sweep_take(struct sweep_list *list)
+{
+    struct work *w = list->first;
+    if (w)
+        list->first = atomic_load_explicit(&w->next, memory_order_relaxed);
+    return w;
 }
 
 /* Phase one, for w, taken off a queue: make it final without user code. A
@@ -1895,15 +1912,13 @@ static void sweep_item(cp_pool *pool, struct work *w, struct sweep *sw)
         f->w.outcome = CP_ECANCELED;
         if (!alone)
             work_finish(pool, w, ST_DROPPING, ST_CANCELLED, 0);
-        atomic_store_explicit(&w->next, NULL, memory_order_relaxed);
-        *sw->drop_tail = w;
-        sw->drop_tail = (struct work **)&w->next;
+        sweep_append(&sw->drop, w);
     } else if (w->counted) {
         sw->finished++;
         w->outcome = CP_ECANCELED;
         work_finish(pool, w, ST_PENDING, ST_CANCELLED, 0);
     } else {
-        sweep_link(&sw->back, w);
+        sweep_append(&sw->back, w);
     }
 }
 
@@ -1911,7 +1926,9 @@ static void sweep_item(cp_pool *pool, struct work *w, struct sweep *sw)
  * the injection queue and the workers' deques, at once, so that their
  * waits end now and not after the jobs that run ahead of them, as
  * Python's shutdown(cancel_futures=True) does. Phase one (here) makes
- * them final; phase two (sweep_drop) drops their payloads. A job a worker
+ * them final; phase two (sweep_drop) drops their payloads, so a wait may
+ * return before its job's context is let go of (documented in ctxpool.h,
+ * cp_pool_submit_in and cp_pool_shutdown). A job a worker
  * is moving between queues as we pass, or that a worker's submit racing
  * with the flags adds, is cancelled by the workers, who look at their
  * cancel flags (set before) for every job they take. */
@@ -1923,22 +1940,19 @@ static void cancel_queued(cp_pool *pool, struct sweep *sw)
      * under the lock onto a list of our own, and swept without it: workers
      * hold it for a batch at most. */
     while (inject_nonempty(pool)) {
-        struct work *mine = NULL;
+        struct sweep_list mine = {NULL, NULL};
         uint64_t popped = 0;
         if (inject_try_lock(pool)) {
             for (struct work *w; (w = inject_pop(pool)); popped++)
-                sweep_link(&mine, w);
+                sweep_append(&mine, w);
             if (popped)
                 inject_popped_add(pool, popped);
             inject_unlock(pool);
         }
         if (!popped)
             sched_yield();
-        while (mine) {
-            struct work *w = mine;
-            mine = atomic_load_explicit(&w->next, memory_order_relaxed);
+        for (struct work *w; (w = sweep_take(&mine));)
             sweep_item(pool, w, sw);
-        }
     }
     /* Each deque: as a thief, as many items as it held when we came, so
      * that tasks its owner offers meanwhile cannot keep us here. */
@@ -1956,11 +1970,8 @@ static void cancel_queued(cp_pool *pool, struct sweep *sw)
         }
     }
     /* Queued again only now: the loop above would have taken them again. */
-    while (sw->back) {
-        struct work *w = sw->back;
-        sw->back = atomic_load_explicit(&w->next, memory_order_relaxed);
+    for (struct work *w; (w = sweep_take(&sw->back));)
         inject_reinject(pool, w);
-    }
     if (sw->finished) {
         /* relaxed: statistics. */
         atomic_fetch_add_explicit(&pool->swept, sw->finished, memory_order_relaxed);
@@ -1974,9 +1985,8 @@ static void cancel_queued(cp_pool *pool, struct sweep *sw)
  * has left. */
 static void sweep_drop(struct sweep *sw)
 {
-    while (sw->drop) {
-        struct cp_future *f = (struct cp_future *)sw->drop;
-        sw->drop = atomic_load_explicit(&f->w.next, memory_order_relaxed);
+    for (struct work *w; (w = sweep_take(&sw->drop));) {
+        struct cp_future *f = (struct cp_future *)w;
         bool alone = job_alone(f);
         drop_payload(f);
         job_let_go(f, alone);
@@ -2003,7 +2013,7 @@ int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how)
         if (state == CANCELLING || want == DRAINING)
             return CP_ESHUTDOWN;
     }
-    struct sweep sw = {0, NULL, &sw.drop, NULL};
+    struct sweep sw = {0, {NULL, NULL}, {NULL, NULL}};
     if (want == CANCELLING) {
         cancel_flags_set(pool);
         cancel_queued(pool, &sw);

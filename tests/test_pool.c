@@ -1678,6 +1678,7 @@ static void free_and_wait(void *p)
     v->wait_rc = cp_future_wait(v->job, NULL);
 }
 
+/* cp_var_set(args[0], args[1]) in the current context; returns its result. */
 static void *set_waiting_value(void *p)
 {
     cp_var *var = ((void **)p)[0];
@@ -1723,6 +1724,44 @@ Test(shutdown, cancel_finishes_the_queued_jobs_before_it_drops_their_contexts,
         cp_var_free(var);
         cr_assert_eq(runs(&ran), 0);
     }
+}
+
+/* The order in which a cancel shutdown let go of the values below. */
+static int dropped[6], ndropped;
+
+static void record_drop(void *p)
+{
+    dropped[ndropped++] = *(int *)p;
+}
+
+Test(shutdown, cancel_lets_go_of_the_queued_jobs_contexts_in_queue_order,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    cp_future *busy = occupy_worker(pool, &bl);
+    cp_var *var = cp_var_new("index", record_drop);
+    static int index[6] = {0, 1, 2, 3, 4, 5};
+    atomic_int ran = 0;
+    for (int i = 0; i < 6; i++) {
+        cp_context *c = cp_context_new();
+        void *args[2] = {var, &index[i]};
+        void *set = UNTOUCHED;
+        cr_assert_eq(cp_context_run(c, set_waiting_value, args, &set), 0);
+        cr_assert_null(set);
+        cr_assert_eq(cp_pool_submit_in(pool, c, count_job, &ran, NULL), 0);
+        cp_context_free(c); /* the job holds the last reference */
+    }
+    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_CANCEL), 0);
+    cr_assert_eq(ndropped, 6);
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(dropped[i], i, "dropped %d %d %d %d %d %d", dropped[0], dropped[1],
+                     dropped[2], dropped[3], dropped[4], dropped[5]);
+    gate_open(&bl.g);
+    wait_ok(busy);
+    free_pool(pool);
+    cp_var_free(var);
+    cr_assert_eq(runs(&ran), 0);
 }
 
 Test(shutdown, cancel_cancels_a_task_spawned_from_outside_not_yet_started,
