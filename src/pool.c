@@ -828,9 +828,9 @@ static uint32_t job_settled(struct cp_future *f)
 }
 
 /* Move f from PENDING to `to`: RUNNING, or DROPPING when the pool's cancel
- * takes it (job_discard). Returns false when cp_future_cancel won (DROPPING
- * or CANCELLED): it drops the payload and reports the job. acquire: as
- * job_settled's. */
+ * takes it (job_cancel_take). Returns false when cp_future_cancel won
+ * (DROPPING or CANCELLED): it drops the payload and reports the job.
+ * acquire: as job_settled's. */
 static bool job_claim(struct cp_future *f, bool alone, uint32_t to)
 {
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
@@ -876,23 +876,33 @@ static void job_cancelled(struct worker *self, struct cp_future *f, bool alone)
     pending_done(self);
 }
 
-/* The pool is cancelling (CP_SHUTDOWN_CANCEL): f, queued, will never run.
- * Taken as cp_future_cancel takes a job (DROPPING, then CANCELLED), so
- * that a cp_future_cancel racing with us finds a cancel won and says 0,
- * as it must for a job that never runs; when one won first, we only let
- * go of f. The caller counts f cancelled and finished either way. pool:
- * f's. */
+/* The pool is cancelling (CP_SHUTDOWN_CANCEL) and f, queued, will never
+ * run: take it as cp_future_cancel takes a job (DROPPING, to be CANCELLED),
+ * so that a cp_future_cancel racing with us finds a cancel won and says 0,
+ * as it must for a job that never runs, and write its outcome. Returns
+ * false when a cp_future_cancel won first: we only let go of f. *alone:
+ * job_alone(f). */
+static bool job_cancel_take(struct cp_future *f, bool *alone)
+{
+    *alone = job_alone(f);
+    if (!job_claim(f, *alone, ST_DROPPING)) {
+        job_let_go(f, *alone);
+        return false;
+    }
+    f->w.outcome = CP_ECANCELED;
+    return true;
+}
+
+/* A worker's discard of f, queued while the pool cancels. The caller
+ * counts f cancelled and finished either way. pool: f's. */
 static void job_discard(cp_pool *pool, struct cp_future *f)
 {
-    bool alone = job_alone(f);
-    if (!job_claim(f, alone, ST_DROPPING)) {
-        job_let_go(f, alone);
+    bool alone;
+    if (!job_cancel_take(f, &alone))
         return;
-    }
     /* The payload may hold the last references to values: user code
      * (free_value) runs here, before the state is final, as in a cancel. */
     drop_payload(f);
-    f->w.outcome = CP_ECANCELED;
     job_end(pool, f, alone, ST_DROPPING, ST_CANCELLED);
 }
 
@@ -1902,14 +1912,10 @@ static struct work *sweep_take(struct sweep_list *list)
 static void sweep_item(cp_pool *pool, struct work *w, struct sweep *sw)
 {
     if (w->kind == KIND_JOB) {
-        struct cp_future *f = (struct cp_future *)w;
-        bool alone = job_alone(f);
+        bool alone;
         sw->finished++;
-        if (!job_claim(f, alone, ST_DROPPING)) {
-            job_let_go(f, alone); /* a cp_future_cancel won: it drops */
-            return;
-        }
-        f->w.outcome = CP_ECANCELED;
+        if (!job_cancel_take((struct cp_future *)w, &alone))
+            return; /* a cp_future_cancel won: it drops */
         if (!alone)
             work_finish(pool, w, ST_DROPPING, ST_CANCELLED, 0);
         sweep_append(&sw->drop, w);

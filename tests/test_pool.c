@@ -1679,7 +1679,7 @@ static void free_and_wait(void *p)
 }
 
 /* cp_var_set(args[0], args[1]) in the current context; returns its result. */
-static void *set_waiting_value(void *p)
+static void *set_arg_value(void *p)
 {
     cp_var *var = ((void **)p)[0];
     return (void *)(intptr_t)cp_var_set(var, ((void **)p)[1], NULL);
@@ -1701,7 +1701,7 @@ Test(shutdown, cancel_finishes_the_queued_jobs_before_it_drops_their_contexts,
         cp_context *c = cp_context_new();
         void *args[2] = {var, &value};
         void *set = UNTOUCHED;
-        cr_assert_eq(cp_context_run(c, set_waiting_value, args, &set), 0);
+        cr_assert_eq(cp_context_run(c, set_arg_value, args, &set), 0);
         cr_assert_null(set);
         atomic_int ran = 0;
         cp_future *x = NULL, *y = NULL;
@@ -1747,7 +1747,7 @@ Test(shutdown, cancel_lets_go_of_the_queued_jobs_contexts_in_queue_order,
         cp_context *c = cp_context_new();
         void *args[2] = {var, &index[i]};
         void *set = UNTOUCHED;
-        cr_assert_eq(cp_context_run(c, set_waiting_value, args, &set), 0);
+        cr_assert_eq(cp_context_run(c, set_arg_value, args, &set), 0);
         cr_assert_null(set);
         cr_assert_eq(cp_pool_submit_in(pool, c, count_job, &ran, NULL), 0);
         cp_context_free(c); /* the job holds the last reference */
