@@ -11,11 +11,14 @@
  *    own, and checks after its children that none of their changes reached
  *    it. Each job id runs exactly once (a counter per id). Values are heap
  *    boxes whose destructor counts: at the end, frees == sets.
- * 2. Mixed: 4 outside threads submit, jobs submit jobs, outside threads
- *    cancel some of their jobs and wait for some at once, and the main thread
- *    calls cp_pool_shutdown(CP_SHUTDOWN_CANCEL) half way. Every accepted job
- *    ran exactly once or reported CP_ECANCELED, never both, never neither;
- *    every wait returns; stats add up.
+ * 2. Mixed: 4 outside threads submit (some jobs into contexts of their
+ *    own with submit_in) and spawn frame tasks from outside, jobs submit
+ *    jobs, outside threads cancel some of their jobs and wait for some at
+ *    once, and half way a CP_SHUTDOWN_CANCEL comes, a different way in each
+ *    round: from the main thread; after a CP_SHUTDOWN_DRAIN; from a job, on
+ *    a worker; from two threads at once (one of them gets CP_ESHUTDOWN).
+ *    Every accepted job and task ran exactly once or reported CP_ECANCELED,
+ *    never both, never neither; every wait returns; stats add up.
  * 3. Lost wake-ups: rounds of "pool idle, an outside thread submits one job
  *    and waits for it", with random pauses on both sides, some of them about
  *    as long as the workers' search before parking, so that the submit meets
@@ -293,6 +296,7 @@ static slot *slots;
 static uint64_t mixed_cap;
 static atomic_ullong mixed_next;
 static atomic_ullong mixed_accepted;
+static atomic_ullong tasks_accepted, tasks_ran; /* frame tasks from outside */
 static cp_pool *mixed_pool;
 static sem_t half_way;
 static atomic_bool half_way_posted;
@@ -306,7 +310,16 @@ static bool mixed_submit(uint64_t *rng, bool maybe_cancel)
     if (id >= mixed_cap)
         return false;
     cp_future *f = NULL;
-    int rc = cp_pool_submit(mixed_pool, mixed_job, (void *)(uintptr_t)id, &f);
+    int rc;
+    if (splitmix(rng) % 8 == 0) {
+        /* A context of its own, which the pool holds until the job is done. */
+        cp_context *c = cp_context_new();
+        CHECK(c != NULL, "out of memory");
+        rc = cp_pool_submit_in(mixed_pool, c, mixed_job, (void *)(uintptr_t)id, &f);
+        cp_context_free(c);
+    } else {
+        rc = cp_pool_submit(mixed_pool, mixed_job, (void *)(uintptr_t)id, &f);
+    }
     if (rc == CP_ESHUTDOWN)
         return false;
     CHECK(rc == 0, "submit: %s", cp_strerror(rc));
@@ -341,18 +354,106 @@ static void *mixed_job(void *p)
     return NULL;
 }
 
+static void *mixed_task(void *p)
+{
+    atomic_fetch_add_explicit((atomic_int *)p, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tasks_ran, 1, memory_order_relaxed);
+    return p;
+}
+
+/* Up to three frame tasks spawned from outside, synced in reverse: each ran
+ * once and returned its result, or was cancelled and never ran. */
+static void mixed_spawn(uint64_t *rng)
+{
+    cp_task t[3];
+    atomic_int runs[3];
+    int spawned[3];
+    int n = 1 + (int)(splitmix(rng) % 3);
+    for (int i = 0; i < n; i++) {
+        atomic_init(&runs[i], 0);
+        spawned[i] = cp_spawn(mixed_pool, &t[i], mixed_task, &runs[i]);
+        CHECK(spawned[i] == 0 || spawned[i] == CP_ESHUTDOWN, "spawn: %s",
+              cp_strerror(spawned[i]));
+        if (spawned[i] == 0)
+            atomic_fetch_add_explicit(&tasks_accepted, 1, memory_order_relaxed);
+    }
+    for (int i = n - 1; i >= 0; i--) {
+        if (spawned[i] != 0)
+            continue;
+        void *result = NULL;
+        int rc = cp_sync(&t[i], &result);
+        int ran = atomic_load_explicit(&runs[i], memory_order_relaxed);
+        CHECK((rc == 0 && ran == 1 && result == &runs[i]) || (rc == CP_ECANCELED && ran == 0),
+              "outside task: sync %s, ran %d times", cp_strerror(rc), ran);
+    }
+}
+
 static void *mixed_outside(void *p)
 {
     uint64_t rng = (uintptr_t)p;
-    while (mixed_submit(&rng, true))
+    do {
+        if (splitmix(&rng) % 16 == 0)
+            mixed_spawn(&rng);
         watchdog_tick();
+    } while (mixed_submit(&rng, true));
     return NULL;
+}
+
+/* How phase 2's shutdown comes, one way per round. */
+enum shutdown_way { FROM_MAIN, AFTER_DRAIN, FROM_WORKER, TWO_AT_ONCE, WAYS };
+
+static void *cancel_pool(void *arg)
+{
+    (void)arg;
+    return (void *)(intptr_t)cp_pool_shutdown(mixed_pool, CP_SHUTDOWN_CANCEL);
+}
+
+/* Cancel the pool the round's way; returns how many jobs that submitted. */
+static uint64_t mixed_shutdown(enum shutdown_way way)
+{
+    switch (way) {
+    case FROM_MAIN:
+        CHECK(cp_pool_shutdown(mixed_pool, CP_SHUTDOWN_CANCEL) == 0, "shutdown");
+        return 0;
+    case AFTER_DRAIN:
+        CHECK(cp_pool_shutdown(mixed_pool, CP_SHUTDOWN_DRAIN) == 0, "drain");
+        spin_ns(20000); /* let the workers drain some */
+        CHECK(cp_pool_shutdown(mixed_pool, CP_SHUTDOWN_CANCEL) == 0, "cancel after drain");
+        return 0;
+    case FROM_WORKER: {
+        /* Nothing cancels before it: the job runs, and its shutdown
+         * returns once what is queued behind it is cancelled. */
+        cp_future *f;
+        CHECK(cp_pool_submit(mixed_pool, cancel_pool, NULL, &f) == 0, "submit");
+        void *rc = NULL;
+        CHECK(cp_future_wait(f, &rc) == 0 && rc == 0, "shutdown from a worker: %s",
+              cp_strerror((int)(intptr_t)rc));
+        cp_future_free(f);
+        return 1;
+    }
+    case TWO_AT_ONCE: {
+        pthread_t other;
+        CHECK(pthread_create(&other, NULL, cancel_pool, NULL) == 0, "pthread_create");
+        int mine = (int)(intptr_t)cancel_pool(NULL);
+        void *theirs;
+        CHECK(pthread_join(other, &theirs) == 0, "join");
+        CHECK((mine == 0 && theirs == (void *)(intptr_t)CP_ESHUTDOWN) ||
+                  (mine == CP_ESHUTDOWN && theirs == NULL),
+              "two shutdowns: %s and %s", cp_strerror(mine),
+              cp_strerror((int)(intptr_t)theirs));
+        return 0;
+    }
+    case WAYS:
+        break;
+    }
+    CHECK(0, "no shutdown way %d", (int)way);
+    return 0;
 }
 
 static void phase_mixed(uint64_t jobs)
 {
     watchdog_phase("mixed");
-    enum { ROUNDS = 4, OUTSIDE = 4 };
+    enum { ROUNDS = WAYS, OUTSIDE = 4 };
     mixed_cap = jobs / ROUNDS;
     if (mixed_cap < 16)
         mixed_cap = 16;
@@ -366,6 +467,8 @@ static void phase_mixed(uint64_t jobs)
         }
         atomic_store(&mixed_next, 0);
         atomic_store(&mixed_accepted, 0);
+        atomic_store(&tasks_accepted, 0);
+        atomic_store(&tasks_ran, 0);
         atomic_store(&half_way_posted, false);
         CHECK(sem_init(&half_way, 0, 0) == 0, "sem_init");
         mixed_pool = new_pool(3, "mixed");
@@ -376,7 +479,12 @@ static void phase_mixed(uint64_t jobs)
                   "pthread_create");
         while (sem_wait(&half_way) != 0)
             ;
-        CHECK(cp_pool_shutdown(mixed_pool, CP_SHUTDOWN_CANCEL) == 0, "shutdown");
+        /* A burst, so that the shutdown finds jobs queued to cancel: the
+         * workers mostly keep up with the outside threads. */
+        uint64_t burst_rng = (uint64_t)round + 1;
+        for (uint64_t i = 0; i < mixed_cap / 16 && mixed_submit(&burst_rng, false); i++)
+            ;
+        uint64_t own_jobs = mixed_shutdown((enum shutdown_way)round);
         for (int i = 0; i < OUTSIDE; i++)
             CHECK(pthread_join(th[i], NULL) == 0, "join");
         /* Parents have smaller ids than their children: waiting in id order,
@@ -416,14 +524,17 @@ static void phase_mixed(uint64_t jobs)
               "accepted", accepted, atomic_load(&mixed_accepted));
         cp_pool_stats st;
         CHECK(cp_pool_get_stats(mixed_pool, &st) == 0, "stats");
-        CHECK(st.submitted == accepted, "stats: %" PRIu64 " submitted, %" PRIu64
-              " accepted", st.submitted, accepted);
-        CHECK(st.completed == ran, "stats: %" PRIu64 " completed, %" PRIu64 " ran",
-              st.completed, ran);
+        /* The outside tasks' syncs have returned: their counts are final. */
+        uint64_t tasks = atomic_load(&tasks_accepted), tasks_done = atomic_load(&tasks_ran);
+        CHECK(st.submitted == accepted + tasks + own_jobs, "stats: %" PRIu64 " submitted, %"
+              PRIu64 " jobs and %" PRIu64 " tasks accepted", st.submitted, accepted, tasks);
+        CHECK(st.completed == ran + tasks_done + own_jobs, "stats: %" PRIu64 " completed, %"
+              PRIu64 " jobs and %" PRIu64 " tasks ran", st.completed, ran, tasks_done);
         /* A job cancelled by cp_future_cancel is counted when a worker
          * dequeues it, which may come after its wait returned. */
-        CHECK(st.cancelled <= cancelled, "stats: %" PRIu64 " cancelled, %" PRIu64
-              " reported cancelled", st.cancelled, cancelled);
+        CHECK(st.cancelled <= cancelled + tasks - tasks_done, "stats: %" PRIu64
+              " cancelled, %" PRIu64 " jobs and %" PRIu64 " tasks reported cancelled",
+              st.cancelled, cancelled, tasks - tasks_done);
         CHECK(cp_pool_free(mixed_pool) == 0, "free");
         for (uint64_t i = 0; i < ids; i++)
             cp_future_free(atomic_load(&slots[i].future));
