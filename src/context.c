@@ -604,6 +604,28 @@ static void base_key_create(void)
     base_key_error = pthread_key_create(&base_key, base_release);
 }
 
+/* exit() runs no thread-exit destructors: the base context of the thread
+ * that calls it (main's, when main returns) would keep its values, and
+ * their free_value never run. Release it then, as at the thread's exit. */
+static void base_release_at_exit(void)
+{
+    cp_context *base = cp__self.base;
+    if (!base)
+        return;
+    /* The thread may go on (a dlclose runs this too): its key must not
+     * release the context again when it exits. */
+    pthread_setspecific(base_key, NULL);
+    base_release(base);
+}
+
+/* Registered when the library is loaded, before the program can register
+ * its own handlers: those run first, and still see their values. Should
+ * atexit fail, the base context stays to the end of the process. */
+static __attribute__((constructor)) void base_release_register(void)
+{
+    atexit(base_release_at_exit);
+}
+
 /* Make c a context on map (whose reference it takes) that nobody has
  * entered. */
 static inline void context_init(cp_context *c, cp__hamt map, bool shared)

@@ -28,6 +28,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "alloc.h"
 #include "ctxpool.h"
@@ -2752,6 +2754,62 @@ Test(threads, thread_create_copy_is_released_at_thread_exit)
     cr_assert_eq(frees_of(&a), 0);
     cp_var_free(in.v);
     cp_var_free(in.w);
+}
+
+/* The forked child of exit_releases_the_calling_threads_base_context writes
+ * to this pipe what happens at its exit: 'h' when its own atexit handler
+ * runs and still sees its value, 'f' when the value is freed. */
+static int exit_pipe = -1;
+static cp_var *exit_var;
+static int exit_value;
+
+static void exit_note(char what)
+{
+    if (write(exit_pipe, &what, 1) != 1)
+        _exit(2);
+}
+
+static void exit_value_free(void *p)
+{
+    exit_note(p == &exit_value ? 'f' : '?');
+}
+
+static void exit_handler(void)
+{
+    void *v = NULL;
+    exit_note(cp_var_get(exit_var, &v) == 0 && v == &exit_value ? 'h' : '-');
+}
+
+Test(threads, exit_releases_the_calling_threads_base_context, .timeout = 30)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        /* Returning from main is exit(): no thread-exit destructor runs
+         * for the thread that calls it. */
+        close(fds[0]);
+        exit_pipe = fds[1];
+        exit_var = cp_var_new("exit", exit_value_free);
+        if (!exit_var || cp_var_set(exit_var, &exit_value, NULL) != 0 || atexit(exit_handler))
+            _exit(3);
+        exit(0);
+    }
+    close(fds[1]);
+    char got[8] = {0};
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof got - 1 && (r = read(fds[0], got + n, sizeof got - 1 - n)) > 0)
+        n += (size_t)r;
+    close(fds[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    /* The program's handler ran first, with its value, which was then
+     * freed, once. */
+    cr_assert_str_eq(got, "hf");
 }
 
 /* ------------------------------------------------------------------------ */
