@@ -2780,6 +2780,9 @@ static void exit_handler(void)
     exit_note(cp_var_get(exit_var, &v) == 0 && v == &exit_value ? 'h' : '-');
 }
 
+/* Under LeakSanitizer the child's exit check warns that a thread "was not
+ * suspended": Criterion's main thread, which the child (forked from the
+ * test's thread) does not have. */
 Test(threads, exit_releases_the_calling_threads_base_context, .timeout = 30)
 {
     int fds[2];
