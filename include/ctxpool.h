@@ -91,6 +91,10 @@ typedef struct cp_iter cp_iter;
  * free_value: called exactly once on every value the library owns (each value
  *   passed to cp_var_set) as soon as no context, snapshot, iterator or token
  *   refers to it any more. NULL: values are borrowed pointers, never freed.
+ *   It runs on the thread that lets go of the last reference (a reset or
+ *   set there, the end of a job or of a thread, a free of a context,
+ *   token or copy), in whatever context is current there, not in the one
+ *   that held the value; it may call the library.
  * Returns the variable, or NULL when memory ran out.
  * Ownership: the caller owns one reference, dropped with cp_var_free.
  * Threads: any thread. */
@@ -336,7 +340,7 @@ typedef void *(*cp_job_fn)(void *arg);
 
 typedef struct cp_pool_options {
     unsigned threads; /* 0: one per online CPU */
-    const char *name; /* worker thread name prefix; NULL: "cp-worker" */
+    const char *name; /* worker thread name prefix; NULL or "": "cp-worker" */
     bool pin;         /* pin each worker to one CPU (see cp_pool_new) */
     /* room to grow: stack size, hooks. Zero-initialise the whole struct
      * ({0} or designated initializers), so that fields added later start
@@ -384,6 +388,10 @@ CP_EXPORT int cp_pool_submit(cp_pool *pool, cp_job_fn fn, void *arg,
  * caller may free its reference right after the call. (For a job that a
  * CP_SHUTDOWN_CANCEL cancels in its queue: until cp_pool_shutdown returns,
  * which may be after the job's wait has returned; see there.)
+ * Unlike asyncio's tasks, two jobs in one context do not interleave: one
+ * that starts while another holds c reports CP_EBUSY. Give each concurrent
+ * job its own cp_context_copy(c) (a request's copy of the application
+ * context), or wait for one before submitting the next.
  * Returns and threads: as cp_pool_submit, plus CP_EINVAL for NULL c. */
 CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
                                 void *arg, cp_future **future);
@@ -396,8 +404,9 @@ CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
  * (or from a job its thread runs while it waits), or CP_ESHUTDOWN in a child
  * of fork() for a job that had not finished at the fork: nothing is waited
  * for.
- * Called on a worker of the pool, it runs other jobs
- * while it waits, so fork-join never deadlocks, with any number of threads;
+ * Called on a worker of the pool, it runs jobs of the pool while it waits
+ * (the awaited one itself when it finds it queued, as fork-join wants), so
+ * fork-join never deadlocks, with any number of threads;
  * with nothing to run it sleeps until the job ends or new work comes to the
  * pool, which it then runs too. Those jobs run on the waiting thread, in
  * their own contexts: a job that waits must not hold a lock they may take
@@ -410,9 +419,11 @@ CP_EXPORT int cp_future_wait(cp_future *f, void **result);
 /* cp_future_wait_timeout - as cp_future_wait, waiting at most timeout_ns
  * nanoseconds; CP_ETIMEDOUT when the job has not finished by then (it goes
  * on; wait again or free the future). A timeout of 0 polls; UINT64_MAX waits
- * without limit. On a worker of the pool it runs other jobs while it waits,
- * as cp_future_wait does, so it may return later than the limit by the
- * length of a job it ran. Threads: as cp_future_wait. */
+ * without limit. On a worker of the pool it runs jobs while it waits, as
+ * cp_future_wait does, the awaited one among them when it finds it queued,
+ * so it may return later than the limit by the length of a job it ran
+ * (then 0, if that job was the awaited one). A deadline that must hold
+ * needs a wait from a thread outside the pool. Threads: as cp_future_wait. */
 CP_EXPORT int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns,
                                      void **result);
 

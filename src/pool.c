@@ -1415,7 +1415,8 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         n = cpus > 0 ? (unsigned)cpus : 1;
     }
-    const char *name = options && options->name ? options->name : "cp-worker";
+    const char *name = options && options->name && *options->name ? options->name
+                                                                  : "cp-worker";
 
     /* Both are padded to cache lines (alignas): malloc's alignment is not
      * enough for them. */

@@ -3131,6 +3131,9 @@ Test(options, default_worker_name_is_cp_worker, .timeout = 30)
     struct names n;
     worker_names(NULL, 1, &n);
     cr_assert_str_eq(n.name[0], "cp-worker-0");
+    /* An empty name too, not "-0". */
+    worker_names("", 1, &n);
+    cr_assert_str_eq(n.name[0], "cp-worker-0");
 }
 
 Test(options, worker_names_are_cut_at_15_characters_keeping_the_index, .timeout = 30)
