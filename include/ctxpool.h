@@ -518,7 +518,10 @@ CP_EXPORT int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats);
  * pthread starts with an empty base context.)
  * Returns 0; CP_EINVAL for NULL thread or fn, or for attributes that
  * pthread_create refuses (its EINVAL and EPERM); CP_ENOMEM when memory or
- * threads ran out. fn's return value is the thread's exit value.
+ * threads ran out (also when the new thread could not take the copy: it
+ * then ends without running fn, and is joined here unless attr made it
+ * detached). It returns once the thread runs in the copy. fn's return
+ * value is the thread's exit value.
  * Threads: any thread. */
 CP_EXPORT int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr,
                                cp_job_fn fn, void *arg);

@@ -21,6 +21,7 @@
  * so a call pays one decrement for both.
  */
 #include "alloc.h"
+#include "key.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -78,9 +79,8 @@ unsigned long cp__alloc_count(void)
 /* Small-object lists (alloc.h): a thread's lists are freed when it exits. */
 __thread struct cp__small_cache cp__small
     __attribute__((tls_model("initial-exec")));
-static pthread_key_t small_key;
-static pthread_once_t small_key_once = PTHREAD_ONCE_INIT;
-static int small_key_error;
+static void small_release(void *unused);
+static cp__key small_key = CP__KEY_INIT(small_release);
 
 static void small_release(void *unused)
 {
@@ -94,11 +94,6 @@ static void small_release(void *unused)
         cp__small.count[c] = 0;
     }
     cp__small.registered = false;
-}
-
-static void small_key_create(void)
-{
-    small_key_error = pthread_key_create(&small_key, small_release);
 }
 
 void *cp__alloc_small_new(size_t size)
@@ -117,9 +112,8 @@ void cp__free_small_slow(void *ptr, size_t size)
         /* The thread's first keep (its lists are empty until it registers):
          * it may keep objects only once its exit will free them. Any
          * non-NULL value makes the destructor run. */
-        pthread_once(&small_key_once, small_key_create);
-        cp__small.registered = !small_key_error &&
-                               pthread_setspecific(small_key, &cp__small) == 0;
+        cp__small.registered = cp__key_ready(&small_key) &&
+                               pthread_setspecific(small_key.key, &cp__small) == 0;
         if (cp__small.registered) {
             cp__free_small(ptr, size);
             return;

@@ -113,11 +113,13 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
 #include "fence.h"
+#include "key.h"
 
 /* References a thread takes on its current map's root at a time for its
  * captures (see "The capture batch"). */
@@ -167,9 +169,8 @@ _Static_assert(offsetof(struct cp__thread, hit) == 0,
 CP_EXPORT extern __thread cp_priv_get_cache cp_priv_get_hit
     __attribute__((alias("cp__self")));
 
-static pthread_key_t base_key;
-static pthread_once_t base_key_once = PTHREAD_ONCE_INIT;
-static int base_key_error;
+static void base_release(void *base);
+static cp__key base_key = CP__KEY_INIT(base_release);
 
 /* Token identities: relaxed, only uniqueness matters. */
 static _Atomic uint64_t next_token_id = 1;
@@ -599,11 +600,6 @@ static void base_release(void *base)
     cp__kept_flush(); /* and the references it kept */
 }
 
-static void base_key_create(void)
-{
-    base_key_error = pthread_key_create(&base_key, base_release);
-}
-
 /* exit() runs no thread-exit destructors: the base context of the thread
  * that calls it (main's, when main returns) would keep its values, and
  * their free_value never run. Release it then, as at the thread's exit. */
@@ -614,7 +610,7 @@ static void base_release_at_exit(void)
         return;
     /* The thread may go on (a dlclose runs this too): its key must not
      * release the context again when it exits. */
-    pthread_setspecific(base_key, NULL);
+    pthread_setspecific(base_key.key, NULL);
     base_release(base);
 }
 
@@ -652,19 +648,11 @@ static cp_context *context_alloc(cp__hamt map, bool shared)
     return c;
 }
 
-/* 0 once the key whose destructor releases base contexts exists, else
- * CP_ENOMEM. */
-static int base_key_ready(void)
-{
-    pthread_once(&base_key_once, base_key_create);
-    return base_key_error ? CP_ENOMEM : 0;
-}
-
 /* Make base (an unowned context we hold the only reference to) the calling
  * thread's base context. 0, or CP_ENOMEM with base left to the caller. */
 static int base_adopt(cp_context *base)
 {
-    if (base_key_ready() != 0 || pthread_setspecific(base_key, base) != 0)
+    if (!cp__key_ready(&base_key) || pthread_setspecific(base_key.key, base) != 0)
         return CP_ENOMEM;
     /* relaxed: the context is not shared yet, and never will be: a base
      * context is never handed out, so its map needs no lock. */
@@ -1165,22 +1153,31 @@ void cp_iter_free(cp_iter *it)
 /* ------------------------------------------------------------------------ */
 /* Threads that start in a copy of their creator's context                   */
 
+/* On the creator's stack: the creator waits until the thread has read it. */
 struct thread_start {
     cp_job_fn fn;
     void *arg;
     cp_context *base; /* the copy, made by the creator */
+    int err;          /* the thread's adoption of base: 0 or CP_ENOMEM */
+    sem_t adopted;    /* posted once err is written */
 };
 
 static void *thread_main(void *p)
 {
-    struct thread_start start = *(struct thread_start *)p;
-    cp__free(p);
+    struct thread_start *start = p;
+    cp_job_fn fn = start->fn;
+    void *arg = start->arg;
     /* The copy becomes the thread's base context, so it is released however
-     * the thread ends (return or pthread_exit). The key exists (the creator
-     * made sure) and its first slots never need memory, so this succeeds. */
-    if (base_adopt(start.base) != 0)
-        context_decref(start.base);
-    return start.fn(start.arg);
+     * the thread ends (return, pthread_exit, cancellation). Setting the key
+     * can fail: past a process's first 32 keys, glibc allocates a thread's
+     * slots for it. Then fn does not run, rather than run in an empty
+     * context, and the creator reports it. */
+    int err = base_adopt(start->base);
+    if (err != 0)
+        context_decref(start->base);
+    start->err = err;
+    sem_post(&start->adopted); /* start is the creator's again */
+    return err == 0 ? fn(arg) : NULL;
 }
 
 int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr, cp_job_fn fn,
@@ -1188,24 +1185,30 @@ int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr, cp_job_fn fn
 {
     if (!thread || !fn)
         return CP_EINVAL;
-    if (base_key_ready() != 0)
+    if (!cp__key_ready(&base_key))
         return CP_ENOMEM;
-    struct thread_start *start = cp__malloc(sizeof *start);
-    cp_context *base = start ? cp_copy_context() : NULL;
-    if (!base) {
-        cp__free(start);
+    struct thread_start start = {.fn = fn, .arg = arg, .base = cp_copy_context()};
+    if (!start.base)
         return CP_ENOMEM;
-    }
-    start->fn = fn;
-    start->arg = arg;
-    start->base = base;
-    int err = pthread_create(thread, attr, thread_main, start);
+    sem_init(&start.adopted, 0, 0); /* fails only for a count too large */
+    int err = pthread_create(thread, attr, thread_main, &start);
     if (err != 0) {
-        context_decref(base);
-        cp__free(start);
+        sem_destroy(&start.adopted);
+        context_decref(start.base);
         /* EAGAIN: out of threads or memory; EINVAL, EPERM: attr asks for
          * what cannot be had, or not by this caller. */
         return err == EAGAIN ? CP_ENOMEM : CP_EINVAL;
     }
-    return 0;
+    while (sem_wait(&start.adopted) != 0)
+        ; /* EINTR: a signal handler ran */
+    sem_destroy(&start.adopted);
+    if (start.err != 0) {
+        /* The thread ended without running fn: reap it, unless detached. */
+        int state = PTHREAD_CREATE_JOINABLE;
+        if (attr)
+            pthread_attr_getdetachstate(attr, &state);
+        if (state == PTHREAD_CREATE_JOINABLE)
+            pthread_join(*thread, NULL);
+    }
+    return start.err;
 }

@@ -99,6 +99,7 @@
 #include "ctxpool.h"
 #include "deque.h"
 #include "fence.h"
+#include "key.h"
 #include "pool.h"
 
 #define INJECT_EVERY 32       /* items between two looks at the injection queue */
@@ -1597,9 +1598,8 @@ struct job_cache {
 
 static __thread struct job_cache *my_cache
     __attribute__((tls_model("initial-exec")));
-static pthread_key_t cache_key;
-static pthread_once_t cache_key_once = PTHREAD_ONCE_INIT;
-static int cache_key_error;
+static void cache_close(void *p);
+static cp__key cache_key = CP__KEY_INIT(cache_close);
 
 static void cache_decref(struct job_cache *c, size_t n)
 {
@@ -1652,24 +1652,18 @@ static void cache_close(void *p)
     cache_decref(c, 1);
 }
 
-static void cache_key_create(void)
-{
-    cache_key_error = pthread_key_create(&cache_key, cache_close);
-}
-
 /* A cache for this thread, its first; NULL without memory for it. Not
  * inlined: once a thread, and job_alloc inlines into submit without it. */
 static __attribute__((noinline)) struct job_cache *cache_new(void)
 {
-    pthread_once(&cache_key_once, cache_key_create);
-    struct job_cache *c = cache_key_error ? NULL : cp__malloc(sizeof *c);
+    struct job_cache *c = cp__key_ready(&cache_key) ? cp__malloc(sizeof *c) : NULL;
     if (!c)
         return NULL;
     c->local = NULL;
     c->arena = NULL;
     c->held = 0;
     atomic_init(&c->refs, 1); /* not yet shared */
-    if (pthread_setspecific(cache_key, c) != 0) {
+    if (pthread_setspecific(cache_key.key, c) != 0) {
         cp__free(c);
         return NULL;
     }

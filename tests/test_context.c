@@ -22,6 +22,9 @@
 #define _GNU_SOURCE /* cpu_set_t, pthread_attr_setaffinity_np */
 #include <criterion/criterion.h>
 
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -2618,6 +2621,108 @@ Test(threads, thread_create_reports_attributes_pthread_create_refuses_as_einval)
     pthread_t th;
     cr_assert_eq(cp_thread_create(&th, &attr, return_arg, &ran), CP_EINVAL);
     cr_assert_eq(pthread_attr_destroy(&attr), 0);
+}
+
+/* pthread_setspecific, made to fail once (ENOMEM) for the first call from
+ * the library on a thread other than the armer while armed: glibc's fails
+ * so past a process's first 32 keys, where it allocates a thread's slots.
+ * The test binary's own definition, which the library linked into it
+ * calls; so do the C library and sanitizers, whose calls pass. */
+typedef int setspecific_fn(pthread_key_t, const void *);
+static _Atomic(setspecific_fn *) real_setspecific; /* found at the first call */
+static pthread_t setspecific_armer;
+static atomic_bool setspecific_armed;
+
+static void *count_run(void *p);
+
+/* Whether code at address ret is in this binary, the library's with it. */
+static bool in_this_binary(const void *ret)
+{
+    Dl_info mine, theirs;
+    return dladdr((const void *)count_run, &mine) && dladdr(ret, &theirs) &&
+           mine.dli_fbase == theirs.dli_fbase;
+}
+
+int pthread_setspecific(pthread_key_t key, const void *value)
+{
+    if (atomic_load(&setspecific_armed) && !pthread_equal(pthread_self(), setspecific_armer) &&
+        in_this_binary(__builtin_return_address(0)) &&
+        atomic_exchange(&setspecific_armed, false))
+        return ENOMEM;
+    /* Early: a sanitizer's start-up calls it before any constructor. */
+    setspecific_fn *real = atomic_load(&real_setspecific);
+    if (!real) {
+        real = (setspecific_fn *)dlsym(RTLD_NEXT, "pthread_setspecific");
+        atomic_store(&real_setspecific, real);
+    }
+    return real(key, value);
+}
+
+static void *count_run(void *p)
+{
+    atomic_fetch_add((atomic_int *)p, 1);
+    return NULL;
+}
+
+Test(threads, thread_create_reports_a_thread_that_could_not_take_its_copy)
+{
+    tval a = {0};
+    cp_var *v = cp_var_new("v", tval_free);
+    cr_assert_eq(cp_var_set(v, &a, NULL), 0);
+    pthread_attr_t detached;
+    cr_assert_eq(pthread_attr_init(&detached), 0);
+    cr_assert_eq(pthread_attr_setdetachstate(&detached, PTHREAD_CREATE_DETACHED), 0);
+    for (int i = 0; i < 2; i++) {
+        /* Joinable, joined by the call; then detached, ending alone. */
+        atomic_int ran = 0;
+        pthread_t th;
+        setspecific_armer = pthread_self();
+        atomic_store(&setspecific_armed, true);
+        int rc = cp_thread_create(&th, i ? &detached : NULL, count_run, &ran);
+        cr_assert_not(atomic_exchange(&setspecific_armed, false),
+                      "the new thread set no key");
+        /* fn never runs, rather than in an empty context. */
+        cr_assert_eq(rc, CP_ENOMEM);
+        cr_assert_eq(atomic_load(&ran), 0);
+    }
+    cr_assert_eq(pthread_attr_destroy(&detached), 0);
+    /* The copies went; the creator's value is still its own. */
+    void *got = NULL;
+    cr_assert_eq(cp_var_get(v, &got), 0);
+    cr_assert_eq(got, &a);
+    cr_assert_eq(frees_of(&a), 0);
+    cp_var_free(v);
+}
+
+Test(threads, a_key_the_process_ran_out_of_is_made_at_the_next_use)
+{
+    /* The process is out of keys at the library's first use... */
+    static pthread_key_t keys[PTHREAD_KEYS_MAX];
+    size_t n = 0;
+    while (n < PTHREAD_KEYS_MAX && pthread_key_create(&keys[n], NULL) == 0)
+        n++;
+    cp_var *v = cp_var_new("v", NULL);
+    int x = 0;
+    int set_without = v ? cp_var_set(v, &x, NULL) : -1;
+    pthread_t th;
+    int create_without = cp_thread_create(&th, NULL, return_arg, NULL);
+    /* ... and has some again. */
+    for (size_t i = 0; i < n; i++)
+        pthread_key_delete(keys[i]);
+    cr_assert_not_null(v);
+    cr_assert_eq(set_without, CP_ENOMEM, "a base context needs its key");
+    cr_assert_eq(create_without, CP_ENOMEM);
+    cr_assert_eq(cp_var_set(v, &x, NULL), 0);
+    void *got = NULL;
+    cr_assert_eq(cp_var_get(v, &got), 0);
+    cr_assert_eq(got, &x);
+    struct inherit in = {v, cp_var_new("w", NULL), &x, &x, NULL, 1};
+    cr_assert_eq(cp_thread_create(&th, NULL, child_reads_and_sets, &in), 0);
+    join_ok(th);
+    cr_assert_eq(in.seen_rc, 0);
+    cr_assert_eq(in.seen, &x);
+    cp_var_free(v);
+    cp_var_free(in.w);
 }
 
 static void *plain_thread_reads(void *p)
