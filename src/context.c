@@ -1199,6 +1199,10 @@ int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr, cp_job_fn fn
          * what cannot be had, or not by this caller. */
         return err == EAGAIN ? CP_ENOMEM : CP_EINVAL;
     }
+    /* Not cancelled while the thread may still write to start, on this
+     * stack (sem_wait and pthread_join are cancellation points). */
+    int cancel_state;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
     while (sem_wait(&start.adopted) != 0)
         ; /* EINTR: a signal handler ran */
     sem_destroy(&start.adopted);
@@ -1210,5 +1214,6 @@ int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr, cp_job_fn fn
         if (state == PTHREAD_CREATE_JOINABLE)
             pthread_join(*thread, NULL);
     }
+    pthread_setcancelstate(cancel_state, NULL);
     return start.err;
 }

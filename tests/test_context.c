@@ -2694,6 +2694,43 @@ Test(threads, thread_create_reports_a_thread_that_could_not_take_its_copy)
     cp_var_free(v);
 }
 
+/* A creator with a cancel pending: cp_thread_create waits for the thread it
+ * starts (which writes to the creator's stack until then) without acting on
+ * it; the creator's next cancellation point does. */
+struct cancelled_creator {
+    pthread_t th;
+    int rc;
+    bool returned;
+    atomic_int ran;
+};
+
+static void *create_with_cancel_pending(void *p)
+{
+    struct cancelled_creator *c = p;
+    int state;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &state);
+    pthread_cancel(pthread_self());
+    pthread_setcancelstate(state, NULL); /* not a cancellation point */
+    c->rc = cp_thread_create(&c->th, NULL, count_run, &c->ran);
+    c->returned = true;
+    pthread_testcancel();
+    return NULL;
+}
+
+Test(threads, thread_create_does_not_act_on_a_cancel_while_it_waits)
+{
+    struct cancelled_creator c = {.rc = -1};
+    pthread_t creator;
+    cr_assert_eq(pthread_create(&creator, NULL, create_with_cancel_pending, &c), 0);
+    void *exit_value = NULL;
+    cr_assert_eq(pthread_join(creator, &exit_value), 0);
+    cr_assert_eq(exit_value, PTHREAD_CANCELED);
+    cr_assert(c.returned, "cancelled inside cp_thread_create");
+    cr_assert_eq(c.rc, 0);
+    join_ok(c.th);
+    cr_assert_eq(atomic_load(&c.ran), 1);
+}
+
 Test(threads, a_key_the_process_ran_out_of_is_made_at_the_next_use)
 {
     /* The process is out of keys at the library's first use... */
