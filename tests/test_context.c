@@ -2292,6 +2292,61 @@ Test(kept, a_set_needing_more_than_is_kept_takes_new_references)
     cr_assert_eq(frees_of(&x), 4);
 }
 
+/* The same, with the last holders but the context letting go on another
+ * thread (which keeps nothing): had the set taken two references from the
+ * one kept, v's count would be one short, and v would end there, its
+ * default freed, while the context still holds a value for it. */
+struct let_go {
+    cp_token *t1, *t3;
+    cp_var *v;
+};
+
+static void *let_go_elsewhere(void *p)
+{
+    struct let_go *g = p;
+    cp_token_free(g->t1);
+    cp_token_free(g->t3);
+    cp_var_free(g->v);
+    return NULL;
+}
+
+static void *set_needing_more_then_let_go(void *p)
+{
+    struct set_args *s = p;
+    tval *d = s->value;
+    static tval a, b, x;
+    cp_token *t1 = NULL, *t2 = NULL, *t3 = NULL;
+    TCHECK(cp_var_set(s->var, &a, &t1) == 0);
+    TCHECK(cp_var_set(s->var, &b, &t2) == 0);
+    TCHECK(cp_var_reset(s->var, t2) == 0);
+    cp_token_free(t2); /* keeps one reference */
+    TCHECK(cp_var_reset(s->var, t1) == 0); /* v has no value */
+    TCHECK(cp_var_set(s->var, &x, &t3) == 0); /* needs two */
+    pthread_t thread;
+    TCHECK(pthread_create(&thread, NULL, let_go_elsewhere,
+                          &(struct let_go){t1, t3, s->var}) == 0);
+    TCHECK(pthread_join(thread, NULL) == 0);
+    TCHECK(frees_of(d) == 0);
+    void *got = NULL;
+    TCHECK(cp_var_get(s->var, &got) == 0 && got == &x);
+    return NULL;
+}
+
+Test(kept, a_set_needing_more_than_is_kept_never_ends_the_variable_early)
+{
+    tval d = {0};
+    cp_var *v = cp_var_new_default("v", &d, tval_free);
+    cp_context *c = cp_context_new();
+    void *failed = UNTOUCHED;
+    cr_assert_eq(cp_context_run(c, set_needing_more_then_let_go,
+                                &(struct set_args){v, &d, NULL, 0}, &failed), 0);
+    cr_assert_null(failed, "failed at line %d", (int)(intptr_t)failed);
+    cr_assert_eq(frees_of(&d), 0, "c still holds a value for v");
+    cp_context_free(c);
+    cr_assert_eq(frees_of(&d), 1, "v ends once, with c's value");
+    cr_assert_eq(total(), 4, "a, b and x once each, and the default");
+}
+
 /* A set that took all the kept references keeps none: the variable may end
  * without a flush (here with the last reference to the run's context, after
  * another thread freed it), and leaving must not touch it (AddressSanitizer
@@ -2620,6 +2675,19 @@ Test(threads, thread_create_reports_attributes_pthread_create_refuses_as_einval)
     int ran = 0;
     pthread_t th;
     cr_assert_eq(cp_thread_create(&th, &attr, return_arg, &ran), CP_EINVAL);
+    cr_assert_eq(pthread_attr_destroy(&attr), 0);
+}
+
+Test(threads, thread_create_reports_pthread_creates_eagain_as_enomem)
+{
+    /* A stack larger than the address space: out of memory, not invalid. */
+    pthread_attr_t attr;
+    cr_assert_eq(pthread_attr_init(&attr), 0);
+    cr_assert_eq(pthread_attr_setstacksize(&attr, (size_t)1 << 47), 0);
+    pthread_t th;
+    int plain = pthread_create(&th, &attr, return_arg, NULL);
+    cr_assert_eq(plain, EAGAIN, "pthread_create itself gave %d", plain);
+    cr_assert_eq(cp_thread_create(&th, &attr, return_arg, NULL), CP_ENOMEM);
     cr_assert_eq(pthread_attr_destroy(&attr), 0);
 }
 

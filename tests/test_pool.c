@@ -1028,6 +1028,63 @@ Test(future, wait_timeout_zero_polls, .timeout = 30)
     free_pool(pool);
 }
 
+/* On a worker: submit a child and poll it, which must not run it. */
+struct poll_child {
+    cp_pool *pool;
+    atomic_int ran;
+    int polled, ran_by_then;
+};
+
+static void *poll_own_child(void *p)
+{
+    struct poll_child *q = p;
+    cp_future *child = NULL;
+    JCHECK(cp_pool_submit(q->pool, count_job, &q->ran, &child) == 0);
+    q->polled = cp_future_wait_timeout(child, 0, NULL);
+    q->ran_by_then = runs(&q->ran);
+    JCHECK(cp_future_wait(child, NULL) == 0);
+    cp_future_free(child);
+    return NULL;
+}
+
+Test(future, wait_timeout_zero_on_a_worker_polls_and_runs_nothing, .timeout = 30)
+{
+    /* One worker: the child waits in its deque, where a wait would take it. */
+    struct poll_child q = {.pool = new_pool(1)};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(q.pool, poll_own_child, &q, &f), 0);
+    wait_ok(f);
+    jobs_ok();
+    cr_assert_eq(q.polled, CP_ETIMEDOUT);
+    cr_assert_eq(q.ran_by_then, 0, "the poll ran the job");
+    cr_assert_eq(runs(&q.ran), 1);
+    free_pool(q.pool);
+}
+
+static uint64_t monotonic_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+Test(future, wait_timeout_waits_out_its_timeout_in_nanoseconds, .timeout = 30)
+{
+    /* A lower bound, which no slowness of the machine can break: a timed
+     * wait for a job held meanwhile does not give up early. */
+    enum { TIMEOUT_NS = 50000000 };
+    queued q;
+    queue_behind_busy(&q);
+    uint64_t start = monotonic_ns();
+    cr_assert_eq(cp_future_wait_timeout(q.f, TIMEOUT_NS, NULL), CP_ETIMEDOUT);
+    uint64_t waited = monotonic_ns() - start;
+    cr_assert_geq(waited, TIMEOUT_NS, "gave up after %llu ns", (unsigned long long)waited);
+    gate_open(&q.bl.g);
+    wait_ok(q.busy);
+    wait_ok(q.f);
+    free_pool(q.pool);
+}
+
 static void *wait_in_thread(void *p)
 {
     void *result = NULL;
@@ -1476,10 +1533,43 @@ Test(shutdown, submit_submit_in_and_spawn_after_shutdown_are_eshutdown,
         cp_pool_stats st;
         stats_of(pool, &st);
         cr_assert_eq(st.submitted, 0);
+        /* The refused submits gave their jobs back. */
+        cr_assert_eq(cp__pool_jobs_out(), 0);
         free_pool(pool);
         cr_assert_eq(runs(&ran), 0);
         cp_context_free(c);
     }
+}
+
+/* A running job submits after the cancel shutdown began. */
+struct late_submit {
+    cp_pool *pool;
+    blocker bl;
+    atomic_int ran;
+    int rc;
+};
+
+static void *submit_after_release(void *p)
+{
+    struct late_submit *l = p;
+    blocker_job(&l->bl);
+    l->rc = cp_pool_submit(l->pool, count_job, &l->ran, NULL);
+    return NULL;
+}
+
+Test(shutdown, a_running_jobs_submit_after_a_cancel_is_eshutdown, .timeout = 30)
+{
+    struct late_submit l = {.pool = new_pool(2), .rc = -1};
+    blocker_init(&l.bl);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(l.pool, submit_after_release, &l, &f), 0);
+    cr_assert_eq(sem_wait(&l.bl.started), 0);
+    cr_assert_eq(cp_pool_shutdown(l.pool, CP_SHUTDOWN_CANCEL), 0);
+    gate_open(&l.bl.g);
+    wait_ok(f); /* a running job finishes */
+    cr_assert_eq(l.rc, CP_ESHUTDOWN, "got %s", cp_strerror(l.rc));
+    free_pool(l.pool);
+    cr_assert_eq(runs(&l.ran), 0);
 }
 
 Test(shutdown, a_second_shutdown_is_eshutdown_but_a_cancel_after_a_drain, .timeout = 30)
@@ -1942,6 +2032,55 @@ Test(shutdown, free_returns_after_a_job_whose_children_another_worker_ran,
         cr_assert_eq((intptr_t)rc, 0);
         jobs_ok();
     }
+}
+
+Test(stats, stolen_counts_the_jobs_taken_from_another_workers_deque, .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    struct credit c = {.pool = pool, .release = GATE_INITIALIZER};
+    cr_assert_eq(sem_init(&c.child_ran, 0, 0), 0);
+    cr_assert_eq(sem_init(&c.parent_held, 0, 0), 0);
+    cr_assert_eq(cp_pool_submit(pool, parent_of_stolen_children, &c, NULL), 0);
+    cr_assert_eq(sem_wait(&c.parent_held), 0);
+    /* The children were on the parent's deque, and the parent's worker ran
+     * none of them: the other worker stole each. */
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_geq(st.stolen, 1);
+    cr_assert_leq(st.stolen, CHILDREN);
+    gate_open(&c.release);
+    free_pool(pool);
+    jobs_ok();
+}
+
+static void *spawn_and_sync(void *p)
+{
+    cp_pool *pool = p;
+    atomic_int ran = 0;
+    cp_task t;
+    JCHECK(cp_spawn(pool, &t, count_job, &ran) == 0);
+    JCHECK(cp_sync(&t, NULL) == 0);
+    return NULL;
+}
+
+Test(stats, one_worker_steals_nothing, .timeout = 30)
+{
+    /* Jobs and tasks from outside come through the shared queue, which is
+     * not stealing, and there is no other deque to steal from. */
+    cp_pool *pool = new_pool(1);
+    atomic_int ran = 0;
+    for (int i = 0; i < 8; i++) {
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f), 0);
+        wait_ok(f);
+        spawn_and_sync(pool);
+    }
+    jobs_ok();
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.completed, 16);
+    cr_assert_eq(st.stolen, 0);
+    free_pool(pool);
 }
 
 struct drain_sibling {
