@@ -118,7 +118,7 @@ test)
     check release
     say "valgrind: stress programs and unit tests under memcheck"
     export CP_STRESS_SCALE=0.02 # valgrind runs the stress programs 20-50x slower
-    check release LOG_COMPILER="$top/tests/run-test.sh valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect --trace-children=yes"
+    check release LOG_COMPILER="$top/tests/run-test.sh valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect --trace-children=yes"
     unset CP_STRESS_SCALE
     say "AddressSanitizer + UndefinedBehaviorSanitizer build"
     configure_build asan --enable-asan --enable-ubsan

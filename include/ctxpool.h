@@ -239,11 +239,10 @@ CP_EXPORT void cp_token_free(cp_token *token);
 
 /* Every thread has a current context. A thread that entered none runs in its
  * own base context, empty when the thread starts, created on first use and
- * released when the thread exits. exit() runs no thread-exit destructors,
- * so the library releases the base context of the thread that calls it
- * (main's, when main returns) itself, in an atexit handler registered when
- * the library is loaded: after the program's own handlers, which still see
- * their values. The free_value of its values run then, on that thread. */
+ * released when the thread ends, as a C++ thread_local object is: also for
+ * the thread that calls exit() (main, when it returns), before the atexit
+ * handlers and the destructors of static objects run. The free_value of
+ * its values run then, on that thread. */
 
 /* cp_context_new - a new, empty context (Context()).
  * Returns it, or NULL when memory ran out. Free with cp_context_free.

@@ -119,7 +119,7 @@
 
 #include "alloc.h"
 #include "fence.h"
-#include "key.h"
+#include "thread_exit.h"
 
 /* References a thread takes on its current map's root at a time for its
  * captures (see "The capture batch"). */
@@ -169,8 +169,6 @@ _Static_assert(offsetof(struct cp__thread, hit) == 0,
 CP_EXPORT extern __thread cp_priv_get_cache cp_priv_get_hit
     __attribute__((alias("cp__self")));
 
-static void base_release(void *base);
-static cp__key base_key = CP__KEY_INIT(base_release);
 
 /* Token identities: relaxed, only uniqueness matters. */
 static _Atomic uint64_t next_token_id = 1;
@@ -600,28 +598,6 @@ static void base_release(void *base)
     cp__kept_flush(); /* and the references it kept */
 }
 
-/* exit() runs no thread-exit destructors: the base context of the thread
- * that calls it (main's, when main returns) would keep its values, and
- * their free_value never run. Release it then, as at the thread's exit. */
-static void base_release_at_exit(void)
-{
-    cp_context *base = cp__self.base;
-    if (!base)
-        return;
-    /* The thread may go on (a dlclose runs this too): its key must not
-     * release the context again when it exits. */
-    pthread_setspecific(base_key.key, NULL);
-    base_release(base);
-}
-
-/* Registered when the library is loaded, before the program can register
- * its own handlers: those run first, and still see their values. Should
- * atexit fail, the base context stays to the end of the process. */
-static __attribute__((constructor)) void base_release_register(void)
-{
-    atexit(base_release_at_exit);
-}
-
 /* Make c a context on map (whose reference it takes) that nobody has
  * entered. */
 static inline void context_init(cp_context *c, cp__hamt map, bool shared)
@@ -652,7 +628,7 @@ static cp_context *context_alloc(cp__hamt map, bool shared)
  * thread's base context. 0, or CP_ENOMEM with base left to the caller. */
 static int base_adopt(cp_context *base)
 {
-    if (!cp__key_ready(&base_key) || pthread_setspecific(base_key.key, base) != 0)
+    if (!cp__at_thread_exit(base_release, base))
         return CP_ENOMEM;
     /* relaxed: the context is not shared yet, and never will be: a base
      * context is never handed out, so its map needs no lock. */
@@ -1168,10 +1144,9 @@ static void *thread_main(void *p)
     cp_job_fn fn = start->fn;
     void *arg = start->arg;
     /* The copy becomes the thread's base context, so it is released however
-     * the thread ends (return, pthread_exit, cancellation). Setting the key
-     * can fail: past a process's first 32 keys, glibc allocates a thread's
-     * slots for it. Then fn does not run, rather than run in an empty
-     * context, and the creator reports it. */
+     * the thread ends (return, pthread_exit, cancellation, exit). Recording
+     * that allocates, and can fail: then fn does not run, rather than run
+     * in an empty context, and the creator reports it. */
     int err = base_adopt(start->base);
     if (err != 0)
         context_decref(start->base);
@@ -1185,8 +1160,6 @@ int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr, cp_job_fn fn
 {
     if (!thread || !fn)
         return CP_EINVAL;
-    if (!cp__key_ready(&base_key))
-        return CP_ENOMEM;
     struct thread_start start = {.fn = fn, .arg = arg, .base = cp_copy_context()};
     if (!start.base)
         return CP_ENOMEM;

@@ -32,6 +32,7 @@ FUZZ_HDRS = \
 	$(top_srcdir)/src/alloc.h \
 	$(top_srcdir)/src/hamt.h \
 	$(top_srcdir)/src/fence.h \
+	$(top_srcdir)/src/thread_exit.h \
 	$(top_srcdir)/src/context.h
 
 EXTRA_DIST += tests/fuzz/fuzz_context.c tests/fuzz/corpus tests/fuzz/gen_corpus.py \
