@@ -16,8 +16,9 @@
  *
  * Threads. Each thread has a current context: the innermost context it has
  * entered, else its base context, made on the first set and released by a
- * pthread key destructor when the thread exits. Only the thread that has a
- * context entered (its owner) changes the context's map. The owner changes
+ * thread-exit function (thread_exit.h) when the thread ends, exit()
+ * included. Only the thread that has a context entered (its owner) changes
+ * the context's map. The owner changes
  * the map under a small spin lock, and other threads take the lock to read it
  * or to take their own reference to it. The lock makes the reader's "load the
  * root, then take a reference" step atomic with respect to the owner's
