@@ -16,17 +16,17 @@
  *
  * Threads. Each thread has a current context: the innermost context it has
  * entered, else its base context, made on the first set and released by a
- * thread-exit function (thread_exit.h) when the thread ends, exit()
- * included. Only the thread that has a context entered (its owner) changes
- * the context's map. The owner changes the map under a small spin lock, and
- * other threads take the lock to read it or to take their own reference to
- * it. The lock makes the reader's "load the
- * root, then take a reference" step atomic with respect to the owner's
- * change, which would otherwise let a reader take a reference to a root
- * being freed (the race of cpython#155519), or read nodes being reused. The
- * owner reads its own map without the lock: nobody else writes it. Most
- * entries of a context see no reader from another thread, so the owner
- * skips the lock until one comes (see "The map lock" below).
+ * thread-exit function (thread_exit.h) when the thread ends, exit() included.
+ * Only the thread that has a context entered (its owner) changes the
+ * context's map. The owner changes the map under a small spin lock, and other
+ * threads take the lock to read it or to take their own reference to it. The
+ * lock makes the reader's "load the root, then take a reference" step atomic
+ * with respect to the owner's change, which would otherwise let a reader take
+ * a reference to a root being freed (the race of cpython#155519), or read
+ * nodes being reused. The owner reads its own map without the lock: nobody
+ * else writes it. Most entries of a context see no reader from another
+ * thread, so the owner skips the lock until one comes (see "The map lock"
+ * below).
  *
  * Entering. cp__context_enter claims a context with a compare-and-swap of its
  * owner field from 0 to the calling thread's identity (the address of its
