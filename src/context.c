@@ -170,7 +170,6 @@ _Static_assert(offsetof(struct cp__thread, hit) == 0,
 CP_EXPORT extern __thread cp_priv_get_cache cp_priv_get_hit
     __attribute__((alias("cp__self")));
 
-
 /* Token identities: relaxed, only uniqueness matters. */
 static _Atomic uint64_t next_token_id = 1;
 

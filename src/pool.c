@@ -99,8 +99,8 @@
 #include "ctxpool.h"
 #include "deque.h"
 #include "fence.h"
-#include "thread_exit.h"
 #include "pool.h"
+#include "thread_exit.h"
 
 #define INJECT_EVERY 32       /* items between two looks at the injection queue */
 #define INJECT_BATCH 16       /* items moved from the injection queue at a time */
