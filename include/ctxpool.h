@@ -239,10 +239,12 @@ CP_EXPORT void cp_token_free(cp_token *token);
 
 /* Every thread has a current context. A thread that entered none runs in its
  * own base context, empty when the thread starts, created on first use and
- * released when the thread ends, as a C++ thread_local object is: also for
- * the thread that calls exit() (main, when it returns), before the atexit
- * handlers and the destructors of static objects run. The free_value of
- * its values run then, on that thread. */
+ * released when the thread exits. exit() (and a return from main) ends the
+ * process without that for the thread that calls it, but the base context
+ * of the thread that loaded the library (main, in a program linked with it)
+ * is released then too, as a C++ thread_local object is: before the atexit
+ * handlers and the destructors of static objects run, on that thread.
+ * Another thread that calls exit() keeps its values to the end. */
 
 /* cp_context_new - a new, empty context (Context()).
  * Returns it, or NULL when memory ran out. Free with cp_context_free.

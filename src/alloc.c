@@ -21,9 +21,10 @@
  * so a call pays one decrement for both.
  */
 #include "alloc.h"
-#include "thread_exit.h"
+#include "key.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -78,6 +79,8 @@ unsigned long cp__alloc_count(void)
 /* Small-object lists (alloc.h): a thread's lists are freed when it exits. */
 __thread struct cp__small_cache cp__small
     __attribute__((tls_model("initial-exec")));
+static void small_release(void *unused);
+static cp__key small_key = CP__KEY_INIT(small_release);
 
 static void small_release(void *unused)
 {
@@ -107,9 +110,10 @@ void cp__free_small_slow(void *ptr, size_t size)
 {
     if (cp__small_cached(size) && !cp__small.registered) {
         /* The thread's first keep (its lists are empty until it registers):
-         * it may keep objects only once its exit will free them. (Again
-         * after small_release, for a free made after it at thread exit.) */
-        cp__small.registered = cp__at_thread_exit(small_release, NULL);
+         * it may keep objects only once its exit will free them. Any
+         * non-NULL value makes the destructor run. */
+        cp__small.registered = cp__key_ready(&small_key) &&
+                               pthread_setspecific(cp__key_of(&small_key), &cp__small) == 0;
         if (cp__small.registered) {
             cp__free_small(ptr, size);
             return;

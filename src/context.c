@@ -16,17 +16,17 @@
  *
  * Threads. Each thread has a current context: the innermost context it has
  * entered, else its base context, made on the first set and released by a
- * thread-exit function (thread_exit.h) when the thread ends, exit() included.
- * Only the thread that has a context entered (its owner) changes the
- * context's map. The owner changes the map under a small spin lock, and other
- * threads take the lock to read it or to take their own reference to it. The
- * lock makes the reader's "load the root, then take a reference" step atomic
- * with respect to the owner's change, which would otherwise let a reader take
- * a reference to a root being freed (the race of cpython#155519), or read
- * nodes being reused. The owner reads its own map without the lock: nobody
- * else writes it. Most entries of a context see no reader from another
- * thread, so the owner skips the lock until one comes (see "The map lock"
- * below).
+ * pthread key destructor when the thread exits (the loading thread's, at
+ * exit() too: see base_release_first). Only the thread that has a
+ * context entered (its owner) changes the context's map. The owner changes
+ * the map under a small spin lock, and other threads take the lock to read it
+ * or to take their own reference to it. The lock makes the reader's "load the
+ * root, then take a reference" step atomic with respect to the owner's
+ * change, which would otherwise let a reader take a reference to a root
+ * being freed (the race of cpython#155519), or read nodes being reused. The
+ * owner reads its own map without the lock: nobody else writes it. Most
+ * entries of a context see no reader from another thread, so the owner
+ * skips the lock until one comes (see "The map lock" below).
  *
  * Entering. cp__context_enter claims a context with a compare-and-swap of its
  * owner field from 0 to the calling thread's identity (the address of its
@@ -120,7 +120,7 @@
 
 #include "alloc.h"
 #include "fence.h"
-#include "thread_exit.h"
+#include "key.h"
 
 /* References a thread takes on its current map's root at a time for its
  * captures (see "The capture batch"). */
@@ -169,6 +169,9 @@ _Static_assert(offsetof(struct cp__thread, hit) == 0,
                "cp_priv_get_hit must start cp__self");
 CP_EXPORT extern __thread cp_priv_get_cache cp_priv_get_hit
     __attribute__((alias("cp__self")));
+
+static void base_release(void *base);
+static cp__key base_key = CP__KEY_INIT(base_release);
 
 /* Token identities: relaxed, only uniqueness matters. */
 static _Atomic uint64_t next_token_id = 1;
@@ -598,6 +601,35 @@ static void base_release(void *base)
     cp__kept_flush(); /* and the references it kept */
 }
 
+/* exit() runs the thread-exit functions of the thread that calls it (those
+ * of its C++ thread_local objects, registered with glibc's
+ * __cxa_thread_atexit_impl) but none of its pthread key destructors: main's
+ * base context, when main returns, would keep its values, their free_value
+ * never run. So the thread that loads the library (main, in a program
+ * linked with it) has its base context released by such a function, as a
+ * thread_local object is: before the atexit handlers and the destructors of
+ * static objects, which then find it gone; its key's destructor finds
+ * nothing. One registration, at load: each takes the loader's lock (which
+ * the loading thread holds already) and aborts the process when out of
+ * memory, nothing to risk at every thread's first set. */
+extern int __cxa_thread_atexit_impl(void (*fn)(void *), void *obj, void *dso);
+extern void *__dso_handle __attribute__((visibility("hidden")));
+
+static void base_release_first(void *unused)
+{
+    (void)unused;
+    cp_context *base = cp__self.base;
+    if (!base)
+        return;
+    pthread_setspecific(cp__key_of(&base_key), NULL);
+    base_release(base);
+}
+
+static __attribute__((constructor)) void base_release_first_register(void)
+{
+    __cxa_thread_atexit_impl(base_release_first, NULL, &__dso_handle);
+}
+
 /* Make c a context on map (whose reference it takes) that nobody has
  * entered. */
 static inline void context_init(cp_context *c, cp__hamt map, bool shared)
@@ -628,7 +660,7 @@ static cp_context *context_alloc(cp__hamt map, bool shared)
  * thread's base context. 0, or CP_ENOMEM with base left to the caller. */
 static int base_adopt(cp_context *base)
 {
-    if (!cp__at_thread_exit(base_release, base))
+    if (!cp__key_ready(&base_key) || pthread_setspecific(cp__key_of(&base_key), base) != 0)
         return CP_ENOMEM;
     /* relaxed: the context is not shared yet, and never will be: a base
      * context is never handed out, so its map needs no lock. */
@@ -1144,9 +1176,10 @@ static void *thread_main(void *p)
     cp_job_fn fn = start->fn;
     void *arg = start->arg;
     /* The copy becomes the thread's base context, so it is released however
-     * the thread ends (return, pthread_exit, cancellation, exit). Recording
-     * that allocates, and can fail: then fn does not run, rather than run
-     * in an empty context, and the creator reports it. */
+     * the thread ends (return, pthread_exit, cancellation). Setting the key
+     * can fail: past a process's first 32 keys, glibc allocates a thread's
+     * slots for it. Then fn does not run, rather than run in an empty
+     * context, and the creator reports it. */
     int err = base_adopt(start->base);
     if (err != 0)
         context_decref(start->base);
@@ -1160,6 +1193,8 @@ int cp_thread_create(pthread_t *thread, const pthread_attr_t *attr, cp_job_fn fn
 {
     if (!thread || !fn)
         return CP_EINVAL;
+    if (!cp__key_ready(&base_key))
+        return CP_ENOMEM;
     struct thread_start start = {.fn = fn, .arg = arg, .base = cp_copy_context()};
     if (!start.base)
         return CP_ENOMEM;

@@ -99,8 +99,8 @@
 #include "ctxpool.h"
 #include "deque.h"
 #include "fence.h"
+#include "key.h"
 #include "pool.h"
-#include "thread_exit.h"
 
 #define INJECT_EVERY 32       /* items between two looks at the injection queue */
 #define INJECT_BATCH 16       /* items moved from the injection queue at a time */
@@ -1598,6 +1598,8 @@ struct job_cache {
 
 static __thread struct job_cache *my_cache
     __attribute__((tls_model("initial-exec")));
+static void cache_close(void *p);
+static cp__key cache_key = CP__KEY_INIT(cache_close);
 
 static void cache_decref(struct job_cache *c, size_t n)
 {
@@ -1654,14 +1656,14 @@ static void cache_close(void *p)
  * inlined: once a thread, and job_alloc inlines into submit without it. */
 static __attribute__((noinline)) struct job_cache *cache_new(void)
 {
-    struct job_cache *c = cp__malloc(sizeof *c);
+    struct job_cache *c = cp__key_ready(&cache_key) ? cp__malloc(sizeof *c) : NULL;
     if (!c)
         return NULL;
     c->local = NULL;
     c->arena = NULL;
     c->held = 0;
     atomic_init(&c->refs, 1); /* not yet shared */
-    if (!cp__at_thread_exit(cache_close, c)) {
+    if (pthread_setspecific(cp__key_of(&cache_key), c) != 0) {
         cp__free(c);
         return NULL;
     }

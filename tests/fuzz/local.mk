@@ -26,13 +26,14 @@ FUZZ_SRCS = \
 	$(top_srcdir)/src/error.c \
 	$(top_srcdir)/src/hamt.c \
 	$(top_srcdir)/src/fence.c \
+	$(top_srcdir)/src/key.c \
 	$(top_srcdir)/src/context.c
 FUZZ_HDRS = \
 	$(top_srcdir)/include/ctxpool.h \
 	$(top_srcdir)/src/alloc.h \
 	$(top_srcdir)/src/hamt.h \
 	$(top_srcdir)/src/fence.h \
-	$(top_srcdir)/src/thread_exit.h \
+	$(top_srcdir)/src/key.h \
 	$(top_srcdir)/src/context.h
 
 EXTRA_DIST += tests/fuzz/fuzz_context.c tests/fuzz/corpus tests/fuzz/gen_corpus.py \
