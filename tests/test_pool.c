@@ -1980,6 +1980,17 @@ static void *parent_of_stolen_children(void *p)
     return NULL;
 }
 
+/* Submit parent_of_stolen_children to pool (two workers) and wait until
+ * the other worker has run its children and it holds its worker. */
+static void hold_a_parent_of_stolen_children(cp_pool *pool, struct credit *c)
+{
+    *c = (struct credit){.pool = pool, .release = GATE_INITIALIZER};
+    cr_assert_eq(sem_init(&c->child_ran, 0, 0), 0);
+    cr_assert_eq(sem_init(&c->parent_held, 0, 0), 0);
+    cr_assert_eq(cp_pool_submit(pool, parent_of_stolen_children, c, NULL), 0);
+    cr_assert_eq(sem_wait(&c->parent_held), 0);
+}
+
 /* Wait (bounded, no time measured) until some worker has gone to sleep
  * since stats were `before`. Only aims the test at an interleaving; the test
  * is valid whichever way it goes. */
@@ -2007,11 +2018,8 @@ Test(shutdown, free_returns_after_a_job_whose_children_another_worker_ran,
      * interleaves with the free: a hang here is a worker asleep forever. */
     for (int round = 0; round < 10; round++) {
         cp_pool *pool = new_pool(2);
-        struct credit c = {.pool = pool, .release = GATE_INITIALIZER};
-        cr_assert_eq(sem_init(&c.child_ran, 0, 0), 0);
-        cr_assert_eq(sem_init(&c.parent_held, 0, 0), 0);
-        cr_assert_eq(cp_pool_submit(pool, parent_of_stolen_children, &c, NULL), 0);
-        cr_assert_eq(sem_wait(&c.parent_held), 0);
+        struct credit c;
+        hold_a_parent_of_stolen_children(pool, &c);
         cp_pool_stats st;
         stats_of(pool, &st);
         let_a_worker_park(pool, st.parks); /* A, after the children */
@@ -2037,11 +2045,8 @@ Test(shutdown, free_returns_after_a_job_whose_children_another_worker_ran,
 Test(stats, stolen_counts_the_jobs_taken_from_another_workers_deque, .timeout = 30)
 {
     cp_pool *pool = new_pool(2);
-    struct credit c = {.pool = pool, .release = GATE_INITIALIZER};
-    cr_assert_eq(sem_init(&c.child_ran, 0, 0), 0);
-    cr_assert_eq(sem_init(&c.parent_held, 0, 0), 0);
-    cr_assert_eq(cp_pool_submit(pool, parent_of_stolen_children, &c, NULL), 0);
-    cr_assert_eq(sem_wait(&c.parent_held), 0);
+    struct credit c;
+    hold_a_parent_of_stolen_children(pool, &c);
     /* The children were on the parent's deque, and the parent's worker ran
      * none of them: the other worker stole each. */
     cp_pool_stats st;
