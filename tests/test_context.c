@@ -2295,6 +2295,14 @@ Test(kept, a_set_needing_more_than_is_kept_takes_new_references)
     cr_assert_eq(frees_of(&x), 4);
 }
 
+/* Run fn(args) in c; fn reports a failed TCHECK through its result. */
+static void run_checked(cp_context *c, void *(*fn)(void *), struct set_args *args)
+{
+    void *failed = UNTOUCHED;
+    cr_assert_eq(cp_context_run(c, fn, args, &failed), 0);
+    cr_assert_null(failed, "failed at line %d", (int)(intptr_t)failed);
+}
+
 /* The same, with the last holders but the context letting go on another
  * thread (which keeps nothing): had the set taken two references from the
  * one kept, v's count would be one short, and v would end there, its
@@ -2340,10 +2348,7 @@ Test(kept, a_set_needing_more_than_is_kept_never_ends_the_variable_early)
     tval d = {0};
     cp_var *v = cp_var_new_default("v", &d, tval_free);
     cp_context *c = cp_context_new();
-    void *failed = UNTOUCHED;
-    cr_assert_eq(cp_context_run(c, set_needing_more_then_let_go,
-                                &(struct set_args){v, &d, NULL, 0}, &failed), 0);
-    cr_assert_null(failed, "failed at line %d", (int)(intptr_t)failed);
+    run_checked(c, set_needing_more_then_let_go, &(struct set_args){v, &d, NULL, 0});
     cr_assert_eq(frees_of(&d), 0, "c still holds a value for v");
     cp_context_free(c);
     cr_assert_eq(frees_of(&d), 1, "v ends once, with c's value");
@@ -2374,10 +2379,7 @@ Test(kept, a_set_that_took_all_kept_references_keeps_none)
     tval d = {0};
     cp_var *v = cp_var_new_default("v", &d, tval_free);
     cp_context *c = cp_context_new();
-    void *failed = UNTOUCHED;
-    cr_assert_eq(cp_context_run(c, take_all_kept_then_end,
-                                &(struct set_args){v, c, NULL, 0}, &failed), 0);
-    cr_assert_null(failed, "failed at line %d", (int)(intptr_t)failed);
+    run_checked(c, take_all_kept_then_end, &(struct set_args){v, c, NULL, 0});
     cr_assert_eq(frees_of(&d), 1, "v ended with c's map");
     cr_assert_eq(total(), 3);
 }
