@@ -594,11 +594,15 @@ static uint64_t next_random(struct worker *self)
     return self->rng = x;
 }
 
-/* Move a batch from the injection queue to our deque; return one item. */
+/* Move a batch from the injection queue to our deque; return one item.
+ * The counts first: a worker whose deque ran dry looks here each time, and
+ * the try-lock writes the lock's line even when the queue is empty, which
+ * two workers of fork-join code would bounce between them at every look;
+ * nobody writes the counts while nothing is submitted from outside. */
 static struct work *take_injected(struct worker *self)
 {
     cp_pool *pool = self->pool;
-    if (!inject_try_lock(pool))
+    if (!inject_nonempty(pool) || !inject_try_lock(pool))
         return NULL;
     struct work *first = inject_pop(pool);
     int moved = 0;
