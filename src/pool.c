@@ -55,9 +55,24 @@
  * the other: either the worker finds the work, or the publisher sees the
  * waiter and the bumped epoch makes its futex wait return. A worker spins for
  * a bounded time (SPIN_NS) before it parks; an idle pool uses no CPU. The
- * protocol's seq_cst fences order nothing but itself: all data crosses
- * threads through release/acquire operations, which ThreadSanitizer sees
- * (it does not model fences), so its runs check every handoff.
+ * protocol's fences order nothing but itself: all data crosses threads
+ * through release/acquire operations, which ThreadSanitizer sees (it does
+ * not model fences), so its runs check every handoff.
+ * Light workers. Fork-join code publishes for every future it submits (a
+ * push on its worker's deque), while workers announce themselves once per
+ * park (after a search of SPIN_NS, or a helping wait that found nothing)
+ * and once more after a helper's sleep. Where the process has asymmetric
+ * fences (fence.h; the pool's fenced), a worker whose current job (with
+ * what it runs inline) has made LIGHT_AFTER fenced pushes turns light: its
+ * pushes then order their side with a compiler barrier only, and an
+ * announcer that sees a light worker fences every thread instead of only
+ * itself, and turns it heavy again (notify_own, announce_fence). That
+ * fence is one system call, which interrupts every running thread of the
+ * process, at about the cost of LIGHT_AFTER fences here: so a job pays that
+ * many fences before any announcer pays the system call for its worker
+ * (rent, then buy), and a pool whose jobs push fewer each never makes it.
+ * A worker turns heavy again at the end of each job it takes from a queue
+ * (go_heavy), so light lasts one fork-join computation at most.
  *
  * Shutdown. The work items accepted and not yet finished are counted in
  * three counters (pending_total): `admitted`, raised by every submit from
@@ -105,6 +120,8 @@
 #define INJECT_EVERY 32       /* items between two looks at the injection queue */
 #define INJECT_BATCH 16       /* items moved from the injection queue at a time */
 #define SPIN_NS 50000         /* how long an idle worker searches before parking */
+#define LIGHT_AFTER 1024      /* fenced pushes before a worker turns light */
+#define NEVER_LIGHT UINT_MAX
 #define DEQUE_LOG_CAPACITY 8  /* initial deque size: 256 items */
 
 /* ------------------------------------------------------------------------ */
@@ -273,12 +290,26 @@ struct worker {
      * (cp_pool_shutdown). Relaxed, as those reads of the state were: a
      * hint, an item that races with the start of a cancel runs. */
     atomic_bool cancel;
+    unsigned fenced_pushes;      /* by its current job; owner only */
     /* Statistics: written by this worker only (relaxed load + store), read
      * by cp_pool_get_stats from any thread (relaxed). */
     _Atomic uint64_t completed, stolen, parks, submitted, cancelled;
+    /* HEAVY, LIGHT or CLEARING(i) (see "Parking", notify_own): LIGHT set
+     * by this worker, HEAVY by it at the end of a job and when it
+     * announces itself; CLEARING(i) then HEAVY by worker i, an announcer
+     * that fences every thread for it. Last, on a line of its own:
+     * announcers read every worker's, and the worker writes its other
+     * fields for every item. */
+    alignas(CP__CACHE_LINE) _Atomic uint32_t light;
 };
 
 enum { RUNNING = 0, DRAINING = 1, CANCELLING = 2 };
+
+/* A worker's `light` (see "Parking"). CLEARING(i): announcer i is
+ * fencing every thread for the worker's light pushes; until its fence
+ * ends, other announcers must count the worker light. */
+enum { HEAVY = 0, LIGHT = 1 };
+#define CLEARING(i) (2 + (uint32_t)(i))
 
 struct cp_pool {
     /* Injection queue: producers exchange head, the consumer (whoever holds
@@ -315,6 +346,7 @@ struct cp_pool {
     _Atomic uint32_t waiters;
     _Atomic uint32_t searching;
     _Atomic uint32_t waking;     /* a wake-one is on its way to a sleeper */
+    _Atomic uint32_t helping;    /* waits searching for work (help_search) */
 
     /* Items workers added less items finished (it wraps below zero: the
      * outside items they finish are counted in admitted); written by
@@ -328,9 +360,14 @@ struct cp_pool {
 
     unsigned nworkers;
     unsigned fork_generation;
-    /* cp__fence_ready() when the pool was made: the taker of a future and
-     * its late waiters (job_take_own, sleep_on) must agree on it. */
+    /* Whether the pool uses asymmetric fences (fence.h): cp__fence_ready()
+     * when the pool was made. The two sides of each handshake must agree
+     * on it: the taker of a future and its late waiters (job_take_own,
+     * sleep_on). So for light workers (notify_own, announce_fence): the
+     * fenced pushes before a worker turns light, LIGHT_AFTER, or
+     * NEVER_LIGHT without asymmetric fences (or by the test switch). */
     bool fenced;
+    unsigned light_after;
     struct worker *workers;
 };
 
@@ -534,11 +571,106 @@ static void notify(cp_pool *pool)
 {
     /* seq_cst fence: the work published just before (a deque push, whose
      * store is only a release) is ordered before our reads of the searching
-     * and waiter counts; pairs with the fence in park, which a searcher
-     * passes after it stops searching and before it looks for work one last
-     * time. An injection needs no fence: its exchange is seq_cst itself. */
+     * and waiter counts; pairs with announce_fence, which a searcher passes
+     * after it stops searching and before it looks for work one last time.
+     * An injection needs no fence: its exchange is seq_cst itself. */
     atomic_thread_fence(memory_order_seq_cst);
     notify_published(pool);
+}
+
+/* notify for a push on our own deque (see "Parking"). Light, the push is
+ * ordered before our reads of the counts by a compiler barrier alone: an
+ * announcer that sees us LIGHT fences every thread, which lands on our CPU
+ * after our push (the announcer's look then sees it) or before it, and so
+ * before our load of `light` after the push, which then reads the
+ * announcer's CLEARING, stored before its fence, or a later value: not our
+ * LIGHT, unless we stored it again, fenced. Heavy, notify's seq_cst fence;
+ * the fenced push after LIGHT_AFTER of them in one job turns us light,
+ * stored before that fence, so that an announcer whose fence comes later
+ * sees it, and one whose fence comes earlier is seen by our reads of the
+ * counts, here and (read again) at every light push after. */
+static inline void notify_own(cp_pool *pool, struct worker *self)
+{
+    /* Compiler barrier: our load of light stays after the push. relaxed:
+     * see above; the barrier's argument needs no more. */
+    atomic_signal_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&self->light, memory_order_relaxed) == LIGHT) {
+        notify_published(pool);
+        return;
+    }
+    if (self->fenced_pushes++ == pool->light_after && pool->light_after != NEVER_LIGHT)
+        /* relaxed: ordered by notify's fence. */
+        atomic_store_explicit(&self->light, LIGHT, memory_order_relaxed);
+    notify(pool);
+}
+
+/* A job of ours ended, or we announce ourselves: heavy again, so that no
+ * announcer fences every thread for pushes we no longer make, and the next
+ * job counts its own. release: an announcer that reads HEAVY (acquire)
+ * sees every push we made before. */
+static void go_heavy(struct worker *self)
+{
+    self->fenced_pushes = 0;
+    if (atomic_load_explicit(&self->light, memory_order_relaxed) != HEAVY)
+        atomic_store_explicit(&self->light, HEAVY, memory_order_release);
+}
+
+/* The announcer's half of the handshake: self stopped searching, or
+ * counted itself a waiter, before it looks for work one last time. The
+ * seq_cst fence pairs with notify's. Where other workers are light, also a
+ * fence on every thread (fence.h), which makes their light pushes before
+ * it visible to our look; they turn heavy when it ends (CLEARING(self),
+ * then HEAVY), so that later announcers pay nothing until one of them
+ * makes LIGHT_AFTER fenced pushes in a job again. A worker another
+ * announcer is clearing is covered when that announcer's fence ends: we
+ * wait for it, unless we make a fence of our own, which covers it too.
+ * So one announcer makes the call where several look at once. We turn
+ * heavy ourselves: our own pushes are ordered by our own fence.
+ * The HEAVY an announcer stores back after its fence carries no C11
+ * guarantee for the light pushes; the hardware does (fence.h): they were
+ * visible to all before that store. Compare-and-swaps: a worker's own
+ * LIGHT, or HEAVY, stored meanwhile stays. */
+static void announce_fence(cp_pool *pool, struct worker *self)
+{
+    /* seq_cst fence: "announce, then look". */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (pool->light_after == NEVER_LIGHT)
+        return;
+    go_heavy(self);
+    const uint32_t mine = CLEARING(self->index);
+    bool ours = false, theirs = false;
+    for (unsigned i = 0; i < pool->nworkers; i++) {
+        _Atomic uint32_t *light = &pool->workers[i].light;
+        /* acquire: pairs with go_heavy's release (and the CAS back). */
+        uint32_t v = atomic_load_explicit(light, memory_order_acquire);
+        /* acquire, both ways: on failure it may read go_heavy's HEAVY;
+         * on success our fence on every thread orders what matters. */
+        if (v == LIGHT && atomic_compare_exchange_strong_explicit(
+                              light, &v, mine, memory_order_acquire,
+                              memory_order_acquire))
+            ours = true;
+        else if (i != self->index && v != HEAVY)
+            theirs = true; /* CLEARING(another) */
+    }
+    if (ours) {
+        cp__fence_all_threads();
+        for (unsigned i = 0; i < pool->nworkers; i++) {
+            uint32_t v = mine;
+            /* release: see above; relaxed on failure: the worker's own
+             * store stays. */
+            atomic_compare_exchange_strong_explicit(&pool->workers[i].light, &v, HEAVY,
+                                                    memory_order_release,
+                                                    memory_order_relaxed);
+        }
+    } else if (theirs) {
+        /* Wait out the other announcers' fences: a few microseconds. We
+         * hold no CLEARING of our own, so no announcer waits for us. */
+        for (unsigned i = 0; i < pool->nworkers; i++)
+            /* acquire: as the scan's load. */
+            while (atomic_load_explicit(&pool->workers[i].light, memory_order_acquire) >=
+                   CLEARING(0))
+                sched_yield();
+    }
 }
 
 /* Wake every worker: shutdown, and the end of the last pending item. */
@@ -1186,8 +1318,10 @@ static void park(struct worker *self, struct work *awaited, uint64_t deadline)
     /* Marked, awaited's finisher wakes us: its read-modify-write sees the
      * mark, or our look below sees awaited final. */
     bool idle = !awaited || !state_final(mark_sleeper(awaited, ST_HELPERS));
-    /* seq_cst fence: "announce, then look", paired with notify's fence. */
-    atomic_thread_fence(memory_order_seq_cst);
+    /* "announce, then look", paired with notify's and notify_own's; not
+     * when awaited is final: we do not look then. */
+    if (idle)
+        announce_fence(pool, self);
     if (idle && !work_visible(pool) &&
         !(awaited ? work_final(awaited) : pool_finished(pool))) {
         stat_bump(&self->parks);
@@ -1202,19 +1336,32 @@ static void park(struct worker *self, struct work *awaited, uint64_t deadline)
     atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
 }
 
-/* Look for work for a while (SPIN_NS) before sleeping, counted as
- * searching so that busy workers publish work for us (see notify and
- * cp_spawn). Stops early when awaited (if any) is final, or else when the
- * pool is finished. At most half the workers search at once and the rest go
- * to sleep at once, except a worker just woken (woken), which must look: a
- * wake promises that someone will. Returns the work found, or NULL.
+/* Look for work for at most SPIN_NS: until some is found (returned), or
+ * awaited (if any) is final, or else the pool is finished (NULL). */
+static struct work *spin_for_work(struct worker *self, const struct work *awaited)
+{
+    cp_pool *pool = self->pool;
+    struct work *w;
+    uint64_t until = now_ns() + SPIN_NS;
+    while (!(w = find_work(self)) &&
+           !(awaited ? work_final(awaited) : pool_finished(pool)) && now_ns() < until)
+        sched_yield(); /* an oversubscribed submitter needs the CPU */
+    return w;
+}
+
+/* An idle worker's look for work before it sleeps, counted as searching so
+ * that busy workers publish work for us (see notify and cp_spawn) and
+ * notifiers leave the finding to us. At most half the workers search at
+ * once and the rest go to sleep at once, except a worker just woken
+ * (woken), which must look: a wake promises that someone will. Returns the
+ * work found, or NULL; the caller then parks, where it looks once more
+ * (for work whose wake was skipped because we were searching).
  *
  * A searcher that finds work, whatever work, and was the last one searching
  * wakes another worker. That is what keeps a wake-up from being lost when
  * the worker woken for one item takes another: the one it left is then
  * looked for by the next (Go's scheduler keeps the same rule). */
-static struct work *search(struct worker *self, const struct work *awaited,
-                           bool woken)
+static struct work *search(struct worker *self, bool woken)
 {
     cp_pool *pool = self->pool;
     /* relaxed: a limit on spinning, not a condition of correctness. */
@@ -1223,24 +1370,30 @@ static struct work *search(struct worker *self, const struct work *awaited,
         return NULL;
     /* seq_cst: read by notify; see there. */
     atomic_fetch_add_explicit(&pool->searching, 1, memory_order_seq_cst);
-    struct work *w;
-    uint64_t until = now_ns() + SPIN_NS;
-    while (!(w = find_work(self)) &&
-           !(awaited ? work_final(awaited) : pool_finished(pool)) && now_ns() < until)
-        sched_yield(); /* an oversubscribed submitter needs the CPU */
+    struct work *w = spin_for_work(self, NULL);
     /* seq_cst: before the last look in park (notify's pairing). */
     uint32_t left = atomic_fetch_sub_explicit(&pool->searching, 1,
                                               memory_order_seq_cst) - 1;
     if (w && left == 0)
         notify(pool);
-    else if (!w && awaited) {
-        /* We stop searching without going to park, where a searcher looks
-         * one last time: look here, as park does, for work whose wake was
-         * skipped because we were searching. seq_cst fence: as in park. */
-        atomic_thread_fence(memory_order_seq_cst);
-        if (work_visible(pool))
-            notify_published(pool);
-    }
+    return w;
+}
+
+/* A waiting worker's look for work (wait_work), until awaited is final or
+ * for SPIN_NS. Counted as helping, not searching: busy workers offer it
+ * their private tasks (workers_idle), but no notifier leaves the finding of
+ * its work to it, so it owes no last look when it stops. A search would:
+ * the fence on every thread of a look after it (announce_fence), where a
+ * fork-join wait for a stolen child stops at every such child's end.
+ * Work pushed meanwhile wakes a sleeper, if there is one, as it would with
+ * no worker idle. */
+static struct work *help_search(struct worker *self, const struct work *awaited)
+{
+    cp_pool *pool = self->pool;
+    /* relaxed: a hint for where to put a new task, as workers_idle reads it. */
+    atomic_fetch_add_explicit(&pool->helping, 1, memory_order_relaxed);
+    struct work *w = spin_for_work(self, awaited);
+    atomic_fetch_sub_explicit(&pool->helping, 1, memory_order_relaxed);
     return w;
 }
 
@@ -1248,14 +1401,14 @@ static struct work *search(struct worker *self, const struct work *awaited,
  * wakes it as well as w's end. Out of line: a slow path. A notify's
  * wake-one may have come to us for work we will not look for (w is final,
  * or the deadline passed; or we take another item first), and while it was
- * on its way other notifies skipped their wakes: pass it on, as search's
- * end does, waking a worker for the work still visible. seq_cst fence: as
- * in park, the look after our wake's end (park's store to waking). */
+ * on its way other notifies skipped their wakes: pass it on, waking a
+ * worker for the work still visible. announce_fence: as in park, the look
+ * after our wake's end (park's store to waking). */
 static __attribute__((noinline)) void helper_sleep(struct worker *self, struct work *w,
                                                    uint64_t deadline)
 {
     park(self, w, deadline);
-    atomic_thread_fence(memory_order_seq_cst);
+    announce_fence(self->pool, self);
     if (work_visible(self->pool))
         notify_published(self->pool);
 }
@@ -1286,7 +1439,7 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
             if (!other && offer_private(self))
                 continue;
             if (!other && !deadline)
-                other = search(self, w, true); /* a waiter must look */
+                other = help_search(self, w);
             if (other) {
                 run_work(self, other);
                 continue;
@@ -1336,10 +1489,11 @@ static void *worker_main(void *p)
     this_worker = self;
     bool woken = false;
     for (;;) {
-        struct work *w = woken ? search(self, NULL, true) : find_work(self);
+        struct work *w = woken ? search(self, true) : find_work(self);
         woken = false;
         if (w) {
             run_work(self, w);
+            go_heavy(self);
             continue;
         }
         pending_flush(self);
@@ -1347,8 +1501,9 @@ static void *worker_main(void *p)
         if (pool_finished(pool))
             break;
         /* Work often comes right back: search before sleeping. */
-        if ((w = search(self, NULL, false))) {
+        if ((w = search(self, false))) {
             run_work(self, w);
+            go_heavy(self);
         } else if (!pool_finished(pool)) {
             park(self, NULL, 0);
             woken = true;
@@ -1410,6 +1565,14 @@ static void pin_workers(cp_pool *pool)
     }
 }
 
+/* relaxed: a test switch, read when a pool is made. */
+static atomic_int light_after = LIGHT_AFTER;
+
+int cp__pool_light_after(int n)
+{
+    return atomic_exchange_explicit(&light_after, n, memory_order_relaxed);
+}
+
 int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
 {
     if (!poolp)
@@ -1437,6 +1600,8 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     atomic_init(&pool->refs, 1); /* the user's; not yet shared */
     pool->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
     pool->fenced = cp__fence_ready();
+    int after = atomic_load_explicit(&light_after, memory_order_relaxed);
+    pool->light_after = pool->fenced && after >= 0 ? (unsigned)after : NEVER_LIGHT;
     /* atomic_init: no worker exists yet, nothing is shared. */
     atomic_init(&pool->inject_stub.next, NULL); /* not yet shared */
     atomic_init(&pool->inject_head, &pool->inject_stub); /* not yet shared */
@@ -1534,7 +1699,7 @@ enqueue(cp_pool *pool, struct worker *self, struct work *w)
 {
     if (self) {
         if (cp__deque_push(&self->deque, w) == 0) {
-            notify(pool);
+            notify_own(pool, self);
             return;
         }
         inject_reinject(pool, w); /* no memory to grow the deque */
@@ -2210,16 +2375,18 @@ void cp_future_free(cp_future *f)
 /* ------------------------------------------------------------------------ */
 /* Frame tasks                                                               */
 
-/* Whether some worker of the pool is idle: searching for work or parked.
- * relaxed: a hint for where to put a new task. A stale answer costs only
- * parallelism: a task kept private while a worker turns idle is still run,
- * by its spawner, and the spawner's next spawn sees the idle worker. Both
- * counts are read, without a branch between them (`|`, not `||`): it runs
- * for every spawn and sync, and both sit in one cache line. */
+/* Whether some worker of the pool is idle: searching for work (to run
+ * or, helping, while it waits) or parked. relaxed: a hint for where to put
+ * a new task. A stale answer costs only parallelism: a task kept private
+ * while a worker turns idle is still run, by its spawner, and the
+ * spawner's next spawn sees the idle worker. The counts are read without a
+ * branch between them (`|`, not `||`): it runs for every spawn and sync,
+ * and all sit in one cache line. */
 static bool workers_idle(const cp_pool *pool)
 {
     return (atomic_load_explicit(&pool->searching, memory_order_relaxed) |
-            atomic_load_explicit(&pool->waiters, memory_order_relaxed)) != 0;
+            atomic_load_explicit(&pool->waiters, memory_order_relaxed) |
+            atomic_load_explicit(&pool->helping, memory_order_relaxed)) != 0;
 }
 
 /* Frame tasks. A worker's task is queued on its deque, where thieves can take

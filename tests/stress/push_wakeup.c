@@ -3,10 +3,18 @@
  *
  * pool_stress's "lost wake-ups" phase submits from outside the pool, onto
  * the injection queue, whose seq_cst exchange orders the notify itself. A
- * worker's push is only a release store of bottom, which its notify's
- * seq_cst fence orders before its look at the waiter and searcher counts;
- * the worker about to park, or a waiter that stops searching, fences
- * before its last look for work. Each phase
+ * worker's push is only a release store of bottom, which its notify
+ * orders before its look at the waiter and searcher counts; the worker
+ * about to park, or a searcher that stops, fences before its last look for
+ * work. Where the process has membarrier, a worker that has pushed enough
+ * since it last ran out of work turns light: its pushes then order their
+ * side with a compiler barrier only, and the other side fences every
+ * thread. Every phase runs half its rounds with workers that turn light
+ * after one push (the pool's test switch), where a job that pushes first
+ * pushes a no-op job to turn its worker light, and half with real fences
+ * on both sides, as where the kernel has no membarrier. (The batch phase
+ * has no pushes from jobs: a worker's moves from the injection queue always
+ * fence. Its halves differ in the announcers' side only.) Each phase
  * here makes a worker push work and then block WITHOUT helping (on a
  * semaphore the pushed work posts), so that only another worker can run
  * that work: if the other worker's park missed the push and the push's
@@ -22,8 +30,8 @@
  *    moved the others from the injection queue to its own deque
  *    (take_injected's notify).
  * 3. awaited: three workers; F is short; P waits for F (a helping wait:
- *    it searches with F awaited, and when F ends first it stops searching
- *    without parking, and looks one last time), then blocks until C has run;
+ *    it looks for work, counted as helping, not searching, so that no
+ *    notify leaves C to it; F may end first), then blocks until C has run;
  *    G pauses, submits C and blocks until C has run. P's and G's workers
  *    may both be blocked: C needs the third.
  *
@@ -35,6 +43,7 @@
 #include "check.h"
 #include "ctxpool.h"
 #include "pause.h"
+#include "pool.h"
 #include "watchdog.h"
 
 #include <errno.h>
@@ -81,6 +90,7 @@ struct round {
     unsigned posts;       /* how many times push_then_block's child posts */
     unsigned blocked_for; /* posts the blocked job waits for */
     atomic_bool first;    /* batch: set by the first job to start */
+    bool arm;             /* push a no-op first: the worker turns light */
     cp_future *awaited;   /* awaited: F */
 };
 
@@ -95,9 +105,16 @@ static void *post_child(void *p)
     return NULL;
 }
 
+static void *noop(void *p)
+{
+    return p;
+}
+
 static void *push_then_block(void *p)
 {
     struct round *r = p;
+    if (r->arm)
+        CHECK(cp_pool_submit(r->pool, noop, NULL, NULL) == 0, "submit the no-op");
     spin_ns(r->pause);
     int rc = cp_pool_submit(r->pool, post_child, r, NULL);
     CHECK(rc == 0, "submit from a job: %s", cp_strerror(rc));
@@ -195,22 +212,31 @@ static void round_awaited(struct round *r, uint64_t *rng)
 /* ------------------------------------------------------------------------ */
 
 /* Run `rounds` rounds of one phase on a fresh pool of `threads` workers,
- * each round with a fresh struct round (its semaphore at 0). */
+ * each round with a fresh struct round (its semaphore at 0): half on a pool
+ * whose workers turn light after one push, half on one whose workers
+ * never do. */
 static void run_phase(const char *name, unsigned threads, uint64_t seed, uint64_t rounds,
                       void (*one)(struct round *, uint64_t *))
 {
     watchdog_phase(name);
     uint64_t rng = seed;
-    cp_pool *pool = new_pool(threads);
-    for (uint64_t i = 0; i < rounds; i++) {
-        struct round r = {.pool = pool};
-        CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
-        atomic_init(&r.first, false);
-        one(&r, &rng);
-        sem_destroy(&r.ran);
-        watchdog_tick();
+    int light_after = 0;
+    for (int light = 1; light >= 0; light--) {
+        int was = cp__pool_light_after(light ? 0 : -1);
+        if (light)
+            light_after = was;
+        cp_pool *pool = new_pool(threads);
+        for (uint64_t i = 0; i < rounds / 2; i++) {
+            struct round r = {.pool = pool, .arm = light};
+            CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
+            atomic_init(&r.first, false);
+            one(&r, &rng);
+            sem_destroy(&r.ran);
+            watchdog_tick();
+        }
+        CHECK(cp_pool_free(pool) == 0, "free");
     }
-    CHECK(cp_pool_free(pool) == 0, "free");
+    cp__pool_light_after(light_after);
 }
 
 int main(int argc, char **argv)
