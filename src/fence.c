@@ -32,22 +32,25 @@ static __attribute__((constructor)) void fence_register(void)
     errno = saved;
 }
 
-/* The barrier is needed, so a failure is not accepted: registered, the
- * call fails only for want of memory (ENOMEM, try again) or when the
- * registration was lost (EPERM, after a checkpoint and restore by an older
- * CRIU: register again). If that fails, MEMBARRIER_CMD_GLOBAL (slower: it
- * waits for every CPU to pass a quiescent state) needs no registration. */
-void cp__fence_all_threads(void)
+/* One try, in the order a failure calls for: registered, the call fails
+ * only for want of memory (ENOMEM) or when the registration was lost
+ * (EPERM, after a checkpoint and restore by an older CRIU: register again
+ * and call again); then MEMBARRIER_CMD_GLOBAL (slower: it waits for every
+ * CPU to pass a quiescent state), which needs no registration. */
+bool cp__fence_try_all_threads(void)
 {
     int saved = errno;
-    for (;;) {
-        if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
-            break;
-        if (errno == EPERM && try_register())
-            continue;
-        if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0)
-            break;
-        sched_yield();
-    }
+    bool ok = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 ||
+              (errno == EPERM && try_register() &&
+               syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0) ||
+              syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0;
     errno = saved;
+    return ok;
+}
+
+/* The barrier is needed, so a failure is not accepted: try again. */
+void cp__fence_all_threads(void)
+{
+    while (!cp__fence_try_all_threads())
+        sched_yield();
 }

@@ -36,7 +36,14 @@ static inline bool cp__fence_ready(void)
 }
 
 /* A full barrier on every CPU running one of our threads, and on ours.
- * Call only where cp__fence_ready() is true. Leaves errno as it was. */
+ * Call only where cp__fence_ready() is true. Leaves errno as it was.
+ * Tries until the kernel runs it: a kernel that refuses it for good (a
+ * seccomp filter installed after the library was loaded) keeps the caller
+ * spinning. */
 void cp__fence_all_threads(void);
+
+/* One try of cp__fence_all_threads: whether the barrier ran. For a caller
+ * that has another way out when the kernel refuses it. */
+bool cp__fence_try_all_threads(void);
 
 #endif /* CTXPOOL_FENCE_H */

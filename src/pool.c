@@ -66,13 +66,15 @@
  * what it runs inline) has made LIGHT_AFTER fenced pushes turns light: its
  * pushes then order their side with a compiler barrier only, and an
  * announcer that sees a light worker fences every thread instead of only
- * itself, and turns it heavy again (notify_own, announce_fence). That
- * fence is one system call, which interrupts every running thread of the
- * process, at about the cost of LIGHT_AFTER fences here: so a job pays that
- * many fences before any announcer pays the system call for its worker
- * (rent, then buy), and a pool whose jobs push fewer each never makes it.
- * A worker turns heavy again at the end of each job it takes from a queue
- * (go_heavy), so light lasts one fork-join computation at most.
+ * itself, and turns it heavy again (notify_own, announce_fence), until
+ * LIGHT_AFTER more fenced pushes. That fence is one system call, which
+ * interrupts every running thread of the process, at about the cost of
+ * LIGHT_AFTER fences here: so a job pays that many fences before any
+ * announcer pays the system call for its worker (rent, then buy), and a
+ * pool whose jobs push fewer each never makes it. A worker also turns
+ * heavy, and its count starts again, at the end of each job its main loop
+ * runs (not one it runs while it waits) and when it announces itself
+ * (go_heavy).
  *
  * Shutdown. The work items accepted and not yet finished are counted in
  * three counters (pending_total): `admitted`, raised by every submit from
@@ -120,6 +122,7 @@
 #define INJECT_EVERY 32       /* items between two looks at the injection queue */
 #define INJECT_BATCH 16       /* items moved from the injection queue at a time */
 #define SPIN_NS 50000         /* how long an idle worker searches before parking */
+#define RECHECK_NS 1000000    /* a park's sleep when its look was unsure */
 #define LIGHT_AFTER 1024      /* fenced pushes before a worker turns light */
 #define NEVER_LIGHT UINT_MAX
 #define DEQUE_LOG_CAPACITY 8  /* initial deque size: 256 items */
@@ -578,6 +581,10 @@ static void notify(cp_pool *pool)
     notify_published(pool);
 }
 
+/* Set when the kernel refused an announcer's fence on every thread (see
+ * announce_fence): from then on no worker turns light. */
+static atomic_bool light_refused;
+
 /* notify for a push on our own deque (see "Parking"). Light, the push is
  * ordered before our reads of the counts by a compiler barrier alone: an
  * announcer that sees us LIGHT fences every thread, which lands on our CPU
@@ -585,10 +592,11 @@ static void notify(cp_pool *pool)
  * before our load of `light` after the push, which then reads the
  * announcer's CLEARING, stored before its fence, or a later value: not our
  * LIGHT, unless we stored it again, fenced. Heavy, notify's seq_cst fence;
- * the fenced push after LIGHT_AFTER of them in one job turns us light,
- * stored before that fence, so that an announcer whose fence comes later
- * sees it, and one whose fence comes earlier is seen by our reads of the
- * counts, here and (read again) at every light push after. */
+ * the fenced push after LIGHT_AFTER of them (counted from the job's start
+ * or from our last turn light) turns us light, stored before that fence,
+ * so that an announcer whose fence comes later sees it, and one whose
+ * fence comes earlier is seen by our reads of the counts, here and (read
+ * again) at every light push after. */
 static inline void notify_own(cp_pool *pool, struct worker *self)
 {
     /* Compiler barrier: our load of light stays after the push. relaxed:
@@ -598,16 +606,20 @@ static inline void notify_own(cp_pool *pool, struct worker *self)
         notify_published(pool);
         return;
     }
-    if (self->fenced_pushes++ == pool->light_after && pool->light_after != NEVER_LIGHT)
+    /* relaxed: light_refused is a one-way switch, read as a hint. */
+    if (++self->fenced_pushes > pool->light_after &&
+        !atomic_load_explicit(&light_refused, memory_order_relaxed)) {
+        self->fenced_pushes = 0;
         /* relaxed: ordered by notify's fence. */
         atomic_store_explicit(&self->light, LIGHT, memory_order_relaxed);
+    }
     notify(pool);
 }
 
-/* A job of ours ended, or we announce ourselves: heavy again, so that no
- * announcer fences every thread for pushes we no longer make, and the next
- * job counts its own. release: an announcer that reads HEAVY (acquire)
- * sees every push we made before. */
+/* A job of ours taken from a queue ended, or we announce ourselves: heavy
+ * again, so that no announcer fences every thread for pushes we no longer
+ * make, and the count starts again. release: an announcer that reads
+ * HEAVY (acquire) sees every push we made before. */
 static void go_heavy(struct worker *self)
 {
     self->fenced_pushes = 0;
@@ -621,21 +633,25 @@ static void go_heavy(struct worker *self)
  * fence on every thread (fence.h), which makes their light pushes before
  * it visible to our look; they turn heavy when it ends (CLEARING(self),
  * then HEAVY), so that later announcers pay nothing until one of them
- * makes LIGHT_AFTER fenced pushes in a job again. A worker another
- * announcer is clearing is covered when that announcer's fence ends: we
- * wait for it, unless we make a fence of our own, which covers it too.
- * So one announcer makes the call where several look at once. We turn
+ * makes LIGHT_AFTER more fenced pushes. A worker another announcer is
+ * clearing is covered when that announcer's fence ends: we wait for it,
+ * unless we make a fence of our own, which covers it too. So one call
+ * covers a light worker however many announcers look at once. We turn
  * heavy ourselves: our own pushes are ordered by our own fence.
  * The HEAVY an announcer stores back after its fence carries no C11
  * guarantee for the light pushes; the hardware does (fence.h): they were
  * visible to all before that store. Compare-and-swaps: a worker's own
- * LIGHT, or HEAVY, stored meanwhile stays. */
-static void announce_fence(cp_pool *pool, struct worker *self)
+ * LIGHT, or HEAVY, stored meanwhile stays.
+ * Returns false when the kernel refused the fence (a seccomp filter
+ * installed after the library was loaded): our look may then miss a light
+ * push made before, so the caller must look again soon rather than sleep
+ * for good. No worker of any pool turns light from then on. */
+static bool announce_fence(cp_pool *pool, struct worker *self)
 {
     /* seq_cst fence: "announce, then look". */
     atomic_thread_fence(memory_order_seq_cst);
     if (pool->light_after == NEVER_LIGHT)
-        return;
+        return true;
     go_heavy(self);
     const uint32_t mine = CLEARING(self->index);
     bool ours = false, theirs = false;
@@ -652,8 +668,13 @@ static void announce_fence(cp_pool *pool, struct worker *self)
         else if (i != self->index && v != HEAVY)
             theirs = true; /* CLEARING(another) */
     }
+    bool sure = true;
     if (ours) {
-        cp__fence_all_threads();
+        if (!cp__fence_try_all_threads()) {
+            /* relaxed: a one-way switch (see notify_own). */
+            atomic_store_explicit(&light_refused, true, memory_order_relaxed);
+            sure = false;
+        }
         for (unsigned i = 0; i < pool->nworkers; i++) {
             uint32_t v = mine;
             /* release: see above; relaxed on failure: the worker's own
@@ -663,14 +684,22 @@ static void announce_fence(cp_pool *pool, struct worker *self)
                                                     memory_order_relaxed);
         }
     } else if (theirs) {
-        /* Wait out the other announcers' fences: a few microseconds. We
-         * hold no CLEARING of our own, so no announcer waits for us. */
-        for (unsigned i = 0; i < pool->nworkers; i++)
+        /* Wait out the other announcers' fences, each for the clear under
+         * way when we look (a system call, unless its thread is preempted).
+         * We hold no CLEARING of our own, so no announcer waits for us. */
+        for (unsigned i = 0; i < pool->nworkers; i++) {
             /* acquire: as the scan's load. */
-            while (atomic_load_explicit(&pool->workers[i].light, memory_order_acquire) >=
-                   CLEARING(0))
-                sched_yield();
+            uint32_t v = atomic_load_explicit(&pool->workers[i].light, memory_order_acquire);
+            if (v >= CLEARING(0))
+                while (atomic_load_explicit(&pool->workers[i].light, memory_order_acquire) == v)
+                    sched_yield();
+        }
+        /* relaxed: an announcer whose fence was refused set it before its
+         * release of the clear, which we acquired; that fence covers
+         * nothing. */
+        sure = !atomic_load_explicit(&light_refused, memory_order_relaxed);
     }
+    return sure;
 }
 
 /* Wake every worker: shutdown, and the end of the last pending item. */
@@ -1319,9 +1348,14 @@ static void park(struct worker *self, struct work *awaited, uint64_t deadline)
      * mark, or our look below sees awaited final. */
     bool idle = !awaited || !state_final(mark_sleeper(awaited, ST_HELPERS));
     /* "announce, then look", paired with notify's and notify_own's; not
-     * when awaited is final: we do not look then. */
-    if (idle)
-        announce_fence(pool, self);
+     * when awaited is final: we do not look then. Unsure of our look (the
+     * kernel refused the fence: see announce_fence), we look again after
+     * RECHECK_NS, by which time any push it may have missed has long left
+     * its CPU's store buffer; by then no worker is light. */
+    if (idle && !announce_fence(pool, self)) {
+        uint64_t soon = now_ns() + RECHECK_NS;
+        deadline = deadline && deadline < soon ? deadline : soon;
+    }
     if (idle && !work_visible(pool) &&
         !(awaited ? work_final(awaited) : pool_finished(pool))) {
         stat_bump(&self->parks);
@@ -1408,8 +1442,8 @@ static __attribute__((noinline)) void helper_sleep(struct worker *self, struct w
                                                    uint64_t deadline)
 {
     park(self, w, deadline);
-    announce_fence(self->pool, self);
-    if (work_visible(self->pool))
+    /* Unsure of the look (see announce_fence): wake a worker to look. */
+    if (!announce_fence(self->pool, self) || work_visible(self->pool))
         notify_published(self->pool);
 }
 
@@ -1601,7 +1635,11 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     pool->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
     pool->fenced = cp__fence_ready();
     int after = atomic_load_explicit(&light_after, memory_order_relaxed);
-    pool->light_after = pool->fenced && after >= 0 ? (unsigned)after : NEVER_LIGHT;
+    /* relaxed: see notify_own. */
+    pool->light_after = pool->fenced && after >= 0 &&
+                                !atomic_load_explicit(&light_refused, memory_order_relaxed)
+                            ? (unsigned)after
+                            : NEVER_LIGHT;
     /* atomic_init: no worker exists yet, nothing is shared. */
     atomic_init(&pool->inject_stub.next, NULL); /* not yet shared */
     atomic_init(&pool->inject_head, &pool->inject_stub); /* not yet shared */

@@ -23,9 +23,10 @@ size_t cp__pool_jobs_out(void);
 unsigned cp__pool_workers(void);
 
 /* Test switch: in pools made from now on, a worker turns light (pool.c,
- * "Parking") after n fenced pushes in one job, at its (n+1)-th; or, n < 0,
- * never, as where the kernel has no membarrier. Returns the setting it
- * replaces (LIGHT_AFTER at first). */
+ * "Parking") after n fenced pushes in one job (or since an announcer last
+ * turned it heavy), at its (n+1)-th; or, n < 0, never, as where the kernel
+ * has no membarrier. Returns the setting it replaces (LIGHT_AFTER at
+ * first). */
 int cp__pool_light_after(int n);
 
 #endif /* CTXPOOL_POOL_H */

@@ -1,4 +1,4 @@
-/* fence_fallback.c - what a reader does when membarrier fails.
+/* fence_fallback.c - what a reader, and a pool, do when membarrier fails.
  *
  * A plain program (no Criterion), so that it also runs under the
  * sanitizers. It exits 0 when every check held, else 1 with the failed
@@ -13,6 +13,18 @@
  * checks which commands the library then sends, that the read sees a
  * consistent map, and that errno is left alone. It needs a kernel with
  * membarrier, as the library's lockless path does.
+ *
+ * Then the kernel refuses membarrier for good, as a seccomp filter
+ * installed after the library was loaded does: a worker going to sleep
+ * while another is light (pool.c, "Light workers") cannot fence every
+ * thread. It must not spin on it (the pool would hang), and the light
+ * worker's work must still run: a job turns its worker light, waits until
+ * the other worker sleeps, submits one more job and blocks until that job
+ * has run, which only the sleeper can do. The first refusal turns light
+ * workers off for the process, so the first rounds meet the refused call
+ * and the rest check the pool without light workers; every other round
+ * submits the last job without waiting, while the other worker may be
+ * going to sleep.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -20,6 +32,7 @@
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -28,6 +41,8 @@
 
 #include "check.h"
 #include "ctxpool.h"
+#include "pool.h"
+#include "watchdog.h"
 
 #define NV 8
 #define MAX_LOG 16
@@ -40,15 +55,24 @@ static int log_cmd[MAX_LOG];
 static atomic_bool logging;
 /* The errno the next MEMBARRIER_CMD_PRIVATE_EXPEDITED fails with; 0: none. */
 static atomic_int fail_next;
+/* Every membarrier call fails with EPERM, whatever its command. */
+static atomic_bool refuse_all;
 
 long syscall(long number, ...); /* as <unistd.h> declares it */
 
 long syscall(long number, ...)
 {
+    /* Six arguments, as many as the kernel takes: the pool's futex calls
+     * come through here too. */
     va_list ap;
     va_start(ap, number);
     long a = va_arg(ap, long), b = va_arg(ap, long), c = va_arg(ap, long);
+    long d = va_arg(ap, long), e = va_arg(ap, long), f = va_arg(ap, long);
     va_end(ap);
+    if (number == SYS_membarrier && atomic_load(&refuse_all)) {
+        errno = EPERM;
+        return -1;
+    }
     if (number == SYS_membarrier && atomic_load(&logging)) {
         int n = atomic_fetch_add(&log_len, 1);
         if (n < MAX_LOG)
@@ -63,7 +87,7 @@ long syscall(long number, ...)
     if (!real)
         real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
     CHECK(real != NULL, "no syscall() after ours: %s", dlerror());
-    return real(number, a, b, c);
+    return real(number, a, b, c, d, e, f);
 }
 
 static cp_var *vars[NV];
@@ -136,6 +160,74 @@ static int first_read_with_failure(int err)
     return calls;
 }
 
+/* ------------------------------------------------------------------------ */
+/* A pool when the kernel refuses membarrier for good                       */
+
+#define POOL_ROUNDS 200
+
+struct round {
+    cp_pool *pool;
+    sem_t ran;
+    uint64_t parks; /* the pool's park count before the round */
+    bool wait_parked; /* submit the last job once the other worker slept */
+};
+
+static void *noop(void *p)
+{
+    return p;
+}
+
+static void *post(void *p)
+{
+    sem_post(p);
+    return NULL;
+}
+
+static uint64_t parks(cp_pool *pool)
+{
+    cp_pool_stats st;
+    CHECK(cp_pool_get_stats(pool, &st) == 0, "stats");
+    return st.parks;
+}
+
+/* Light after its first push (the test switch), the job pushes a few
+ * no-ops, which the other worker runs, then the job that posts. */
+static void *light_then_block(void *p)
+{
+    struct round *r = p;
+    for (int i = 0; i < 4; i++)
+        CHECK(cp_pool_submit(r->pool, noop, NULL, NULL) == 0, "submit a no-op");
+    while (r->wait_parked && parks(r->pool) == r->parks)
+        sched_yield();
+    CHECK(cp_pool_submit(r->pool, post, &r->ran, NULL) == 0, "submit the last job");
+    while (sem_wait(&r->ran) != 0)
+        CHECK(errno == EINTR, "sem_wait");
+    return NULL;
+}
+
+static void pool_refused(void)
+{
+    watchdog_start("fence_fallback", "a pool hung when the kernel refused membarrier");
+    int was = cp__pool_light_after(0);
+    cp_pool_options o = {.threads = 2, .name = "refused"};
+    cp_pool *pool = NULL;
+    CHECK(cp_pool_new(&pool, &o) == 0, "cp_pool_new");
+    atomic_store(&refuse_all, true);
+    for (int i = 0; i < POOL_ROUNDS; i++) {
+        struct round r = {.pool = pool, .parks = parks(pool), .wait_parked = i % 2 == 0};
+        CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
+        cp_future *f = NULL;
+        CHECK(cp_pool_submit(pool, light_then_block, &r, &f) == 0, "submit");
+        CHECK(cp_future_wait(f, NULL) == 0, "wait");
+        cp_future_free(f);
+        sem_destroy(&r.ran);
+        watchdog_tick();
+    }
+    CHECK(cp_pool_free(pool) == 0, "cp_pool_free");
+    atomic_store(&refuse_all, false);
+    cp__pool_light_after(was);
+}
+
 int main(void)
 {
     for (int i = 0; i < NV; i++) {
@@ -163,6 +255,8 @@ int main(void)
 
     for (int i = 0; i < NV; i++)
         cp_var_free(vars[i]);
+
+    pool_refused();
     printf("fence_fallback: ok\n");
     return 0;
 }

@@ -6,8 +6,8 @@
  * worker's push is only a release store of bottom, which its notify
  * orders before its look at the waiter and searcher counts; the worker
  * about to park, or a searcher that stops, fences before its last look for
- * work. Where the process has membarrier, a worker that has pushed enough
- * since it last ran out of work turns light: its pushes then order their
+ * work. Where the process has membarrier, a worker whose job has pushed
+ * enough turns light: its pushes then order their
  * side with a compiler barrier only, and the other side fences every
  * thread. Every phase runs half its rounds with workers that turn light
  * after one push (the pool's test switch), where a job that pushes first
