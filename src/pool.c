@@ -2580,12 +2580,17 @@ static void *run_inline(struct worker *self, struct task *t)
  * wait for it, running it ourselves if it is still on top of our deque. */
 static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
 {
-    if (!t->w.counted) {
+    struct worker *self = this_worker;
+    if (!t->w.counted && forked_away(&self->pool->fork_generation)) {
+        /* A child of fork() that a job of ours forked: the thread that took
+         * the task (or would run what is queued above it) is not here. */
+        if (!work_final(&t->w))
+            t->w.outcome = CP_ESHUTDOWN;
+    } else if (!t->w.counted) {
         /* Queued by this worker on its own deque. Fast path: nobody took
          * it, it is on top of the deque. Anything above it (a submit's job,
          * items moved from the injection queue, work of jobs it helped with)
          * runs now, as help. */
-        struct worker *self = this_worker;
         struct work *w;
         while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
             if (w == &t->w) {

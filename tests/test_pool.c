@@ -3424,6 +3424,75 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     cp_context_free(c);
 }
 
+/* A job forks while a frame task it spawned runs on the other worker. */
+struct forking_job {
+    cp_pool *pool;
+    cp_task task;
+    atomic_bool started;
+    gate release;
+    int child_sync;   /* what cp_sync returned in the child, or -1 */
+};
+
+static void *started_then_held(void *p)
+{
+    struct forking_job *j = p;
+    atomic_store(&j->started, true);
+    gate_pass(&j->release);
+    return j;
+}
+
+static void *noop_task(void *p)
+{
+    return p;
+}
+
+/* Spawns and syncs no-op tasks until the held task has started: every
+ * spawn and sync offers the spawner's oldest private task (the held one)
+ * to an idle worker, which takes it. */
+static void *offer_until_started(void *p)
+{
+    struct forking_job *j = p;
+    while (!atomic_load(&j->started)) {
+        cp_task t;
+        JCHECK(cp_spawn(j->pool, &t, noop_task, NULL) == 0);
+        JCHECK(cp_sync(&t, NULL) == 0);
+    }
+    return NULL;
+}
+
+static void *fork_while_a_task_runs_elsewhere(void *p)
+{
+    struct forking_job *j = p;
+    JCHECK(cp_spawn(j->pool, &j->task, started_then_held, j) == 0);
+    cp_task offer;
+    JCHECK(cp_spawn(j->pool, &offer, offer_until_started, j) == 0);
+    JCHECK(cp_sync(&offer, NULL) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(cp_sync(&j->task, NULL) == CP_ESHUTDOWN ? 0 : 1);
+    int status = 0;
+    if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status))
+        j->child_sync = WEXITSTATUS(status);
+    gate_open(&j->release);
+    void *r = NULL;
+    JCHECK(cp_sync(&j->task, &r) == 0 && r == j);
+    return NULL;
+}
+
+Test(fork, a_sync_in_a_child_forked_by_a_job_of_a_task_run_elsewhere_is_eshutdown,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    struct forking_job j = {.pool = pool, .release = GATE_INITIALIZER, .child_sync = -1};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, fork_while_a_task_runs_elsewhere, &j, &f), 0);
+    wait_ok(f);
+    cr_assert_eq(j.child_sync, 0, "the child's sync hung or did not return CP_ESHUTDOWN "
+                 "(exit status %d; -1: the child did not exit)", j.child_sync);
+    free_pool(pool);
+}
+
 /* ------------------------------------------------------------------------ */
 /* NULL arguments                                                            */
 
