@@ -65,8 +65,8 @@ typedef struct cp__borrow {
     struct cp__borrow *prev;
     bool owned;
     /* Not the context core's: room the borrower may use (the pool keeps
-     * there the fork generation of a task spawned from outside it), in
-     * what would be padding otherwise. */
+     * there the fork generation of a queued task's pool), in what would
+     * be padding otherwise. */
     unsigned spare;
 } cp__borrow;
 

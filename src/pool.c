@@ -251,14 +251,17 @@ struct task {
 };
 
 /* Make t's header that of a queued task. counted: counted in the pool's
- * pending (spawned from outside the pool). */
-static void task_init(struct task *t, bool counted)
+ * pending (spawned from outside the pool). The borrow's spare keeps the
+ * pool's fork generation, for sync_queued: the pool may be gone by then
+ * (a task from outside outlives it). */
+static void task_init(struct task *t, bool counted, unsigned fork_generation)
 {
     atomic_init(&t->w.next, NULL); /* not yet shared */
     atomic_init(&t->w.state, ST_PENDING); /* not yet shared */
     t->w.kind = KIND_TASK;
     t->w.counted = counted;
     t->w.outcome = 0;
+    t->borrow.spare = fork_generation;
 }
 
 _Static_assert(sizeof(struct task) <= sizeof(cp_task), "cp_task is too small");
@@ -2488,7 +2491,7 @@ static bool offer_private(struct worker *self)
     if (oldest == self->priv_linked)
         priv_link(self);
     self->priv_oldest = oldest == self->priv_linked ? NULL : priv_next(oldest);
-    task_init(oldest, false);
+    task_init(oldest, false, self->pool->fork_generation);
     enqueue(self->pool, self, &oldest->w);
     return true;
 }
@@ -2540,8 +2543,7 @@ static __attribute__((noinline)) int spawn_queued(cp_pool *pool, struct task *t,
     t->u.fn = fn;
     t->arg = arg;
     cp__context_borrow(&t->borrow);
-    t->borrow.spare = pool->fork_generation; /* for sync_queued */
-    task_init(t, true);
+    task_init(t, true, pool->fork_generation);
     enqueue(pool, NULL, &t->w);
     return 0;
 }
@@ -2580,17 +2582,18 @@ static void *run_inline(struct worker *self, struct task *t)
  * wait for it, running it ourselves if it is still on top of our deque. */
 static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
 {
-    struct worker *self = this_worker;
-    if (!t->w.counted && forked_away(&self->pool->fork_generation)) {
-        /* A child of fork() that a job of ours forked: the thread that took
-         * the task (or would run what is queued above it) is not here. */
-        if (!work_final(&t->w))
-            t->w.outcome = CP_ESHUTDOWN;
+    if (!work_final(&t->w) && forked_away(&t->borrow.spare)) {
+        /* A child of fork(), which has none of the pool's workers: nothing
+         * would ever run the task here, nor end it where a worker took it
+         * (a job of ours forked). The task is this process's own copy:
+         * nobody else looks at it. */
+        t->w.outcome = CP_ESHUTDOWN;
     } else if (!t->w.counted) {
         /* Queued by this worker on its own deque. Fast path: nobody took
          * it, it is on top of the deque. Anything above it (a submit's job,
          * items moved from the injection queue, work of jobs it helped with)
          * runs now, as help. */
+        struct worker *self = this_worker;
         struct work *w;
         while (!work_final(&t->w) && (w = cp__deque_pop(&self->deque))) {
             if (w == &t->w) {
@@ -2603,11 +2606,6 @@ static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
         }
         if (!work_final(&t->w))
             wait_work_slow(self->pool, &t->w, 0);
-    } else if (!work_final(&t->w) && forked_away(&t->borrow.spare)) {
-        /* Spawned from outside a pool whose workers this child of fork()
-         * has none of: nothing would ever run the task here. (The task is
-         * this process's own copy: nobody else looks at it.) */
-        t->w.outcome = CP_ESHUTDOWN;
     } else {
         wait_work_slow(NULL, &t->w, 0);
     }
