@@ -70,16 +70,16 @@ typedef struct cp__borrow {
     unsigned spare;
 } cp__borrow;
 
-/* A frame task its spawner runs inline at cp_sync, sharing the spawner's
- * current context instead of a frame of its own for as long as it can: its
- * captured map is that context's map (nothing was set between the spawn
- * and the sync), and reading needs nothing more. A set makes the frame
- * (on the shared map) and enters it first (see lazy_frame in context.c);
- * a reset of a token made before the run is refused as another context's,
- * as it would be in the frame, which has none of its own yet. Saves the
- * frame's enter and leave, and keeps the get cache, for the inline tasks
- * that only read their context, as fork-join code's mostly do (fib(30)
- * with a task per call: 12% faster). */
+/* A run of a pool job or frame task whose captured map is the current
+ * context's map (as when its spawner runs it at cp_sync or
+ * cp_future_wait, nothing having been set since the spawn), sharing that
+ * context instead of a frame of its own for as long as it can: reading
+ * needs nothing more. A set makes the frame (on the shared map) and enters
+ * it first (see lazy_frame in context.c); a reset of a token made before
+ * the run is refused as another context's, as it would be in the frame,
+ * which has none of its own yet. Saves the frame's enter and leave, and
+ * keeps the get cache, for the runs that only read their context, as
+ * fork-join code's mostly do (fib(30) with a task per call: 12% faster). */
 typedef struct cp__lazy {
     cp_context frame;         /* the frame, once a set has made it */
     cp_context *over;         /* the context current when the run began */
@@ -105,7 +105,7 @@ struct cp__thread {
     const cp_var *cache_var2;
     void *cache_value2;
     cp__borrow *borrows; /* this thread's borrowed captures, newest first */
-    /* The innermost inline task run (see cp__lazy), or NULL. It shares
+    /* The innermost lazy run (see cp__lazy), or NULL. It shares
      * `over` while `over` is the current context; a context entered inside
      * the run (a frame, a cp_context_run) is its own, as it would be inside
      * the run's frame. */
@@ -170,6 +170,18 @@ static inline cp__hamt cp__context_capture(void)
     return m;
 }
 
+/* Give back m, a reference on the current map's root that the caller
+ * holds (a capture it no longer needs): kept in the capture batch for the
+ * next capture instead of dropped, so no atomic operation. The batch, if
+ * any, is on that root (see "The capture batch" in context.c). */
+static inline void cp__context_uncapture(cp__hamt m)
+{
+    if (!m.root)
+        return;
+    cp__self.capture_root = m.root;
+    cp__self.capture_refs++;
+}
+
 /* Make c a frame on map and enter it: c becomes the thread's current
  * context. owned: whether the frame takes a reference the caller holds, or
  * borrows map from someone who keeps it alive until the frame ends. As
@@ -225,7 +237,7 @@ static inline cp__borrow *cp__context_borrow_top(void)
     return cp__self.borrows;
 }
 
-/* Whether an inline task run shares the context c (see cp__lazy). */
+/* Whether a lazy run shares the context c (see cp__lazy). */
 static inline bool cp__context_shared_by_lazy(const cp_context *c)
 {
     return cp__self.lazy && cp__self.lazy->over == c;
@@ -245,9 +257,9 @@ static inline bool cp__context_may_sync(const cp__borrow *b)
     return b == cp__self.borrows && b != floor;
 }
 
-/* Begin an inline task run in l, on the current context, which must not
- * be NULL and whose map the task captured. l lives until
- * cp__context_end_lazy, which the caller runs when the task returns. */
+/* Begin a lazy run in l, on the current context, which must not
+ * be NULL and whose map the job or task captured. l lives until
+ * cp__context_end_lazy, which the caller runs when it returns. */
 static inline void cp__context_begin_lazy(cp__lazy *l)
 {
     l->over = cp__self.current;

@@ -906,15 +906,36 @@ static uint32_t work_finish(cp_pool *pool, struct work *w, uint32_t from,
     return old;
 }
 
-/* Run fn(arg) in a frame on map: taking its reference (owned) or borrowing.
+/* Run fn(arg) in the context captured as map, on this thread: taking map's
+ * reference (owned) or borrowing it. When map is the current context's map
+ * (nothing was set between the capture and now, as for a job or task its
+ * spawner runs itself, or any two captures of an empty context), the run
+ * shares the current context until it sets something (cp__lazy), which
+ * saves a frame's begin and end and keeps the get cache; otherwise it runs
+ * in a frame on map. Either way it sees map's values, and its changes stay
+ * its own. Jobs ran in a frame always before: fib(30) with a future per
+ * call took 29.2 ms on one worker and 15.2 on two, now 26.0 and 13.3.
  * Always inlined: it is most of what cp_sync does for a private task. */
 static inline __attribute__((always_inline)) void *
-run_in_frame(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
+run_captured(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
 {
-    cp_context frame;
-    cp__context_begin_frame(&frame, map, owned);
-    void *result = fn(arg);
-    cp__context_end_frame(&frame);
+    void *result;
+    if (cp__self.current && map.root == cp__self.current->map.root) {
+        cp__lazy lazy;
+        cp__context_begin_lazy(&lazy);
+        result = fn(arg);
+        cp__context_end_lazy(&lazy);
+        /* The current map is map still (a set made a frame of the run's
+         * own, which has ended): its reference goes back to the capture
+         * batch it most likely came from. */
+        if (owned)
+            cp__context_uncapture(map);
+    } else {
+        cp_context frame;
+        cp__context_begin_frame(&frame, map, owned);
+        result = fn(arg);
+        cp__context_end_frame(&frame);
+    }
     return result;
 }
 
@@ -1095,8 +1116,8 @@ job_run(struct worker *self, struct cp_future *f, bool alone)
         if (err == 0)
             stat_bump(&self->completed);
     } else {
-        /* The frame takes the map's reference; the outcome is submit's 0. */
-        f->result = run_in_frame(f->map, true, f->fn, f->arg);
+        /* The run takes the map's reference; the outcome is submit's 0. */
+        f->result = run_captured(f->map, true, f->fn, f->arg);
         stat_bump(&self->completed);
     }
 }
@@ -1230,7 +1251,7 @@ static void run_task(struct worker *self, struct task *t)
         work_finish(pool, &t->w, ST_PENDING, ST_CANCELLED, 0);
     } else {
         /* The spawner keeps the borrowed map alive until cp_sync returns. */
-        void *result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
+        void *result = run_captured(t->borrow.map, false, t->u.fn, t->arg);
         t->u.result = result;
         t->w.outcome = 0;
         stat_bump(&self->completed);
@@ -2573,7 +2594,7 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
  * frame on its borrowed map. */
 static void *run_inline(struct worker *self, struct task *t)
 {
-    void *result = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
+    void *result = run_captured(t->borrow.map, false, t->u.fn, t->arg);
     stat_bump(&self->completed);
     return result;
 }
@@ -2630,22 +2651,11 @@ int cp_sync(cp_task *task, void **result)
     /* The borrow stays on top of the stack while the task runs, so that
      * syncs inside it of its spawner's other tasks are refused as out of
      * order; and it keeps the map alive (through the spawner's map, or a
-     * reference of its own) until the unborrow after the frame. So the frame
+     * reference of its own) until the unborrow after the run. So the run
      * borrows the map too, as run_task's does: handing it the borrow's
      * reference would save nothing, since while the borrow is on the stack
-     * a change of the map takes a reference for it again. While the map is
-     * our current context's still (nothing was set since the spawn: a set
-     * makes a new root while the borrow holds the old), the task shares
-     * the context until it sets something (cp__lazy). */
-    void *r;
-    if (cp__self.current && t->borrow.map.root == cp__self.current->map.root) {
-        cp__lazy lazy;
-        cp__context_begin_lazy(&lazy);
-        r = t->u.fn(t->arg);
-        cp__context_end_lazy(&lazy);
-    } else {
-        r = run_in_frame(t->borrow.map, false, t->u.fn, t->arg);
-    }
+     * a change of the map takes a reference for it again. */
+    void *r = run_captured(t->borrow.map, false, t->u.fn, t->arg);
     cp__context_unborrow(&t->borrow);
     stat_bump(&self->completed);
     if (result)

@@ -2230,6 +2230,7 @@ Test(future, a_worker_asleep_in_a_wait_runs_work_queued_after_it_fell_asleep,
 struct leaker {
     cp_var *var;
     int value;
+    cp_pool *pool;
 };
 
 static void *set_and_leave(void *p)
@@ -2250,6 +2251,26 @@ static void *set_copy_and_leave(void *p)
     return NULL;
 }
 
+/* As set_and_leave, and jobs that captured the value, which the job waits
+ * for and so (on one worker) runs itself: they give their references on
+ * its context to the job's thread's capture batch, which the job's end
+ * must drop with the rest. */
+static void *set_wait_children_and_leave(void *p)
+{
+    struct leaker *l = p;
+    set_and_leave(p);
+    struct read_var rv = {l->var};
+    for (int i = 0; i < 3; i++) {
+        cp_future *f = NULL;
+        JCHECK(cp_pool_submit(l->pool, read_var_job, &rv, &f) == 0);
+        void *seen = NULL;
+        JCHECK(cp_future_wait(f, &seen) == 0 && seen == &l->value);
+        cp_future_free(f);
+    }
+    JCHECK(atomic_load(&frees) == 0);
+    return NULL;
+}
+
 static void *context_len_here(void *p)
 {
     (void)p;
@@ -2261,8 +2282,8 @@ static void *context_len_here(void *p)
 
 static void job_that_never_resets_leaks_nothing(cp_job_fn job)
 {
-    struct leaker l = {cp_var_new("leak", count_free), 0};
     cp_pool *pool = new_pool(1);
+    struct leaker l = {cp_var_new("leak", count_free), 0, pool};
     for (int round = 1; round <= 3; round++) {
         atomic_store(&frees, 0);
         cp_future *f = NULL;
@@ -2290,6 +2311,11 @@ Test(base, a_job_that_never_resets_leaks_nothing_into_the_next_job, .timeout = 3
 Test(base, a_job_that_frees_copies_of_its_context_keeps_nothing_alive, .timeout = 30)
 {
     job_that_never_resets_leaks_nothing(set_copy_and_leave);
+}
+
+Test(base, a_job_that_ran_the_jobs_it_waited_for_keeps_nothing_alive, .timeout = 30)
+{
+    job_that_never_resets_leaks_nothing(set_wait_children_and_leave);
 }
 
 /* A job that sets its variable for a while, the way a request handler does:
@@ -3010,18 +3036,21 @@ Test(task, every_spawn_counts_as_submitted_and_completed, .timeout = 30)
     free_pool(st.pool);
 }
 
-/* A task its spawner runs inline at cp_sync shares the spawner's context
- * until it sets something (context.h: cp__lazy). Whatever it does, it must
- * behave as in a frame of its own: a token of its spawner's is another
- * context's, its set makes its own frame, which its spawner never sees,
- * tasks it spawned before the set see the context of their spawn, a
- * context it runs keeps its own changes. On one worker every task is
- * private and synced inline; on two some are taken by the other worker. */
+/* A task its spawner runs inline at cp_sync, or a job its waiter takes
+ * back and runs at cp_future_wait, shares the spawner's context until it
+ * sets something (pool.c: run_captured). Whatever it does, it must behave
+ * as in a frame of its own: a token of its spawner's is another context's,
+ * its set makes its own frame, which its spawner never sees, tasks it
+ * spawned before the set see the context of their spawn, a context it runs
+ * keeps its own changes. On one worker every task is private and synced
+ * inline, and every job run by its waiter; on two some are taken by the
+ * other worker. */
 static cp_var *inline_var;
 static int inline_job_value, inline_task_value, inline_other_value;
 
 struct inline_run {
     cp_pool *pool;
+    bool future;              /* the child is a job, not a frame task */
     cp_token *job_token;      /* the job's set, before its spawn */
     int rc_reset;             /* the task's reset of job_token */
     void *early, *late;       /* what the task's tasks spawned before and
@@ -3072,9 +3101,16 @@ static void *inline_job(void *p)
 {
     struct inline_run *k = p;
     JCHECK(cp_var_set(inline_var, &inline_job_value, &k->job_token) == 0);
-    cp_task t;
-    JCHECK(cp_spawn(k->pool, &t, inline_task, k) == 0);
-    JCHECK(cp_sync(&t, NULL) == 0);
+    if (k->future) {
+        cp_future *f = NULL;
+        JCHECK(cp_pool_submit(k->pool, inline_task, k, &f) == 0);
+        JCHECK(cp_future_wait(f, NULL) == 0);
+        cp_future_free(f);
+    } else {
+        cp_task t;
+        JCHECK(cp_spawn(k->pool, &t, inline_task, k) == 0);
+        JCHECK(cp_sync(&t, NULL) == 0);
+    }
     k->job_after = get_here(inline_var);
     JCHECK(cp_var_reset(inline_var, k->job_token) == 0);
     JCHECK(get_here(inline_var) == UNTOUCHED);
@@ -3082,13 +3118,13 @@ static void *inline_job(void *p)
     return NULL;
 }
 
-static void an_inline_task_behaves_as_in_its_own_frame(unsigned threads)
+static void an_inline_child_behaves_as_in_its_own_frame(unsigned threads, bool future)
 {
     inline_var = cp_var_new("inline", NULL);
     cr_assert_not_null(inline_var);
     cp_pool *pool = new_pool(threads);
     for (int rep = 0; rep < 200; rep++) {
-        struct inline_run k = {.pool = pool, .rc_reset = 1};
+        struct inline_run k = {.pool = pool, .future = future, .rc_reset = 1};
         cp_future *f = NULL;
         cr_assert_eq(cp_pool_submit(pool, inline_job, &k, &f), 0);
         wait_ok(f);
@@ -3106,19 +3142,31 @@ static void an_inline_task_behaves_as_in_its_own_frame(unsigned threads)
 
 Test(task, an_inline_task_behaves_as_in_its_own_frame_on_one_worker, .timeout = 30)
 {
-    an_inline_task_behaves_as_in_its_own_frame(1);
+    an_inline_child_behaves_as_in_its_own_frame(1, false);
 }
 
 Test(task, an_inline_task_behaves_as_in_its_own_frame_on_two_workers, .timeout = 30)
 {
-    an_inline_task_behaves_as_in_its_own_frame(2);
+    an_inline_child_behaves_as_in_its_own_frame(2, false);
+}
+
+Test(future, a_job_its_waiter_runs_behaves_as_in_its_own_frame_on_one_worker,
+     .timeout = 30)
+{
+    an_inline_child_behaves_as_in_its_own_frame(1, true);
+}
+
+Test(future, a_job_its_waiter_runs_behaves_as_in_its_own_frame_on_two_workers,
+     .timeout = 30)
+{
+    an_inline_child_behaves_as_in_its_own_frame(2, true);
 }
 
 /* The end of an inline task's frame frees the values only the frame held;
  * a free_value run then is in the spawner's context, as the end of any
  * frame leaves it, and its set lands there (found by a review: the run,
  * still open, made its frame again, and the spawner was left in a context
- * on the dead stack of cp_sync). */
+ * on the dead stack of cp_sync). The same for a job its waiter runs. */
 static cp_var *dropped_var, *mark_var;
 static int dropped_value, mark_value;
 
@@ -3134,11 +3182,24 @@ static void *set_dropped(void *p)
     return p;
 }
 
-static void *sync_a_task_that_sets(void *p)
+struct child_that_sets {
+    cp_pool *pool;
+    bool future; /* the child is a job, not a frame task */
+};
+
+static void *run_a_child_that_sets(void *p)
 {
-    cp_task t;
-    JCHECK(cp_spawn(p, &t, set_dropped, NULL) == 0);
-    JCHECK(cp_sync(&t, NULL) == 0);
+    struct child_that_sets *k = p;
+    if (k->future) {
+        cp_future *f = NULL;
+        JCHECK(cp_pool_submit(k->pool, set_dropped, NULL, &f) == 0);
+        JCHECK(cp_future_wait(f, NULL) == 0);
+        cp_future_free(f);
+    } else {
+        cp_task t;
+        JCHECK(cp_spawn(k->pool, &t, set_dropped, NULL) == 0);
+        JCHECK(cp_sync(&t, NULL) == 0);
+    }
     void *seen = get_here(mark_var);
     JCHECK(get_here(dropped_var) == UNTOUCHED);
     JCHECK(cp_var_set(mark_var, NULL, NULL) == 0); /* the job's context works on */
@@ -3152,10 +3213,11 @@ Test(task, a_free_value_run_as_an_inline_tasks_frame_ends_sets_in_its_spawners_c
     dropped_var = cp_var_new("dropped", mark_on_free);
     mark_var = cp_var_new("mark", NULL);
     cp_pool *pool = new_pool(1);
-    for (int rep = 0; rep < 50; rep++) {
+    for (int rep = 0; rep < 100; rep++) {
+        struct child_that_sets k = {pool, rep % 2 == 1};
         cp_future *f = NULL;
-        cr_assert_eq(cp_pool_submit(pool, sync_a_task_that_sets, pool, &f), 0);
-        cr_assert_eq(wait_ok(f), &mark_value);
+        cr_assert_eq(cp_pool_submit(pool, run_a_child_that_sets, &k, &f), 0);
+        cr_assert_eq(wait_ok(f), &mark_value, "%s", k.future ? "a job" : "a task");
         jobs_ok();
     }
     free_pool(pool);
