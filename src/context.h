@@ -170,10 +170,11 @@ static inline cp__hamt cp__context_capture(void)
     return m;
 }
 
-/* Give back m, a reference on the current map's root that the caller
- * holds (a capture it no longer needs): kept in the capture batch for the
- * next capture instead of dropped, so no atomic operation. The batch, if
- * any, is on that root (see "The capture batch" in context.c). */
+/* Give back m, a reference that the caller holds on the current map's
+ * root, m being the current map (a capture the caller no longer needs):
+ * kept in the capture batch for the next capture instead of dropped, so no
+ * atomic operation. The batch, if any, is on that root (see "The capture
+ * batch" in context.c). */
 static inline void cp__context_uncapture(cp__hamt m)
 {
     if (!m.root)

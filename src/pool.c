@@ -925,11 +925,17 @@ run_captured(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
         cp__context_begin_lazy(&lazy);
         result = fn(arg);
         cp__context_end_lazy(&lazy);
-        /* The current map is map still (a set made a frame of the run's
-         * own, which has ended): its reference goes back to the capture
-         * batch it most likely came from. */
-        if (owned)
-            cp__context_uncapture(map);
+        /* While map is the current map still, its reference goes back to
+         * the capture batch it most likely came from. It may not be: the
+         * end of a frame that a set in the run made may run user code (a
+         * free_value) that sets in the current context (helper-61). We
+         * hold map, so a root equal to its root is that root. */
+        if (owned) {
+            if (map.root == cp__self.current->map.root)
+                cp__context_uncapture(map);
+            else
+                cp__hamt_decref(map);
+        }
     } else {
         cp_context frame;
         cp__context_begin_frame(&frame, map, owned);

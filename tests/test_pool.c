@@ -2318,6 +2318,71 @@ Test(base, a_job_that_ran_the_jobs_it_waited_for_keeps_nothing_alive, .timeout =
     job_that_never_resets_leaks_nothing(set_wait_children_and_leave);
 }
 
+/* The end of the frame of a job its waiter ran may run a free_value that
+ * changes the waiter's context, and copies it (which fills the capture
+ * batch on the new map): the job's reference on the waiter's old map must
+ * be dropped then, not given to the batch (helper-61: a leak of the old
+ * map, or with the copy a use after free of it). */
+static cp_var *held_var, *handed_var, *changed_var;
+static int held_value, handed_value, changed_value;
+
+static void change_and_copy(void *p)
+{
+    JCHECK(p == &handed_value);
+    JCHECK(cp_var_set(changed_var, &changed_value, NULL) == 0);
+    cp_context_free(cp_copy_context());
+}
+
+static void *set_handed(void *p)
+{
+    JCHECK(cp_var_set(handed_var, &handed_value, NULL) == 0);
+    return p;
+}
+
+#define HELD_COPIES 40
+static void *wait_a_job_whose_frame_end_changes_our_context(void *pool)
+{
+    JCHECK(cp_var_set(held_var, &held_value, NULL) == 0);
+    cp_context *copies[HELD_COPIES];
+    for (int i = 0; i < HELD_COPIES; i++)
+        JCHECK((copies[i] = cp_copy_context()) != NULL);
+    cp_future *f = NULL;
+    JCHECK(cp_pool_submit(pool, set_handed, NULL, &f) == 0);
+    JCHECK(cp_future_wait(f, NULL) == 0);
+    cp_future_free(f);
+    JCHECK(get_here(changed_var) == &changed_value);
+    JCHECK(cp_var_set(changed_var, NULL, NULL) == 0); /* drops the batch */
+    for (int i = 0; i < HELD_COPIES; i++) {
+        JCHECK(cp_context_get_or(copies[i], held_var, NULL) == &held_value);
+        cp_context_free(copies[i]);
+    }
+    JCHECK(atomic_load(&frees) == 0);
+    return NULL;
+}
+
+Test(base, a_free_value_that_changes_the_waiters_context_as_a_job_ends_frees_all_once,
+     .timeout = 30)
+{
+    held_var = cp_var_new("held", count_free);
+    handed_var = cp_var_new("handed", change_and_copy);
+    changed_var = cp_var_new("changed", NULL);
+    cp_pool *pool = new_pool(1);
+    for (int rep = 0; rep < 20; rep++) {
+        atomic_store(&frees, 0);
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(pool, wait_a_job_whose_frame_end_changes_our_context,
+                                    pool, &f), 0);
+        wait_ok(f);
+        jobs_ok();
+        cr_assert_eq(atomic_load(&frees), 1, "rep %d: the job's value was freed %d times",
+                     rep, atomic_load(&frees));
+    }
+    free_pool(pool);
+    cp_var_free(held_var);
+    cp_var_free(handed_var);
+    cp_var_free(changed_var);
+}
+
 /* A job that sets its variable for a while, the way a request handler does:
  * set, reset, free the token. */
 static void *set_reset_free_job(void *p)
