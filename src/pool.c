@@ -930,7 +930,7 @@ run_captured(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
          * end of a frame that a set in the run made may run user code (a
          * free_value) that sets in the current context (helper-61). We
          * hold map, so a root equal to its root is that root. */
-        if (owned) {
+        if (owned && map.root) {
             if (map.root == cp__self.current->map.root)
                 cp__context_uncapture(map);
             else
