@@ -1,17 +1,23 @@
-/* task_stress.c - frame tasks against a model of their contexts.
+/* task_stress.c - frame tasks and waited-for jobs against a model of their
+ * contexts.
  *
- * Jobs run random trees of frame tasks (cp_spawn/cp_sync, depth up to 5, up
- * to 4 open at once), and every job and task does random steps on a few
+ * Jobs run random trees of children (depth up to 5, up to 4 open at once):
+ * frame tasks (cp_spawn/cp_sync) and jobs they wait for (cp_pool_submit,
+ * cp_future_wait), and every job and task does random steps on a few
  * variables: gets, sets with and without tokens, resets of its own tokens,
- * spawns and syncs. Each keeps a model of its context: a task's starts as
- * its spawner's model at the spawn, and every get is checked against it.
+ * spawns and syncs. Each keeps a model of its context: a child's starts as
+ * its parent's model at the spawn, and every get is checked against it.
  * On one worker every task is private and its spawner runs it inline at
- * cp_sync, sharing the spawner's context until it sets something (see
- * cp__lazy in src/context.h); on two, some tasks are offered and stolen and
- * run in frames of their own. Both must give the model's answers. One of
- * the variables holds heap boxes whose destructor counts: at the end,
- * frees == boxes made, so a value dropped twice or never (a frame made or
- * left wrong) fails too.
+ * cp_sync, and every job is run by its waiter, sharing the parent's context
+ * until it sets something (run_captured in src/pool.c); on two, some are
+ * stolen and run in frames of their own. Both must give the model's
+ * answers. One of the variables holds heap boxes whose destructor counts:
+ * at the end, frees == boxes made, so a value dropped twice or never (a
+ * frame made or left wrong) fails too. Every other destructor run sets a
+ * variable outside the model in whatever context is current then, and
+ * copies that context (as at the end of a child's frame, where the parent's
+ * context is current again: the reference the child held on it must not go
+ * to the capture batch then, helper-61).
  *
  * Size: stress_ops() (check.h): argv[1] or CP_STRESS_SCALE times
  * DEFAULT_JOBS jobs a pool; under TSan a tenth. A watchdog (watchdog.h)
@@ -35,6 +41,7 @@
 #define MAX_TOKENS 6
 
 static cp_var *vars[VARS];
+static cp_var *outside; /* set by box_free, not in the model */
 static int values[VALUES];
 static cp_pool *pool;
 static atomic_long boxes_made, boxes_freed;
@@ -42,7 +49,11 @@ static atomic_long boxes_made, boxes_freed;
 static void box_free(void *box)
 {
     free(box);
-    atomic_fetch_add_explicit(&boxes_freed, 1, memory_order_relaxed);
+    long n = atomic_fetch_add_explicit(&boxes_freed, 1, memory_order_relaxed);
+    if (n % 2) {
+        CHECK(cp_var_set(outside, &values[n % VALUES], NULL) == 0, "a destructor's set");
+        cp_context_free(cp_copy_context());
+    }
 }
 
 struct model {
@@ -84,10 +95,28 @@ static void *new_value(struct scope *sc, int var)
 
 static void *task_main(void *p);
 
-/* A job's or task's random steps; every task it spawns is synced. */
+/* A child, open: a frame task, or a job (future). */
+struct child {
+    cp_task task;
+    cp_future *future; /* NULL: the child is the task */
+};
+
+/* Wait for c, whose scope is kid: the task's sync, the job's wait. */
+static void end_child(struct child *c, struct scope *kid)
+{
+    void *result = NULL;
+    if (c->future) {
+        CHECK(cp_future_wait(c->future, &result) == 0 && result == kid, "cp_future_wait");
+        cp_future_free(c->future);
+    } else {
+        CHECK(cp_sync(&c->task, &result) == 0 && result == kid, "cp_sync");
+    }
+}
+
+/* A job's or task's random steps; every child it starts is waited for. */
 static void run_scope(struct scope *sc)
 {
-    cp_task tasks[MAX_OPEN];
+    struct child children[MAX_OPEN];
     struct scope kids[MAX_OPEN];
     int open = 0;
     cp_token *tokens[MAX_TOKENS];
@@ -119,18 +148,23 @@ static void run_scope(struct scope *sc)
             cp_token_free(tokens[ntokens]);
         } else if (op < 8 && open < MAX_OPEN && sc->depth < MAX_DEPTH) {
             kids[open] = (struct scope){sc->m, next_random(&sc->rng) | 1, sc->depth + 1};
-            CHECK(cp_spawn(pool, &tasks[open], task_main, &kids[open]) == 0, "cp_spawn");
+            struct child *c = &children[open];
+            c->future = NULL;
+            if (next_random(&sc->rng) % 2)
+                CHECK(cp_pool_submit(pool, task_main, &kids[open], &c->future) == 0,
+                      "cp_pool_submit");
+            else
+                CHECK(cp_spawn(pool, &c->task, task_main, &kids[open]) == 0, "cp_spawn");
             open++;
         } else if (open > 0) {
             open--;
-            void *result = NULL;
-            CHECK(cp_sync(&tasks[open], &result) == 0 && result == &kids[open], "cp_sync");
-            check_model(sc, "after a sync");
+            end_child(&children[open], &kids[open]);
+            check_model(sc, "after a wait");
         }
     }
     while (open > 0) {
         open--;
-        CHECK(cp_sync(&tasks[open], NULL) == 0, "cp_sync");
+        end_child(&children[open], &kids[open]);
     }
     check_model(sc, "the end");
     while (ntokens > 0) {
@@ -183,15 +217,17 @@ int main(int argc, char **argv)
     fallback /= TSAN_DIVISOR;
 #endif
     unsigned long long jobs = stress_ops(argc, argv, fallback);
-    watchdog_start("task_stress", "a frame task tree that never finished");
+    watchdog_start("task_stress", "a tree of tasks and jobs that never finished");
     for (int i = 0; i < VARS; i++)
         CHECK((vars[i] = cp_var_new("v", i == BOXED ? box_free : NULL)) != NULL, "cp_var_new");
-    watchdog_phase("one worker: every task inline");
+    CHECK((outside = cp_var_new("outside", NULL)) != NULL, "cp_var_new");
+    watchdog_phase("one worker: every child run by its parent");
     run_pool(1, jobs);
-    watchdog_phase("two workers: some tasks stolen");
+    watchdog_phase("two workers: some children stolen");
     run_pool(2, jobs);
     for (int i = 0; i < VARS; i++)
         cp_var_free(vars[i]);
+    cp_var_free(outside);
     CHECK(atomic_load(&boxes_freed) == atomic_load(&boxes_made),
           "%ld boxes made, %ld freed", atomic_load(&boxes_made), atomic_load(&boxes_freed));
     printf("task_stress: %llu jobs on 1 and on 2 workers, %ld boxes made and freed\n", jobs,
