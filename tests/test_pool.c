@@ -3110,6 +3110,22 @@ Test(task, every_spawn_counts_as_submitted_and_completed, .timeout = 30)
  * keeps its own changes. On one worker every task is private and synced
  * inline, and every job run by its waiter; on two some are taken by the
  * other worker. */
+/* Run fn(arg) as a child of the calling job, and wait for it: a job
+ * (future), or a frame task. On one worker, the caller runs it. */
+static void run_child(cp_pool *pool, bool future, cp_job_fn fn, void *arg)
+{
+    if (future) {
+        cp_future *f = NULL;
+        JCHECK(cp_pool_submit(pool, fn, arg, &f) == 0);
+        JCHECK(cp_future_wait(f, NULL) == 0);
+        cp_future_free(f);
+    } else {
+        cp_task t;
+        JCHECK(cp_spawn(pool, &t, fn, arg) == 0);
+        JCHECK(cp_sync(&t, NULL) == 0);
+    }
+}
+
 static cp_var *inline_var;
 static int inline_job_value, inline_task_value, inline_other_value;
 
@@ -3166,16 +3182,7 @@ static void *inline_job(void *p)
 {
     struct inline_run *k = p;
     JCHECK(cp_var_set(inline_var, &inline_job_value, &k->job_token) == 0);
-    if (k->future) {
-        cp_future *f = NULL;
-        JCHECK(cp_pool_submit(k->pool, inline_task, k, &f) == 0);
-        JCHECK(cp_future_wait(f, NULL) == 0);
-        cp_future_free(f);
-    } else {
-        cp_task t;
-        JCHECK(cp_spawn(k->pool, &t, inline_task, k) == 0);
-        JCHECK(cp_sync(&t, NULL) == 0);
-    }
+    run_child(k->pool, k->future, inline_task, k);
     k->job_after = get_here(inline_var);
     JCHECK(cp_var_reset(inline_var, k->job_token) == 0);
     JCHECK(get_here(inline_var) == UNTOUCHED);
@@ -3255,16 +3262,7 @@ struct child_that_sets {
 static void *run_a_child_that_sets(void *p)
 {
     struct child_that_sets *k = p;
-    if (k->future) {
-        cp_future *f = NULL;
-        JCHECK(cp_pool_submit(k->pool, set_dropped, NULL, &f) == 0);
-        JCHECK(cp_future_wait(f, NULL) == 0);
-        cp_future_free(f);
-    } else {
-        cp_task t;
-        JCHECK(cp_spawn(k->pool, &t, set_dropped, NULL) == 0);
-        JCHECK(cp_sync(&t, NULL) == 0);
-    }
+    run_child(k->pool, k->future, set_dropped, NULL);
     void *seen = get_here(mark_var);
     JCHECK(get_here(dropped_var) == UNTOUCHED);
     JCHECK(cp_var_set(mark_var, NULL, NULL) == 0); /* the job's context works on */
