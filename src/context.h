@@ -171,14 +171,12 @@ static inline cp__hamt cp__context_capture(void)
 }
 
 /* Give back m, a reference that the caller holds on the current map's
- * root, m being the current map (a capture the caller no longer needs):
- * kept in the capture batch for the next capture instead of dropped, so no
- * atomic operation. The batch, if any, is on that root (see "The capture
- * batch" in context.c). */
+ * root (not NULL), m being the current map (a capture the caller no longer
+ * needs): kept in the capture batch for the next capture instead of
+ * dropped, so no atomic operation. The batch, if any, is on that root (see
+ * "The capture batch" in context.c). */
 static inline void cp__context_uncapture(cp__hamt m)
 {
-    if (!m.root)
-        return;
     cp__self.capture_root = m.root;
     cp__self.capture_refs++;
 }

@@ -2596,8 +2596,8 @@ int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg)
     return 0;
 }
 
-/* Run a queued task its spawner took back, on the spawner's thread, in a
- * frame on its borrowed map. */
+/* Run a queued task its spawner took back, on the spawner's thread, on its
+ * borrowed map (run_captured). */
 static void *run_inline(struct worker *self, struct task *t)
 {
     void *result = run_captured(t->borrow.map, false, t->u.fn, t->arg);
