@@ -82,8 +82,9 @@
  * the jobs drop: a line the submitting thread and the workers share, so an
  * atomic operation there per submit is a cache miss too. The thread takes
  * CAPTURE_BATCH references at once instead and hands them out one capture
- * at a time (cp__context_capture). A job its own waiter runs, while the map
- * it captured is current still, gives its reference back to the batch
+ * at a time (cp__context_capture). A job run where the map it captured is
+ * the current map (by its own waiter, most often) gives its reference back
+ * to the batch if the map is current still when it ends
  * (cp__context_uncapture): fork-join code in a context with values then
  * makes no atomic operation on the root per job; before, each job's end
  * dropped one, and on two workers the root's count bounced between them

@@ -2,9 +2,10 @@
  *
  * The pool captures the submitter's context as a map (one reference, O(1)),
  * and runs the job in a "frame": a cp_context that lives on the worker's stack
- * for the length of one job, so that a job costs no context allocation. A
- * frame is never handed to the user, so nothing else can take a reference to
- * it.
+ * for the length of one job, so that a job costs no context allocation; or,
+ * when the captured map is the current context's map, in the current
+ * context until the job sets something (cp__lazy). A frame is never handed
+ * to the user, so nothing else can take a reference to it.
  */
 #ifndef CTXPOOL_CONTEXT_H
 #define CTXPOOL_CONTEXT_H

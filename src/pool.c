@@ -13,10 +13,12 @@
  * worker looks at the injection queue first every INJECT_EVERY items it runs,
  * so a stream of local work cannot starve outside submitters.
  *
- * Running. A worker runs an item inside a frame context (context.h) built on
- * its stack from the captured map, entered with run semantics and left
- * exactly, so after every item the worker is back in its own context and
- * nothing leaks from one job to the next. A submit_in job enters its context
+ * Running. A worker runs an item in the context it captured: a frame
+ * context (context.h) built on its stack from the captured map, entered
+ * with run semantics and left exactly, or, when that map is the current
+ * context's, the current context until the item sets something, which then
+ * makes the frame (run_captured, cp__lazy). After every item the worker is
+ * back in its own context and nothing leaks from one job to the next. A submit_in job enters its context
  * with the same compare-and-swap as cp_context_run, and reports CP_EBUSY or
  * CP_ERECURSIVE instead of running when that fails. A job nobody holds a
  * handle to (none was asked for, or it was freed) is the pool's alone: it

@@ -10,7 +10,8 @@
  * On one worker every task is private and its spawner runs it inline at
  * cp_sync, and every job is run by its waiter, sharing the parent's context
  * until it sets something (run_captured in src/pool.c); on two, some are
- * stolen and run in frames of their own. Both must give the model's
+ * stolen and run in frames of their own, or lazily over the thief's
+ * context when that has the map they captured. All must give the model's
  * answers. One of the variables holds heap boxes whose destructor counts:
  * at the end, frees == boxes made, so a value dropped twice or never (a
  * frame made or left wrong) fails too. Every other destructor run sets a
