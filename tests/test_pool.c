@@ -3594,8 +3594,15 @@ static void *fork_while_a_task_runs_elsewhere(void *p)
     JCHECK(cp_sync(&offer, NULL) == 0);
     fflush(NULL);
     pid_t pid = fork();
-    if (pid == 0)
-        _exit(cp_sync(&j->task, NULL) == CP_ESHUTDOWN ? 0 : 1);
+    if (pid == 0) {
+        /* The forking thread is this worker still, in the child: its
+         * spawn on the pool it no longer has is refused too. */
+        cp_task late;
+        _exit(cp_sync(&j->task, NULL) == CP_ESHUTDOWN &&
+                      cp_spawn(j->pool, &late, noop_task, NULL) == CP_ESHUTDOWN
+                  ? 0
+                  : 1);
+    }
     int status = 0;
     if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status))
         j->child_sync = WEXITSTATUS(status);
@@ -3603,6 +3610,80 @@ static void *fork_while_a_task_runs_elsewhere(void *p)
     void *r = NULL;
     JCHECK(cp_sync(&j->task, &r) == 0 && r == j);
     return NULL;
+}
+
+/* In a forked child, a new pool's tasks carry the child's fork generation:
+ * a task spawned from outside it, and tasks a job offers to its idle
+ * worker, sync with their results (mutation testing: with the generation
+ * not stored, or stored as 0, their syncs returned CP_ESHUTDOWN or
+ * crashed). */
+static void *busy_task(void *p)
+{
+    volatile unsigned x = 0;
+    for (unsigned i = 0; i < 5000; i++)
+        x += i;
+    return p;
+}
+
+struct fan {
+    cp_pool *pool;
+    int bad;
+};
+
+static void *fan_out_and_sync(void *p)
+{
+    struct fan *f = p;
+    cp_task t[64];
+    for (int i = 0; i < 64; i++)
+        if (cp_spawn(f->pool, &t[i], busy_task, &t[i]) != 0)
+            f->bad |= 1;
+    for (int i = 63; i >= 0; i--) {
+        void *r = NULL;
+        if (cp_sync(&t[i], &r) != 0 || r != &t[i])
+            f->bad |= 2;
+    }
+    return NULL;
+}
+
+Test(fork, a_new_pool_in_a_forked_child_runs_and_syncs_its_tasks, .timeout = 30)
+{
+    /* A pool made before the fork: the child's generation is then not 0.
+     * Static: the child inherits it (see inherited). */
+    static cp_pool *parents;
+    parents = new_pool(1);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int bad = 0;
+        cp_pool *pool = NULL;
+        cp_pool_options options = {.threads = 2};
+        if (cp_pool_new(&pool, &options) != 0)
+            _exit(64);
+        for (int round = 0; round < 20; round++) {
+            cp_task t;
+            void *r = NULL;
+            if (cp_spawn(pool, &t, busy_task, &t) != 0 || cp_sync(&t, &r) != 0 || r != &t)
+                bad |= 1;
+            struct fan f = {pool, 0};
+            cp_future *job = NULL;
+            if (cp_pool_submit(pool, fan_out_and_sync, &f, &job) != 0 ||
+                cp_future_wait(job, NULL) != 0)
+                bad |= 2;
+            cp_future_free(job);
+            bad |= f.bad << 2;
+        }
+        if (cp_pool_free(pool) != 0)
+            bad |= 16;
+        _exit(bad);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "child died: status %#x", status);
+    cr_assert_eq(WEXITSTATUS(status), 0, "child failures (bits: 1 outside task, 2 job, "
+                 "4 spawn in the job, 8 sync in the job, 16 free, 64 new pool): %#x",
+                 WEXITSTATUS(status));
+    free_pool(parents);
 }
 
 Test(fork, a_sync_in_a_child_forked_by_a_job_of_a_task_run_elsewhere_is_eshutdown,
