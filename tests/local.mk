@@ -22,7 +22,8 @@ STRESS_TESTS = \
 	tests/stress/pool_stress \
 	tests/stress/push_wakeup \
 	tests/stress/task_stress \
-	tests/stress/var_stress
+	tests/stress/var_stress \
+	tests/stress/wake_pass_on
 
 EXTRA_DIST += tests/stress/check.h tests/stress/pause.h tests/stress/watchdog.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
 	tests/examples.sh tests/install.sh
@@ -109,3 +110,7 @@ tests_stress_context_stress_LDADD = $(TEST_LIBS)
 tests_stress_var_stress_SOURCES = tests/stress/var_stress.c
 tests_stress_var_stress_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_var_stress_LDADD = $(TEST_LIBS)
+
+tests_stress_wake_pass_on_SOURCES = tests/stress/wake_pass_on.c
+tests_stress_wake_pass_on_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_wake_pass_on_LDADD = $(TEST_LIBS)
