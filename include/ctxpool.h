@@ -340,14 +340,21 @@ typedef struct cp_future cp_future;
 typedef void *(*cp_job_fn)(void *arg);
 
 typedef struct cp_pool_options {
-    unsigned threads; /* 0: one per online CPU */
-    const char *name; /* worker thread name prefix; NULL or "": "cp-worker" */
-    bool pin;         /* pin each worker to one CPU (see cp_pool_new) */
-    /* room to grow: stack size, hooks. Zero-initialise the whole struct
-     * ({0} or designated initializers), so that fields added later start
-     * at their defaults when you rebuild. A field added changes the
-     * library's interface version (its soname): a program built with the
-     * older, smaller struct keeps using the library it was built for. */
+    unsigned threads;  /* 0: one per online CPU */
+    const char *name;  /* worker thread name prefix; NULL or "": "cp-worker" */
+    bool pin;          /* pin each worker to one CPU (see cp_pool_new) */
+    size_t stack_size; /* bytes of stack for each worker; 0: the system's */
+    /* Called on each worker's own thread with its index and hook_arg:
+     * on_start before it runs any work, on_stop after its last (see
+     * cp_pool_new). NULL: none. */
+    void (*on_start)(unsigned worker, void *hook_arg);
+    void (*on_stop)(unsigned worker, void *hook_arg);
+    void *hook_arg;
+    /* Zero-initialise the whole struct ({0} or designated initializers),
+     * so that fields added later start at their defaults when you rebuild.
+     * A field added changes the library's interface version (its soname):
+     * a program built with the older, smaller struct keeps using the
+     * library it was built for. */
 } cp_pool_options;
 
 /* cp_pool_new - start a pool of worker threads.
@@ -360,9 +367,27 @@ typedef struct cp_pool_options {
  *   a busy one on the same CPU while another CPU idles (seen on virtual
  *   machines). Pinning is best effort: a worker the system refuses to pin
  *   runs unpinned.
- * Returns 0 and stores the pool in *pool; CP_EINVAL for NULL pool;
- * CP_ENOMEM when memory or threads ran out (no thread is left running).
- * Threads: any thread. */
+ *   stack_size: as pthread_attr_setstacksize. A wait in a job (for a
+ *   future, or a cp_sync) may run other jobs on the same stack meanwhile,
+ *   so deep fork-join may need more than the default.
+ *   on_start, on_stop: for what each worker thread needs set up before
+ *   jobs run on it (a per-thread allocator arena, a tracer's thread
+ *   registration), and torn down after. A job runs on a worker only after
+ *   that worker's on_start returned; on_stop runs in cp_pool_free, after
+ *   the worker's last job, on every worker that ran on_start (also when
+ *   cp_pool_new fails after starting some). Each call runs in a copy of
+ *   the context that was current when cp_pool_new was called, as a job
+ *   would: what it sets stays there, no job sees it. A hook runs outside
+ *   the pool's work: submits and spawns from on_stop are refused
+ *   (CP_ESHUTDOWN), and cp_pool_free on the pool from either hook returns
+ *   CP_EDEADLK.
+ * Returns when every worker has named itself, pinned itself and run
+ * on_start: 0, and stores the pool in *pool; CP_EINVAL for NULL pool or a
+ * stack_size the system refuses (below PTHREAD_STACK_MIN); CP_ENOMEM when
+ * memory or threads ran out (no thread is left running). On an error
+ * *pool is untouched.
+ * Threads: any thread. (on_start must not wait for the thread that calls
+ * cp_pool_new: that thread is waiting for it.) */
 CP_EXPORT int cp_pool_new(cp_pool **pool, const cp_pool_options *options);
 
 /* cp_pool_submit - queue fn(arg) to run on a worker, in a copy of the calling

@@ -110,6 +110,7 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -277,6 +278,7 @@ struct worker {
     cp_pool *pool;
     pthread_t thread;
     unsigned index;
+    char name[16];               /* "<name>-<index>", set by the worker */
     uint64_t rng;
     unsigned tick;               /* items run, for injection-queue fairness */
     /* This worker's private frame tasks (see cp_spawn): the KIND_PRIVATE
@@ -377,6 +379,17 @@ struct cp_pool {
     bool fenced;
     unsigned light_after;
     struct worker *workers;
+
+    /* cp_pool_options: pin, and the hooks with the context they run in,
+     * captured by cp_pool_new and dropped once the workers are joined. */
+    bool pin;
+    void (*on_start)(unsigned worker, void *arg);
+    void (*on_stop)(unsigned worker, void *arg);
+    void *hook_arg;
+    cp__hamt hook_map;
+    /* Posted by each worker once it is ready to work; cp_pool_new waits for
+     * them all. */
+    sem_t ready;
 };
 
 /* The calling thread's worker, if it is one (of any pool). */
@@ -1548,10 +1561,63 @@ static __attribute__((noinline)) int wait_work_slow(cp_pool *pool, struct work *
 /* ------------------------------------------------------------------------ */
 /* Workers                                                                   */
 
+/* cp_pool_options.pin: this thread, worker i, on the (i mod n)-th of the n
+ * CPUs it may run on, which are its creator's (a thread starts with its
+ * creator's mask). Best effort: a refusal leaves the worker unpinned. */
+static void pin_self(unsigned i)
+{
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0 || CPU_COUNT(&allowed) == 0)
+        return;
+    unsigned k = i % (unsigned)CPU_COUNT(&allowed);
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &allowed) && k-- == 0) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET(c, &one);
+            pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+            return;
+        }
+}
+
+struct hook_call {
+    void (*hook)(unsigned worker, void *arg);
+    unsigned worker;
+    void *arg;
+};
+
+static void *hook_run(void *p)
+{
+    struct hook_call *call = p;
+    call->hook(call->worker, call->arg);
+    return NULL;
+}
+
+/* Call hook (the pool's on_start or on_stop, if set) for self as a job is
+ * run: in the context cp_pool_new captured, which it borrows from the
+ * pool; what the hook sets stays in its frame. */
+static void worker_hook(struct worker *self, void (*hook)(unsigned, void *))
+{
+    if (!hook)
+        return;
+    struct hook_call call = {hook, self->index, self->pool->hook_arg};
+    run_captured(self->pool->hook_map, false, hook_run, &call);
+}
+
+/* A worker names itself, pins itself and runs on_start before it says it
+ * is ready, so that all three are done when cp_pool_new returns. The hooks
+ * run while this_worker is NULL: on the worker's thread but outside the
+ * pool's work, as another thread's calls would. (From on_stop, a submit
+ * would otherwise be queued on a deque nobody runs any more.) */
 static void *worker_main(void *p)
 {
     struct worker *self = p;
     cp_pool *pool = self->pool;
+    pthread_setname_np(pthread_self(), self->name);
+    if (pool->pin)
+        pin_self(self->index);
+    worker_hook(self, pool->on_start);
+    sem_post(&pool->ready);
     this_worker = self;
     bool woken = false;
     for (;;) {
@@ -1577,6 +1643,7 @@ static void *worker_main(void *p)
     }
     returns_flush(self);
     this_worker = NULL;
+    worker_hook(self, pool->on_stop);
     return NULL;
 }
 
@@ -1597,6 +1664,7 @@ static void workers_stop(cp_pool *pool, unsigned started)
 
 static void pool_release(cp_pool *pool, unsigned deques)
 {
+    sem_destroy(&pool->ready);
     for (unsigned i = 0; i < deques; i++)
         cp__deque_destroy(&pool->workers[i].deque);
     cp__free(pool->workers);
@@ -1612,25 +1680,6 @@ static void pool_unref(cp_pool *pool)
         pool_release(pool, pool->nworkers);
 }
 
-/* cp_pool_options.pin: worker i on the (i mod n)-th of the n CPUs this
- * thread may run on. Best effort: a refusal leaves that worker unpinned. */
-static void pin_workers(cp_pool *pool)
-{
-    cpu_set_t allowed;
-    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
-        return;
-    int cpus[CPU_SETSIZE], n = 0;
-    for (int c = 0; c < CPU_SETSIZE; c++)
-        if (CPU_ISSET(c, &allowed))
-            cpus[n++] = c;
-    for (unsigned i = 0; n > 0 && i < pool->nworkers; i++) {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(cpus[i % (unsigned)n], &one);
-        pthread_setaffinity_np(pool->workers[i].thread, sizeof one, &one);
-    }
-}
-
 /* relaxed: a test switch, read when a pool is made. */
 static atomic_int light_after = LIGHT_AFTER;
 
@@ -1639,29 +1688,21 @@ int cp__pool_light_after(int n)
     return atomic_exchange_explicit(&light_after, n, memory_order_relaxed);
 }
 
-int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
+/* A pool of n workers, none started, with options' settings (NULL: the
+ * defaults) but stack_size; NULL without memory for it. */
+static cp_pool *pool_make(unsigned n, const cp_pool_options *options)
 {
-    if (!poolp)
-        return CP_EINVAL;
-    pthread_once(&atfork_once, atfork_register);
-    unsigned n = options ? options->threads : 0;
-    if (n == 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        n = cpus > 0 ? (unsigned)cpus : 1;
-    }
-    const char *name = options && options->name && *options->name ? options->name
-                                                                  : "cp-worker";
-
     /* Both are padded to cache lines (alignas): malloc's alignment is not
      * enough for them. */
     cp_pool *pool = cp__calloc_aligned(1, sizeof *pool, alignof(cp_pool));
     if (!pool)
-        return CP_ENOMEM;
+        return NULL;
     pool->workers = cp__calloc_aligned(n, sizeof *pool->workers, alignof(struct worker));
     if (!pool->workers) {
         cp__free(pool);
-        return CP_ENOMEM;
+        return NULL;
     }
+    sem_init(&pool->ready, 0, 0); /* fails only for a count too large */
     pool->nworkers = n;
     atomic_init(&pool->refs, 1); /* the user's; not yet shared */
     pool->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
@@ -1676,39 +1717,85 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     atomic_init(&pool->inject_stub.next, NULL); /* not yet shared */
     atomic_init(&pool->inject_head, &pool->inject_stub); /* not yet shared */
     pool->inject_tail = &pool->inject_stub;
+    const char *name = options && options->name && *options->name ? options->name
+                                                                  : "cp-worker";
     for (unsigned i = 0; i < n; i++) {
         struct worker *w = &pool->workers[i];
         if (cp__deque_init(&w->deque, DEQUE_LOG_CAPACITY) != 0) {
             pool_release(pool, i);
-            return CP_ENOMEM;
+            return NULL;
         }
         w->pool = pool;
         atomic_init(&w->cancel, false); /* not yet shared */
         w->index = i;
         w->rng = UINT64_C(0x9e3779b97f4a7c15) * (i + 1);
-    }
-    for (unsigned i = 0; i < n; i++) {
-        struct worker *w = &pool->workers[i];
-        /* A thread (its stack) counts as an allocation for the test hook,
-         * so that the tests reach the stop of the workers already started. */
-        if (cp__alloc_should_fail() ||
-            pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            workers_stop(pool, i);
-            pool_release(pool, n);
-            return CP_ENOMEM;
-        }
-        atomic_fetch_add_explicit(&workers_unjoined, 1, memory_order_relaxed);
         /* Linux keeps 15 characters of a thread's name: cut the prefix so
          * that the index stays. */
-        char thread_name[16], index[12]; /* "-4294967295" and its NUL */
+        char index[12]; /* "-4294967295" and its NUL */
         size_t len = (size_t)snprintf(index, sizeof index, "-%u", i);
-        size_t kept = strnlen(name, sizeof thread_name - 1 - len);
-        memcpy(thread_name, name, kept);
-        memcpy(thread_name + kept, index, len + 1);
-        pthread_setname_np(w->thread, thread_name);
+        size_t kept = strnlen(name, sizeof w->name - 1 - len);
+        memcpy(w->name, name, kept);
+        memcpy(w->name + kept, index, len + 1);
     }
-    if (options && options->pin)
-        pin_workers(pool);
+    if (options) {
+        pool->pin = options->pin;
+        pool->on_start = options->on_start;
+        pool->on_stop = options->on_stop;
+        pool->hook_arg = options->hook_arg;
+    }
+    return pool;
+}
+
+int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
+{
+    if (!poolp)
+        return CP_EINVAL;
+    pthread_once(&atfork_once, atfork_register);
+    /* Checked before anything is made: the one option that can be wrong. */
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0)
+        return CP_ENOMEM;
+    if (options && options->stack_size &&
+        pthread_attr_setstacksize(&attr, options->stack_size) != 0) {
+        pthread_attr_destroy(&attr);
+        return CP_EINVAL;
+    }
+    unsigned n = options ? options->threads : 0;
+    if (n == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus > 0 ? (unsigned)cpus : 1;
+    }
+    cp_pool *pool = pool_make(n, options);
+    if (!pool) {
+        pthread_attr_destroy(&attr);
+        return CP_ENOMEM;
+    }
+    if (pool->on_start || pool->on_stop)
+        pool->hook_map = cp__context_capture();
+    unsigned started = 0;
+    /* A thread (its stack) counts as an allocation for the test hook, so
+     * that the tests reach the stop of the workers already started. */
+    while (started < n && !cp__alloc_should_fail() &&
+           pthread_create(&pool->workers[started].thread, &attr, worker_main,
+                          &pool->workers[started]) == 0) {
+        started++;
+        /* relaxed: a count for the tests, ordering nothing. */
+        atomic_fetch_add_explicit(&workers_unjoined, 1, memory_order_relaxed);
+    }
+    pthread_attr_destroy(&attr);
+    if (started < n) {
+        workers_stop(pool, started);
+        cp__hamt_decref(pool->hook_map);
+        pool_release(pool, n);
+        return CP_ENOMEM;
+    }
+    /* Not cancelled while workers may still post. */
+    int cancel_state;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+    for (unsigned i = 0; i < n; i++)
+        while (sem_wait(&pool->ready) != 0)
+            ; /* EINTR: a signal handler ran */
+    pthread_setcancelstate(cancel_state, NULL);
     *poolp = pool;
     return 0;
 }
@@ -2269,9 +2356,12 @@ int cp_pool_free(cp_pool *pool)
         return 0;
     if (forked_away(&pool->fork_generation))
         return CP_ESHUTDOWN;
-    if (worker_of(pool))
-        return CP_EDEADLK;
+    /* Its threads, not only while they run work: also from a hook. */
+    for (unsigned i = 0; i < pool->nworkers; i++)
+        if (pthread_equal(pool->workers[i].thread, pthread_self()))
+            return CP_EDEADLK;
     workers_stop(pool, pool->nworkers);
+    cp__hamt_decref(pool->hook_map);
     pool_unref(pool);
     return 0;
 }

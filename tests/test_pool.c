@@ -3452,6 +3452,198 @@ Test(options, without_pin_workers_may_run_where_their_creator_may, .timeout = 30
         cr_assert(CPU_EQUAL(&n.cpus[j], &mine), "%s was pinned", n.name[j]);
 }
 
+/* What the hooks of a pool saw, worker by worker. */
+struct hooks_seen {
+    cp_pool *pool;           /* stored once cp_pool_new returned */
+    cp_var *var;             /* read and set by the hooks */
+    atomic_int starts[MAX_NAMED], stops[MAX_NAMED];
+    pthread_t thread[MAX_NAMED];
+    char name[MAX_NAMED][16];
+    void *start_saw[MAX_NAMED], *stop_saw[MAX_NAMED]; /* var's value */
+    int stop_submit[MAX_NAMED], stop_spawn[MAX_NAMED], stop_free[MAX_NAMED];
+    unsigned long start_work;    /* loop steps on_start takes before it ends */
+    atomic_bool started[MAX_NAMED]; /* on_start ended */
+};
+
+static __thread unsigned hooked_as; /* this thread's on_start: index + 1 */
+
+static void start_hook(unsigned worker, void *p)
+{
+    struct hooks_seen *h = p;
+    JCHECK(worker < MAX_NAMED);
+    if (worker >= MAX_NAMED)
+        return;
+    JCHECK(atomic_fetch_add(&h->starts[worker], 1) == 0);
+    JCHECK(atomic_load(&h->stops[worker]) == 0);
+    h->thread[worker] = pthread_self();
+    JCHECK(pthread_getname_np(pthread_self(), h->name[worker], sizeof h->name[worker]) == 0);
+    h->start_saw[worker] = get_here(h->var);
+    JCHECK(cp_var_set(h->var, "set by on_start", NULL) == 0);
+    hooked_as = worker + 1;
+    /* A slow on_start: cp_pool_new must wait for it however long it takes. */
+    for (volatile unsigned long i = 0; i < h->start_work; i++)
+        ;
+    atomic_store(&h->started[worker], true);
+}
+
+static void stop_hook(unsigned worker, void *p)
+{
+    struct hooks_seen *h = p;
+    JCHECK(worker < MAX_NAMED);
+    if (worker >= MAX_NAMED)
+        return;
+    JCHECK(atomic_fetch_add(&h->stops[worker], 1) == 0);
+    JCHECK(atomic_load(&h->starts[worker]) == 1);
+    JCHECK(pthread_equal(h->thread[worker], pthread_self()));
+    JCHECK(hooked_as == worker + 1);
+    h->stop_saw[worker] = get_here(h->var);
+    JCHECK(cp_var_set(h->var, "set by on_stop", NULL) == 0);
+    cp_future *f = UNTOUCHED;
+    h->stop_submit[worker] = cp_pool_submit(h->pool, count_job, NULL, &f);
+    JCHECK(f == UNTOUCHED);
+    cp_task t;
+    h->stop_spawn[worker] = cp_spawn(h->pool, &t, count_job, NULL);
+    h->stop_free[worker] = cp_pool_free(h->pool);
+}
+
+/* Whether this job's worker ran its on_start, and what the job sees of var. */
+static void *hooked_job(void *p)
+{
+    struct hooks_seen *h = p;
+    JCHECK(hooked_as != 0);
+    return get_here(h->var);
+}
+
+static cp_pool *hooked_pool(unsigned threads, struct hooks_seen *h)
+{
+    cp_pool_options options = {.threads = threads, .name = "hook",
+                               .on_start = start_hook, .on_stop = stop_hook,
+                               .hook_arg = h};
+    cp_pool *pool = NULL;
+    cr_assert_eq(cp_pool_new(&pool, &options), 0);
+    h->pool = pool;
+    return pool;
+}
+
+Test(options, on_start_runs_on_each_worker_before_pool_new_returns, .timeout = 30)
+{
+    struct hooks_seen h = {.var = cp_var_new("hooked", NULL), .start_work = 20000000};
+    cp_pool *pool = hooked_pool(3, &h);
+    for (unsigned i = 0; i < 3; i++) {
+        char want[16];
+        snprintf(want, sizeof want, "hook-%u", i);
+        cr_assert(atomic_load(&h.started[i]), "cp_pool_new returned before worker %u's on_start", i);
+        cr_assert_eq(atomic_load(&h.starts[i]), 1, "worker %u", i);
+        cr_assert_str_eq(h.name[i], want, "on_start ran before the worker's name was set");
+        cr_assert_eq(atomic_load(&h.stops[i]), 0);
+    }
+    cr_assert_eq(atomic_load(&h.starts[3]), 0);
+    /* Every job, on whichever worker, comes after that worker's on_start. */
+    cp_future *f[64];
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(cp_pool_submit(pool, hooked_job, &h, &f[i]), 0);
+    for (int i = 0; i < 64; i++)
+        wait_ok(f[i]);
+    free_pool(pool);
+    jobs_ok();
+    for (unsigned i = 0; i < 3; i++)
+        cr_assert_eq(atomic_load(&h.stops[i]), 1, "worker %u", i);
+    cp_var_free(h.var);
+}
+
+static char creators[] = "the creator's";
+
+/* Counts the frees of creators (the hooks' values are freed too). */
+static void count_creators_free(void *p)
+{
+    if (p == creators)
+        atomic_fetch_add(&frees, 1);
+}
+
+Test(options, hooks_run_in_a_copy_of_the_context_current_at_pool_new, .timeout = 30)
+{
+    struct hooks_seen h = {.var = cp_var_new("hooked", count_creators_free)};
+    atomic_store(&frees, 0);
+    cp_token *token;
+    cr_assert_eq(cp_var_set(h.var, creators, &token), 0);
+    cp_pool *pool = hooked_pool(2, &h);
+    /* What on_start set stayed in its copy: not here, and no job sees it,
+     * neither one from here nor one from an empty context. */
+    cr_assert_eq(get_here(h.var), creators);
+    cp_context *empty = cp_context_new();
+    cp_future *mine, *other;
+    cr_assert_eq(cp_pool_submit(pool, hooked_job, &h, &mine), 0);
+    cr_assert_eq(cp_pool_submit_in(pool, empty, hooked_job, &h, &other), 0);
+    cr_assert_eq(wait_ok(mine), creators);
+    cr_assert_eq(wait_ok(other), UNTOUCHED);
+    /* The value goes from here; the hooks' context still holds it, for
+     * on_stop, which sees it as it was at cp_pool_new. */
+    cr_assert_eq(cp_var_reset(h.var, token), 0);
+    cp_token_free(token);
+    cr_assert_eq(atomic_load(&frees), 0);
+    free_pool(pool);
+    jobs_ok();
+    cr_assert_eq(atomic_load(&frees), 1, "the hooks' context was not let go once");
+    for (unsigned i = 0; i < 2; i++) {
+        cr_assert_eq(h.start_saw[i], creators);
+        cr_assert_eq(h.stop_saw[i], creators, "on_stop saw what on_start set");
+    }
+    cp_context_free(empty);
+    cp_var_free(h.var);
+}
+
+Test(options, on_stop_runs_outside_the_pool_its_submits_refused, .timeout = 30)
+{
+    struct hooks_seen h = {.var = cp_var_new("hooked", NULL)};
+    cp_pool *pool = hooked_pool(2, &h);
+    free_pool(pool);
+    jobs_ok();
+    for (unsigned i = 0; i < 2; i++) {
+        cr_assert_eq(atomic_load(&h.stops[i]), 1);
+        cr_assert_eq(h.stop_submit[i], CP_ESHUTDOWN, "%s", cp_strerror(h.stop_submit[i]));
+        cr_assert_eq(h.stop_spawn[i], CP_ESHUTDOWN, "%s", cp_strerror(h.stop_spawn[i]));
+        cr_assert_eq(h.stop_free[i], CP_EDEADLK, "%s", cp_strerror(h.stop_free[i]));
+    }
+    cp_var_free(h.var);
+}
+
+/* The stack size a job's worker runs on. */
+static void *stack_size_job(void *p)
+{
+    (void)p;
+    pthread_attr_t attr;
+    size_t size = 0;
+    JCHECK(pthread_getattr_np(pthread_self(), &attr) == 0);
+    JCHECK(pthread_attr_getstacksize(&attr, &size) == 0);
+    pthread_attr_destroy(&attr);
+    return (void *)size;
+}
+
+Test(options, workers_get_the_stack_size_asked_for, .timeout = 30)
+{
+    /* Four times Linux's usual default, so that a default stack fails. */
+    enum { SIZE = 32 << 20 };
+    cp_pool_options options = {.threads = 2, .stack_size = SIZE};
+    cp_pool *pool = NULL;
+    cr_assert_eq(cp_pool_new(&pool, &options), 0);
+    cp_future *f;
+    cr_assert_eq(cp_pool_submit(pool, stack_size_job, NULL, &f), 0);
+    size_t got = (size_t)wait_ok(f);
+    jobs_ok();
+    cr_assert_geq(got, (size_t)SIZE, "a worker's stack has %zu bytes", got);
+    free_pool(pool);
+}
+
+Test(options, a_stack_size_the_system_refuses_makes_nothing, .timeout = 30)
+{
+    unsigned workers_before = cp__pool_workers();
+    cp_pool_options options = {.threads = 2, .stack_size = 1};
+    cp_pool *pool = UNTOUCHED;
+    cr_assert_eq(cp_pool_new(&pool, &options), CP_EINVAL);
+    cr_assert_eq(pool, UNTOUCHED);
+    cr_assert_eq(cp__pool_workers(), workers_before);
+}
+
 /* ------------------------------------------------------------------------ */
 /* fork()                                                                    */
 
@@ -3754,10 +3946,31 @@ Test(null, pool_functions_reject_null, .timeout = 30)
  * /proc/self/task: the kernel lets pthread_join return before it takes the
  * thread off that list, so a list read just after a join can still hold the
  * joined thread. */
+/* Hooks that count their calls in the atomic_int pair hook_arg. */
+static void count_start(unsigned worker, void *p)
+{
+    (void)worker;
+    atomic_fetch_add(&((atomic_int *)p)[0], 1);
+}
+
+static void count_stop(unsigned worker, void *p)
+{
+    (void)worker;
+    atomic_fetch_add(&((atomic_int *)p)[1], 1);
+}
+
 Test(oom, pool_new_fails_cleanly_at_every_allocation, .timeout = 60)
 {
     unsigned workers_before = cp__pool_workers();
-    cp_pool_options options = {.threads = 4, .name = "oom"};
+    /* The hooks' context holds a value (a leak check finds it if a
+     * failure keeps it), and every worker started and stopped. */
+    atomic_int hooks[2] = {0, 0};
+    cp_pool_options options = {.threads = 4, .name = "oom", .on_start = count_start,
+                               .on_stop = count_stop, .hook_arg = hooks};
+    cp_var *held = cp_var_new("held", count_free);
+    cr_assert_not_null(held);
+    cr_assert_eq(cp_var_set(held, &hooks, NULL), 0);
+    atomic_store(&frees, 0);
     unsigned long nth;
     for (nth = 1;; nth++) {
         cp_pool *pool = UNTOUCHED;
@@ -3779,10 +3992,18 @@ Test(oom, pool_new_fails_cleanly_at_every_allocation, .timeout = 60)
         cr_assert_eq(made, nth, "the call went on after allocation %lu failed", nth);
         cr_assert_eq(cp__pool_workers(), workers_before,
                      "workers left running after failing allocation %lu", nth);
+        cr_assert_eq(atomic_load(&hooks[1]), atomic_load(&hooks[0]),
+                     "%d workers started, %d stopped", atomic_load(&hooks[0]),
+                     atomic_load(&hooks[1]));
         cr_assert_lt(nth, 1000);
     }
     cr_assert_gt(nth, 2, "cp_pool_new made fewer allocations than expected");
     cr_assert_eq(cp__pool_workers(), workers_before);
+    cr_assert_gt(atomic_load(&hooks[0]), 4, "no failure came after a worker started");
+    cr_assert_eq(atomic_load(&hooks[1]), atomic_load(&hooks[0]));
+    cr_assert_eq(cp_var_set(held, NULL, NULL), 0);
+    cr_assert_eq(atomic_load(&frees), 1, "the hooks' context kept the value");
+    cp_var_free(held);
 }
 
 struct oom_submit {

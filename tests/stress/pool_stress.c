@@ -35,6 +35,10 @@
  *    was reported cancelled, a cancel that said 0 means it never ran, one
  *    that said CP_EBUSY that it ran, and both waits agree.
  *
+ * Every pool has on_start and on_stop hooks, checked in every phase: each
+ * worker ran on_start before cp_pool_new returned and before any job ran on
+ * it, and on_stop when its pool was freed; what the hooks set no job sees.
+ *
  * A watchdog thread (watchdog.h) turns a hang into a failure: if the progress counter
  * does not move for WATCHDOG_SECONDS, it prints the phase and exits 1. That
  * is a hang detector, not a timing assertion.
@@ -120,12 +124,47 @@ static void check_vars(const uint64_t expect[NVARS], const char *who, uint64_t i
     }
 }
 
+/* Every pool's hooks. on_start marks its thread, which every job checks
+ * (check_started), and sets a variable in its own copy of the context,
+ * which no job may see (check_vars); on_stop checks the mark. Each pool's
+ * workers all start and stop: counted per pool by new_pool / free_pool. */
+static __thread bool worker_started;
+static atomic_uint hook_starts, hook_stops;
+
+static void on_start(unsigned worker, void *arg)
+{
+    (void)arg;
+    CHECK(!worker_started, "worker %u started twice", worker);
+    worker_started = true;
+    set_var(0, 2 * (uint64_t)worker + 1);
+    atomic_fetch_add_explicit(&hook_starts, 1, memory_order_relaxed);
+}
+
+static void on_stop(unsigned worker, void *arg)
+{
+    (void)arg;
+    CHECK(worker_started, "worker %u stopped without starting", worker);
+    set_var(1, 2 * (uint64_t)worker + 1);
+    atomic_fetch_add_explicit(&hook_stops, 1, memory_order_relaxed);
+}
+
+static void check_started(const char *who, uint64_t id)
+{
+    CHECK(worker_started, "%s %" PRIu64 " ran on a worker before its on_start", who, id);
+}
+
 static cp_pool *new_pool(unsigned threads, const char *name)
 {
     cp_pool *pool = NULL;
-    cp_pool_options o = {.threads = threads, .name = name};
+    cp_pool_options o = {.threads = threads, .name = name, .on_start = on_start,
+                         .on_stop = on_stop};
+    unsigned before = atomic_load_explicit(&hook_starts, memory_order_relaxed);
     int rc = cp_pool_new(&pool, &o);
     CHECK(rc == 0, "cp_pool_new: %s", cp_strerror(rc));
+    /* relaxed: cp_pool_new returns after the hooks, ordered by its wait. */
+    unsigned after = atomic_load_explicit(&hook_starts, memory_order_relaxed);
+    CHECK(after - before == threads, "%u of %u on_start calls before cp_pool_new returned",
+          after - before, threads);
     return pool;
 }
 
@@ -165,6 +204,7 @@ static void *tree_run(void *p)
 {
     tree_job *j = p;
     check_vars(j->expect, "tree job", j->id);
+    check_started("tree job", j->id);
     unsigned char before = atomic_fetch_add_explicit(&tree_ran[j->id], 1,
                                                      memory_order_relaxed);
     CHECK(before == 0, "tree job %" PRIu64 " ran twice", j->id);
@@ -836,6 +876,10 @@ int main(int argc, char **argv)
     t0 = now_ns();
     phase_own(ops / 20 > 2 ? ops / 20 : 2);
     double t_own = seconds_since(t0);
+    /* relaxed: every pool is freed, its workers joined. */
+    unsigned starts = atomic_load_explicit(&hook_starts, memory_order_relaxed);
+    unsigned stops = atomic_load_explicit(&hook_stops, memory_order_relaxed);
+    CHECK(starts == stops, "%u workers ran on_start, %u on_stop", starts, stops);
 
     printf("pool_stress: %" PRIu64 " ops: trees %.2f s, mixed %.2f s, "
            "wake-ups %.2f s, tasks %.2f s, own waits %.2f s\n", ops, t_trees, t_mixed,
