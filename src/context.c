@@ -55,7 +55,8 @@
  * atomic operation on the variable's count, which the thread would
  * otherwise bump twice in every round (7 to 8 ns each here). They are
  * dropped when the thread keeps another variable's, when it leaves its
- * current context (cp__context_leave, the pool's frames), when it frees
+ * current context (cp__context_leave, the pool's frames and lazy runs:
+ * the end of every job or task), when it frees
  * that variable (cp_var_free), and when it exits; a thread in no context
  * keeps none, no token free keeps any once the variable is freed
  * (released) on that thread or one that happens-before (references kept

@@ -272,12 +272,16 @@ static inline void cp__context_begin_lazy(cp__lazy *l)
  * run have been left, so the current one is the frame or l->over). The
  * run ends first: the frame's end may run user code (a free_value), which
  * must find the spawner's context as a real frame's end leaves it, not a
- * run that would make the frame again. */
+ * run that would make the frame again. Without a frame, the references
+ * the run kept on a variable (a token freed in it: "The kept references"
+ * in context.c) go as a frame's end would drop them (helper-66). */
 static inline void cp__context_end_lazy(cp__lazy *l)
 {
     cp__self.lazy = l->prev;
     if (cp__self.current == &l->frame)
         cp__context_end_frame(&l->frame);
+    else if (cp__self.kept_var)
+        cp__kept_flush();
 }
 
 static inline void cp__context_unborrow(cp__borrow *b)

@@ -2415,6 +2415,87 @@ Test(base, a_worker_keeps_no_variable_after_the_job_that_used_it, .timeout = 30)
     cr_assert_eq(atomic_load(&frees), 2);
 }
 
+/* Sets and resets v in a context of its own; the token comes back. */
+static void *set_reset_elsewhere(void *p)
+{
+    static int value;
+    void **vt = p;
+    JCHECK(cp_var_set(vt[0], &value, (cp_token **)&vt[1]) == 0);
+    JCHECK(cp_var_reset(vt[0], vt[1]) == 0);
+    return NULL;
+}
+
+/* Frees, in its waiter's context, the token of a set and reset of v made
+ * in a context of its own: the thread keeps the token's references on v
+ * (see "The kept references" in context.c), which it must let go of at
+ * the end of this job or task, even when it runs sharing its waiter's
+ * context (cp__lazy). */
+static void *token_free_job(void *p)
+{
+    void *vt[2] = {p, NULL};
+    cp_context *c = cp_context_new();
+    JCHECK(cp_context_run(c, set_reset_elsewhere, vt, NULL) == 0);
+    cp_context_free(c);
+    cp_token_free(vt[1]);
+    return NULL;
+}
+
+struct kept_wait {
+    cp_pool *pool;
+    cp_var *v;
+    bool task;   /* a frame task synced, else a job waited for */
+    blocker b;   /* started: the child ended; then held at the gate */
+};
+
+/* Runs token_free_job as a child it waits for, which runs here, in this
+ * job's context (nothing set since the capture); then holds its worker. */
+static void *kept_wait_job(void *p)
+{
+    struct kept_wait *k = p;
+    if (k->task) {
+        cp_task t;
+        JCHECK(cp_spawn(k->pool, &t, token_free_job, k->v) == 0);
+        JCHECK(cp_sync(&t, NULL) == 0);
+    } else {
+        cp_future *f = NULL;
+        JCHECK(cp_pool_submit(k->pool, token_free_job, k->v, &f) == 0);
+        JCHECK(cp_future_wait(f, NULL) == 0);
+        cp_future_free(f);
+    }
+    return blocker_job(&k->b);
+}
+
+static void child_run_in_its_waiters_context_keeps_no_variable(bool task)
+{
+    static int default_value;
+    struct kept_wait k = {.pool = new_pool(1), .task = task,
+                          .v = cp_var_new_default("v", &default_value, count_free)};
+    blocker_init(&k.b);
+    atomic_store(&frees, 0);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(k.pool, kept_wait_job, &k, &f), 0);
+    cr_assert_eq(sem_wait(&k.b.started), 0);
+    jobs_ok();
+    cr_assert_eq(atomic_load(&frees), 1, "the child's value, at its reset");
+    /* The child's end happens-before here: v ends now, while its waiter
+     * still runs on the worker. */
+    cp_var_free(k.v);
+    cr_assert_eq(atomic_load(&frees), 2, "v's default, with v");
+    gate_open(&k.b.g);
+    wait_ok(f);
+    free_pool(k.pool);
+}
+
+Test(base, a_job_run_in_its_waiters_context_keeps_no_variable, .timeout = 30)
+{
+    child_run_in_its_waiters_context_keeps_no_variable(false);
+}
+
+Test(base, a_task_run_in_its_syncers_context_keeps_no_variable, .timeout = 30)
+{
+    child_run_in_its_waiters_context_keeps_no_variable(true);
+}
+
 /* Submits take references on the submitter's map a batch at a time (see
  * "The capture batch" in context.c): after more submits than a batch holds,
  * all waited for, a change of the variable frees the value it replaces at
