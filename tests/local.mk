@@ -1,7 +1,8 @@
 # tests/local.mk - the test suite (included from Makefile.am).
 #
 # Criterion unit tests, one file per component, and plain programs
-# (tests/stress/: stress tests, and fence_fallback, which replaces syscall())
+# (tests/stress/: stress tests, and fence_fallback and fence_refused_at_load,
+# which replace syscall())
 # that also run under ThreadSanitizer, where Criterion cannot start. Every test links the internal convenience library to reach test hooks.
 TEST_LIBS = libctxpool-internal.la $(PTHREAD_LIBS)
 TEST_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/src
@@ -17,6 +18,7 @@ STRESS_TESTS = \
 	tests/stress/deque_stress \
 	tests/stress/context_stress \
 	tests/stress/fence_fallback \
+	tests/stress/fence_refused_at_load \
 	tests/stress/helper_sleep \
 	tests/stress/inject_stall \
 	tests/stress/pool_stress \
@@ -102,6 +104,10 @@ tests_test_error_LDADD = $(TEST_LIBS) $(CRITERION_LIBS)
 tests_stress_fence_fallback_SOURCES = tests/stress/fence_fallback.c
 tests_stress_fence_fallback_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_fence_fallback_LDADD = $(TEST_LIBS)
+
+tests_stress_fence_refused_at_load_SOURCES = tests/stress/fence_refused_at_load.c
+tests_stress_fence_refused_at_load_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_fence_refused_at_load_LDADD = $(TEST_LIBS)
 
 tests_stress_context_stress_SOURCES = tests/stress/context_stress.c
 tests_stress_context_stress_CPPFLAGS = $(TEST_CPPFLAGS)

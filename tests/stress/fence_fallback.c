@@ -11,8 +11,9 @@
  * itself, ahead of the C library's, so that it can make the next such call
  * fail; everything else, and the retries, go to the real system call. It
  * checks which commands the library then sends, that the read sees a
- * consistent map, and that errno is left alone. It needs a kernel with
- * membarrier, as the library's lockless path does.
+ * consistent map, and that errno is left alone; when every command fails
+ * once, that the reader tries again until a barrier runs. It needs a
+ * kernel with membarrier, as the library's lockless path does.
  *
  * Then the kernel refuses membarrier for good, as a seccomp filter
  * installed after the library was loaded does: a worker going to sleep
@@ -22,7 +23,8 @@
  * the other worker sleeps, submits one more job and blocks until that job
  * has run, which only the sleeper can do. The first refusal turns light
  * workers off for the process, so the first rounds meet the refused call
- * and the rest check the pool without light workers; every other round
+ * and the rest check the pool without light workers (a refused call in
+ * most rounds would mean the refusal was not recorded); every other round
  * submits the last job without waiting, while the other worker may be
  * going to sleep.
  */
@@ -55,8 +57,13 @@ static int log_cmd[MAX_LOG];
 static atomic_bool logging;
 /* The errno the next MEMBARRIER_CMD_PRIVATE_EXPEDITED fails with; 0: none. */
 static atomic_int fail_next;
+/* How many of the next membarrier calls fail with ENOMEM, whatever their
+ * command (while logging is on). */
+static atomic_int fail_any;
 /* Every membarrier call fails with EPERM, whatever its command. */
 static atomic_bool refuse_all;
+/* The membarrier calls refused while refuse_all is set. */
+static atomic_int refused_calls;
 
 long syscall(long number, ...); /* as <unistd.h> declares it */
 
@@ -70,6 +77,7 @@ long syscall(long number, ...)
     long d = va_arg(ap, long), e = va_arg(ap, long), f = va_arg(ap, long);
     va_end(ap);
     if (number == SYS_membarrier && atomic_load(&refuse_all)) {
+        atomic_fetch_add(&refused_calls, 1);
         errno = EPERM;
         return -1;
     }
@@ -80,6 +88,13 @@ long syscall(long number, ...)
         int err = atomic_exchange(&fail_next, 0);
         if (a == MEMBARRIER_CMD_PRIVATE_EXPEDITED && err != 0) {
             errno = err;
+            return -1;
+        }
+        int any = atomic_load(&fail_any);
+        while (any > 0 && !atomic_compare_exchange_weak(&fail_any, &any, any - 1))
+            ;
+        if (any > 0) {
+            errno = ENOMEM;
             return -1;
         }
     }
@@ -124,9 +139,10 @@ static void *writer_thread(void *p)
 }
 
 /* Enter a fresh context on another thread, make the first read of it from
- * this one with the next private fence failing with err, and return how
- * many membarrier calls that read made (their commands in log_cmd). */
-static int first_read_with_failure(int err)
+ * this one with the next private fence failing with err, and the next
+ * `any` membarrier calls with ENOMEM, and return how many membarrier calls
+ * that read made (their commands in log_cmd). */
+static int first_read_with_failures(int err, int any)
 {
     struct writer w = {.c = cp_context_new()};
     CHECK(w.c != NULL, "cp_context_new");
@@ -137,6 +153,7 @@ static int first_read_with_failure(int err)
 
     atomic_store(&log_len, 0);
     atomic_store(&fail_next, err);
+    atomic_store(&fail_any, any);
     atomic_store(&logging, true);
     errno = 4242;
     cp_context *snap = cp_context_copy(w.c);
@@ -157,7 +174,13 @@ static int first_read_with_failure(int err)
     cp_context_free(w.c);
     int calls = atomic_load(&log_len);
     CHECK(calls <= MAX_LOG, "%d membarrier calls", calls);
+    CHECK(atomic_load(&fail_any) == 0, "%d planned failures left", atomic_load(&fail_any));
     return calls;
+}
+
+static int first_read_with_failure(int err)
+{
+    return first_read_with_failures(err, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -225,6 +248,16 @@ static void pool_refused(void)
     }
     CHECK(cp_pool_free(pool) == 0, "cp_pool_free");
     atomic_store(&refuse_all, false);
+    /* The first refusal turns light workers off: later announcers have no
+     * light worker to fence for (a few may be under way at that refusal,
+     * one per worker, and a worker's LIGHT stored before it saw the
+     * switch). A pool that kept its workers light would make a call per
+     * round. */
+    int refused = atomic_load(&refused_calls);
+    CHECK(refused >= 1, "no round met the refused fence");
+    CHECK(refused <= POOL_ROUNDS / 10,
+          "%d membarrier calls refused in %d rounds: a refusal did not turn light workers off",
+          refused, POOL_ROUNDS);
     cp__pool_light_after(was);
 }
 
@@ -252,6 +285,15 @@ int main(void)
     CHECK(calls == 2 && log_cmd[0] == MEMBARRIER_CMD_PRIVATE_EXPEDITED &&
               log_cmd[1] == MEMBARRIER_CMD_GLOBAL,
           "after ENOMEM: %d calls (%d, %d)", calls, log_cmd[0], log_cmd[1]);
+
+    /* Every command fails once: no barrier ran, so the reader tries again
+     * (cp__fence_all_threads), until one runs. */
+    calls = first_read_with_failures(0, 2);
+    CHECK(calls == 3 && log_cmd[0] == MEMBARRIER_CMD_PRIVATE_EXPEDITED &&
+              log_cmd[1] == MEMBARRIER_CMD_GLOBAL &&
+              log_cmd[2] == MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+          "after two ENOMEM: %d calls (%d, %d, %d): no barrier ran", calls, log_cmd[0],
+          log_cmd[1], log_cmd[2]);
 
     for (int i = 0; i < NV; i++)
         cp_var_free(vars[i]);

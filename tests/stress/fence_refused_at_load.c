@@ -1,0 +1,217 @@
+/* fence_refused_at_load.c - a process where the kernel refused the
+ * membarrier registration when the library was loaded (fence.c).
+ *
+ * A plain program (no Criterion), so that it also runs under the
+ * sanitizers. It exits 0 when every check held, else 1 with the failed
+ * check on stderr.
+ *
+ * It defines syscall() itself, ahead of the C library's, and refuses
+ * MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED with EPERM, as a kernel
+ * without the command or a seccomp filter does; every other call goes to
+ * the real system call. Then:
+ * - the library's constructor leaves errno as it found it (a constructor
+ *   of ours, which runs first, sets it);
+ * - cp__fence_ready() is false, and neither a pool whose workers would turn
+ *   light (cp__pool_light_after(0)) nor the first read of a context another
+ *   thread has entered makes any membarrier call: they keep their real
+ *   fences and the map lock (pool.c "Light workers", context.c "The map
+ *   lock"). A membarrier call here would be a fence the caller counts on
+ *   while the process never registered for it.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <sched.h>
+#include <semaphore.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+
+#include "check.h"
+#include "ctxpool.h"
+#include "fence.h"
+#include "pool.h"
+#include "watchdog.h"
+
+/* Registrations refused, and membarrier calls of any other command. */
+static atomic_int registers, other_calls;
+
+long syscall(long number, ...); /* as <unistd.h> declares it */
+
+long syscall(long number, ...)
+{
+    /* Six arguments, as many as the kernel takes: the pool's futex calls
+     * come through here too. */
+    va_list ap;
+    va_start(ap, number);
+    long a = va_arg(ap, long), b = va_arg(ap, long), c = va_arg(ap, long);
+    long d = va_arg(ap, long), e = va_arg(ap, long), f = va_arg(ap, long);
+    va_end(ap);
+    /* Looked up at the first call, the library's registration when it is
+     * loaded: before any thread is made, so never by two at once. */
+    static long (*real)(long, ...);
+    if (!real)
+        real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    CHECK(real != NULL, "no syscall() after ours: %s", dlerror());
+    if (number == SYS_membarrier) {
+        if (a == MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) {
+            atomic_fetch_add(&registers, 1);
+            errno = EPERM;
+            return -1;
+        }
+        atomic_fetch_add(&other_calls, 1);
+    }
+    return real(number, a, b, c, d, e, f);
+}
+
+/* Runs before the library's constructor (a priority runs before none), and
+ * so before main. */
+#define LOAD_ERRNO 4242
+static __attribute__((constructor(101))) void set_errno(void)
+{
+    errno = LOAD_ERRNO;
+}
+
+/* ------------------------------------------------------------------------ */
+/* A pool whose workers would turn light (as fence_fallback's)              */
+
+#define POOL_ROUNDS 100
+
+struct round {
+    cp_pool *pool;
+    sem_t ran;
+    uint64_t parks; /* the pool's park count before the round */
+};
+
+static void *noop(void *p)
+{
+    return p;
+}
+
+static void *post(void *p)
+{
+    sem_post(p);
+    return NULL;
+}
+
+static uint64_t parks(cp_pool *pool)
+{
+    cp_pool_stats st;
+    CHECK(cp_pool_get_stats(pool, &st) == 0, "stats");
+    return st.parks;
+}
+
+/* Pushes a few no-ops, which the other worker runs; once that worker has
+ * parked (an announcer, which fences every thread for a light worker),
+ * the job that posts, which only the other worker can run. */
+static void *push_then_block(void *p)
+{
+    struct round *r = p;
+    for (int i = 0; i < 4; i++)
+        CHECK(cp_pool_submit(r->pool, noop, NULL, NULL) == 0, "submit a no-op");
+    while (parks(r->pool) == r->parks)
+        sched_yield();
+    CHECK(cp_pool_submit(r->pool, post, &r->ran, NULL) == 0, "submit the last job");
+    while (sem_wait(&r->ran) != 0)
+        CHECK(errno == EINTR, "sem_wait");
+    return NULL;
+}
+
+static void pool_rounds(void)
+{
+    int was = cp__pool_light_after(0);
+    cp_pool_options o = {.threads = 2, .name = "unfenced"};
+    cp_pool *pool = NULL;
+    CHECK(cp_pool_new(&pool, &o) == 0, "cp_pool_new");
+    for (int i = 0; i < POOL_ROUNDS; i++) {
+        struct round r = {.pool = pool, .parks = parks(pool)};
+        CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
+        cp_future *f = NULL;
+        CHECK(cp_pool_submit(pool, push_then_block, &r, &f) == 0, "submit");
+        CHECK(cp_future_wait(f, NULL) == 0, "wait");
+        cp_future_free(f);
+        sem_destroy(&r.ran);
+        watchdog_tick();
+    }
+    CHECK(cp_pool_free(pool) == 0, "cp_pool_free");
+    cp__pool_light_after(was);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The first read of a context another thread has entered                   */
+
+struct writer {
+    cp_context *c;
+    cp_var *var;
+    atomic_bool inside; /* release/acquire: the writer is in its run */
+    atomic_bool stop;   /* release/acquire: the reader is done */
+};
+
+static int value;
+
+static void *write_until_stopped(void *p)
+{
+    struct writer *w = p;
+    atomic_store_explicit(&w->inside, true, memory_order_release);
+    while (!atomic_load_explicit(&w->stop, memory_order_acquire)) {
+        cp_token *t = NULL;
+        CHECK(cp_var_set(w->var, &value, &t) == 0, "set");
+        CHECK(cp_var_reset(w->var, t) == 0, "reset");
+        cp_token_free(t);
+    }
+    return NULL;
+}
+
+static void *writer_thread(void *p)
+{
+    struct writer *w = p;
+    CHECK(cp_context_run(w->c, write_until_stopped, w, NULL) == 0, "writer's run");
+    return NULL;
+}
+
+static void context_reads(void)
+{
+    struct writer w = {.c = cp_context_new(), .var = cp_var_new("v", NULL)};
+    CHECK(w.c != NULL && w.var != NULL, "cp_context_new, cp_var_new");
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, writer_thread, &w) == 0, "pthread_create");
+    while (!atomic_load_explicit(&w.inside, memory_order_acquire))
+        sched_yield();
+    for (int i = 0; i < 100; i++) {
+        cp_context *snap = cp_context_copy(w.c);
+        CHECK(snap != NULL, "cp_context_copy");
+        void *got = cp_context_get_or(snap, w.var, NULL);
+        CHECK(got == NULL || got == &value, "a torn read: %p", got);
+        cp_context_free(snap);
+    }
+    atomic_store_explicit(&w.stop, true, memory_order_release);
+    CHECK(pthread_join(th, NULL) == 0, "pthread_join");
+    cp_context_free(w.c);
+    cp_var_free(w.var);
+}
+
+int main(void)
+{
+    CHECK(errno == LOAD_ERRNO, "errno %d after the library was loaded, not %d", errno,
+          LOAD_ERRNO);
+    CHECK(atomic_load(&registers) >= 1, "the library did not try to register");
+    CHECK(!cp__fence_ready(), "fences ready with the registration refused");
+    watchdog_start("fence_refused_at_load", "a pool hung without membarrier");
+    atomic_store(&other_calls, 0);
+
+    pool_rounds();
+    CHECK(atomic_load(&other_calls) == 0,
+          "%d membarrier calls by a pool in a process that never registered",
+          atomic_load(&other_calls));
+
+    context_reads();
+    CHECK(atomic_load(&other_calls) == 0,
+          "%d membarrier calls by context reads in a process that never registered",
+          atomic_load(&other_calls));
+    printf("fence_refused_at_load: ok\n");
+    return 0;
+}
