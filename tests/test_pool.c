@@ -3822,6 +3822,56 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     cp_context_free(c);
 }
 
+/* Posts the semaphore p; its task is final once its worker takes its next
+ * item. */
+static void *post_task(void *p)
+{
+    sem_post(p);
+    return p;
+}
+
+Test(fork, what_finished_before_the_fork_is_collected_in_the_child, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    atomic_int ran = 0;
+    cp_future *done = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &done), 0);
+    cr_assert_eq(cp_future_wait(done, NULL), 0); /* final; the handle kept */
+    sem_t posted;
+    cr_assert_eq(sem_init(&posted, 0, 0), 0);
+    cp_task task;
+    cr_assert_eq(cp_spawn(pool, &task, post_task, &posted), 0); /* from outside */
+    cr_assert_eq(sem_wait(&posted), 0);
+    /* One worker: it ends the task before it takes this job. */
+    cp_future *next = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &next), 0);
+    wait_ok(next);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int bad = 0;
+        void *r = NULL;
+        if (cp_future_wait(done, &r) != 0 || r != &ran || !cp_future_done(done))
+            bad |= 1;
+        r = NULL;
+        if (cp_sync(&task, &r) != 0 || r != &posted)
+            bad |= 2;
+        _exit(bad);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "child died: status %#x", status);
+    cr_assert_eq(WEXITSTATUS(status), 0, "child failures (bits: 1 the job's wait, "
+                 "2 the task's sync): %#x", WEXITSTATUS(status));
+    cr_assert_eq(wait_ok(done), &ran);
+    void *r = NULL;
+    cr_assert_eq(cp_sync(&task, &r), 0);
+    cr_assert_eq(r, &posted);
+    free_pool(pool);
+    sem_destroy(&posted);
+}
+
 /* A job forks while a frame task it spawned runs on the other worker. */
 struct forking_job {
     cp_pool *pool;
