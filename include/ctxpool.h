@@ -373,9 +373,11 @@ typedef struct cp_pool_options {
  *   on_start, on_stop: for what each worker thread needs set up before
  *   jobs run on it (a per-thread allocator arena, a tracer's thread
  *   registration), and torn down after. A job runs on a worker only after
- *   that worker's on_start returned; on_stop runs in cp_pool_free, after
- *   the worker's last job, on every worker that ran on_start (also when
- *   cp_pool_new fails after starting some). Each call runs in a copy of
+ *   that worker's on_start returned. on_stop runs on every worker that
+ *   ran on_start, once the pool is shut down and the worker has run its
+ *   last job (after cp_pool_shutdown, when the work left has run; at the
+ *   latest before cp_pool_free returns; also when cp_pool_new fails after
+ *   starting some). Each call runs in a copy of
  *   the context that was current when cp_pool_new was called, as a job
  *   would: what it sets stays there, no job sees it. A hook runs outside
  *   the pool's work: submits and spawns from on_stop are refused
