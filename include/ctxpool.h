@@ -382,14 +382,16 @@ typedef struct cp_pool_options {
  *   would: what it sets stays there, no job sees it. A hook runs outside
  *   the pool's work: submits and spawns from on_stop are refused
  *   (CP_ESHUTDOWN), and cp_pool_free on the pool from either hook returns
- *   CP_EDEADLK.
+ *   CP_EDEADLK. on_start must return, and must wait neither for the
+ *   thread that calls cp_pool_new (which waits for it) nor for another
+ *   worker's on_start (that worker may never start). A hook that forks
+ *   must end the child before it returns, as a job must.
  * Returns when every worker has named itself, pinned itself and run
  * on_start: 0, and stores the pool in *pool; CP_EINVAL for NULL pool or a
- * stack_size the system refuses (below PTHREAD_STACK_MIN); CP_ENOMEM when
- * memory or threads ran out (no thread is left running). On an error
- * *pool is untouched.
- * Threads: any thread. (on_start must not wait for the thread that calls
- * cp_pool_new: that thread is waiting for it.) */
+ * stack_size the system refuses (below PTHREAD_STACK_MIN, or too large);
+ * CP_ENOMEM when memory or threads ran out (no thread is left running).
+ * On an error *pool is untouched.
+ * Threads: any thread. */
 CP_EXPORT int cp_pool_new(cp_pool **pool, const cp_pool_options *options);
 
 /* cp_pool_submit - queue fn(arg) to run on a worker, in a copy of the calling

@@ -278,7 +278,6 @@ struct worker {
     cp_pool *pool;
     pthread_t thread;
     unsigned index;
-    char name[16];               /* "<name>-<index>", set by the worker */
     uint64_t rng;
     unsigned tick;               /* items run, for injection-queue fairness */
     /* This worker's private frame tasks (see cp_spawn): the KIND_PRIVATE
@@ -304,6 +303,7 @@ struct worker {
     /* Statistics: written by this worker only (relaxed load + store), read
      * by cp_pool_get_stats from any thread (relaxed). */
     _Atomic uint64_t completed, stolen, parks, submitted, cancelled;
+    char name[16];               /* "<name>-<index>", set by the worker */
     /* HEAVY, LIGHT or CLEARING(i) (see "Parking", notify_own): LIGHT set
      * by this worker, HEAVY by it at the end of a job and when it
      * announces itself; CLEARING(i) then HEAVY by worker i, an announcer
@@ -1773,21 +1773,28 @@ int cp_pool_new(cp_pool **poolp, const cp_pool_options *options)
     if (pool->on_start || pool->on_stop)
         pool->hook_map = cp__context_capture();
     unsigned started = 0;
+    int err = 0;
     /* A thread (its stack) counts as an allocation for the test hook, so
      * that the tests reach the stop of the workers already started. */
-    while (started < n && !cp__alloc_should_fail() &&
-           pthread_create(&pool->workers[started].thread, &attr, worker_main,
-                          &pool->workers[started]) == 0) {
-        started++;
-        /* relaxed: a count for the tests, ordering nothing. */
-        atomic_fetch_add_explicit(&workers_unjoined, 1, memory_order_relaxed);
+    while (started < n && !err) {
+        err = cp__alloc_should_fail() ? EAGAIN
+                                      : pthread_create(&pool->workers[started].thread, &attr,
+                                                       worker_main, &pool->workers[started]);
+        if (!err) {
+            started++;
+            /* relaxed: a count for the tests, ordering nothing. */
+            atomic_fetch_add_explicit(&workers_unjoined, 1, memory_order_relaxed);
+        }
     }
     pthread_attr_destroy(&attr);
-    if (started < n) {
+    if (err) {
         workers_stop(pool, started);
         cp__hamt_decref(pool->hook_map);
         pool_release(pool, n);
-        return CP_ENOMEM;
+        /* EINVAL: a stack size refused only when the thread is made (too
+         * small for the program's thread-local storage, or too large to
+         * add a guard page to); else out of threads or memory (EAGAIN). */
+        return err == EINVAL ? CP_EINVAL : CP_ENOMEM;
     }
     /* Not cancelled while workers may still post. */
     int cancel_state;

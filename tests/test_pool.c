@@ -3718,11 +3718,17 @@ Test(options, workers_get_the_stack_size_asked_for, .timeout = 30)
 Test(options, a_stack_size_the_system_refuses_makes_nothing, .timeout = 30)
 {
     unsigned workers_before = cp__pool_workers();
-    cp_pool_options options = {.threads = 2, .stack_size = 1};
-    cp_pool *pool = UNTOUCHED;
-    cr_assert_eq(cp_pool_new(&pool, &options), CP_EINVAL);
-    cr_assert_eq(pool, UNTOUCHED);
-    cr_assert_eq(cp__pool_workers(), workers_before);
+    /* Refused when set (below PTHREAD_STACK_MIN), and when a thread is
+     * made (no room for a guard page). */
+    size_t refused[] = {1, SIZE_MAX};
+    for (int i = 0; i < 2; i++) {
+        cp_pool_options options = {.threads = 2, .stack_size = refused[i]};
+        cp_pool *pool = UNTOUCHED;
+        int rc = cp_pool_new(&pool, &options);
+        cr_assert_eq(rc, CP_EINVAL, "stack_size %zu: %s", refused[i], cp_strerror(rc));
+        cr_assert_eq(pool, UNTOUCHED);
+        cr_assert_eq(cp__pool_workers(), workers_before);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
