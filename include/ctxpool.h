@@ -377,21 +377,25 @@ typedef struct cp_pool_options {
  *   ran on_start, once the pool is shut down and the worker has run its
  *   last job (after cp_pool_shutdown, when the work left has run; at the
  *   latest before cp_pool_free returns; also when cp_pool_new fails after
- *   starting some). Each call runs in a copy of
- *   the context that was current when cp_pool_new was called, as a job
- *   would: what it sets stays there, no job sees it. A hook runs outside
- *   the pool's work: submits and spawns from on_stop are refused
- *   (CP_ESHUTDOWN), and cp_pool_free on the pool from either hook returns
- *   CP_EDEADLK. on_start must return, and must wait neither for the
- *   thread that calls cp_pool_new (which waits for it) nor for another
- *   worker's on_start (that worker may never start). A hook that forks
- *   must end the child before it returns, as a job must.
+ *   starting some); never in a child of fork(), which has no workers.
+ *   Each call runs in a copy of the context that was current when
+ *   cp_pool_new was called, as a job would: what it sets stays there, no
+ *   job sees it. A hook runs outside the pool's work: submits and spawns
+ *   from on_stop are refused (CP_ESHUTDOWN), and cp_pool_free from it
+ *   returns CP_EDEADLK. on_start must return, and must wait neither for
+ *   the thread that calls cp_pool_new (which waits for it) nor for
+ *   another worker's on_start (that worker may never start). A hook that
+ *   forks must end the child before it returns, as a job must.
  * Returns when every worker has named itself, pinned itself and run
  * on_start: 0, and stores the pool in *pool; CP_EINVAL for NULL pool or a
- * stack_size the system refuses (below PTHREAD_STACK_MIN, or too large);
- * CP_ENOMEM when memory or threads ran out (no thread is left running).
- * On an error *pool is untouched.
- * Threads: any thread. */
+ * stack_size the system refuses (below PTHREAD_STACK_MIN, or so large it
+ * overflows with a guard page added); CP_ENOMEM when memory or threads ran
+ * out, a stack that cannot be mapped included (no thread is left
+ * running). On an error *pool is untouched.
+ * Threads: any thread. The hooks of different workers run at the same
+ * time, and on_stop while other workers still run jobs.
+ * Ownership: options is read during the call (name is copied); hook_arg
+ * is borrowed until cp_pool_free returns. */
 CP_EXPORT int cp_pool_new(cp_pool **pool, const cp_pool_options *options);
 
 /* cp_pool_submit - queue fn(arg) to run on a worker, in a copy of the calling

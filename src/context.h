@@ -274,7 +274,7 @@ static inline void cp__context_begin_lazy(cp__lazy *l)
  * must find the spawner's context as a real frame's end leaves it, not a
  * run that would make the frame again. Without a frame, the references
  * the run kept on a variable (a token freed in it: "The kept references"
- * in context.c) go as a frame's end would drop them (helper-66). */
+ * in context.c) go as a frame's end would drop them. */
 static inline void cp__context_end_lazy(cp__lazy *l)
 {
     cp__self.lazy = l->prev;

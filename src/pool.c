@@ -943,7 +943,7 @@ run_captured(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
         /* While map is the current map still, its reference goes back to
          * the capture batch it most likely came from. It may not be: the
          * end of a frame that a set in the run made may run user code (a
-         * free_value) that sets in the current context (helper-61). We
+         * free_value) that sets in the current context. We
          * hold map, so a root equal to its root is that root. */
         if (owned && map.root) {
             if (map.root == cp__self.current->map.root)
@@ -1702,7 +1702,11 @@ static cp_pool *pool_make(unsigned n, const cp_pool_options *options)
         cp__free(pool);
         return NULL;
     }
-    sem_init(&pool->ready, 0, 0); /* fails only for a count too large */
+    if (sem_init(&pool->ready, 0, 0) != 0) { /* fails only for a count too large */
+        cp__free(pool->workers);
+        cp__free(pool);
+        return NULL;
+    }
     pool->nworkers = n;
     atomic_init(&pool->refs, 1); /* the user's; not yet shared */
     pool->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);

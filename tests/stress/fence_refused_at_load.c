@@ -39,6 +39,9 @@
 
 /* Registrations refused, and membarrier calls of any other command. */
 static atomic_int registers, other_calls;
+/* errno when the library registered (set by set_errno before, if the
+ * constructors ran in the order the test needs). */
+static int errno_at_register;
 
 long syscall(long number, ...); /* as <unistd.h> declares it */
 
@@ -59,7 +62,8 @@ long syscall(long number, ...)
     CHECK(real != NULL, "no syscall() after ours: %s", dlerror());
     if (number == SYS_membarrier) {
         if (a == MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) {
-            atomic_fetch_add(&registers, 1);
+            if (atomic_fetch_add(&registers, 1) == 0)
+                errno_at_register = errno;
             errno = EPERM;
             return -1;
         }
@@ -196,6 +200,11 @@ static void context_reads(void)
 
 int main(void)
 {
+    /* Our constructor ran before the library's (the test links the
+     * library statically: priorities order them), so the check below
+     * sees what the library's did to errno. */
+    CHECK(errno_at_register == LOAD_ERRNO, "the library registered with errno %d, before "
+          "our constructor set it", errno_at_register);
     CHECK(errno == LOAD_ERRNO, "errno %d after the library was loaded, not %d", errno,
           LOAD_ERRNO);
     CHECK(atomic_load(&registers) >= 1, "the library did not try to register");

@@ -35,9 +35,11 @@
  *    was reported cancelled, a cancel that said 0 means it never ran, one
  *    that said CP_EBUSY that it ran, and both waits agree.
  *
- * Every pool has on_start and on_stop hooks, checked in every phase: each
- * worker ran on_start before cp_pool_new returned and before any job ran on
- * it, and on_stop when its pool was freed; what the hooks set no job sees.
+ * Every pool has on_start and on_stop hooks: each worker ran on_start
+ * before cp_pool_new returned and before any job ran on it (checked by the
+ * jobs of every phase but the task trees, whose roots run on outside
+ * threads), and as many workers ran on_stop; what the hooks set, no tree
+ * job sees.
  *
  * A watchdog thread (watchdog.h) turns a hang into a failure: if the progress counter
  * does not move for WATCHDOG_SECONDS, it prints the phase and exits 1. That
@@ -126,8 +128,9 @@ static void check_vars(const uint64_t expect[NVARS], const char *who, uint64_t i
 
 /* Every pool's hooks. on_start marks its thread, which every job checks
  * (check_started), and sets a variable in its own copy of the context,
- * which no job may see (check_vars); on_stop checks the mark. Each pool's
- * workers all start and stop: counted per pool by new_pool / free_pool. */
+ * which no job may see (check_vars); on_stop checks the mark. new_pool
+ * checks that each of its workers ran on_start; main, that as many ran
+ * on_stop. */
 static __thread bool worker_started;
 static atomic_uint hook_starts, hook_stops;
 
@@ -384,6 +387,7 @@ static void *mixed_job(void *p)
     uint64_t id = (uintptr_t)p;
     int before = atomic_fetch_add_explicit(&slots[id].ran, 1, memory_order_relaxed);
     CHECK(before == 0, "mixed job %" PRIu64 " ran twice", id);
+    check_started("mixed job", id);
     watchdog_tick();
     uint64_t rng = id * 7919 + 1;
     uint64_t r = splitmix(&rng);
@@ -396,6 +400,7 @@ static void *mixed_job(void *p)
 
 static void *mixed_task(void *p)
 {
+    check_started("mixed task", 0);
     atomic_fetch_add_explicit((atomic_int *)p, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&tasks_ran, 1, memory_order_relaxed);
     return p;
@@ -588,6 +593,7 @@ static void phase_mixed(uint64_t jobs)
 
 static void *wake_job(void *p)
 {
+    check_started("wake-up job", 0);
     uint64_t rng = (uintptr_t)p;
     spin_ns(splitmix(&rng) % 300);
     return p;
@@ -727,6 +733,7 @@ static void *own_child(void *p)
     own_slot *o = p;
     CHECK(atomic_fetch_add_explicit(&o->ran, 1, memory_order_relaxed) == 0,
           "own child ran twice");
+    check_started("own child", (uint64_t)(o - own));
     /* Long enough, sometimes, for a cancel to come while it runs. */
     uint64_t rng = (uintptr_t)p;
     spin_ns(splitmix(&rng) % 2000);
