@@ -43,6 +43,7 @@
 
 #include "check.h"
 #include "ctxpool.h"
+#include "light_rounds.h"
 #include "pool.h"
 #include "watchdog.h"
 
@@ -188,65 +189,11 @@ static int first_read_with_failure(int err)
 
 #define POOL_ROUNDS 200
 
-struct round {
-    cp_pool *pool;
-    sem_t ran;
-    uint64_t parks; /* the pool's park count before the round */
-    bool wait_parked; /* submit the last job once the other worker slept */
-};
-
-static void *noop(void *p)
-{
-    return p;
-}
-
-static void *post(void *p)
-{
-    sem_post(p);
-    return NULL;
-}
-
-static uint64_t parks(cp_pool *pool)
-{
-    cp_pool_stats st;
-    CHECK(cp_pool_get_stats(pool, &st) == 0, "stats");
-    return st.parks;
-}
-
-/* Light after its first push (the test switch), the job pushes a few
- * no-ops, which the other worker runs, then the job that posts. */
-static void *light_then_block(void *p)
-{
-    struct round *r = p;
-    for (int i = 0; i < 4; i++)
-        CHECK(cp_pool_submit(r->pool, noop, NULL, NULL) == 0, "submit a no-op");
-    while (r->wait_parked && parks(r->pool) == r->parks)
-        sched_yield();
-    CHECK(cp_pool_submit(r->pool, post, &r->ran, NULL) == 0, "submit the last job");
-    while (sem_wait(&r->ran) != 0)
-        CHECK(errno == EINTR, "sem_wait");
-    return NULL;
-}
-
 static void pool_refused(void)
 {
     watchdog_start("fence_fallback", "a pool hung when the kernel refused membarrier");
-    int was = cp__pool_light_after(0);
-    cp_pool_options o = {.threads = 2, .name = "refused"};
-    cp_pool *pool = NULL;
-    CHECK(cp_pool_new(&pool, &o) == 0, "cp_pool_new");
     atomic_store(&refuse_all, true);
-    for (int i = 0; i < POOL_ROUNDS; i++) {
-        struct round r = {.pool = pool, .parks = parks(pool), .wait_parked = i % 2 == 0};
-        CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
-        cp_future *f = NULL;
-        CHECK(cp_pool_submit(pool, light_then_block, &r, &f) == 0, "submit");
-        CHECK(cp_future_wait(f, NULL) == 0, "wait");
-        cp_future_free(f);
-        sem_destroy(&r.ran);
-        watchdog_tick();
-    }
-    CHECK(cp_pool_free(pool) == 0, "cp_pool_free");
+    light_rounds("refused", POOL_ROUNDS, 2);
     atomic_store(&refuse_all, false);
     /* The first refusal turns light workers off: later announcers have no
      * light worker to fence for (a few may be under way at that refusal,
@@ -258,7 +205,6 @@ static void pool_refused(void)
     CHECK(refused <= POOL_ROUNDS / 10,
           "%d membarrier calls refused in %d rounds: a refusal did not turn light workers off",
           refused, POOL_ROUNDS);
-    cp__pool_light_after(was);
 }
 
 int main(void)

@@ -34,6 +34,7 @@
 #include "check.h"
 #include "ctxpool.h"
 #include "fence.h"
+#include "light_rounds.h"
 #include "pool.h"
 #include "watchdog.h"
 
@@ -78,71 +79,6 @@ long syscall(long number, ...)
 static __attribute__((constructor(101))) void set_errno(void)
 {
     errno = LOAD_ERRNO;
-}
-
-/* ------------------------------------------------------------------------ */
-/* A pool whose workers would turn light (as fence_fallback's)              */
-
-#define POOL_ROUNDS 100
-
-struct round {
-    cp_pool *pool;
-    sem_t ran;
-    uint64_t parks; /* the pool's park count before the round */
-};
-
-static void *noop(void *p)
-{
-    return p;
-}
-
-static void *post(void *p)
-{
-    sem_post(p);
-    return NULL;
-}
-
-static uint64_t parks(cp_pool *pool)
-{
-    cp_pool_stats st;
-    CHECK(cp_pool_get_stats(pool, &st) == 0, "stats");
-    return st.parks;
-}
-
-/* Pushes a few no-ops, which the other worker runs; once that worker has
- * parked (an announcer, which fences every thread for a light worker),
- * the job that posts, which only the other worker can run. */
-static void *push_then_block(void *p)
-{
-    struct round *r = p;
-    for (int i = 0; i < 4; i++)
-        CHECK(cp_pool_submit(r->pool, noop, NULL, NULL) == 0, "submit a no-op");
-    while (parks(r->pool) == r->parks)
-        sched_yield();
-    CHECK(cp_pool_submit(r->pool, post, &r->ran, NULL) == 0, "submit the last job");
-    while (sem_wait(&r->ran) != 0)
-        CHECK(errno == EINTR, "sem_wait");
-    return NULL;
-}
-
-static void pool_rounds(void)
-{
-    int was = cp__pool_light_after(0);
-    cp_pool_options o = {.threads = 2, .name = "unfenced"};
-    cp_pool *pool = NULL;
-    CHECK(cp_pool_new(&pool, &o) == 0, "cp_pool_new");
-    for (int i = 0; i < POOL_ROUNDS; i++) {
-        struct round r = {.pool = pool, .parks = parks(pool)};
-        CHECK(sem_init(&r.ran, 0, 0) == 0, "sem_init");
-        cp_future *f = NULL;
-        CHECK(cp_pool_submit(pool, push_then_block, &r, &f) == 0, "submit");
-        CHECK(cp_future_wait(f, NULL) == 0, "wait");
-        cp_future_free(f);
-        sem_destroy(&r.ran);
-        watchdog_tick();
-    }
-    CHECK(cp_pool_free(pool) == 0, "cp_pool_free");
-    cp__pool_light_after(was);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -198,6 +134,9 @@ static void context_reads(void)
     cp_var_free(w.var);
 }
 
+/* Rounds of a pool whose workers would turn light (light_rounds.h). */
+#define POOL_ROUNDS 100
+
 int main(void)
 {
     /* Our constructor ran before the library's (the test links the
@@ -212,7 +151,7 @@ int main(void)
     watchdog_start("fence_refused_at_load", "a pool hung without membarrier");
     atomic_store(&other_calls, 0);
 
-    pool_rounds();
+    light_rounds("unfenced", POOL_ROUNDS, 1);
     CHECK(atomic_load(&other_calls) == 0,
           "%d membarrier calls by a pool in a process that never registered",
           atomic_load(&other_calls));
