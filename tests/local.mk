@@ -27,7 +27,7 @@ STRESS_TESTS = \
 	tests/stress/var_stress \
 	tests/stress/wake_pass_on
 
-EXTRA_DIST += tests/stress/check.h tests/stress/light_rounds.h tests/stress/pause.h tests/stress/watchdog.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
+EXTRA_DIST += tests/stress/check.h tests/stress/fake_membarrier.h tests/stress/light_rounds.h tests/stress/pause.h tests/stress/watchdog.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
 	tests/examples.sh tests/install.sh
 LOG_COMPILER = $(SHELL) $(top_srcdir)/tests/run-test.sh
 SH_LOG_COMPILER = $(SHELL)

@@ -29,20 +29,18 @@
  * going to sleep.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <errno.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <sys/syscall.h>
 
 #include "check.h"
 #include "ctxpool.h"
+#include "fake_membarrier.h"
 #include "light_rounds.h"
 #include "pool.h"
 #include "watchdog.h"
@@ -66,44 +64,25 @@ static atomic_bool refuse_all;
 /* The membarrier calls refused while refuse_all is set. */
 static atomic_int refused_calls;
 
-long syscall(long number, ...); /* as <unistd.h> declares it */
-
-long syscall(long number, ...)
+/* Every membarrier call of the library comes here (fake_membarrier.h). */
+static int membarrier_fake(long cmd)
 {
-    /* Six arguments, as many as the kernel takes: the pool's futex calls
-     * come through here too. */
-    va_list ap;
-    va_start(ap, number);
-    long a = va_arg(ap, long), b = va_arg(ap, long), c = va_arg(ap, long);
-    long d = va_arg(ap, long), e = va_arg(ap, long), f = va_arg(ap, long);
-    va_end(ap);
-    if (number == SYS_membarrier && atomic_load(&refuse_all)) {
+    if (atomic_load(&refuse_all)) {
         atomic_fetch_add(&refused_calls, 1);
-        errno = EPERM;
-        return -1;
+        return -EPERM;
     }
-    if (number == SYS_membarrier && atomic_load(&logging)) {
-        int n = atomic_fetch_add(&log_len, 1);
-        if (n < MAX_LOG)
-            log_cmd[n] = (int)a;
-        int err = atomic_exchange(&fail_next, 0);
-        if (a == MEMBARRIER_CMD_PRIVATE_EXPEDITED && err != 0) {
-            errno = err;
-            return -1;
-        }
-        int any = atomic_load(&fail_any);
-        while (any > 0 && !atomic_compare_exchange_weak(&fail_any, &any, any - 1))
-            ;
-        if (any > 0) {
-            errno = ENOMEM;
-            return -1;
-        }
-    }
-    static long (*real)(long, ...);
-    if (!real)
-        real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
-    CHECK(real != NULL, "no syscall() after ours: %s", dlerror());
-    return real(number, a, b, c, d, e, f);
+    if (!atomic_load(&logging))
+        return 0;
+    int n = atomic_fetch_add(&log_len, 1);
+    if (n < MAX_LOG)
+        log_cmd[n] = (int)cmd;
+    int err = atomic_exchange(&fail_next, 0);
+    if (cmd == MEMBARRIER_CMD_PRIVATE_EXPEDITED && err != 0)
+        return -err;
+    int any = atomic_load(&fail_any);
+    while (any > 0 && !atomic_compare_exchange_weak(&fail_any, &any, any - 1))
+        ;
+    return any > 0 ? -ENOMEM : 0;
 }
 
 static cp_var *vars[NV];

@@ -19,20 +19,18 @@
  *   while the process never registered for it.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <errno.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <sys/syscall.h>
 
 #include "check.h"
 #include "ctxpool.h"
+#include "fake_membarrier.h"
 #include "fence.h"
 #include "light_rounds.h"
 #include "pool.h"
@@ -44,33 +42,16 @@ static atomic_int registers, other_calls;
  * constructors ran in the order the test needs). */
 static int errno_at_register;
 
-long syscall(long number, ...); /* as <unistd.h> declares it */
-
-long syscall(long number, ...)
+/* Every membarrier call of the library comes here (fake_membarrier.h). */
+static int membarrier_fake(long cmd)
 {
-    /* Six arguments, as many as the kernel takes: the pool's futex calls
-     * come through here too. */
-    va_list ap;
-    va_start(ap, number);
-    long a = va_arg(ap, long), b = va_arg(ap, long), c = va_arg(ap, long);
-    long d = va_arg(ap, long), e = va_arg(ap, long), f = va_arg(ap, long);
-    va_end(ap);
-    /* Looked up at the first call, the library's registration when it is
-     * loaded: before any thread is made, so never by two at once. */
-    static long (*real)(long, ...);
-    if (!real)
-        real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
-    CHECK(real != NULL, "no syscall() after ours: %s", dlerror());
-    if (number == SYS_membarrier) {
-        if (a == MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) {
-            if (atomic_fetch_add(&registers, 1) == 0)
-                errno_at_register = errno;
-            errno = EPERM;
-            return -1;
-        }
-        atomic_fetch_add(&other_calls, 1);
+    if (cmd == MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) {
+        if (atomic_fetch_add(&registers, 1) == 0)
+            errno_at_register = errno;
+        return -EPERM;
     }
-    return real(number, a, b, c, d, e, f);
+    atomic_fetch_add(&other_calls, 1);
+    return 0;
 }
 
 /* Runs before the library's constructor (a priority runs before none), and
