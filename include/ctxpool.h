@@ -90,7 +90,9 @@ typedef struct cp_iter cp_iter;
  * name: copied; may be NULL (the variable is then named "").
  * free_value: called exactly once on every value the library owns (each value
  *   passed to cp_var_set) as soon as no context, snapshot, iterator or token
- *   refers to it any more. NULL: values are borrowed pointers, never freed.
+ *   refers to it any more; a NULL value is one too, so free_value must
+ *   accept NULL, as free() does. NULL: values are borrowed pointers, never
+ *   freed.
  *   It runs on the thread that lets go of the last reference (a reset or
  *   set there, the end of a job or of a thread, a free of a context,
  *   token or copy), in whatever context is current there, not in the one
@@ -240,11 +242,13 @@ CP_EXPORT void cp_token_free(cp_token *token);
 /* Every thread has a current context. A thread that entered none runs in its
  * own base context, empty when the thread starts, created on first use and
  * released when the thread exits. exit() (and a return from main) ends the
- * process without that for the thread that calls it, but the base context
- * of the thread that loaded the library (main, in a program linked with it)
- * is released then too, as a C++ thread_local object is: before the atexit
- * handlers and the destructors of static objects run, on that thread.
- * Another thread that calls exit() keeps its values to the end. */
+ * process without that for the thread that calls it, except for the thread
+ * that loaded the library (main, in a program linked with it): when that
+ * thread calls exit() or returns from main, its base context is released,
+ * as a C++ thread_local object is: before the atexit handlers and the
+ * destructors of static objects run, on that thread. When another thread
+ * calls exit(), no base context is released, main's included: their values
+ * stay to the end of the process. */
 
 /* cp_context_new - a new, empty context (Context()).
  * Returns it, or NULL when memory ran out. Free with cp_context_free.
@@ -293,12 +297,18 @@ CP_EXPORT bool cp_context_contains(const cp_context *c, const cp_var *var);
 /* cp_context_get - c's value for var (context[var]); defaults do not count.
  * Returns 0 and stores it in *value; CP_ENOENT when c has no value for var;
  * CP_EINVAL for NULL arguments.
- * Borrowed: *value is valid while c holds that value.
+ * Borrowed: *value is valid while c holds that value. On a context that
+ * another thread runs inside, that can end at any moment (a set or reset
+ * there frees the value): to use a value from such a context, copy the
+ * context (cp_context_copy) and read the copy, which holds its values
+ * until it is freed.
  * Threads: as cp_context_contains. */
 CP_EXPORT int cp_context_get(const cp_context *c, const cp_var *var, void **value);
 
 /* cp_context_get_or - c's value for var, else fallback (Context.get(var,
  * default)); defaults of the variable do not count.
+ * Borrowed: as cp_context_get's (from a context another thread runs
+ * inside, read a copy).
  * Threads: as cp_context_contains. */
 CP_EXPORT void *cp_context_get_or(const cp_context *c, const cp_var *var,
                                   void *fallback);
@@ -527,10 +537,10 @@ CP_EXPORT int cp_pool_free(cp_pool *pool);
 typedef struct cp_pool_stats {
     unsigned threads;
     uint64_t submitted; /* jobs accepted by submit, submit_in and spawn */
-    uint64_t completed; /* jobs whose function ran to its end (a submit_in
-                           job that found its context entered, CP_EBUSY or
-                           CP_ERECURSIVE, is counted neither here nor in
-                           cancelled) */
+    uint64_t completed; /* jobs that ended without being cancelled: their
+                           function ran to its end, or (submit_in) they
+                           found their context entered and report CP_EBUSY
+                           or CP_ERECURSIVE */
     uint64_t cancelled; /* jobs reported CP_ECANCELED (one cancelled by
                            cp_future_cancel is counted when a worker, or a
                            cancel shutdown, discards it from its queue) */
@@ -540,7 +550,10 @@ typedef struct cp_pool_stats {
 } cp_pool_stats;
 
 /* cp_pool_get_stats - counters of the pool, each read atomically (together
- * they are not one snapshot). A submit refused after shutdown may be
+ * they are not one snapshot). Every job accepted ends counted once, in
+ * completed or in cancelled: when no job is in flight, submitted equals
+ * completed + cancelled, which is how to wait for jobs submitted without
+ * futures (poll until it holds). A submit refused after shutdown may be
  * counted in submitted for the moment it takes to refuse it, so after a
  * shutdown submitted can drop back by the refusals under way.
  * Returns 0; CP_EINVAL for NULL arguments.

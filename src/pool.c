@@ -1134,8 +1134,9 @@ job_run(struct worker *self, struct cp_future *f, bool alone)
             cp__context_leave(f->in);
         }
         drop_payload(f);
-        if (err == 0)
-            stat_bump(&self->completed);
+        /* Counted either way: a job that found its context entered ended
+         * too, so that completed + cancelled reaches submitted. */
+        stat_bump(&self->completed);
     } else {
         /* The run takes the map's reference; the outcome is submit's 0. */
         f->result = run_captured(f->map, true, f->fn, f->arg);

@@ -1951,6 +1951,30 @@ Test(destructor, default_value_is_freed_once_with_the_variable)
     cr_assert_eq(total(), 1);
 }
 
+/* NULL is a value like any other: the library owns it once set, and frees
+ * it once (free_value must take NULL, as free() does). */
+static atomic_int null_frees;
+
+static void count_null_free(void *p)
+{
+    /* relaxed: read on this thread after the frees. */
+    if (!p)
+        atomic_fetch_add_explicit(&null_frees, 1, memory_order_relaxed);
+}
+
+Test(destructor, a_null_value_and_a_null_default_are_freed_once_each)
+{
+    cp_var *v = cp_var_new_default("v", NULL, count_null_free);
+    cp_context *c = cp_context_new();
+    cr_assert_eq(set_in(c, v, NULL, NULL), 0);
+    cr_assert(cp_context_contains(c, v));
+    cr_assert_eq(atomic_load(&null_frees), 0);
+    cp_context_free(c);
+    cr_assert_eq(atomic_load(&null_frees), 1, "the value set");
+    cp_var_free(v);
+    cr_assert_eq(atomic_load(&null_frees), 2, "the default");
+}
+
 Test(destructor, default_value_outlives_var_free_while_a_context_holds_the_var)
 {
     tval d = {0}, a = {0};
