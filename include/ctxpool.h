@@ -478,7 +478,9 @@ CP_EXPORT bool cp_future_done(const cp_future *f);
 /* cp_future_cancel - make sure the job never runs, if it has not started.
  * Returns 0 when the job will never run (its wait reports CP_ECANCELED; also
  * when it was cancelled already); CP_EBUSY when it has started or finished
- * (or a worker waiting for it has taken it to run it);
+ * (or a worker waiting for it has taken it to run it; in the instant a
+ * CP_SHUTDOWN_CANCEL begins, that worker may give it up to the shutdown,
+ * which cancels it: the wait says which);
  * CP_EINVAL for NULL; CP_ESHUTDOWN in a child of fork() for a job that had
  * not finished at the fork (nothing changes). Threads: any thread. */
 CP_EXPORT int cp_future_cancel(cp_future *f);
@@ -502,8 +504,10 @@ enum cp_shutdown { CP_SHUTDOWN_DRAIN, CP_SHUTDOWN_CANCEL };
  *   shutdown(cancel_futures=True); a job a worker is moving between queues
  *   at that moment is cancelled when the worker takes it. Once they are
  *   all final, the values only their contexts held are freed, on the
- *   calling thread (free_value may run there, and may wait for any job).
- *   Frame tasks of a running job are not cancelled: the job syncs them.
+ *   calling thread (free_value may run there, and may wait for any job);
+ *   a task spawned from outside the pool holds its spawner's context until
+ *   its cp_sync returns, cancelled or not. Frame tasks of a running job
+ *   are not cancelled: the job syncs them.
  * Either way no job is lost: each runs exactly once or is reported cancelled.
  * Does not wait for the workers (cp_pool_free does). A second shutdown
  * returns CP_ESHUTDOWN, but a CP_SHUTDOWN_CANCEL after a CP_SHUTDOWN_DRAIN,
