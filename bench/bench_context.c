@@ -15,7 +15,8 @@
  *             unset variable; floors: a __thread read through a call into a
  *             shared library (floor.c, bench/libfloor.so) and
  *             pthread_getspecific.
- *   ctx-set   cp_var_set with a token, cp_var_reset, cp_token_free.
+ *   ctx-set   cp_var_set with a token, cp_var_reset, cp_token_free; floor:
+ *             malloc + free of 64 bytes.
  *   ctx-copy  cp_copy_context + cp_context_free with 1, 1,000 and 10,000
  *             variables set; floor: malloc + free of 64 bytes.
  *   ctx-run   cp_context_run of an empty function.

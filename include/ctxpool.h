@@ -479,8 +479,8 @@ CP_EXPORT bool cp_future_done(const cp_future *f);
  * Returns 0 when the job will never run (its wait reports CP_ECANCELED; also
  * when it was cancelled already); CP_EBUSY when it has started or finished
  * (or a worker waiting for it has taken it to run it; in the instant a
- * CP_SHUTDOWN_CANCEL begins, that worker may give it up to the shutdown,
- * which cancels it: the wait says which);
+ * CP_SHUTDOWN_CANCEL begins, the shutdown may still cancel such a job:
+ * the wait says which);
  * CP_EINVAL for NULL; CP_ESHUTDOWN in a child of fork() for a job that had
  * not finished at the fork (nothing changes). Threads: any thread. */
 CP_EXPORT int cp_future_cancel(cp_future *f);
@@ -554,12 +554,18 @@ typedef struct cp_pool_stats {
 } cp_pool_stats;
 
 /* cp_pool_get_stats - counters of the pool, each read atomically (together
- * they are not one snapshot). Every job accepted ends counted once, in
- * completed or in cancelled: when no job is in flight, submitted equals
- * completed + cancelled, which is how to wait for jobs submitted without
- * futures (poll until it holds). A submit refused after shutdown may be
- * counted in submitted for the moment it takes to refuse it, so after a
- * shutdown submitted can drop back by the refusals under way.
+ * they are not one snapshot). Every job or task accepted ends counted once,
+ * in completed or in cancelled, and the counts of ended work are read
+ * before those of submitted work, so submitted is never less than
+ * completed + cancelled. To wait for jobs submitted without futures, poll
+ * until the two are equal: while no other thread outside the pool submits,
+ * equality means that every job this thread submitted, and all the jobs
+ * and tasks those submitted or spawned, have ended, and what the ones that
+ * ran did is visible to this thread. (Not in a child of fork(), where the
+ * jobs that had not ended at the fork never do.) A submit refused after
+ * shutdown may be counted in submitted for the moment it takes to refuse
+ * it, so after a shutdown submitted can drop back by the refusals under
+ * way.
  * Returns 0; CP_EINVAL for NULL arguments.
  * Threads: any thread, any time before cp_pool_free. */
 CP_EXPORT int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats);

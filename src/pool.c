@@ -437,12 +437,15 @@ static uintptr_t thread_id(void)
     return (uintptr_t)&this_worker;
 }
 
-/* Single-writer counter bump: relaxed, only this worker writes it. */
+/* Single-writer counter bump. Load relaxed: only this worker writes it.
+ * Store release: cp_pool_get_stats reads the counts of ended work with
+ * acquire, so that what came before a count (the job's run, the counts of
+ * the work it submitted) is seen with it. On x86 a plain store either way. */
 static void stat_bump(_Atomic uint64_t *counter)
 {
     atomic_store_explicit(counter,
                           atomic_load_explicit(counter, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+                          memory_order_release);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2312,8 +2315,8 @@ static void cancel_queued(cp_pool *pool, struct sweep *sw)
     for (struct work *w; (w = sweep_take(&sw->back));)
         inject_reinject(pool, w);
     if (sw->finished) {
-        /* relaxed: statistics. */
-        atomic_fetch_add_explicit(&pool->swept, sw->finished, memory_order_relaxed);
+        /* release: a count of ended work, as stat_bump's. */
+        atomic_fetch_add_explicit(&pool->swept, sw->finished, memory_order_release);
         pending_apply(pool, -(int64_t)sw->finished);
     }
 }
@@ -2382,10 +2385,21 @@ int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats)
 {
     if (!pool || !stats)
         return CP_EINVAL;
-    /* relaxed but for refused: each counter is read atomically, not
-     * together. */
+    /* Each counter is read atomically, not together. The counts of ended
+     * work first, with acquire (pairing with stat_bump's and the sweep's
+     * release), then those of submitted work: every item counted ended was
+     * counted submitted before it ended, and so is seen below. So
+     * submitted is never less than completed + cancelled, and equal only
+     * when everything submitted before the reads had ended (or a submit
+     * from outside came in between). */
     memset(stats, 0, sizeof *stats);
     stats->threads = pool->nworkers;
+    for (unsigned i = 0; i < pool->nworkers; i++) {
+        const struct worker *w = &pool->workers[i];
+        stats->completed += atomic_load_explicit(&w->completed, memory_order_acquire);
+        stats->cancelled += atomic_load_explicit(&w->cancelled, memory_order_acquire);
+    }
+    stats->cancelled += atomic_load_explicit(&pool->swept, memory_order_acquire);
     /* The outside submits, admitted less refused. acquire on refused, read
      * first: the admits of the refusals it counts are then seen below, so
      * the difference is never negative. */
@@ -2393,13 +2407,11 @@ int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats)
     stats->submitted = atomic_load_explicit(&pool->admitted, memory_order_relaxed) - refused;
     for (unsigned i = 0; i < pool->nworkers; i++) {
         const struct worker *w = &pool->workers[i];
+        /* relaxed: ordered after the acquires above; the rest are figures. */
         stats->submitted += atomic_load_explicit(&w->submitted, memory_order_relaxed);
-        stats->completed += atomic_load_explicit(&w->completed, memory_order_relaxed);
-        stats->cancelled += atomic_load_explicit(&w->cancelled, memory_order_relaxed);
         stats->stolen += atomic_load_explicit(&w->stolen, memory_order_relaxed);
         stats->parks += atomic_load_explicit(&w->parks, memory_order_relaxed);
     }
-    stats->cancelled += atomic_load_explicit(&pool->swept, memory_order_relaxed);
     return 0;
 }
 

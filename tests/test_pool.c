@@ -2095,6 +2095,78 @@ Test(stats, one_worker_steals_nothing, .timeout = 30)
     free_pool(pool);
 }
 
+/* A tree of jobs submitted without futures: the root submits children and
+ * spawns tasks, each child spawns tasks; every job counts itself in ran
+ * (relaxed: the stats' reads are what must make the counts visible). */
+enum { TREE_CHILDREN = 4, TREE_SPAWNS = 20000 };
+
+struct tree {
+    cp_pool *pool;
+    atomic_int ran;
+};
+
+static void *noop(void *p)
+{
+    return p;
+}
+
+static void spawn_many(cp_pool *pool)
+{
+    for (int i = 0; i < TREE_SPAWNS; i++) {
+        cp_task t;
+        JCHECK(cp_spawn(pool, &t, noop, NULL) == 0);
+        JCHECK(cp_sync(&t, NULL) == 0);
+    }
+}
+
+static void *tree_child(void *p)
+{
+    struct tree *tr = p;
+    spawn_many(tr->pool);
+    atomic_fetch_add_explicit(&tr->ran, 1, memory_order_relaxed);
+    return NULL;
+}
+
+static void *tree_root(void *p)
+{
+    struct tree *tr = p;
+    for (int i = 0; i < TREE_CHILDREN; i++)
+        JCHECK(cp_pool_submit(tr->pool, tree_child, tr, NULL) == 0);
+    spawn_many(tr->pool);
+    atomic_fetch_add_explicit(&tr->ran, 1, memory_order_relaxed);
+    return NULL;
+}
+
+Test(stats, submitted_equals_ended_only_once_a_job_tree_has_ended, .timeout = 60)
+{
+    /* The documented way to wait for jobs without futures: poll until
+     * submitted == completed + cancelled. The counts of ended work are read
+     * before those of submitted work, so a spawn that starts and ends
+     * between two reads cannot make the two sides meet early (they did,
+     * thousands of times a second, while the reads went the other way). */
+    enum { ROUNDS = 10 };
+    cp_pool *pool = new_pool(2);
+    struct tree trees[ROUNDS];
+    int seen[ROUNDS];
+    for (int round = 0; round < ROUNDS; round++) {
+        trees[round] = (struct tree){pool, 0};
+        cr_assert_eq(cp_pool_submit(pool, tree_root, &trees[round], NULL), 0);
+        cp_pool_stats st;
+        do
+            stats_of(pool, &st);
+        while (st.submitted != st.completed + st.cancelled);
+        seen[round] = atomic_load_explicit(&trees[round].ran, memory_order_relaxed);
+    }
+    /* Checked once the pool has drained: a tree found running must not
+     * outlive the test. */
+    free_pool(pool);
+    jobs_ok();
+    for (int round = 0; round < ROUNDS; round++)
+        cr_assert_eq(seen[round], TREE_CHILDREN + 1,
+                     "round %d: the counts met with %d of %d jobs ended", round,
+                     seen[round], TREE_CHILDREN + 1);
+}
+
 struct drain_sibling {
     struct credit c;
     gate shut;
