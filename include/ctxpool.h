@@ -560,9 +560,12 @@ typedef struct cp_pool_stats {
  * completed + cancelled. To wait for jobs submitted without futures, poll
  * until the two are equal: while no other thread outside the pool submits,
  * equality means that every job this thread submitted, and all the jobs
- * and tasks those submitted or spawned, have ended, and what the ones that
- * ran did is visible to this thread. (Not in a child of fork(), where the
- * jobs that had not ended at the fork never do.) A submit refused after
+ * and tasks those submitted or spawned, have run to their end or been
+ * cancelled, and what the ones that ran did is visible to this thread.
+ * (Their futures may turn done a moment later, and a job that
+ * cp_future_cancel cancelled may still have its values being freed by the
+ * canceller. Not in a child of fork(), where the jobs that had not ended at
+ * the fork never do.) A submit refused after
  * shutdown may be counted in submitted for the moment it takes to refuse
  * it, so after a shutdown submitted can drop back by the refusals under
  * way.

@@ -2390,8 +2390,11 @@ int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats)
      * release), then those of submitted work: every item counted ended was
      * counted submitted before it ended, and so is seen below. So
      * submitted is never less than completed + cancelled, and equal only
-     * when everything submitted before the reads had ended (or a submit
-     * from outside came in between). */
+     * when everything submitted before the reads had run or been cancelled
+     * (or a submit from outside came in between). The counts come just
+     * before the final state (work_finish), and a cancel's count (a
+     * worker's discard) may come while cp_future_cancel still drops the
+     * payload: the header says so. */
     memset(stats, 0, sizeof *stats);
     stats->threads = pool->nworkers;
     for (unsigned i = 0; i < pool->nworkers; i++) {
