@@ -4000,11 +4000,6 @@ static void *started_then_held(void *p)
     return j;
 }
 
-static void *noop_task(void *p)
-{
-    return p;
-}
-
 /* Spawns and syncs no-op tasks until the held task has started: every
  * spawn and sync offers the spawner's oldest private task (the held one)
  * to an idle worker, which takes it. */
@@ -4013,7 +4008,7 @@ static void *offer_until_started(void *p)
     struct forking_job *j = p;
     while (!atomic_load(&j->started)) {
         cp_task t;
-        JCHECK(cp_spawn(j->pool, &t, noop_task, NULL) == 0);
+        JCHECK(cp_spawn(j->pool, &t, noop, NULL) == 0);
         JCHECK(cp_sync(&t, NULL) == 0);
     }
     return NULL;
@@ -4033,7 +4028,7 @@ static void *fork_while_a_task_runs_elsewhere(void *p)
          * spawn on the pool it no longer has is refused too. */
         cp_task late;
         _exit(cp_sync(&j->task, NULL) == CP_ESHUTDOWN &&
-                      cp_spawn(j->pool, &late, noop_task, NULL) == CP_ESHUTDOWN
+                      cp_spawn(j->pool, &late, noop, NULL) == CP_ESHUTDOWN
                   ? 0
                   : 1);
     }
