@@ -4,14 +4,12 @@
  *
  *   submit   1,000,000 empty jobs from the main thread (not a worker) to a
  *            pool of 2 workers, then wait for all; ns per job. ctxpool
- *            without futures waits by polling cp_pool_get_stats until the
- *            pool's own completed count reaches the number submitted,
- *            sleeping 200 us between looks: no counter is added to the jobs,
- *            and the poller never helps the workers. It sees the end at most
- *            200 us late: 0.4% of the 50 ms that 1,000,000 jobs take at the
- *            goal of 50 ns each. With futures, every job gets one; the main
- *            thread then waits for and frees each in submission order. The mutex
- *            pool waits on its own condition variable.
+ *            without futures waits with cp_pool_wait_idle: no counter is
+ *            added to the jobs, and the waiter sleeps until the last one
+ *            has ended, without helping the workers. With futures, every
+ *            job gets one; the main thread then waits for and frees each in
+ *            submission order. The mutex pool waits on its own condition
+ *            variable.
  *   capture  as submit without futures, from inside a context in which 0, 10
  *            or 1,000 variables are set: the capture must cost the same.
  *   fib30    fib(30), a task per call (every call spawns its n-1 half and
@@ -64,7 +62,6 @@
 #define CAPTURE_VARS 1000
 #define WAKEUP_ROUNDS 500
 #define IDLE_NS 1000000000u
-#define POLL_NS 200000 /* between two looks at the completed count */
 
 static cp_pool *pool;
 static cp_var *vars[CAPTURE_VARS];
@@ -139,8 +136,7 @@ static void *submit_jobs(void *arg)
             cp_future_free(k->futures[i]);
         }
     } else {
-        while (stats_of(pool).completed - before.completed < SUBMIT_JOBS)
-            sleep_ns(POLL_NS);
+        BENCH_CHECK(cp_pool_wait_idle(pool, UINT64_MAX) == 0, "cp_pool_wait_idle");
     }
     k->ns = (double)(bench_now_ns() - t) / SUBMIT_JOBS;
     cp_pool_stats after = stats_of(pool);

@@ -35,6 +35,7 @@ MAN_LINKS = \
 	doc/cp_pool_shutdown.3 \
 	doc/cp_pool_submit.3 \
 	doc/cp_pool_submit_in.3 \
+	doc/cp_pool_wait_idle.3 \
 	doc/cp_strerror.3 \
 	doc/cp_sync.3 \
 	doc/cp_thread_create.3 \

@@ -526,8 +526,9 @@ CP_EXPORT int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how);
  *
  * fork(): a child process inherits the pool's memory but not its workers.
  * In the child, every call on an inherited pool (submit, submit_in, spawn,
- * shutdown, free) returns CP_ESHUTDOWN and changes nothing; the child cannot
- * free it (its memory stays until the child exits) but may make new pools.
+ * shutdown, wait_idle, free) returns CP_ESHUTDOWN and changes
+ * nothing; the child cannot free it (its memory stays until the child
+ * exits) but may make new pools.
  * cp_pool_get_stats still reads it. Futures, and tasks spawned from outside
  * the pool, that were not final at the fork never will be in the child:
  * waits, cancels and syncs of them return CP_ESHUTDOWN. Contexts and
@@ -557,21 +558,40 @@ typedef struct cp_pool_stats {
  * they are not one snapshot). Every job or task accepted ends counted once,
  * in completed or in cancelled, and the counts of ended work are read
  * before those of submitted work, so submitted is never less than
- * completed + cancelled. To wait for jobs submitted without futures, poll
- * until the two are equal: while no other thread outside the pool submits,
+ * completed + cancelled. While no other thread outside the pool submits,
  * equality means that every job this thread submitted, and all the jobs
  * and tasks those submitted or spawned, have run to their end or been
  * cancelled, and what the ones that ran did is visible to this thread.
  * (Their futures may turn done a moment later, and a job that
  * cp_future_cancel cancelled may still have its values being freed by the
  * canceller. Not in a child of fork(), where the jobs that had not ended at
- * the fork never do.) A submit refused after
- * shutdown may be counted in submitted for the moment it takes to refuse
- * it, so after a shutdown submitted can drop back by the refusals under
- * way.
+ * the fork never do.) To wait for that, call cp_pool_wait_idle rather than
+ * poll. A submit refused after shutdown may be counted in submitted for
+ * the moment it takes to refuse it, so after a shutdown submitted can drop
+ * back by the refusals under way.
  * Returns 0; CP_EINVAL for NULL arguments.
  * Threads: any thread, any time before cp_pool_free. */
 CP_EXPORT int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats);
+
+/* cp_pool_wait_idle - wait until no job or task of the pool is queued or
+ * running, at most timeout_ns nanoseconds (CLOCK_MONOTONIC): the way to
+ * wait for jobs submitted without futures. When it returns 0, every job
+ * and outside-spawned task submitted to the pool before the call, by any
+ * thread, and all the jobs and tasks those submitted or spawned, have run
+ * to their end or been cancelled; their futures are final, and what the
+ * ones that ran did is visible to the caller. (A job that cp_future_cancel
+ * cancelled may still have its values being freed by the canceller.) Jobs
+ * that other threads submit during the call may be waited for too: while
+ * they keep coming, the pool may never be idle, and only the timeout ends
+ * the wait. The pool stays open; this is not a shutdown. A timeout of 0
+ * polls; UINT64_MAX waits for as long as it takes.
+ * Returns 0; CP_ETIMEDOUT when the time ran out first; CP_EINVAL for a
+ * NULL pool; CP_EDEADLK from one of the pool's own workers (its own job
+ * would never end), nothing waited for; CP_ESHUTDOWN in a child of fork()
+ * (see cp_pool_free).
+ * Threads: any thread but the pool's workers, any time before
+ * cp_pool_free; several at once. */
+CP_EXPORT int cp_pool_wait_idle(cp_pool *pool, uint64_t timeout_ns);
 
 /* cp_thread_create - pthread_create, but fn runs in a copy of the creator's
  * current context, as Python 3.14's Thread(context=copy_context()). (A plain

@@ -348,6 +348,11 @@ struct cp_pool {
      * cancel from its win until its wake (cp_future_cancel). The last one
      * frees it (pool_unref). Rare too, and out of the hot lines. */
     _Atomic unsigned refs;
+    /* cp_pool_wait_idle: the threads in it, and the futex word they sleep
+     * on, bumped when a change of the pending count to zero wakes them
+     * (total_lowered). Rare as well. */
+    _Atomic uint32_t idle_waiters;
+    _Atomic uint32_t idle_epoch;
     struct work inject_stub;
 
     /* Event count: epoch (the futex word) and the number of waiters; and
@@ -963,21 +968,50 @@ run_captured(cp__hamt map, bool owned, cp_job_fn fn, void *arg)
     return result;
 }
 
+/* Wake the threads in cp_pool_wait_idle: the pending total was zero. */
+static void idle_wake(cp_pool *pool)
+{
+    /* seq_cst: a waiter reads the epoch, then the total (cp_pool_wait_idle);
+     * if its read of the total missed the change that brought it to zero
+     * (made before this bump), its read of the epoch came before the bump
+     * too, so its futex wait does not sleep on the new value. */
+    atomic_fetch_add_explicit(&pool->idle_epoch, 1, memory_order_seq_cst);
+    futex_wake(&pool->idle_epoch, INT_MAX, FUTEX_BITSET_MATCH_ANY);
+}
+
+/* After a seq_cst change that lowered the pending count (workers: the
+ * workers' part after it, when that is what changed, or as read after the
+ * change): whichever change brings the total to zero wakes those who wait
+ * for zero, the workers of a shut-down pool (so they can leave) and the
+ * threads in cp_pool_wait_idle. A running pool nobody waits on has its
+ * total not read at all. */
+static void total_lowered(cp_pool *pool, uint64_t workers)
+{
+    /* seq_cst, both: each is the second half of a store-buffering pair
+     * whose first is our change of the count. Read as RUNNING, the
+     * shutdown that follows wakes the workers itself (see "Shutdown");
+     * read as zero, idle_waiters was raised after our change, so the
+     * waiter's read of the total, which follows its raise, sees it. */
+    bool stopping = atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING;
+    bool watched = atomic_load_explicit(&pool->idle_waiters, memory_order_seq_cst) != 0;
+    if ((stopping || watched) && pending_total(pool, workers) == 0) {
+        if (stopping)
+            notify_all(pool);
+        if (watched)
+            idle_wake(pool);
+    }
+}
+
 /* Apply delta (items added, less items finished) to the workers' part of
  * the pending count (which wraps below zero: the outside items workers
- * finish are counted in admitted). Whichever change brings a shut-down
- * pool's total to zero wakes the workers so they can leave. */
+ * finish are counted in admitted). */
 static void pending_apply(cp_pool *pool, int64_t delta)
 {
     /* seq_cst: see "Shutdown". Unsigned wrap-around adds a negative delta. */
     uint64_t after = atomic_fetch_add_explicit(&pool->pending, (uint64_t)delta,
                                                memory_order_seq_cst) +
                      (uint64_t)delta;
-    /* The state first: a running pool's total is not read at all. (Read
-     * as RUNNING, the shutdown that follows wakes the workers itself.) */
-    if (atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING &&
-        pending_total(pool, after) == 0)
-        notify_all(pool);
+    total_lowered(pool, after);
 }
 
 /* Workers count in pending in batches, so a stream of jobs does not bounce
@@ -1859,8 +1893,7 @@ admit(cp_pool *pool, struct worker *self)
         cancel_flags_set(pool);
     /* seq_cst: see "Shutdown"; the refusal may bring the count to zero. */
     atomic_fetch_add_explicit(&pool->refused, 1, memory_order_seq_cst);
-    if (pending_total(pool, atomic_load_explicit(&pool->pending, memory_order_seq_cst)) == 0)
-        notify_all(pool);
+    total_lowered(pool, atomic_load_explicit(&pool->pending, memory_order_seq_cst));
     return CP_ESHUTDOWN;
 }
 
@@ -2418,6 +2451,59 @@ int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats)
     return 0;
 }
 
+/* The deadline (CLOCK_MONOTONIC ns) of a wait of timeout_ns from now, as
+ * futex_wait takes it: 0 (none) for UINT64_MAX. Inline: cp_future_wait's
+ * constant UINT64_MAX then costs nothing. */
+static inline uint64_t deadline_after(uint64_t timeout_ns)
+{
+    if (timeout_ns == UINT64_MAX)
+        return 0;
+    uint64_t now = now_ns();
+    return timeout_ns > UINT64_MAX - now ? UINT64_MAX : now + timeout_ns;
+}
+
+int cp_pool_wait_idle(cp_pool *pool, uint64_t timeout_ns)
+{
+    if (!pool)
+        return CP_EINVAL;
+    /* A child of fork() has none of the pool's workers: what was pending
+     * at the fork never ends here. */
+    if (forked_away(&pool->fork_generation))
+        return CP_ESHUTDOWN;
+    /* Our own job is pending while we wait. */
+    if (worker_of(pool))
+        return CP_EDEADLK;
+    uint64_t deadline = deadline_after(timeout_ns);
+    /* seq_cst: the first half of a store-buffering pair with a lowering of
+     * the count (total_lowered): either it sees us counted and wakes us, or
+     * our read of the total below sees its change. */
+    atomic_fetch_add_explicit(&pool->idle_waiters, 1, memory_order_seq_cst);
+    int err = 0;
+    for (;;) {
+        /* seq_cst: the epoch before the total (see idle_wake). The total's
+         * seq_cst reads (of pending first, see pending_total) read the
+         * workers' changes, each made after the items it counts ended, so
+         * a zero makes what those items did visible to us. */
+        uint32_t epoch = atomic_load_explicit(&pool->idle_epoch, memory_order_seq_cst);
+        if (pending_total(pool, atomic_load_explicit(&pool->pending, memory_order_seq_cst)) == 0)
+            break;
+        if (timeout_ns == 0 || (deadline && now_ns() >= deadline)) {
+            err = CP_ETIMEDOUT;
+            break;
+        }
+        /* A worker of another pool: what it gives back is not held up while
+         * it sleeps. */
+        if (this_worker)
+            returns_flush(this_worker);
+        futex_wait(&pool->idle_epoch, epoch, FUTEX_BITSET_MATCH_ANY, deadline);
+    }
+    /* seq_cst, as the raise: every change of idle_waiters is then in S,
+     * which the pair above reasons with. A lowering that still sees us
+     * counted wakes nobody, or threads that look again. */
+    atomic_fetch_sub_explicit(&pool->idle_waiters, 1, memory_order_seq_cst);
+    return err;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Futures                                                                   */
 
@@ -2452,13 +2538,9 @@ future_wait(cp_future *f, uint64_t timeout_ns, bool timed, void **result)
         /* relaxed: equal only if this thread stored it (it runs f now). */
         if (atomic_load_explicit(&f->runner, memory_order_relaxed) == thread_id())
             return CP_EDEADLK;
-        uint64_t deadline = 0;
-        if (timeout_ns != UINT64_MAX) {
-            uint64_t now = now_ns();
-            deadline = timeout_ns > UINT64_MAX - now ? UINT64_MAX : now + timeout_ns;
-            if (timeout_ns == 0)
-                return CP_ETIMEDOUT;
-        }
+        if (timeout_ns == 0)
+            return CP_ETIMEDOUT;
+        uint64_t deadline = deadline_after(timeout_ns);
         int err = timed ? wait_work_slow(f->pool, &f->w, deadline)
                         : wait_work(f->pool, &f->w, deadline);
         if (err != 0)

@@ -21,6 +21,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
@@ -2167,6 +2168,146 @@ Test(stats, submitted_equals_ended_only_once_a_job_tree_has_ended, .timeout = 60
                      seen[round], TREE_CHILDREN + 1);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Waiting for an idle pool                                                  */
+
+Test(idle, wait_returns_once_a_tree_of_fire_and_forget_jobs_has_ended, .timeout = 60)
+{
+    /* Each round's tree (a root, its fire-and-forget children, 20,000
+     * frame tasks each) takes milliseconds after its submit returns; the
+     * wait must come back only once all of it has ended, the root's future
+     * final and every job's count visible (relaxed: the wait orders it). */
+    enum { ROUNDS = 10 };
+    cp_pool *pool = new_pool(2);
+    struct tree trees[ROUNDS];
+    for (int round = 0; round < ROUNDS; round++) {
+        trees[round] = (struct tree){pool, 0};
+        cp_future *root = NULL;
+        cr_assert_eq(cp_pool_submit(pool, tree_root, &trees[round], &root), 0);
+        cr_assert_eq(cp_pool_wait_idle(pool, UINT64_MAX), 0);
+        int ran = atomic_load_explicit(&trees[round].ran, memory_order_relaxed);
+        bool root_done = cp_future_done(root);
+        cp_pool_stats st;
+        stats_of(pool, &st);
+        cp_future_free(root);
+        cr_assert_eq(ran, TREE_CHILDREN + 1, "round %d: the wait returned with %d of %d jobs ended",
+                     round, ran, TREE_CHILDREN + 1);
+        cr_assert(root_done, "round %d: the wait returned before the root's future was final",
+                  round);
+        cr_assert_eq(st.submitted, st.completed + st.cancelled);
+    }
+    free_pool(pool);
+    jobs_ok();
+}
+
+struct idle_opener {
+    cp_pool *pool;
+    gate *g;
+};
+
+/* Opens the gate once a wait of its own for the idle pool has timed out:
+ * the job behind the gate was still held when the test's wait began. */
+static void *open_after_a_timed_out_wait(void *p)
+{
+    struct idle_opener *o = p;
+    JCHECK(cp_pool_wait_idle(o->pool, 1000000) == CP_ETIMEDOUT);
+    gate_open(o->g);
+    return NULL;
+}
+
+Test(idle, wait_times_out_while_a_job_is_held_then_returns_once_it_ends, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker b;
+    cp_future *held = occupy_worker(pool, &b);
+    atomic_int ran = 0;
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran, NULL), 0);
+    cr_assert_eq(cp_pool_wait_idle(pool, 0), CP_ETIMEDOUT);
+    uint64_t start = monotonic_ns();
+    cr_assert_eq(cp_pool_wait_idle(pool, 2000000), CP_ETIMEDOUT);
+    uint64_t waited = monotonic_ns() - start;
+    cr_assert_geq(waited, 2000000, "a 2 ms wait for idle returned after %" PRIu64 " ns",
+                  waited);
+    cr_assert_eq(runs(&ran), 0);
+    /* Two waiters at once: the opener's times out, then it opens the gate
+     * while this thread (most likely asleep by then) waits without end. */
+    struct idle_opener o = {pool, &b.g};
+    pthread_t opener;
+    cr_assert_eq(pthread_create(&opener, NULL, open_after_a_timed_out_wait, &o), 0);
+    cr_assert_eq(cp_pool_wait_idle(pool, UINT64_MAX), 0);
+    cr_assert_eq(runs(&ran), 2);
+    cr_assert(cp_future_done(held));
+    cr_assert_eq(pthread_join(opener, NULL), 0);
+    jobs_ok();
+    cr_assert_eq(wait_ok(held), &b);
+    /* Idle again: a poll says so at once, and the pool still takes jobs. */
+    cr_assert_eq(cp_pool_wait_idle(pool, 0), 0);
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, NULL), 0);
+    cr_assert_eq(cp_pool_wait_idle(pool, UINT64_MAX), 0);
+    cr_assert_eq(runs(&ran), 3);
+    free_pool(pool);
+}
+
+struct idle_pools {
+    cp_pool *own, *other;
+    atomic_int ran;
+};
+
+/* From a job of own: a wait for own is refused, one for other works. */
+static void *wait_idle_from_a_worker(void *p)
+{
+    struct idle_pools *ip = p;
+    JCHECK(cp_pool_wait_idle(ip->own, UINT64_MAX) == CP_EDEADLK);
+    JCHECK(cp_pool_wait_idle(ip->own, 0) == CP_EDEADLK);
+    JCHECK(cp_pool_submit(ip->other, count_job, &ip->ran, NULL) == 0);
+    JCHECK(cp_pool_wait_idle(ip->other, UINT64_MAX) == 0);
+    JCHECK(runs(&ip->ran) == 1);
+    return p;
+}
+
+Test(idle, wait_from_the_pools_own_worker_is_edeadlk_from_another_pools_works,
+     .timeout = 30)
+{
+    struct idle_pools ip = {new_pool(1), new_pool(1), 0};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(ip.own, wait_idle_from_a_worker, &ip, &f), 0);
+    cr_assert_eq(wait_ok(f), &ip);
+    jobs_ok();
+    free_pool(ip.own);
+    free_pool(ip.other);
+}
+
+Test(idle, wait_on_a_new_pool_returns_at_once_and_on_null_is_einval, .timeout = 30)
+{
+    cr_assert_eq(cp_pool_wait_idle(NULL, 0), CP_EINVAL);
+    cr_assert_eq(cp_pool_wait_idle(NULL, UINT64_MAX), CP_EINVAL);
+    cp_pool *pool = new_pool(2);
+    cr_assert_eq(cp_pool_wait_idle(pool, 0), 0);
+    cr_assert_eq(cp_pool_wait_idle(pool, UINT64_MAX), 0);
+    free_pool(pool);
+}
+
+Test(idle, wait_after_a_cancel_shutdown_returns_once_the_running_job_ends, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker b;
+    cp_future *held = occupy_worker(pool, &b);
+    atomic_int ran = 0;
+    cp_future *behind = NULL;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &behind), 0);
+    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_CANCEL), 0);
+    cr_assert_eq(cp_pool_wait_idle(pool, 0), CP_ETIMEDOUT);
+    gate_open(&b.g);
+    cr_assert_eq(cp_pool_wait_idle(pool, UINT64_MAX), 0);
+    cr_assert(cp_future_done(held));
+    cr_assert_eq(cp_future_wait(behind, NULL), CP_ECANCELED);
+    cr_assert_eq(runs(&ran), 0);
+    cp_future_free(behind);
+    cr_assert_eq(wait_ok(held), &b);
+    free_pool(pool);
+}
+
 struct drain_sibling {
     struct credit c;
     gate shut;
@@ -3892,16 +4033,18 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
         int cancel_busy = cp_future_cancel(busy);
         int cancel_queued = cp_future_cancel(waiting);
         int synced = cp_sync(&outside_task, NULL);
+        int idle = cp_pool_wait_idle(pool, UINT64_MAX);
         if (waited != CP_ESHUTDOWN || timed != CP_ESHUTDOWN ||
             cancel_busy != CP_ESHUTDOWN || cancel_queued != CP_ESHUTDOWN ||
-            synced != CP_ESHUTDOWN || cp_future_done(waiting))
+            synced != CP_ESHUTDOWN || idle != CP_ESHUTDOWN || cp_future_done(waiting))
             bad |= 128;
         if (bad)
             fprintf(stderr, "forked child: submit %d, submit_in %d, spawn %d, "
                     "shutdown %d, free %d, wait %d, wait_timeout %d, cancel "
-                    "%d and %d, sync %d (want %d each), queued job done %d\n",
+                    "%d and %d, sync %d, wait_idle %d (want %d each), queued "
+                    "job done %d\n",
                     rc[0], rc[1], rc[2], rc[3], rc[4], waited, timed,
-                    cancel_busy, cancel_queued, synced, CP_ESHUTDOWN,
+                    cancel_busy, cancel_queued, synced, idle, CP_ESHUTDOWN,
                     cp_future_done(waiting));
         _exit(bad);
     }
@@ -3910,7 +4053,7 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
     cr_assert(WIFEXITED(status), "child died: status %#x", status);
     cr_assert_eq(WEXITSTATUS(status), 0, "child failures (bits: 1 submit, 2 "
                  "submit_in, 4 spawn, 8 shutdown, 16 free, 32 future written, "
-                 "64 ran, 128 waits, cancels and sync): %#x",
+                 "64 ran, 128 waits, cancels, sync and wait_idle): %#x",
                  WEXITSTATUS(status));
     /* The parent's pool is untouched, its busy job still running. */
     cr_assert_not(cp_future_done(busy));

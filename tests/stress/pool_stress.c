@@ -1,7 +1,7 @@
 /* pool_stress.c - the pool under load: context flow through random job trees,
  * cancels and a CP_SHUTDOWN_CANCEL under fire, lost wake-ups, frame tasks.
  *
- * Four phases, each checked exactly:
+ * Six phases, each checked exactly:
  * 1. Trees: random job trees (depth up to 8, fan-out up to 8), some children
  *    waited for (fork-join, the waiting worker helps), some fire and forget
  *    (without a handle, or with one freed at once); the main thread frees
@@ -34,6 +34,13 @@
  *    not), the rest at a random moment. Every child ran exactly once or
  *    was reported cancelled, a cancel that said 0 means it never ran, one
  *    that said CP_EBUSY that it ran, and both waits agree.
+ * 6. Waits for an idle pool: rounds of a small tree of fire-and-forget
+ *    jobs, each writing a plain (not atomic) slot, with cp_pool_wait_idle
+ *    called by the submitter and, every other round, by a second thread at
+ *    once, some with a short timeout, after random pauses that land the
+ *    waits at every point of the tree's end. A wait that returned 0 must
+ *    see every slot written: ThreadSanitizer checks the order, the values
+ *    that it was not early.
  *
  * Every pool has on_start and on_stop hooks: each worker ran on_start
  * before cp_pool_new returned and before any job ran on it (checked by the
@@ -853,6 +860,110 @@ static void phase_own(uint64_t rounds)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Phase 6: waits for an idle pool                                           */
+
+enum { IDLE_JOBS = 15 }; /* a binary tree: job i submits 2i+1 and 2i+2 */
+
+struct idle_job {
+    struct idle_round *round;
+    unsigned i;
+};
+
+struct idle_round {
+    cp_pool *pool;
+    uint64_t seed;
+    uint64_t slots[IDLE_JOBS]; /* plain: job i writes slot i */
+    struct idle_job jobs[IDLE_JOBS];
+    sem_t go, back;            /* to and from the second waiter */
+    bool last;                 /* read by the second waiter after go */
+};
+
+static void *idle_job_run(void *p)
+{
+    struct idle_job *j = p;
+    struct idle_round *r = j->round;
+    check_started("idle-wait job", j->i);
+    uint64_t rng = r->seed + j->i;
+    spin_ns(random_pause(&rng) / 8);
+    r->slots[j->i] = r->seed + j->i;
+    for (unsigned c = 2 * j->i + 1; c <= 2 * j->i + 2 && c < IDLE_JOBS; c++) {
+        int rc = cp_pool_submit(r->pool, idle_job_run, &r->jobs[c], NULL);
+        CHECK(rc == 0, "submit from an idle-wait job: %s", cp_strerror(rc));
+    }
+    spin_ns(random_pause(&rng) / 8);
+    return NULL;
+}
+
+/* Wait for the round's pool to be idle, first with a short timeout
+ * (which may run out) when rng says so, then check every slot. */
+static void idle_wait_and_check(struct idle_round *r, uint64_t *rng, const char *who)
+{
+    int rc = CP_ETIMEDOUT;
+    if (splitmix(rng) % 2)
+        rc = cp_pool_wait_idle(r->pool, splitmix(rng) % 20000);
+    CHECK(rc == 0 || rc == CP_ETIMEDOUT, "%s: timed wait for idle: %s", who, cp_strerror(rc));
+    if (rc != 0)
+        rc = cp_pool_wait_idle(r->pool, UINT64_MAX);
+    CHECK(rc == 0, "%s: wait for idle: %s", who, cp_strerror(rc));
+    for (unsigned i = 0; i < IDLE_JOBS; i++)
+        CHECK(r->slots[i] == r->seed + i, "%s: round %" PRIu64 ": the wait for idle "
+              "returned before job %u had ended", who, r->seed, i);
+}
+
+static void *idle_second_waiter(void *p)
+{
+    struct idle_round *r = p;
+    uint64_t rng = 99;
+    for (;;) {
+        CHECK(sem_wait(&r->go) == 0, "sem_wait");
+        if (r->last)
+            return NULL;
+        spin_ns(random_pause(&rng) / 4);
+        idle_wait_and_check(r, &rng, "second waiter");
+        CHECK(sem_post(&r->back) == 0, "sem_post");
+    }
+}
+
+static void phase_idle(uint64_t rounds)
+{
+    watchdog_phase("waits for an idle pool");
+    static struct idle_round r;
+    r.pool = new_pool(2, "idle");
+    for (unsigned i = 0; i < IDLE_JOBS; i++)
+        r.jobs[i] = (struct idle_job){&r, i};
+    CHECK(sem_init(&r.go, 0, 0) == 0 && sem_init(&r.back, 0, 0) == 0, "sem_init");
+    pthread_t second;
+    CHECK(pthread_create(&second, NULL, idle_second_waiter, &r) == 0, "pthread_create");
+    uint64_t rng = 5;
+    for (uint64_t k = 0; k < rounds; k++) {
+        /* Written before the submit, which orders them before the jobs. */
+        r.seed = (k + 1) * 1000;
+        memset(r.slots, 0, sizeof r.slots);
+        spin_ns(random_pause(&rng) / 4);
+        CHECK(cp_pool_submit(r.pool, idle_job_run, &r.jobs[0], NULL) == 0, "submit");
+        bool both = k % 2 == 0;
+        if (both)
+            CHECK(sem_post(&r.go) == 0, "sem_post");
+        spin_ns(random_pause(&rng) / 4);
+        idle_wait_and_check(&r, &rng, "submitter");
+        if (both)
+            CHECK(sem_wait(&r.back) == 0, "sem_wait");
+        watchdog_tick();
+    }
+    r.last = true;
+    CHECK(sem_post(&r.go) == 0, "sem_post");
+    CHECK(pthread_join(second, NULL) == 0, "join");
+    cp_pool_stats st;
+    CHECK(cp_pool_get_stats(r.pool, &st) == 0, "stats");
+    CHECK(st.submitted == rounds * IDLE_JOBS && st.completed == st.submitted,
+          "idle waits: %" PRIu64 " submitted, %" PRIu64 " completed, %" PRIu64
+          " rounds of %d", st.submitted, st.completed, rounds, IDLE_JOBS);
+    CHECK(cp_pool_free(r.pool) == 0, "free");
+    sem_destroy(&r.go);
+    sem_destroy(&r.back);
+}
+
+/* ------------------------------------------------------------------------ */
 
 static double seconds_since(uint64_t t0)
 {
@@ -883,13 +994,16 @@ int main(int argc, char **argv)
     t0 = now_ns();
     phase_own(ops / 20 > 2 ? ops / 20 : 2);
     double t_own = seconds_since(t0);
+    t0 = now_ns();
+    phase_idle(ops / 100 > 2 ? ops / 100 : 2);
+    double t_idle = seconds_since(t0);
     /* relaxed: every pool is freed, its workers joined. */
     unsigned starts = atomic_load_explicit(&hook_starts, memory_order_relaxed);
     unsigned stops = atomic_load_explicit(&hook_stops, memory_order_relaxed);
     CHECK(starts == stops, "%u workers ran on_start, %u on_stop", starts, stops);
 
     printf("pool_stress: %" PRIu64 " ops: trees %.2f s, mixed %.2f s, "
-           "wake-ups %.2f s, tasks %.2f s, own waits %.2f s\n", ops, t_trees, t_mixed,
-           t_wake, t_tasks, t_own);
+           "wake-ups %.2f s, tasks %.2f s, own waits %.2f s, idle waits %.2f s\n", ops,
+           t_trees, t_mixed, t_wake, t_tasks, t_own, t_idle);
     return 0;
 }
