@@ -350,7 +350,7 @@ struct cp_pool {
     _Atomic unsigned refs;
     /* cp_pool_wait_idle: the threads in it, and the futex word they sleep
      * on, bumped when a change of the pending count to zero wakes them
-     * (total_lowered). Rare as well. */
+     * (total_changed). Rare as well. */
     _Atomic uint32_t idle_waiters;
     _Atomic uint32_t idle_epoch;
     struct work inject_stub;
@@ -979,13 +979,13 @@ static void idle_wake(cp_pool *pool)
     futex_wake(&pool->idle_epoch, INT_MAX, FUTEX_BITSET_MATCH_ANY);
 }
 
-/* After a seq_cst change that lowered the pending count (workers: the
- * workers' part after it, when that is what changed, or as read after the
- * change): whichever change brings the total to zero wakes those who wait
- * for zero, the workers of a shut-down pool (so they can leave) and the
- * threads in cp_pool_wait_idle. A running pool nobody waits on has its
- * total not read at all. */
-static void total_lowered(cp_pool *pool, uint64_t workers)
+/* After a seq_cst change of the pending count (workers: the workers' part
+ * after it, when that is what changed, or as read after the change):
+ * whichever change brings the total to zero wakes those who wait for zero,
+ * the workers of a shut-down pool (so they can leave) and the threads in
+ * cp_pool_wait_idle. A running pool nobody waits on has its total not read
+ * at all. */
+static void total_changed(cp_pool *pool, uint64_t workers)
 {
     /* seq_cst, both: each is the second half of a store-buffering pair
      * whose first is our change of the count. Read as RUNNING, the
@@ -1011,7 +1011,7 @@ static void pending_apply(cp_pool *pool, int64_t delta)
     uint64_t after = atomic_fetch_add_explicit(&pool->pending, (uint64_t)delta,
                                                memory_order_seq_cst) +
                      (uint64_t)delta;
-    total_lowered(pool, after);
+    total_changed(pool, after);
 }
 
 /* Workers count in pending in batches, so a stream of jobs does not bounce
@@ -1893,7 +1893,7 @@ admit(cp_pool *pool, struct worker *self)
         cancel_flags_set(pool);
     /* seq_cst: see "Shutdown"; the refusal may bring the count to zero. */
     atomic_fetch_add_explicit(&pool->refused, 1, memory_order_seq_cst);
-    total_lowered(pool, atomic_load_explicit(&pool->pending, memory_order_seq_cst));
+    total_changed(pool, atomic_load_explicit(&pool->pending, memory_order_seq_cst));
     return CP_ESHUTDOWN;
 }
 
@@ -2475,7 +2475,7 @@ int cp_pool_wait_idle(cp_pool *pool, uint64_t timeout_ns)
         return CP_EDEADLK;
     uint64_t deadline = deadline_after(timeout_ns);
     /* seq_cst: the first half of a store-buffering pair with a lowering of
-     * the count (total_lowered): either it sees us counted and wakes us, or
+     * the count (total_changed): either it sees us counted and wakes us, or
      * our read of the total below sees its change. */
     atomic_fetch_add_explicit(&pool->idle_waiters, 1, memory_order_seq_cst);
     int err = 0;

@@ -2288,6 +2288,28 @@ Test(idle, wait_on_a_new_pool_returns_at_once_and_on_null_is_einval, .timeout = 
     free_pool(pool);
 }
 
+Test(idle, wait_covers_a_task_spawned_from_outside_and_what_a_drain_runs, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker b;
+    cp_future *held = occupy_worker(pool, &b);
+    atomic_int ran = 0;
+    cp_task t;
+    cr_assert_eq(cp_spawn(pool, &t, count_job, &ran), 0);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(cp_pool_submit(pool, count_job, &ran, NULL), 0);
+    cr_assert_eq(cp_pool_shutdown(pool, CP_SHUTDOWN_DRAIN), 0);
+    cr_assert_eq(cp_pool_wait_idle(pool, 0), CP_ETIMEDOUT);
+    gate_open(&b.g);
+    cr_assert_eq(cp_pool_wait_idle(pool, UINT64_MAX), 0);
+    cr_assert_eq(runs(&ran), 3);
+    void *result = NULL;
+    cr_assert_eq(cp_sync(&t, &result), 0);
+    cr_assert_eq(result, &ran);
+    cr_assert_eq(wait_ok(held), &b);
+    free_pool(pool);
+}
+
 Test(idle, wait_after_a_cancel_shutdown_returns_once_the_running_job_ends, .timeout = 30)
 {
     cp_pool *pool = new_pool(1);
