@@ -5,7 +5,9 @@
  * its ID once and fans out into sub-jobs on whichever workers are free; every
  * line a request prints still carries its own ID. (Java's MDC keeps the same
  * thing in thread-locals, and loses it as soon as work moves to a pool.)
- * The last part hands work to a plain thread with cp_thread_create.
+ * Each request ends with a fire-and-forget audit job, which has no future:
+ * main waits for those with cp_pool_wait_idle. The last part hands work to
+ * a plain thread with cp_thread_create.
  *
  * The program checks itself: it exits 1 if any line carries a wrong ID.
  */
@@ -18,6 +20,7 @@
 
 static cp_var *request_id; /* the current request's ID: a string */
 static atomic_int wrong_lines;
+static atomic_int audits_written;
 
 /* An example has no better answer to a failed call than to stop. */
 static void check(int rc, const char *what)
@@ -63,6 +66,18 @@ static void *sub_job(void *arg)
     return NULL;
 }
 
+/* Fire and forget: runs after its request has returned, and still logs
+ * with its ID. The expected ID is rebuilt from the request's number. */
+static void *audit_job(void *arg)
+{
+    struct part *req = arg;
+    char expected[16];
+    snprintf(expected, sizeof expected, "req-%d", req->request);
+    log_line(expected, "request %d: audit record written", req->request);
+    atomic_fetch_add(&audits_written, 1);
+    return NULL;
+}
+
 /* One request: set the ID, then fan out into parts on the pool. */
 static void *handle_request(void *arg)
 {
@@ -86,6 +101,8 @@ static void *handle_request(void *arg)
         cp_future_free(futures[i]);
     }
     log_line(id, "request %d: finish", req->request);
+    /* No future: nobody waits for this one job; main waits for them all. */
+    check(cp_pool_submit(req->pool, audit_job, req, NULL), "cp_pool_submit");
     return NULL;
 }
 
@@ -119,7 +136,13 @@ int main(void)
         cp_future_wait(futures[r], NULL);
         cp_future_free(futures[r]);
     }
-    log_line("-", "main: the requests' IDs never leaked into main");
+    /* The audit jobs have no futures: wait until the pool has nothing left
+     * to run. */
+    check(cp_pool_wait_idle(pool, UINT64_MAX), "cp_pool_wait_idle");
+    check(atomic_load(&audits_written) == REQUESTS ? 0 : CP_EINVAL,
+          "an audit job had not run when the pool was idle");
+    log_line("-", "main: every audit record is written; the requests' IDs "
+             "never leaked into main");
 
     /* A plain thread that starts in a copy of the creator's context. */
     char *main_id = new_id("main");
