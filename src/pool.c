@@ -90,7 +90,10 @@
  * items, a refusal) reads the other counters after its own seq_cst
  * read-modify-write, so the last of them sees zero and wakes the workers;
  * so does a cancel shutdown's own count of the queued items it cancelled
- * (cancel_queued).
+ * (cancel_queued). The same zero, on a running pool, ends the waits of
+ * cp_pool_wait_idle: a change reads the total only when a waiter counted
+ * itself in, and wakes the waiters on a futex word of their own
+ * (total_changed).
  * One count serves three ends for an outside submit, so that it pays one
  * atomic operation for them: the pending count, the statistics' submitted
  * count, and the injection queue's count of pushes (inject_nonempty).
