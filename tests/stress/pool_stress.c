@@ -34,13 +34,16 @@
  *    not), the rest at a random moment. Every child ran exactly once or
  *    was reported cancelled, a cancel that said 0 means it never ran, one
  *    that said CP_EBUSY that it ran, and both waits agree.
- * 6. Waits for an idle pool: rounds of a small tree of fire-and-forget
- *    jobs, each writing a plain (not atomic) slot, with cp_pool_wait_idle
- *    called by the submitter and, every other round, by a second thread at
- *    once, some with a short timeout, after random pauses that land the
- *    waits at every point of the tree's end. A wait that returned 0 must
- *    see every slot written: ThreadSanitizer checks the order, the values
- *    that it was not early.
+ * 6. Waits for an idle pool (1, 2 and 4 workers): rounds of a small tree
+ *    of jobs submitted without a future or with one freed at once, each
+ *    writing a plain (not atomic) slot, spawning a frame task that writes
+ *    another, and submitting one more job that it cancels; with
+ *    cp_pool_wait_idle called by the submitter and, every other round, by
+ *    a second thread at once, some with a short timeout, after random
+ *    pauses that land the waits at every point of the tree's end. A wait
+ *    that returned 0 must see every slot written (ThreadSanitizer checks
+ *    the order, the values that it was not early), and the stats must add
+ *    up: submitted == completed + cancelled.
  *
  * Every pool has on_start and on_stop hooks: each worker ran on_start
  * before cp_pool_new returned and before any job ran on it (checked by the
@@ -873,10 +876,23 @@ struct idle_round {
     cp_pool *pool;
     uint64_t seed;
     uint64_t slots[IDLE_JOBS]; /* plain: job i writes slot i */
+    uint64_t task_slots[IDLE_JOBS]; /* plain: job i's frame task writes it */
     struct idle_job jobs[IDLE_JOBS];
     sem_t go, back;            /* to and from the second waiter */
     bool last;                 /* read by the second waiter after go */
 };
+
+static void *idle_task(void *p)
+{
+    struct idle_job *j = p;
+    j->round->task_slots[j->i] = j->round->seed + j->i;
+    return NULL;
+}
+
+static void *idle_extra(void *p)
+{
+    return p;
+}
 
 static void *idle_job_run(void *p)
 {
@@ -886,10 +902,23 @@ static void *idle_job_run(void *p)
     uint64_t rng = r->seed + j->i;
     spin_ns(random_pause(&rng) / 8);
     r->slots[j->i] = r->seed + j->i;
+    cp_task t;
+    int rc = cp_spawn(r->pool, &t, idle_task, j);
+    CHECK(rc == 0, "spawn from an idle-wait job: %s", cp_strerror(rc));
     for (unsigned c = 2 * j->i + 1; c <= 2 * j->i + 2 && c < IDLE_JOBS; c++) {
-        int rc = cp_pool_submit(r->pool, idle_job_run, &r->jobs[c], NULL);
+        /* One child with a future freed at once, one without. */
+        cp_future *f = NULL;
+        rc = cp_pool_submit(r->pool, idle_job_run, &r->jobs[c], c % 2 ? &f : NULL);
         CHECK(rc == 0, "submit from an idle-wait job: %s", cp_strerror(rc));
+        cp_future_free(f);
     }
+    cp_future *extra = NULL;
+    CHECK(cp_pool_submit(r->pool, idle_extra, NULL, &extra) == 0, "submit the extra job");
+    spin_ns(random_pause(&rng) / 8);
+    rc = cp_future_cancel(extra);
+    CHECK(rc == 0 || rc == CP_EBUSY, "cancel the extra job: %s", cp_strerror(rc));
+    cp_future_free(extra);
+    CHECK(cp_sync(&t, NULL) == 0, "sync the frame task");
     spin_ns(random_pause(&rng) / 8);
     return NULL;
 }
@@ -906,8 +935,23 @@ static void idle_wait_and_check(struct idle_round *r, uint64_t *rng, const char 
         rc = cp_pool_wait_idle(r->pool, UINT64_MAX);
     CHECK(rc == 0, "%s: wait for idle: %s", who, cp_strerror(rc));
     for (unsigned i = 0; i < IDLE_JOBS; i++)
-        CHECK(r->slots[i] == r->seed + i, "%s: round %" PRIu64 ": the wait for idle "
-              "returned before job %u had ended", who, r->seed, i);
+        CHECK(r->slots[i] == r->seed + i && r->task_slots[i] == r->seed + i,
+              "%s: round %" PRIu64 ": the wait for idle returned before job %u "
+              "and its task had ended", who, r->seed, i);
+}
+
+/* The end of a pool's rounds: each job was submitted once, and so were
+ * its task and its extra job; every one ended, completed or cancelled. */
+static void idle_pool_done(cp_pool *pool, uint64_t rounds)
+{
+    cp_pool_stats st;
+    CHECK(cp_pool_get_stats(pool, &st) == 0, "stats");
+    CHECK(st.submitted == rounds * 3 * IDLE_JOBS &&
+              st.completed + st.cancelled == st.submitted,
+          "idle waits: %" PRIu64 " submitted, %" PRIu64 " completed, %" PRIu64
+          " cancelled, in %" PRIu64 " rounds of %d jobs, tasks and extra jobs",
+          st.submitted, st.completed, st.cancelled, rounds, IDLE_JOBS);
+    CHECK(cp_pool_free(pool) == 0, "free");
 }
 
 static void *idle_second_waiter(void *p)
@@ -928,17 +972,27 @@ static void phase_idle(uint64_t rounds)
 {
     watchdog_phase("waits for an idle pool");
     static struct idle_round r;
-    r.pool = new_pool(2, "idle");
+    const unsigned threads[] = {1, 2, 4};
+    uint64_t per_pool = rounds / 3 + 1;
+    r.pool = NULL;
     for (unsigned i = 0; i < IDLE_JOBS; i++)
         r.jobs[i] = (struct idle_job){&r, i};
     CHECK(sem_init(&r.go, 0, 0) == 0 && sem_init(&r.back, 0, 0) == 0, "sem_init");
     pthread_t second;
     CHECK(pthread_create(&second, NULL, idle_second_waiter, &r) == 0, "pthread_create");
     uint64_t rng = 5;
-    for (uint64_t k = 0; k < rounds; k++) {
+    for (uint64_t k = 0; k < 3 * per_pool; k++) {
+        if (k % per_pool == 0) {
+            /* The second waiter is between rounds: it reads r.pool after
+             * the next go. */
+            if (r.pool)
+                idle_pool_done(r.pool, per_pool);
+            r.pool = new_pool(threads[k / per_pool], "idle");
+        }
         /* Written before the submit, which orders them before the jobs. */
         r.seed = (k + 1) * 1000;
         memset(r.slots, 0, sizeof r.slots);
+        memset(r.task_slots, 0, sizeof r.task_slots);
         spin_ns(random_pause(&rng) / 4);
         CHECK(cp_pool_submit(r.pool, idle_job_run, &r.jobs[0], NULL) == 0, "submit");
         bool both = k % 2 == 0;
@@ -946,6 +1000,13 @@ static void phase_idle(uint64_t rounds)
             CHECK(sem_post(&r.go) == 0, "sem_post");
         spin_ns(random_pause(&rng) / 4);
         idle_wait_and_check(&r, &rng, "submitter");
+        /* Nobody else submits: everything submitted has ended. */
+        cp_pool_stats st;
+        CHECK(cp_pool_get_stats(r.pool, &st) == 0, "stats");
+        CHECK(st.submitted == st.completed + st.cancelled,
+              "round %" PRIu64 ": idle, with %" PRIu64 " submitted, %" PRIu64
+              " completed and %" PRIu64 " cancelled", k, st.submitted, st.completed,
+              st.cancelled);
         if (both)
             CHECK(sem_wait(&r.back) == 0, "sem_wait");
         watchdog_tick();
@@ -953,12 +1014,7 @@ static void phase_idle(uint64_t rounds)
     r.last = true;
     CHECK(sem_post(&r.go) == 0, "sem_post");
     CHECK(pthread_join(second, NULL) == 0, "join");
-    cp_pool_stats st;
-    CHECK(cp_pool_get_stats(r.pool, &st) == 0, "stats");
-    CHECK(st.submitted == rounds * IDLE_JOBS && st.completed == st.submitted,
-          "idle waits: %" PRIu64 " submitted, %" PRIu64 " completed, %" PRIu64
-          " rounds of %d", st.submitted, st.completed, rounds, IDLE_JOBS);
-    CHECK(cp_pool_free(r.pool) == 0, "free");
+    idle_pool_done(r.pool, per_pool);
     sem_destroy(&r.go);
     sem_destroy(&r.back);
 }
