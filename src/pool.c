@@ -752,13 +752,19 @@ static uint64_t pending_total(cp_pool *pool, uint64_t workers)
     return atomic_load_explicit(&pool->admitted, memory_order_seq_cst) - refused + workers;
 }
 
+/* Whether nothing counted is pending: the workers' part read first, then
+ * the rest (pending_total). seq_cst: see "Shutdown". */
+static bool nothing_pending(cp_pool *pool)
+{
+    return pending_total(pool, atomic_load_explicit(&pool->pending, memory_order_seq_cst)) == 0;
+}
+
 static bool pool_finished(cp_pool *pool)
 {
     /* seq_cst: pairs with the seq_cst increment of admitted in admit and
      * the store of state in shutdown (see "Shutdown" above). */
     return atomic_load_explicit(&pool->state, memory_order_seq_cst) != RUNNING &&
-           pending_total(pool, atomic_load_explicit(&pool->pending,
-                                                    memory_order_seq_cst)) == 0;
+           nothing_pending(pool);
 }
 
 static bool work_visible(cp_pool *pool)
@@ -2488,7 +2494,7 @@ int cp_pool_wait_idle(cp_pool *pool, uint64_t timeout_ns)
          * workers' changes, each made after the items it counts ended, so
          * a zero makes what those items did visible to us. */
         uint32_t epoch = atomic_load_explicit(&pool->idle_epoch, memory_order_seq_cst);
-        if (pending_total(pool, atomic_load_explicit(&pool->pending, memory_order_seq_cst)) == 0)
+        if (nothing_pending(pool))
             break;
         if (timeout_ns == 0 || (deadline && now_ns() >= deadline)) {
             err = CP_ETIMEDOUT;
