@@ -445,7 +445,8 @@ CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
  * Returns the job's outcome: 0 (it ran), CP_ECANCELED, CP_EBUSY or
  * CP_ERECURSIVE (a submit_in job whose context was entered elsewhere), or
  * CP_EINVAL for NULL f, or CP_EDEADLK when called from inside the job itself
- * (or from a job its thread runs while it waits), or CP_ESHUTDOWN in a child
+ * (or from a job its thread runs while it waits, or from a free_value that
+ * the job's own cancel runs on this thread), or CP_ESHUTDOWN in a child
  * of fork() for a job that had not finished at the fork: nothing is waited
  * for.
  * Called on a worker of the pool, it runs jobs of the pool while it waits

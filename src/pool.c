@@ -1158,7 +1158,10 @@ static void job_discard(cp_pool *pool, struct cp_future *f)
     if (!job_cancel_take(f, &alone))
         return;
     /* The payload may hold the last references to values: user code
-     * (free_value) runs here, before the state is final, as in a cancel. */
+     * (free_value) runs here, before the state is final, as in a cancel;
+     * a wait for f there says CP_EDEADLK (see cp_future_cancel). */
+    if (!alone)
+        atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
     drop_payload(f);
     job_end(pool, f, alone, ST_DROPPING, ST_CANCELLED);
 }
@@ -2637,7 +2640,11 @@ int cp_future_cancel(cp_future *f)
     atomic_fetch_add_explicit(&f->w.state, ST_DROPPING - ST_CANCELLING,
                               memory_order_release);
     /* The caller's handle keeps f alive; the payload is ours alone now. The
-     * final state is the last thing we do to f (work_finish wakes waiters). */
+     * final state is the last thing we do to f (work_finish wakes waiters).
+     * A free_value that waits for f on this thread would wait for itself:
+     * mark us its runner, so that the wait says CP_EDEADLK. relaxed: as in
+     * job_run. */
+    atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
     drop_payload(f);
     work_finish(pool, &f->w, ST_DROPPING, ST_CANCELLED, 0);
     pool_unref(pool);

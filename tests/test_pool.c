@@ -1279,6 +1279,55 @@ Test(cancel, won_by_a_worker_whose_payload_drop_waits_for_a_job_under_it,
     free_pool(pool);
 }
 
+/* A won cancel drops the payload on the cancelling thread, before the job
+ * is final: a free_value there that waits for that very job would wait for
+ * itself. It gets CP_EDEADLK, as a wait from inside a job that runs does,
+ * and the cancel still wins (the test's timeout turns a hang into a
+ * failure). */
+static struct {
+    cp_future *f;
+    atomic_int rc, waits;
+} self_drop;
+static int self_drop_value;
+
+static void wait_for_the_cancelled_job(void *value)
+{
+    if (value != &self_drop_value)
+        return;
+    atomic_fetch_add(&self_drop.waits, 1);
+    atomic_store(&self_drop.rc, cp_future_wait(self_drop.f, NULL));
+}
+
+Test(cancel, a_free_value_its_drop_runs_that_waits_for_the_job_is_edeadlk,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    cp_future *busy = occupy_worker(pool, &bl);
+    cp_var *v = cp_var_new("v", wait_for_the_cancelled_job);
+    cr_assert_not_null(v);
+    cp_token *t = NULL;
+    cr_assert_eq(cp_var_set(v, &self_drop_value, &t), 0);
+    static atomic_int ran;
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &self_drop.f), 0);
+    /* Now only the job's captured map holds the value. */
+    cr_assert_eq(cp_var_reset(v, t), 0);
+    cp_token_free(t);
+    cr_assert_eq(atomic_load(&self_drop.waits), 0);
+    cr_assert_eq(cp_future_cancel(self_drop.f), 0);
+    cr_assert_eq(atomic_load(&self_drop.waits), 1);
+    cr_assert_eq(atomic_load(&self_drop.rc), CP_EDEADLK, "%s",
+                 cp_strerror(atomic_load(&self_drop.rc)));
+    cr_assert_eq(cp_future_wait(self_drop.f, NULL), CP_ECANCELED);
+    gate_open(&bl.g);
+    wait_ok(busy);
+    cr_assert_eq(runs(&ran), 0);
+    cp_future_free(self_drop.f);
+    cp_var_free(v);
+    free_pool(pool);
+    cr_assert_eq(cp__pool_jobs_out(), 0);
+}
+
 /* While a won cancel drops the payload (DROPPING), the job is not final:
  * a worker that waits for it and takes it back from its deque then must
  * not report it as finished. Here the drop, on the main thread, waits
