@@ -199,6 +199,11 @@ static inline void *cp_priv_var_get_or(const cp_var *var, void *fallback)
  *   is the variable's current value in this context (the set then changes
  *   nothing); anywhere else free_value would run for it twice. Values with a
  *   NULL free_value are borrowed and may be set anywhere, any number of times.
+ *   The value is shared, never copied: every context and copy that holds
+ *   it (jobs' captures included) sees the same object. Treat it as
+ *   immutable: to change a setting, set a new value (a changed copy of the
+ *   old one); a write through a pointer a get returned reaches every
+ *   context that holds it, the submitter's and the sibling jobs' included.
  * Threads: any thread; changes only the calling thread's current context. */
 CP_EXPORT int cp_var_set(cp_var *var, void *value, cp_token **token);
 
@@ -388,9 +393,10 @@ typedef struct cp_pool_options {
  *   last job (after cp_pool_shutdown, when the work left has run; at the
  *   latest before cp_pool_free returns; also when cp_pool_new fails after
  *   starting some); never in a child of fork(), which has no workers.
- *   Each call runs in a copy of the context that was current when
+ *   Each call runs in a fresh copy of the context that was current when
  *   cp_pool_new was called, as a job would: what it sets stays there, no
- *   job sees it. A hook runs outside the pool's work: submits and spawns
+ *   job sees it, nor does the worker's on_stop (state for on_stop, or for
+ *   jobs, goes in a __thread variable, as cp_pool(3)'s example does). A hook runs outside the pool's work: submits and spawns
  *   from on_stop are refused (CP_ESHUTDOWN), and cp_pool_free from it
  *   returns CP_EDEADLK. on_start must return, and must wait neither for
  *   the thread that calls cp_pool_new (which waits for it) nor for
@@ -436,6 +442,9 @@ CP_EXPORT int cp_pool_submit(cp_pool *pool, cp_job_fn fn, void *arg,
  * that starts while another holds c reports CP_EBUSY. Give each concurrent
  * job its own cp_context_copy(c) (a request's copy of the application
  * context), or wait for one before submitting the next.
+ * Without a future nothing reports such a refusal (the job counts as
+ * completed in the stats): submit fire and forget only into a context that
+ * nothing else enters, such as a fresh copy.
  * Returns and threads: as cp_pool_submit, plus CP_EINVAL for NULL c. */
 CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
                                 void *arg, cp_future **future);
