@@ -49,6 +49,7 @@ MAN_LINKS = \
 	doc/cp_var_new.3 \
 	doc/cp_var_new_default.3 \
 	doc/cp_var_reset.3 \
-	doc/cp_var_set.3
+	doc/cp_var_set.3 \
+	doc/cp_version.3
 
 dist_man3_MANS = $(MAN_FAMILIES) $(MAN_LINKS)

@@ -41,10 +41,14 @@ extern "C" {
 #define CP_EXPORT
 #endif
 
-/* The library's version. */
+/* The version of this header. CP_VERSION_NUMBER is all three in one
+ * number, MAJOR * 10000 + MINOR * 100 + PATCH (0.1.0: 100; MINOR and PATCH
+ * stay below 100), to compare with cp_version(). */
 #define CP_VERSION_MAJOR 0
 #define CP_VERSION_MINOR 1
 #define CP_VERSION_PATCH 0
+#define CP_VERSION_NUMBER \
+    (CP_VERSION_MAJOR * 10000 + CP_VERSION_MINOR * 100 + CP_VERSION_PATCH)
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                    */
@@ -76,6 +80,13 @@ enum {
  * "unknown error" for anything else. Never NULL.
  * Threads: any thread. */
 CP_EXPORT const char *cp_strerror(int err);
+
+/* cp_version - the version of the library the program runs with, encoded as
+ * CP_VERSION_NUMBER is. Linked as a shared library, that is the one the
+ * dynamic loader found, which may be newer than the header the program was
+ * compiled with (CP_VERSION_NUMBER): a program that needs a later call or
+ * fix than some version can check at start-up. Threads: any thread. */
+CP_EXPORT unsigned cp_version(void);
 
 /* ------------------------------------------------------------------------ */
 /* Context variables (ContextVar, Token)                                     */

@@ -83,7 +83,8 @@ int main(void)
     cp_var_free(who);
     printf("ctxpool %d.%d.%d: the job saw \"%s\"\n", CP_VERSION_MAJOR,
            CP_VERSION_MINOR, CP_VERSION_PATCH, (const char *)seen);
-    return strcmp(seen, "installed") != 0;
+    /* The installed library is the version its header says. */
+    return strcmp(seen, "installed") != 0 || cp_version() != CP_VERSION_NUMBER;
 }
 EOF
 

@@ -1,12 +1,15 @@
-/* test_error.c - cp_strerror and the error codes.
+/* test_error.c - cp_strerror and the error codes, and cp_version.
  *
  * The codes and their texts come from one table, CP_ERRNO_MAP in ctxpool.h;
  * these tests walk that table, so a code added there is checked here without
  * touching this file.
  */
+#include "config.h" /* PACKAGE_VERSION: configure's */
+
 #include <criterion/criterion.h>
 
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "ctxpool.h"
@@ -90,4 +93,14 @@ Test(error, table_covers_the_documented_codes)
     for (size_t i = 0; i < sizeof documented / sizeof documented[0]; i++)
         cr_assert_str_neq(cp_strerror(documented[i]), "unknown error", "code %d",
                           documented[i]);
+}
+
+/* The library's version, the header's and configure's agree. */
+Test(version, the_library_is_the_version_its_header_and_configure_say)
+{
+    unsigned v = cp_version();
+    cr_assert_eq(v, CP_VERSION_NUMBER);
+    char text[32];
+    snprintf(text, sizeof text, "%u.%u.%u", v / 10000, v / 100 % 100, v % 100);
+    cr_assert_str_eq(text, PACKAGE_VERSION);
 }
