@@ -385,7 +385,8 @@ typedef struct cp_pool_options {
 
 /* cp_pool_new - start a pool of worker threads.
  * options: may be NULL (all defaults). Worker i is named "<name>-<i>"
- *   (the name cut to the 15 characters Linux keeps, the index kept whole).
+ *   (the name cut to the 15 bytes Linux keeps, the index kept whole, and
+ *   no UTF-8 character cut in half).
  *   With pin, worker i runs only on the CPU that comes (i mod n)-th of the
  *   n CPUs the calling thread may run on, as Lace and OpenMP's proc_bind do;
  *   for fork-join work on a machine the pool has to itself. Without it the

@@ -1783,11 +1783,14 @@ static cp_pool *pool_make(unsigned n, const cp_pool_options *options)
         atomic_init(&w->cancel, false); /* not yet shared */
         w->index = i;
         w->rng = UINT64_C(0x9e3779b97f4a7c15) * (i + 1);
-        /* Linux keeps 15 characters of a thread's name: cut the prefix so
-         * that the index stays. */
+        /* Linux keeps 15 bytes of a thread's name: cut the prefix so that
+         * the index stays, at the start of a character (a UTF-8
+         * continuation byte is 10xxxxxx; the NUL ends the backing off). */
         char index[12]; /* "-4294967295" and its NUL */
         size_t len = (size_t)snprintf(index, sizeof index, "-%u", i);
         size_t kept = strnlen(name, sizeof w->name - 1 - len);
+        while (kept > 0 && ((unsigned char)name[kept] & 0xC0) == 0x80)
+            kept--;
         memcpy(w->name, name, kept);
         memcpy(w->name + kept, index, len + 1);
     }

@@ -3785,6 +3785,13 @@ Test(options, worker_names_are_cut_at_15_characters_keeping_the_index, .timeout 
     worker_names("abcdefghijklmnopqrstuvwxyz", 2, &n);
     cr_assert(has_name(&n, 2, "abcdefghijklm-0"), "names: %s %s", n.name[0], n.name[1]);
     cr_assert(has_name(&n, 2, "abcdefghijklm-1"), "names: %s %s", n.name[0], n.name[1]);
+    /* UTF-8: no half character. Seven 2-byte characters (14 bytes), 13
+     * bytes of room: six of them stay. */
+    worker_names("\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9", 1, &n);
+    cr_assert_str_eq(n.name[0], "\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9-0");
+    /* A 3-byte character across the cut goes whole: 12 + 3 bytes. */
+    worker_names("abcdefghijkl\u20ac", 1, &n);
+    cr_assert_str_eq(n.name[0], "abcdefghijkl-0");
 }
 
 /* The CPU that comes k-th (from 0) in set, or -1. */
