@@ -120,6 +120,7 @@
 #include "context.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
@@ -626,11 +627,16 @@ extern void *__dso_handle __attribute__((visibility("hidden")));
 static void base_release_first(void *unused)
 {
     (void)unused;
-    cp_context *base = cp__self.base;
-    if (!base)
-        return;
-    pthread_setspecific(cp__key_of(&base_key), NULL);
-    base_release(base);
+    /* A free_value run by the release may set a variable and so make a
+     * new base context: release that too, as the key's destructor would
+     * on another thread (at most PTHREAD_DESTRUCTOR_ITERATIONS rounds). */
+    for (int round = 0; round < PTHREAD_DESTRUCTOR_ITERATIONS; round++) {
+        cp_context *base = cp__self.base;
+        if (!base)
+            return;
+        pthread_setspecific(cp__key_of(&base_key), NULL);
+        base_release(base);
+    }
 }
 
 static __attribute__((constructor)) void base_release_first_register(void)

@@ -3022,10 +3022,12 @@ static void exit_handler(void)
     exit_note(cp_var_get(exit_var, &v) == 0 && v == &exit_value ? 'h' : '-');
 }
 
-/* Under LeakSanitizer the child's exit check warns that a thread "was not
+/* Fork; the child runs `child`, which sets up what its exit is to do, and
+ * exits; then check what it wrote to exit_pipe.
+ * Under LeakSanitizer the child's exit check warns that a thread "was not
  * suspended": Criterion's main thread, which the child (forked from the
  * test's thread) does not have. */
-Test(threads, exit_releases_the_main_threads_base_context_first, .timeout = 30)
+static void exit_check(void (*child)(void), const char *want)
 {
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
@@ -3037,9 +3039,7 @@ Test(threads, exit_releases_the_main_threads_base_context_first, .timeout = 30)
          * thread-exit functions, but none of its pthread key destructors. */
         close(fds[0]);
         exit_pipe = fds[1];
-        exit_var = cp_var_new("exit", exit_value_free);
-        if (!exit_var || cp_var_set(exit_var, &exit_value, NULL) != 0 || atexit(exit_handler))
-            _exit(3);
+        child();
         exit(0);
     }
     close(fds[1]);
@@ -3052,9 +3052,57 @@ Test(threads, exit_releases_the_main_threads_base_context_first, .timeout = 30)
     int status = 0;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    cr_assert_str_eq(got, want);
+}
+
+static void set_exit_value(void (*free_value)(void *))
+{
+    exit_var = cp_var_new("exit", free_value);
+    if (!exit_var || cp_var_set(exit_var, &exit_value, NULL) != 0 || atexit(exit_handler))
+        _exit(3);
+}
+
+static void set_exit_value_freed_plainly(void)
+{
+    set_exit_value(exit_value_free);
+}
+
+Test(threads, exit_releases_the_main_threads_base_context_first, .timeout = 30)
+{
     /* The value was freed once, before the program's atexit handler, as a
      * C++ thread_local object is destroyed before them. */
-    cr_assert_str_eq(got, "f-");
+    exit_check(set_exit_value_freed_plainly, "f-");
+}
+
+/* A free_value run by that release sets another variable, in a base
+ * context made anew: released too, its value freed ('g') before the
+ * atexit handler, as a key destructor that sets a key runs again. */
+static cp_var *exit_var_late;
+static int exit_value_late;
+
+static void exit_value_late_free(void *p)
+{
+    exit_note(p == &exit_value_late ? 'g' : '?');
+}
+
+static void exit_value_free_and_set(void *p)
+{
+    exit_value_free(p);
+    if (cp_var_set(exit_var_late, &exit_value_late, NULL) != 0)
+        exit_note('!');
+}
+
+static void set_exit_value_whose_free_sets(void)
+{
+    exit_var_late = cp_var_new("late", exit_value_late_free);
+    if (!exit_var_late)
+        _exit(3);
+    set_exit_value(exit_value_free_and_set);
+}
+
+Test(threads, exit_releases_a_base_context_a_free_value_made_at_exit, .timeout = 30)
+{
+    exit_check(set_exit_value_whose_free_sets, "fg-");
 }
 
 /* ------------------------------------------------------------------------ */
