@@ -228,7 +228,9 @@ struct cp_future {
     cp__hamt map;                /* captured context (submit) */
     cp_context *in;              /* or the context itself (submit_in), one ref */
     cp_pool *pool;
-    _Atomic uintptr_t runner;    /* the thread running it, to detect self-waits */
+    _Atomic uintptr_t runner;    /* the thread running it, or dropping its
+                                    payload for a cancel: to detect
+                                    self-waits */
     atomic_bool taken;           /* set by a waiter taking it to run it (see
                                     job_take_own) */
     _Atomic uint8_t late;        /* LATE_* bits: raised by waiters that came
