@@ -408,12 +408,13 @@ typedef struct cp_pool_options {
  *   Each call runs in a fresh copy of the context that was current when
  *   cp_pool_new was called, as a job would: what it sets stays there, no
  *   job sees it, nor does the worker's on_stop (state for on_stop, or for
- *   jobs, goes in a __thread variable, as cp_pool(3)'s example does). A hook runs outside the pool's work: submits and spawns
- *   from on_stop are refused (CP_ESHUTDOWN), and cp_pool_free from it
- *   returns CP_EDEADLK. on_start must return, and must wait neither for
- *   the thread that calls cp_pool_new (which waits for it) nor for
- *   another worker's on_start (that worker may never start). A hook that
- *   forks must end the child before it returns, as a job must.
+ *   jobs, goes in a __thread variable, as cp_pool(3)'s example does). A
+ *   hook runs outside the pool's work: submits and spawns from on_stop are
+ *   refused (CP_ESHUTDOWN), and cp_pool_free from it returns CP_EDEADLK.
+ *   on_start must return, and must wait neither for the thread that calls
+ *   cp_pool_new (which waits for it) nor for another worker's on_start
+ *   (that worker may never start). A hook that forks must end the child
+ *   before it returns, as a job must.
  * Returns when every worker has named itself, pinned itself and run
  * on_start: 0, and stores the pool in *pool; CP_EINVAL for NULL pool or a
  * stack_size the system refuses (below PTHREAD_STACK_MIN, or so large it
