@@ -467,8 +467,7 @@ CP_EXPORT int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn,
  * Returns the job's outcome: 0 (it ran), CP_ECANCELED, CP_EBUSY or
  * CP_ERECURSIVE (a submit_in job whose context was entered elsewhere), or
  * CP_EINVAL for NULL f, or CP_EDEADLK when called from inside the job itself
- * (or from a job its thread runs while it waits, or from a free_value that
- * the job's own cancel runs on this thread), or CP_ESHUTDOWN in a child
+ * (or from a job its thread runs while it waits), or CP_ESHUTDOWN in a child
  * of fork() for a job that had not finished at the fork: nothing is waited
  * for.
  * Called on a worker of the pool, it runs jobs of the pool while it waits
@@ -505,7 +504,12 @@ CP_EXPORT bool cp_future_done(const cp_future *f);
  * CP_SHUTDOWN_CANCEL begins, the shutdown may still cancel such a job:
  * the wait says which);
  * CP_EINVAL for NULL; CP_ESHUTDOWN in a child of fork() for a job that had
- * not finished at the fork (nothing changes). Threads: any thread. */
+ * not finished at the fork (nothing changes).
+ * A cancel that wins makes the job final (its waits return) and then lets
+ * go of the context the job captured, on the calling thread: the
+ * free_value of values that only it held runs there, before the cancel
+ * returns, and may wait for anything, this job or a job that waits for it
+ * included. Threads: any thread. */
 CP_EXPORT int cp_future_cancel(cp_future *f);
 
 /* cp_future_free - drop the caller's handle. Allowed before the job finishes:
@@ -602,11 +606,9 @@ CP_EXPORT int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats);
  * and outside-spawned task submitted to the pool before the call, by any
  * thread, and all the jobs and tasks those submitted or spawned, have run
  * to their end or been cancelled, and what the ones that ran did is
- * visible to the caller; their futures are final, but for one that a
- * cp_future_cancel still under way cancelled: it turns final when that
- * cancel returns, and until then the canceller may be freeing the job's
- * values, as a CP_SHUTDOWN_CANCEL still under way may be freeing those of
- * the jobs it cancelled. Jobs that other threads submit during the call
+ * visible to the caller; their futures are final, though a
+ * cp_future_cancel or a CP_SHUTDOWN_CANCEL still under way may be freeing
+ * the values of the jobs it cancelled. Jobs that other threads submit during the call
  * may be waited for too: while they keep coming, the pool may never be
  * idle, and only the timeout ends the wait. The pool stays open; this is
  * not a shutdown, but it may follow one: after a CP_SHUTDOWN_DRAIN it

@@ -191,8 +191,9 @@ enum {
     ST_CANCELLED = 3,
     ST_CANCELLING = 4, /* claimed by cp_future_cancel, not final yet; it
                           may still go back to PENDING (see cp_future_cancel) */
-    ST_DROPPING = 5,   /* the cancel won and drops the payload (user code:
-                          free_value); final when it has */
+    ST_DROPPING = 5,   /* claimed by the pool's cancel (job_cancel_take),
+                          final a few instructions later; the payload
+                          (user code: free_value) is dropped after that */
     ST_MASK = 7,
     ST_WAITERS = 8,
     ST_FREED = 16,
@@ -228,9 +229,7 @@ struct cp_future {
     cp__hamt map;                /* captured context (submit) */
     cp_context *in;              /* or the context itself (submit_in), one ref */
     cp_pool *pool;
-    _Atomic uintptr_t runner;    /* the thread running it, or dropping its
-                                    payload for a cancel: to detect
-                                    self-waits */
+    _Atomic uintptr_t runner;    /* the thread running it, to detect self-waits */
     atomic_bool taken;           /* set by a waiter taking it to run it (see
                                     job_take_own) */
     _Atomic uint8_t late;        /* LATE_* bits: raised by waiters that came
@@ -1050,12 +1049,31 @@ static void pending_done(struct worker *self)
         pending_flush(self);
 }
 
+/* A job's payload: the references to the context it runs in. */
+struct payload {
+    cp__hamt map;
+    cp_context *in;
+};
+
+/* Take f's payload out of it, to drop once f is final: the drop may run
+ * user code (free_value), which may then wait for anything, f included. */
+static struct payload payload_take(struct cp_future *f)
+{
+    struct payload p = {f->map, f->in};
+    f->map = CP__HAMT_EMPTY;
+    f->in = NULL;
+    return p;
+}
+
+static void payload_drop(struct payload p)
+{
+    cp__hamt_decref(p.map);
+    cp_context_free(p.in);
+}
+
 static void drop_payload(struct cp_future *f)
 {
-    cp__hamt_decref(f->map);
-    f->map = CP__HAMT_EMPTY;
-    cp_context_free(f->in);
-    f->in = NULL;
+    payload_drop(payload_take(f));
 }
 
 /* Whether f is ours alone: without a handle (none was asked for, or the
@@ -1071,10 +1089,10 @@ static bool job_alone(struct cp_future *f)
 
 /* f's state word once no cancel is deciding about it: a cancel that finds
  * f taken by its waiter backs off to PENDING (see cp_future_cancel), so
- * CANCELLING is not a cancel won until it is DROPPING or final. The cancel
- * holds it for a few instructions and runs no user code meanwhile: the
- * drop of the payload, which may run free_value and so a wait that helps
- * on this very thread, comes after DROPPING. acquire:
+ * CANCELLING is not a cancel won until it is final. The cancel holds it
+ * for a few instructions and runs no user code meanwhile: the drop of the
+ * payload, which may run free_value and so a wait that helps on this very
+ * thread, comes after the final state. acquire:
  * the submitter's writes (made before the release in the queue push), or
  * the cancel's, are ours. */
 static uint32_t job_settled(struct cp_future *f)
@@ -1159,13 +1177,11 @@ static void job_discard(cp_pool *pool, struct cp_future *f)
     bool alone;
     if (!job_cancel_take(f, &alone))
         return;
-    /* The payload may hold the last references to values: user code
-     * (free_value) runs here, before the state is final, as in a cancel;
-     * a wait for f there says CP_EDEADLK (see cp_future_cancel). */
-    if (!alone)
-        atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
-    drop_payload(f);
+    /* The payload may hold the last references to values: dropped once f
+     * is final (and maybe freed), as a cancel does. */
+    struct payload p = payload_take(f);
     job_end(pool, f, alone, ST_DROPPING, ST_CANCELLED);
+    payload_drop(p);
 }
 
 /* Run f, which is ours to run (claimed, or taken by its waiter): its
@@ -1216,8 +1232,8 @@ static void run_job(struct worker *self, struct cp_future *f)
 
 /* A waiter's own future f is at the bottom of its deque: take it and run it
  * here, without the claim's compare-and-swap. Returns whether f is final
- * now: taken and run, or found cancelled (a cancel still dropping the
- * payload, DROPPING, is not final: the caller waits on). Always inlined
+ * now: taken and run, or found cancelled (DROPPING, claimed by the pool's
+ * cancel, is not final yet: the caller waits on). Always inlined
  * into wait_work: most waits for a future in fork-join code end here.
  *
  * The claim is what decides between a worker and cp_future_cancel; here a
@@ -1261,8 +1277,8 @@ job_take_own(struct worker *self, struct cp_future *f)
         return false;
     uint32_t s = job_settled(f);
     if ((s & ST_MASK) != ST_PENDING) {
-        /* A cancel won: CANCELLED, or DROPPING until its drop of the
-         * payload ends, which its work_finish then wakes us for. */
+        /* A cancel won: CANCELLED, or DROPPING until the pool's cancel
+         * makes it final, which its work_finish then wakes us for. */
         job_cancelled(self, f, false);
         return (s & ST_MASK) == ST_CANCELLED;
     }
@@ -2289,8 +2305,8 @@ static struct work *sweep_take(struct sweep_list *list)
 }
 
 /* Phase one, for w, taken off a queue: make it final without user code. A
- * job is taken as cp_future_cancel takes one (DROPPING), so that a cancel
- * racing with ours finds a cancel won and says 0, then finished CANCELLED
+ * job is claimed for the pool's cancel (DROPPING), so that a cancel racing
+ * with ours finds a cancel won and says 0, then finished CANCELLED
  * with its payload still in it, for phase two; the pool keeps its hold on
  * it (ST_RELEASED unset) until then. A task spawned from outside is a job
  * of its own: cancelled. A worker's own task belongs to the running job
@@ -2634,25 +2650,16 @@ int cp_future_cancel(cp_future *f)
      * (job_settled). relaxed: the release below orders it. */
     cp_pool *pool = f->pool;
     atomic_fetch_add_explicit(&pool->refs, 1, memory_order_relaxed);
-    /* Say so before the payload's drop, which may run user code
-     * (free_value) that waits for a job and helps meanwhile on this very
-     * thread; a worker that dequeues f then, this one included, must not
-     * wait for us to settle (job_settled) but take the cancel as won. Not
-     * final yet: waiters keep waiting, and nobody frees f under us.
-     * release: the reference comes before whatever a worker that acquires
-     * DROPPING does next, the end of the pool included; an addition, so
-     * that the flags waiters add meanwhile stay. */
-    atomic_fetch_add_explicit(&f->w.state, ST_DROPPING - ST_CANCELLING,
-                              memory_order_release);
-    /* The caller's handle keeps f alive; the payload is ours alone now. The
-     * final state is the last thing we do to f (work_finish wakes waiters).
-     * A free_value that waits for f on this thread would wait for itself:
-     * mark us its runner, so that the wait says CP_EDEADLK. relaxed: as in
-     * job_run. */
-    atomic_store_explicit(&f->runner, thread_id(), memory_order_relaxed);
-    drop_payload(f);
-    work_finish(pool, &f->w, ST_DROPPING, ST_CANCELLED, 0);
+    /* The payload is ours alone now: take it out, make f final (the last
+     * thing we do to f; work_finish wakes its waiters; its release orders
+     * the reference above before whatever a worker that acquires the final
+     * state does next, the end of the pool included), then drop it. The
+     * drop may run user code (free_value), which may so wait for anything:
+     * for f (CP_ECANCELED at once), or for a job that waits for f. */
+    struct payload p = payload_take(f);
+    work_finish(pool, &f->w, ST_CANCELLING, ST_CANCELLED, 0);
     pool_unref(pool);
+    payload_drop(p);
     return 0;
 }
 

@@ -1279,11 +1279,10 @@ Test(cancel, won_by_a_worker_whose_payload_drop_waits_for_a_job_under_it,
     free_pool(pool);
 }
 
-/* A won cancel drops the payload on the cancelling thread, before the job
- * is final: a free_value there that waits for that very job would wait for
- * itself. It gets CP_EDEADLK, as a wait from inside a job that runs does,
- * and the cancel still wins (the test's timeout turns a hang into a
- * failure). */
+/* A won cancel drops the payload on the cancelling thread once the job is
+ * final: a free_value there that waits for that very job finds it
+ * cancelled. (It waited for itself when the drop came first: the test's
+ * timeout turns such a hang into a failure.) */
 static struct {
     cp_future *f;
     atomic_int rc, waits;
@@ -1298,8 +1297,7 @@ static void wait_for_the_cancelled_job(void *value)
     atomic_store(&self_drop.rc, cp_future_wait(self_drop.f, NULL));
 }
 
-Test(cancel, a_free_value_its_drop_runs_that_waits_for_the_job_is_edeadlk,
-     .timeout = 30)
+Test(cancel, a_free_value_its_drop_runs_finds_the_job_cancelled, .timeout = 30)
 {
     cp_pool *pool = new_pool(1);
     blocker bl;
@@ -1316,7 +1314,7 @@ Test(cancel, a_free_value_its_drop_runs_that_waits_for_the_job_is_edeadlk,
     cr_assert_eq(atomic_load(&self_drop.waits), 0);
     cr_assert_eq(cp_future_cancel(self_drop.f), 0);
     cr_assert_eq(atomic_load(&self_drop.waits), 1);
-    cr_assert_eq(atomic_load(&self_drop.rc), CP_EDEADLK, "%s",
+    cr_assert_eq(atomic_load(&self_drop.rc), CP_ECANCELED, "%s",
                  cp_strerror(atomic_load(&self_drop.rc)));
     cr_assert_eq(cp_future_wait(self_drop.f, NULL), CP_ECANCELED);
     gate_open(&bl.g);
@@ -1328,18 +1326,17 @@ Test(cancel, a_free_value_its_drop_runs_that_waits_for_the_job_is_edeadlk,
     cr_assert_eq(cp__pool_jobs_out(), 0);
 }
 
-/* While a won cancel drops the payload (DROPPING), the job is not final:
- * a worker that waits for it and takes it back from its deque then must
- * not report it as finished. Here the drop, on the main thread, waits
- * until the worker's timed wait has returned, so that wait can only time
- * out (whatever the timing); it must not say 0 (a result never written).
- * Before DROPPING the worker spun on the cancel (job_settled) instead, and
- * neither side ever went on. */
+/* A won cancel makes the job final before it drops the payload, whose
+ * free_value may wait for anything: here, on the main thread, for a job
+ * that waits for the cancelled one (its worker takes it back from its
+ * deque and must find it cancelled, not run it nor report a result never
+ * written). When the drop came first, the two waited for each other (the
+ * test's timeout turns that into a failure). */
 static struct {
     sem_t f_ready, dropping;
     cp_future *f;
-    atomic_int timed_rc;
-    atomic_bool timed_done;
+    atomic_int wait_rc;
+    atomic_bool wait_done;
 } held_drop;
 static int held_drop_value;
 
@@ -1348,7 +1345,7 @@ static void hold_drop(void *value)
     if (value != &held_drop_value)
         return;
     sem_post(&held_drop.dropping);
-    while (!atomic_load(&held_drop.timed_done))
+    while (!atomic_load(&held_drop.wait_done))
         sched_yield();
 }
 
@@ -1365,16 +1362,14 @@ static void *wait_for_own_job_being_dropped(void *p)
     sem_post(&held_drop.f_ready);
     sem_wait(&held_drop.dropping);
     /* f is at the bottom of our deque, its cancel dropping the payload. */
-    atomic_store(&held_drop.timed_rc, cp_future_wait_timeout(held_drop.f, 1000000, NULL));
-    atomic_store(&held_drop.timed_done, true);
-    JCHECK(cp_future_wait(held_drop.f, NULL) == CP_ECANCELED);
+    atomic_store(&held_drop.wait_rc, cp_future_wait(held_drop.f, NULL));
+    atomic_store(&held_drop.wait_done, true);
     JCHECK(runs(&ran) == 0);
     cp_var_free(v);
     return NULL;
 }
 
-Test(cancel, a_job_its_cancel_is_still_dropping_is_not_final_for_its_waiting_worker,
-     .timeout = 30)
+Test(cancel, a_job_is_final_before_its_cancel_drops_its_values, .timeout = 30)
 {
     cr_assert_eq(sem_init(&held_drop.f_ready, 0, 0), 0);
     cr_assert_eq(sem_init(&held_drop.dropping, 0, 0), 0);
@@ -1385,8 +1380,8 @@ Test(cancel, a_job_its_cancel_is_still_dropping_is_not_final_for_its_waiting_wor
     cr_assert_eq(cp_future_cancel(held_drop.f), 0);
     wait_ok(job);
     jobs_ok();
-    cr_assert_eq(atomic_load(&held_drop.timed_rc), CP_ETIMEDOUT, "the timed wait said %s",
-                 cp_strerror(atomic_load(&held_drop.timed_rc)));
+    cr_assert_eq(atomic_load(&held_drop.wait_rc), CP_ECANCELED, "the wait said %s",
+                 cp_strerror(atomic_load(&held_drop.wait_rc)));
     cr_assert_eq(cp_future_wait(held_drop.f, NULL), CP_ECANCELED);
     cp_future_free(held_drop.f);
     free_pool(pool);
