@@ -1106,8 +1106,9 @@ static uint32_t job_settled(struct cp_future *f)
 
 /* Move f from PENDING to `to`: RUNNING, or DROPPING when the pool's cancel
  * takes it (job_cancel_take). Returns false when cp_future_cancel won
- * (DROPPING or CANCELLED): it drops the payload and reports the job.
- * acquire: as job_settled's. */
+ * (CANCELLED): it drops the payload and reports the job. (DROPPING, the
+ * pool's own cancel's claim, is made only by whoever dequeued f, which
+ * is us.) acquire: as job_settled's. */
 static bool job_claim(struct cp_future *f, bool alone, uint32_t to)
 {
     uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
@@ -1154,8 +1155,8 @@ static void job_cancelled(struct worker *self, struct cp_future *f, bool alone)
 }
 
 /* The pool is cancelling (CP_SHUTDOWN_CANCEL) and f, queued, will never
- * run: take it as cp_future_cancel takes a job (DROPPING, to be CANCELLED),
- * so that a cp_future_cancel racing with us finds a cancel won and says 0,
+ * run: claim it for the cancel (DROPPING, made CANCELLED at once), so
+ * that a cp_future_cancel racing with us finds a cancel won and says 0,
  * as it must for a job that never runs, and write its outcome. Returns
  * false when a cp_future_cancel won first: we only let go of f. *alone:
  * job_alone(f). */
@@ -1232,8 +1233,7 @@ static void run_job(struct worker *self, struct cp_future *f)
 
 /* A waiter's own future f is at the bottom of its deque: take it and run it
  * here, without the claim's compare-and-swap. Returns whether f is final
- * now: taken and run, or found cancelled (DROPPING, claimed by the pool's
- * cancel, is not final yet: the caller waits on). Always inlined
+ * now: taken and run, or found cancelled. Always inlined
  * into wait_work: most waits for a future in fork-join code end here.
  *
  * The claim is what decides between a worker and cp_future_cancel; here a
@@ -1277,10 +1277,10 @@ job_take_own(struct worker *self, struct cp_future *f)
         return false;
     uint32_t s = job_settled(f);
     if ((s & ST_MASK) != ST_PENDING) {
-        /* A cancel won: CANCELLED, or DROPPING until the pool's cancel
-         * makes it final, which its work_finish then wakes us for. */
+        /* cp_future_cancel won: CANCELLED. (The pool's cancel claims, as
+         * DROPPING, only jobs it dequeued itself, and we dequeued f.) */
         job_cancelled(self, f, false);
-        return (s & ST_MASK) == ST_CANCELLED;
+        return true;
     }
     job_run(self, f, false);
     /* Final, and let go of as the pool; the handle, held by our caller's
@@ -2459,8 +2459,8 @@ int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats)
      * when everything submitted before the reads had run or been cancelled
      * (or a submit from outside came in between). The counts come just
      * before the final state (work_finish), and a cancel's count (a
-     * worker's discard) may come while cp_future_cancel still drops the
-     * payload: the header says so. */
+     * worker's discard) after it, while cp_future_cancel may still drop
+     * the payload: the header says so. */
     memset(stats, 0, sizeof *stats);
     stats->threads = pool->nworkers;
     for (unsigned i = 0; i < pool->nworkers; i++) {
