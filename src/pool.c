@@ -2647,7 +2647,7 @@ int cp_future_cancel(cp_future *f)
      * pool's epoch (wake_sleepers), so we hold the pool's memory until
      * then; taken here, where the pool is still alive: f is counted in it,
      * and a worker that dequeues f waits while it is CANCELLING
-     * (job_settled). relaxed: the release below orders it. */
+     * (job_settled). relaxed: work_finish's release below orders it. */
     cp_pool *pool = f->pool;
     atomic_fetch_add_explicit(&pool->refs, 1, memory_order_relaxed);
     /* The payload is ours alone now: take it out, make f final (the last
