@@ -608,15 +608,15 @@ CP_EXPORT int cp_pool_get_stats(const cp_pool *pool, cp_pool_stats *stats);
  * to their end or been cancelled, and what the ones that ran did is
  * visible to the caller; their futures are final, though a
  * cp_future_cancel or a CP_SHUTDOWN_CANCEL still under way may be freeing
- * the values of the jobs it cancelled. Jobs that other threads submit during the call
- * may be waited for too: while they keep coming, the pool may never be
- * idle, and only the timeout ends the wait. The pool stays open; this is
- * not a shutdown, but it may follow one: after a CP_SHUTDOWN_DRAIN it
- * returns once the queued jobs have run, without freeing the pool. The
- * caller only sleeps; it runs none of the pool's jobs, so a worker of
- * another pool that waits here while this pool's jobs wait for its pool
- * deadlocks (as with a future of this pool). A timeout of 0 polls;
- * UINT64_MAX waits for as long as it takes.
+ * the values of the jobs it cancelled. Jobs that other threads submit
+ * during the call may be waited for too: while they keep coming, the pool
+ * may never be idle, and only the timeout ends the wait. The pool stays
+ * open; this is not a shutdown, but it may follow one: after a
+ * CP_SHUTDOWN_DRAIN it returns once the queued jobs have run, without
+ * freeing the pool. The caller only sleeps; it runs none of the pool's
+ * jobs, so a worker of another pool that waits here while this pool's
+ * jobs wait for its pool deadlocks (as with a future of this pool). A
+ * timeout of 0 polls; UINT64_MAX waits for as long as it takes.
  * Returns 0; CP_ETIMEDOUT when the time ran out first; CP_EINVAL for a
  * NULL pool; CP_EDEADLK from one of the pool's own workers (its own job
  * would never end), nothing waited for; CP_ESHUTDOWN in a child of fork()
