@@ -668,11 +668,10 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
  * scopes), each in the job or task that spawned, inside no cp_context_run
  * entered since the spawn: from inside a task a sync of itself or of a
  * sibling not yet synced is out of order, and so is a sync of a waiting
- * job's task by another job its thread runs meanwhile. A sync out of order
- * returns CP_EINVAL and waits for nothing. Not refused yet: a sync from a
- * free_value that runs as a job or task ends (its values let go of), of
- * that task or of a task of a job waiting below it on the thread; it may
- * wait forever or run the task early. Do not sync from a free_value.
+ * job's task by another job its thread runs meanwhile. A free_value may
+ * sync only the tasks it spawned itself: it runs wherever a value is let go
+ * of (as a job or task ends, say, when a sync of that task would be the
+ * task's own). A sync out of order returns CP_EINVAL and waits for nothing.
  * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first
  * (only a task spawned from outside the pool: a worker's tasks belong to the
  * running job that spawned them, which a cancel lets finish); CP_EINVAL;

@@ -428,6 +428,23 @@ static void var_incref(cp_var *var, size_t n)
     atomic_fetch_add_explicit(&var->refs, n, memory_order_relaxed);
 }
 
+/* Run var's free_value on value (var has one). It is user code, run
+ * wherever a value is let go of; often as a job or task ends, when the
+ * thread has left the run's frame but the task being synced is still on
+ * the borrow stack, or in the middle of a wait that runs another job. A
+ * sync from there of a task spawned before the free_value began would be
+ * out of order (a task syncing itself, say), so the thread's value floor
+ * refuses it (cp__context_may_sync); the tasks the free_value spawns
+ * itself are above the floor and sync as usual. Only here, where a value
+ * dies: the runs' ends, which are hot, pay nothing for it. */
+static void value_free(const cp_var *var, void *value)
+{
+    cp__borrow *floor = cp__self.value_floor;
+    cp__self.value_floor = cp__self.borrows;
+    var->free_value(value);
+    cp__self.value_floor = floor;
+}
+
 /* Drop n of the caller's references on var. */
 static void var_decref(cp_var *var, size_t n)
 {
@@ -436,7 +453,7 @@ static void var_decref(cp_var *var, size_t n)
     if (atomic_fetch_sub_explicit(&var->refs, n, memory_order_acq_rel) != n)
         return;
     if (var->has_default && var->free_value)
-        var->free_value(var->default_value);
+        value_free(var, var->default_value);
     cp__free(var);
 }
 
@@ -573,7 +590,7 @@ static void item_free(cp__hamt_item *item)
 {
     cp_var *var = (cp_var *)item->key;
     if (var->free_value)
-        var->free_value(item->value);
+        value_free(var, item->value);
     cp__free_small(item, sizeof *item);
 }
 

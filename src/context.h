@@ -106,6 +106,10 @@ struct cp__thread {
     const cp_var *cache_var2;
     void *cache_value2;
     cp__borrow *borrows; /* this thread's borrowed captures, newest first */
+    /* The newest borrow when the innermost free_value running on this
+     * thread began, or NULL when none runs: a free_value may sync only the
+     * tasks it spawned (cp__context_may_sync; context.c's value_free). */
+    cp__borrow *value_floor;
     /* The innermost lazy run (see cp__lazy), or NULL. It shares
      * `over` while `over` is the current context; a context entered inside
      * the run (a frame, a cp_context_run) is its own, as it would be inside
@@ -245,16 +249,18 @@ static inline bool cp__context_shared_by_lazy(const cp_context *c)
 
 /* Whether b may be synced now: it is the thread's newest borrow (syncs
  * nest like scopes), and it was made in the current context since the
- * context was entered or its frame begun. So a task run on the thread that
- * spawned it (inline, or while that thread helps in a wait) cannot sync
- * itself or a sibling its spawner has not synced, and another job run
- * there cannot sync the tasks of the job that waits below it. */
+ * context was entered or its frame begun, and since the free_value running
+ * began, if one does. So a task run on the thread that spawned it (inline,
+ * or while that thread helps in a wait) cannot sync itself or a sibling its
+ * spawner has not synced, another job run there cannot sync the tasks of
+ * the job that waits below it, and neither can a free_value run as a job
+ * or task ends (after its frame is left, its task still on the stack). */
 static inline bool cp__context_may_sync(const cp__borrow *b)
 {
     const cp__borrow *floor = cp__self.current ? cp__self.current->floor : NULL;
     if (cp__context_shared_by_lazy(cp__self.current))
         floor = cp__self.lazy->floor; /* the floor its frame would have */
-    return b == cp__self.borrows && b != floor;
+    return b == cp__self.borrows && b != floor && b != cp__self.value_floor;
 }
 
 /* Begin a lazy run in l, on the current context, which must not

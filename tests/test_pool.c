@@ -3056,6 +3056,117 @@ Test(task, a_job_run_on_the_spawners_thread_cannot_sync_its_task, .timeout = 30)
     free_pool(pool);
 }
 
+/* A free_value runs where its value dies; when a job or task ends, after
+ * the thread has left the run's frame while the task being synced is still
+ * on its stack. A sync from there of any task spawned before the free_value
+ * began is out of order, CP_EINVAL: the task whose run is ending (it used to
+ * wait for itself forever, or run a second time), or the task of a job
+ * waiting further down the thread (it ran early, and its spawner's own sync
+ * failed). The free_value may still spawn and sync tasks of its own. */
+enum dying_sync {
+    DYING_TASK_AT_SYNC,    /* a task run inline by its spawner's cp_sync */
+    DYING_TASK_IN_A_WAIT,  /* a task its spawner runs while it waits */
+    DYING_JOB_IN_A_WAIT,   /* a job run while a job with a task waits */
+};
+
+static cp_var *dying_var;
+
+struct dying {
+    cp_pool *pool;
+    enum dying_sync how;
+    cp_task task;           /* the spawner's task */
+    cp_future *waited;      /* what the spawner waits for, if it waits */
+    blocker bl;             /* DYING_TASK_IN_A_WAIT: the other worker's */
+    atomic_int ran_task;    /* runs of task's body */
+    atomic_int ran_own;     /* runs of the free_value's own task */
+    int rc_dying, rc_own, rc_spawner;
+    void *own_result;
+};
+
+/* The free_value of dying_var, whose value is the struct dying. */
+static void sync_as_it_dies(void *p)
+{
+    struct dying *d = p;
+    d->rc_dying = cp_sync(&d->task, NULL);
+    cp_task own;
+    JCHECK(cp_spawn(d->pool, &own, count_job, &d->ran_own) == 0);
+    d->rc_own = cp_sync(&own, &d->own_result);
+}
+
+/* Sets a value that dies as this run ends: nothing else holds the map. */
+static void *set_dying(void *p)
+{
+    JCHECK(cp_var_set(dying_var, p, NULL) == 0);
+    return p;
+}
+
+static void *task_sets_dying(void *p)
+{
+    struct dying *d = p;
+    atomic_fetch_add_explicit(&d->ran_task, 1, memory_order_relaxed);
+    if (d->how == DYING_TASK_IN_A_WAIT)
+        gate_open(&d->bl.g);
+    return d->how == DYING_JOB_IN_A_WAIT ? d : set_dying(d);
+}
+
+static void *spawner_job(void *p)
+{
+    struct dying *d = p;
+    JCHECK(cp_spawn(d->pool, &d->task, task_sets_dying, d) == 0);
+    if (d->how == DYING_JOB_IN_A_WAIT)
+        JCHECK(cp_pool_submit(d->pool, set_dying, d, &d->waited) == 0);
+    if (d->waited) /* nobody else is free: this thread runs what it waits for */
+        JCHECK(cp_future_wait(d->waited, NULL) == 0);
+    void *result = NULL;
+    d->rc_spawner = cp_sync(&d->task, &result);
+    JCHECK(result == d);
+    return NULL;
+}
+
+static void a_free_value_cannot_sync_what_was_spawned_before_it(enum dying_sync how)
+{
+    dying_var = cp_var_new("dying", sync_as_it_dies);
+    unsigned threads = how == DYING_TASK_IN_A_WAIT ? 2 : 1;
+    cp_pool *pool = new_pool(threads);
+    for (int rep = 0; rep < 50; rep++) {
+        struct dying d = {.pool = pool, .how = how, .rc_dying = 1, .rc_own = 1};
+        if (how == DYING_TASK_IN_A_WAIT)
+            d.waited = occupy_worker(pool, &d.bl);
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(pool, spawner_job, &d, &f), 0);
+        wait_ok(f);
+        if (how == DYING_JOB_IN_A_WAIT)
+            cp_future_free(d.waited);
+        else if (d.waited)
+            wait_ok(d.waited);
+        jobs_ok();
+        cr_assert_eq(d.rc_dying, CP_EINVAL, "a task spawned before the free_value");
+        cr_assert_eq(d.rc_own, 0, "the free_value's own task");
+        cr_assert_eq(d.own_result, &d.ran_own);
+        cr_assert_eq(runs(&d.ran_own), 1);
+        cr_assert_eq(d.rc_spawner, 0, "the spawner's own sync still works");
+        cr_assert_eq(runs(&d.ran_task), 1);
+    }
+    free_pool(pool);
+    cp_var_free(dying_var);
+}
+
+Test(task, a_free_value_run_as_a_task_ends_at_its_sync_cannot_sync_it, .timeout = 30)
+{
+    a_free_value_cannot_sync_what_was_spawned_before_it(DYING_TASK_AT_SYNC);
+}
+
+Test(task, a_free_value_run_as_a_task_ends_in_a_wait_cannot_sync_it, .timeout = 30)
+{
+    a_free_value_cannot_sync_what_was_spawned_before_it(DYING_TASK_IN_A_WAIT);
+}
+
+Test(task, a_free_value_run_as_a_helped_job_ends_cannot_sync_the_waiters_task,
+     .timeout = 30)
+{
+    a_free_value_cannot_sync_what_was_spawned_before_it(DYING_JOB_IN_A_WAIT);
+}
+
 /* A task spawned inside a cp_context_run and synced after the run
  * returned keeps the view of the context it was spawned in, although the
  * context is changed by its next owner, on another thread, and freed before
