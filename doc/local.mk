@@ -26,6 +26,7 @@ MAN_LINKS = \
 	doc/cp_future_done.3 \
 	doc/cp_future_free.3 \
 	doc/cp_future_wait.3 \
+	doc/cp_future_wait_any.3 \
 	doc/cp_future_wait_timeout.3 \
 	doc/cp_iter_free.3 \
 	doc/cp_iter_next.3 \

@@ -107,7 +107,8 @@ typedef struct cp_iter cp_iter;
  *   It runs on the thread that lets go of the last reference (a reset or
  *   set there, the end of a job or of a thread, a free of a context,
  *   token or copy), in whatever context is current there, not in the one
- *   that held the value; it may call the library.
+ *   that held the value; it may call the library (but cp_sync only on tasks
+ *   it spawned itself: see cp_sync).
  * Returns the variable, or NULL when memory ran out.
  * Ownership: the caller owns one reference, dropped with cp_var_free.
  * Threads: any thread. */
@@ -492,6 +493,27 @@ CP_EXPORT int cp_future_wait(cp_future *f, void **result);
  * needs a wait from a thread outside the pool. Threads: as cp_future_wait. */
 CP_EXPORT int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns,
                                      void **result);
+
+/* cp_future_wait_any - wait until one of n futures has finished or was
+ * cancelled, for at most timeout_ns nanoseconds (0 polls; UINT64_MAX waits
+ * without limit). Returns 0 and stores in *index (index may be NULL) an
+ * i for which futures[i] is done, whose cp_future_wait then returns its
+ * outcome at once: the first found done, looking in order; CP_ETIMEDOUT when none is by then; CP_EINVAL when
+ * futures is NULL, n is 0, an element is NULL, or the futures come from
+ * more than one pool; and, when none is done, CP_EDEADLK if the calling
+ * thread runs one of them (or a job its thread runs meanwhile does), or
+ * CP_ESHUTDOWN in a child of fork() (as cp_future_wait). *index is
+ * written only on success. An element may appear more than once. The
+ * futures are not changed: wait again for the rest, or free them.
+ * Called on a worker of their pool, it runs jobs of the pool while it
+ * waits, as cp_future_wait does (one of them when it finds it queued), so
+ * it may return later than the limit by the length of a job it ran.
+ * Costs O(n) per look; a thread outside the pool sleeps until any of them
+ * ends. Ordering: the end of futures[*index]'s job happens-before this
+ * returns 0. Threads: any thread; the futures may be waited for elsewhere
+ * at the same time, but must not be freed until this returns. */
+CP_EXPORT int cp_future_wait_any(cp_future *const *futures, size_t n,
+                                 uint64_t timeout_ns, size_t *index);
 
 /* cp_future_done - whether the job has finished or was cancelled (then a wait
  * returns at once). false for NULL. Threads: any thread. */

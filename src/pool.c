@@ -172,9 +172,11 @@ static uint64_t now_ns(void)
 
 /* States of a work item, in its state word, and flags beside them (a
  * change of state keeps the flags). WAITERS is or-ed in by a thread that
- * sleeps on the word, and HELPERS by a worker of the pool that sleeps on
- * the pool's epoch waiting for the item (helper_sleep), so that whoever
- * finishes the item knows to wake them (wake_sleepers).
+ * sleeps on the word, HELPERS by a worker of the pool that sleeps on the
+ * pool's epoch waiting for the item (helper_sleep), and WATCHED by a thread
+ * that sleeps on the watch epoch waiting for any one of several jobs
+ * (cp_future_wait_any), so that whoever finishes the item knows to wake
+ * them (wake_sleepers).
  *
  * A job (a future) has two holders, the user's handle and the pool, and
  * the word says which have let go: FREED, set by cp_future_free (or at
@@ -198,7 +200,9 @@ enum {
     ST_WAITERS = 8,
     ST_FREED = 16,
     ST_RELEASED = 32,
-    ST_HELPERS = 64
+    ST_HELPERS = 64,
+    ST_WATCHED = 128,
+    ST_SLEEPERS = ST_WAITERS | ST_HELPERS | ST_WATCHED
 };
 
 /* KIND_PRIVATE: a frame task kept by its spawner, in no queue (see cp_spawn).
@@ -902,6 +906,26 @@ static void future_let_go(struct cp_future *f, uint32_t mine)
         job_release(f);
 }
 
+/* The watch epoch: an event count, one for the process, on which a thread
+ * waiting for any one of several jobs sleeps (sleep_on), having marked
+ * each of them ST_WATCHED (mark_sleeper). One word for every pool, since
+ * it must outlive them all: a job's end reaches it after the job is final,
+ * when its pool may be freed. The futex bitset, helper_bits of the job,
+ * spares the watchers of other jobs most wakes; one woken for nothing
+ * looks and sleeps again. */
+static _Atomic uint32_t watch_epoch;
+
+/* w, marked ST_WATCHED, was made final: wake its watchers. The watcher
+ * read the epoch before its mark, and the finisher's read-modify-write
+ * that saw the mark acquired it (as for a helper: see wake_sleepers), so
+ * this increment comes after the watcher's read, and its futex wait finds
+ * the epoch changed or is woken. seq_cst, as wake's. Out of line: rare. */
+static __attribute__((noinline)) void watchers_wake(const struct work *w)
+{
+    atomic_fetch_add_explicit(&watch_epoch, 1, memory_order_seq_cst);
+    futex_wake(&watch_epoch, INT_MAX, helper_bits(w));
+}
+
 /* w was made final, its state word `old` just before: wake whoever sleeps
  * waiting for it. Whoever waits may free w as soon as the state is final;
  * the futex wake on its word may then find the word reused, which only
@@ -920,6 +944,8 @@ static void wake_sleepers(cp_pool *pool, struct work *w, uint32_t old)
         futex_wake(&w->state, INT_MAX, FUTEX_BITSET_MATCH_ANY);
     if (old & ST_HELPERS)
         wake(pool, INT_MAX, helper_bits(w));
+    if (old & ST_WATCHED)
+        watchers_wake(w);
 }
 
 /* Move w's state from `from` to final (DONE or CANCELLED), keeping the
@@ -1286,7 +1312,7 @@ job_take_own(struct worker *self, struct cp_future *f)
     /* Final, and let go of as the pool; the handle, held by our caller's
      * wait, is not freed yet, so cp_future_free will free f. release: the
      * outcome and result to whoever acquires the final state. */
-    if (!(s & (ST_WAITERS | ST_HELPERS)) && f->fenced) {
+    if (!(s & ST_SLEEPERS) && f->fenced) {
         /* No sleeper was there when we took f: a plain store. It may
          * overwrite the bits set since by late waiters, or a cancel's
          * CANCELLING (which then fails to back off from it, see
@@ -1306,9 +1332,14 @@ job_take_own(struct worker *self, struct cp_future *f)
              * looks at the word (park): one of us sees the other, whether
              * or not it fenced every thread (LATE_SURE). Its epoch read
              * comes before our new epoch, since the count's seq_cst
-             * increment, read by our seq_cst load, synchronizes with it. */
+             * increment, read by our seq_cst load, synchronizes with it.
+             * A watcher read the watch epoch before its seq_cst mark, which
+             * our store overwrote: so the mark, and the read, precede this
+             * fence in the total order of seq_cst operations (C++20
+             * [atomics.order] p4.2), and our seq_cst increment follows it:
+             * the watcher's futex wait sees the new epoch or is woken. */
             atomic_thread_fence(memory_order_seq_cst);
-            wake_sleepers(self->pool, &f->w, ST_WAITERS | ST_HELPERS);
+            wake_sleepers(self->pool, &f->w, ST_SLEEPERS);
         }
     } else {
         /* acq_rel: release as above, acquire for wake_sleepers. Failure
@@ -1370,6 +1401,49 @@ static bool work_final(const struct work *w)
     return state_final(atomic_load_explicit(&w->state, memory_order_acquire));
 }
 
+/* What a wait waits for: any one of n items, which are `one` (n is 1) or
+ * the futures of cp_future_wait_any. Passed by value from the inlined
+ * wait_work, where a single item's loops fold away as long as its address
+ * is not taken. */
+struct awaited {
+    struct work *one;
+    cp_future *const *futures;
+    size_t n;
+};
+
+static inline struct awaited awaited_one(struct work *w)
+{
+    return (struct awaited){.one = w, .futures = NULL, .n = 1};
+}
+
+static inline struct work *awaited_item(const struct awaited *a, size_t i)
+{
+    return a->futures ? &a->futures[i]->w : a->one;
+}
+
+/* The index of the first final item of a, or a->n when none is. */
+static inline size_t awaited_first_final(const struct awaited *a)
+{
+    size_t i = 0;
+    while (i < a->n && !work_final(awaited_item(a, i)))
+        i++;
+    return i;
+}
+
+static inline bool awaited_final(const struct awaited *a)
+{
+    return awaited_first_final(a) < a->n;
+}
+
+/* The futex bits of a's items (helper_bits), for a sleep until any ends. */
+static uint32_t awaited_bits(const struct awaited *a)
+{
+    uint32_t bits = 0;
+    for (size_t i = 0; i < a->n; i++)
+        bits |= helper_bits(awaited_item(a, i));
+    return bits;
+}
+
 /* Mark w for a thread about to sleep until w is final, with `bit` in its
  * state word: ST_WAITERS, the thread sleeps on the word; ST_HELPERS, it is
  * a worker of w's pool and sleeps on the pool's epoch (park). w's finisher
@@ -1421,29 +1495,50 @@ static uint32_t mark_sleeper(struct work *w, uint32_t bit)
     return s | bit;
 }
 
-/* Sleep on w's state word until it changes from what we marked, or the
- * deadline (0: none): the sleep of a waiter that is not a worker of w's
- * pool. Out of line, as helper_sleep: wait_work, inlined into every wait,
- * keeps its slow paths out of the way of the fast one. */
-static __attribute__((noinline)) void sleep_on(struct work *w, uint64_t deadline)
+/* Mark each of a's items with bit (mark_sleeper). Returns false, and
+ * stops, at one that is final: then there is no sleep. */
+static bool awaited_mark(const struct awaited *a, uint32_t bit)
+{
+    for (size_t i = 0; i < a->n; i++)
+        if (state_final(mark_sleeper(awaited_item(a, i), bit)))
+            return false;
+    return true;
+}
+
+/* Sleep until one of a's items is final, or the deadline (0: none): the
+ * sleep of a waiter that is not a worker of their pool. For one item, on
+ * its state word until it changes from what we marked; for several, on
+ * the watch epoch (see watchers_wake), read before the marks. Out of line,
+ * as helper_sleep: wait_work, inlined into every wait, keeps its slow
+ * paths out of the way of the fast one. */
+static __attribute__((noinline)) void sleep_on(struct awaited a, uint64_t deadline)
 {
     /* A worker of another pool: what it gives back is not held up while
      * it sleeps. */
     if (this_worker)
         returns_flush(this_worker);
-    uint32_t s = mark_sleeper(w, ST_WAITERS);
-    if (!state_final(s))
-        futex_wait(&w->state, s, FUTEX_BITSET_MATCH_ANY, deadline);
+    if (a.n == 1) {
+        struct work *w = awaited_item(&a, 0);
+        uint32_t s = mark_sleeper(w, ST_WAITERS);
+        if (!state_final(s))
+            futex_wait(&w->state, s, FUTEX_BITSET_MATCH_ANY, deadline);
+        return;
+    }
+    /* seq_cst: before the marks, whose seq_cst compare-and-swaps the
+     * finisher's read-modify-write sees (see watchers_wake). */
+    uint32_t epoch = atomic_load_explicit(&watch_epoch, memory_order_seq_cst);
+    if (awaited_mark(&a, ST_WATCHED))
+        futex_wait(&watch_epoch, epoch, awaited_bits(&a), deadline);
 }
 
 /* Sleep on the pool's event count (see "Parking"): a worker that found no
  * work (awaited NULL), or a worker waiting for awaited that found nothing
  * to help with (wait_work). Count ourselves a waiter, look once more, and
  * only then sleep, on the epoch read before we counted in; until a notify
- * or the end of awaited wakes us, or the deadline (0: none). Counted as a
+ * or the end of an awaited item wakes us, or the deadline (0: none). Counted as a
  * waiter, a waiting worker is woken for new work as a parked one is: work
  * queued after it fell asleep may be what the busy workers block on. */
-static void park(struct worker *self, struct work *awaited, uint64_t deadline)
+static void park(struct worker *self, const struct awaited *awaited, uint64_t deadline)
 {
     cp_pool *pool = self->pool;
     /* seq_cst: the epoch we may sleep on, read before we count ourselves in. */
@@ -1457,9 +1552,9 @@ static void park(struct worker *self, struct work *awaited, uint64_t deadline)
      * it sees us counted, through the setter, whose wake bumps the epoch
      * under us. */
     atomic_store_explicit(&pool->waking, 0, memory_order_seq_cst);
-    /* Marked, awaited's finisher wakes us: its read-modify-write sees the
-     * mark, or our look below sees awaited final. */
-    bool idle = !awaited || !state_final(mark_sleeper(awaited, ST_HELPERS));
+    /* Marked, an awaited item's finisher wakes us: its read-modify-write
+     * sees the mark, or our look below sees the item final. */
+    bool idle = !awaited || awaited_mark(awaited, ST_HELPERS);
     /* "announce, then look", paired with notify's and notify_own's; not
      * when awaited is final: we do not look then. Unsure of our look (the
      * kernel refused the fence: see announce_fence), we look again after
@@ -1470,9 +1565,9 @@ static void park(struct worker *self, struct work *awaited, uint64_t deadline)
         deadline = deadline && deadline < soon ? deadline : soon;
     }
     if (idle && !work_visible(pool) &&
-        !(awaited ? work_final(awaited) : pool_finished(pool))) {
+        !(awaited ? awaited_final(awaited) : pool_finished(pool))) {
         stat_bump(&self->parks);
-        futex_wait(&pool->epoch, epoch, awaited ? helper_bits(awaited) : PARK_BITS,
+        futex_wait(&pool->epoch, epoch, awaited ? awaited_bits(awaited) : PARK_BITS,
                    deadline);
     }
     atomic_fetch_sub_explicit(&pool->waiters, 1, memory_order_seq_cst);
@@ -1484,14 +1579,14 @@ static void park(struct worker *self, struct work *awaited, uint64_t deadline)
 }
 
 /* Look for work for at most SPIN_NS: until some is found (returned), or
- * awaited (if any) is final, or else the pool is finished (NULL). */
-static struct work *spin_for_work(struct worker *self, const struct work *awaited)
+ * an awaited item (if any) is final, or else the pool is finished (NULL). */
+static struct work *spin_for_work(struct worker *self, const struct awaited *awaited)
 {
     cp_pool *pool = self->pool;
     struct work *w;
     uint64_t until = now_ns() + SPIN_NS;
     while (!(w = find_work(self)) &&
-           !(awaited ? work_final(awaited) : pool_finished(pool)) && now_ns() < until)
+           !(awaited ? awaited_final(awaited) : pool_finished(pool)) && now_ns() < until)
         sched_yield(); /* an oversubscribed submitter needs the CPU */
     return w;
 }
@@ -1526,35 +1621,36 @@ static struct work *search(struct worker *self, bool woken)
     return w;
 }
 
-/* A waiting worker's look for work (wait_work), until awaited is final or
- * for SPIN_NS. Counted as helping, not searching: busy workers offer it
+/* A waiting worker's look for work (wait_work), until an awaited item is
+ * final or for SPIN_NS. Counted as helping, not searching: busy workers offer it
  * their private tasks (workers_idle), but no notifier leaves the finding of
  * its work to it, so it owes no last look when it stops. A search would:
  * the fence on every thread of a look after it (announce_fence), where a
  * fork-join wait for a stolen child stops at every such child's end.
  * Work pushed meanwhile wakes a sleeper, if there is one, as it would with
  * no worker idle. */
-static struct work *help_search(struct worker *self, const struct work *awaited)
+static struct work *help_search(struct worker *self, struct awaited awaited)
 {
     cp_pool *pool = self->pool;
     /* relaxed: a hint for where to put a new task, as workers_idle reads it. */
     atomic_fetch_add_explicit(&pool->helping, 1, memory_order_relaxed);
-    struct work *w = spin_for_work(self, awaited);
+    struct work *w = spin_for_work(self, &awaited);
     atomic_fetch_sub_explicit(&pool->helping, 1, memory_order_relaxed);
     return w;
 }
 
-/* A worker's sleep in a wait for w (wait_work): parked, so that new work
- * wakes it as well as w's end. Out of line: a slow path. A notify's
- * wake-one may have come to us for work we will not look for (w is final,
+/* A worker's sleep in a wait for a (wait_work): parked, so that new work
+ * wakes it as well as an awaited item's end. Out of line: a slow path. A
+ * notify's wake-one may have come to us for work we will not look for (an
+ * item is final,
  * or the deadline passed; or we take another item first), and while it was
  * on its way other notifies skipped their wakes: pass it on, waking a
  * worker for the work still visible. announce_fence: as in park, the look
  * after our wake's end (park's store to waking). */
-static __attribute__((noinline)) void helper_sleep(struct worker *self, struct work *w,
+static __attribute__((noinline)) void helper_sleep(struct worker *self, struct awaited a,
                                                    uint64_t deadline)
 {
-    park(self, w, deadline);
+    park(self, &a, deadline);
     /* Unsure of the look (see announce_fence): wake a worker to look. */
     if (!announce_fence(self->pool, self) || work_visible(self->pool))
         notify_published(self->pool);
@@ -1562,14 +1658,29 @@ static __attribute__((noinline)) void helper_sleep(struct worker *self, struct w
 
 static bool offer_private(struct worker *self);
 
-/* Wait until w is final; a worker of pool helps meanwhile. Returns 0, or
- * CP_ETIMEDOUT when deadline (0: none) passed first. Always inlined: it is
- * most of what a wait for a future does. */
+/* Run an item of a, if it is a job at the bottom of our deque (for one
+ * item, the job's own waiter taking it back: job_take_own). Returns
+ * whether it did: that item is final then. */
+static inline __attribute__((always_inline)) bool
+awaited_take_own(struct worker *self, const struct awaited *a)
+{
+    for (size_t i = 0; i < a->n; i++) {
+        struct work *w = awaited_item(a, i);
+        if (w->kind == KIND_JOB && job_take_own(self, (struct cp_future *)w))
+            return true;
+    }
+    return false;
+}
+
+/* Wait until an item of a is final (all are of pool); a worker of pool
+ * helps meanwhile. Returns 0, or CP_ETIMEDOUT when deadline (0: none)
+ * passed first. Always inlined: it is most of what a wait for a future
+ * does. */
 static inline __attribute__((always_inline)) int
-wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
+wait_work(cp_pool *pool, struct awaited a, uint64_t deadline)
 {
     struct worker *self = pool ? worker_of(pool) : NULL;
-    while (!work_final(w)) {
+    while (!awaited_final(&a)) {
         if (self) {
             /* find_work, but for what we wait for at the bottom of our
              * deque, which we run here (final: done). */
@@ -1577,7 +1688,7 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
             if (inject_due(self))
                 other = take_injected(self);
             if (!other) {
-                if (w->kind == KIND_JOB && job_take_own(self, (struct cp_future *)w))
+                if (awaited_take_own(self, &a))
                     return 0;
                 other = find_more_work(self);
             }
@@ -1586,12 +1697,12 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
             if (!other && offer_private(self))
                 continue;
             if (!other && !deadline)
-                other = help_search(self, w);
+                other = help_search(self, a);
             if (other) {
                 run_work(self, other);
                 continue;
             }
-            if (work_final(w))
+            if (awaited_final(&a))
                 break;
         }
         if (deadline && now_ns() >= deadline)
@@ -1608,22 +1719,23 @@ wait_work(cp_pool *pool, struct work *w, uint64_t deadline)
             }
             pending_flush(self);
             returns_flush(self);
-            helper_sleep(self, w, deadline);
+            helper_sleep(self, a, deadline);
         } else {
-            sleep_on(w, deadline);
+            sleep_on(a, deadline);
         }
     }
     return 0;
 }
 
 /* wait_work out of line, for the waits that are not hot: sync_queued's
- * (the task was taken by another worker, or came from outside the pool)
- * and cp_future_wait_timeout's. One copy of the helping loop, find_work
- * and the deque pop included, instead of one in each. */
-static __attribute__((noinline)) int wait_work_slow(cp_pool *pool, struct work *w,
+ * (the task was taken by another worker, or came from outside the pool),
+ * cp_future_wait_timeout's and cp_future_wait_any's. One copy of the
+ * helping loop, find_work and the deque pop included, instead of one in
+ * each. */
+static __attribute__((noinline)) int wait_work_slow(cp_pool *pool, struct awaited a,
                                                     uint64_t deadline)
 {
-    return wait_work(pool, w, deadline);
+    return wait_work(pool, a, deadline);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2574,8 +2686,8 @@ future_wait(cp_future *f, uint64_t timeout_ns, bool timed, void **result)
         if (timeout_ns == 0)
             return CP_ETIMEDOUT;
         uint64_t deadline = deadline_after(timeout_ns);
-        int err = timed ? wait_work_slow(f->pool, &f->w, deadline)
-                        : wait_work(f->pool, &f->w, deadline);
+        int err = timed ? wait_work_slow(f->pool, awaited_one(&f->w), deadline)
+                        : wait_work(f->pool, awaited_one(&f->w), deadline);
         if (err != 0)
             return err;
     }
@@ -2590,6 +2702,37 @@ int cp_future_wait(cp_future *f, void **result)
 int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns, void **result)
 {
     return future_wait(f, timeout_ns, true, result);
+}
+
+int cp_future_wait_any(cp_future *const *futures, size_t n, uint64_t timeout_ns,
+                       size_t *index)
+{
+    if (!futures || n == 0)
+        return CP_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!futures[i] || futures[i]->pool != futures[0]->pool)
+            return CP_EINVAL;
+    struct awaited a = {.one = NULL, .futures = futures, .n = n};
+    size_t first = awaited_first_final(&a);
+    if (first == n) {
+        /* As future_wait, for every one of them: the pool is one. */
+        if (forked_away(&futures[0]->fork_generation))
+            return CP_ESHUTDOWN;
+        /* relaxed: equal only if this thread stored it (it runs it now). */
+        for (size_t i = 0; i < n; i++)
+            if (atomic_load_explicit(&futures[i]->runner, memory_order_relaxed) ==
+                thread_id())
+                return CP_EDEADLK;
+        if (timeout_ns == 0)
+            return CP_ETIMEDOUT;
+        int err = wait_work_slow(futures[0]->pool, a, deadline_after(timeout_ns));
+        if (err != 0)
+            return err;
+        first = awaited_first_final(&a);
+    }
+    if (index)
+        *index = first;
+    return 0;
 }
 
 bool cp_future_done(const cp_future *f)
@@ -2861,9 +3004,9 @@ static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
             run_work(self, w);
         }
         if (!work_final(&t->w))
-            wait_work_slow(self->pool, &t->w, 0);
+            wait_work_slow(self->pool, awaited_one(&t->w), 0);
     } else {
-        wait_work_slow(NULL, &t->w, 0);
+        wait_work_slow(NULL, awaited_one(&t->w), 0);
     }
     cp__context_unborrow(&t->borrow);
     int outcome = t->w.outcome;

@@ -25,6 +25,7 @@ STRESS_TESTS = \
 	tests/stress/push_wakeup \
 	tests/stress/task_stress \
 	tests/stress/var_stress \
+	tests/stress/wait_any \
 	tests/stress/wake_pass_on
 
 EXTRA_DIST += tests/stress/check.h tests/stress/fake_membarrier.h tests/stress/light_rounds.h tests/stress/pause.h tests/stress/watchdog.h tests/exports.sh tests/run-test.sh tests/lsan.supp \
@@ -87,6 +88,10 @@ tests_stress_push_wakeup_LDADD = $(TEST_LIBS)
 tests_stress_task_stress_SOURCES = tests/stress/task_stress.c
 tests_stress_task_stress_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_stress_task_stress_LDADD = $(TEST_LIBS)
+
+tests_stress_wait_any_SOURCES = tests/stress/wait_any.c
+tests_stress_wait_any_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_stress_wait_any_LDADD = $(TEST_LIBS)
 
 tests_stress_helper_sleep_SOURCES = tests/stress/helper_sleep.c
 tests_stress_helper_sleep_CPPFLAGS = $(TEST_CPPFLAGS)

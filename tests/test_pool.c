@@ -1482,6 +1482,210 @@ Test(future, wait_by_the_job_on_its_own_future_is_edeadlk, .timeout = 30)
     }
 }
 
+/* cp_future_wait_any */
+
+Test(any, returns_the_lowest_index_of_the_futures_already_done, .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    blocker bl;
+    atomic_int ran = 0;
+    cp_future *f[3];
+    f[0] = occupy_worker(pool, &bl);
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f[1]), 0);
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f[2]), 0);
+    cr_assert_eq(cp_future_wait(f[2], NULL), 0);
+    cr_assert_eq(cp_future_wait(f[1], NULL), 0);
+    size_t index = 99;
+    cr_assert_eq(cp_future_wait_any(f, 3, UINT64_MAX, &index), 0);
+    cr_assert_eq(index, 1);
+    index = 99;
+    cr_assert_eq(cp_future_wait_any(f, 3, 0, &index), 0, "a poll finds it too");
+    cr_assert_eq(index, 1);
+    cr_assert_eq(cp_future_wait_any(f, 3, 0, NULL), 0, "index may be NULL");
+    cr_assert_not(cp_future_done(f[0]), "the blocked one is left as it was");
+    gate_open(&bl.g);
+    wait_ok(f[0]);
+    wait_ok(f[1]);
+    wait_ok(f[2]);
+    free_pool(pool);
+}
+
+Test(any, times_out_when_none_ends_and_leaves_index_untouched, .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    blocker b0, b1;
+    cp_future *f[2] = {occupy_worker(pool, &b0), occupy_worker(pool, &b1)};
+    size_t index = 99;
+    cr_assert_eq(cp_future_wait_any(f, 2, 0, &index), CP_ETIMEDOUT);
+    cr_assert_eq(cp_future_wait_any(f, 2, 1000000, &index), CP_ETIMEDOUT);
+    cr_assert_eq(index, 99);
+    gate_open(&b0.g);
+    gate_open(&b1.g);
+    wait_ok(f[0]);
+    wait_ok(f[1]);
+    free_pool(pool);
+}
+
+Test(any, bad_arguments_are_einval_and_wait_for_nothing, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1), *other = new_pool(1);
+    blocker bl;
+    atomic_int ran = 0;
+    cp_future *f[3] = {occupy_worker(pool, &bl), NULL, NULL};
+    cr_assert_eq(cp_pool_submit(other, count_job, &ran, &f[2]), 0);
+    size_t index = 99;
+    cr_assert_eq(cp_future_wait_any(NULL, 1, UINT64_MAX, &index), CP_EINVAL);
+    cr_assert_eq(cp_future_wait_any(f, 0, UINT64_MAX, &index), CP_EINVAL);
+    cr_assert_eq(cp_future_wait_any(f, 2, UINT64_MAX, &index), CP_EINVAL, "a NULL future");
+    f[1] = f[2];
+    cr_assert_eq(cp_future_wait_any(f, 2, UINT64_MAX, &index), CP_EINVAL, "two pools");
+    cr_assert_eq(index, 99);
+    cr_assert_not(cp_future_done(f[0]));
+    gate_open(&bl.g);
+    wait_ok(f[0]);
+    wait_ok(f[2]);
+    free_pool(other);
+    free_pool(pool);
+}
+
+/* An outside thread asleep in the wait is woken by the end of any one of
+ * them: the one whose gate a job opens at a moment of its own. */
+static void *open_gate(void *p)
+{
+    gate_open(p);
+    return NULL;
+}
+
+Test(any, an_outside_thread_is_woken_by_the_end_of_any_one, .timeout = 30)
+{
+    enum { N = 3 };
+    cp_pool *pool = new_pool(N + 1);
+    for (int rep = 0; rep < 60; rep++) {
+        blocker bl[N];
+        cp_future *f[N];
+        for (int i = 0; i < N; i++)
+            f[i] = occupy_worker(pool, &bl[i]);
+        int k = rep % N;
+        cp_future *opener = NULL;
+        cr_assert_eq(cp_pool_submit(pool, open_gate, &bl[k].g, &opener), 0);
+        size_t index = 99;
+        cr_assert_eq(cp_future_wait_any(f, N, UINT64_MAX, &index), 0);
+        cr_assert_eq(index, (size_t)k);
+        for (int i = 0; i < N; i++)
+            cr_assert_eq(cp_future_done(f[i]), i == k, "only the one opened is done");
+        for (int i = 0; i < N; i++)
+            gate_open(&bl[i].g);
+        for (int i = 0; i < N; i++)
+            wait_ok(f[i]);
+        wait_ok(opener);
+    }
+    free_pool(pool);
+}
+
+/* A job waiting for any of its children, on one worker, runs them itself
+ * (nobody else can); waiting again for the rest runs the rest. */
+struct any_children {
+    cp_pool *pool;
+    atomic_int ran[4];
+    size_t order[4];
+    int rc;
+};
+
+static void *wait_for_children_in_turn(void *p)
+{
+    struct any_children *k = p;
+    cp_future *f[4];
+    for (int i = 0; i < 4; i++)
+        JCHECK(cp_pool_submit(k->pool, count_job, &k->ran[i], &f[i]) == 0);
+    size_t n = 4;
+    for (int round = 0; round < 4; round++) {
+        size_t index = 99;
+        k->rc |= cp_future_wait_any(f, n, UINT64_MAX, &index);
+        JCHECK(index < n);
+        void *result = NULL;
+        JCHECK(cp_future_wait(f[index], &result) == 0);
+        k->order[round] = (size_t)((atomic_int *)result - k->ran);
+        cp_future_free(f[index]);
+        f[index] = f[--n];
+    }
+    return NULL;
+}
+
+Test(any, on_a_worker_it_runs_the_jobs_it_waits_for, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    struct any_children k = {.pool = pool};
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, wait_for_children_in_turn, &k, &f), 0);
+    wait_ok(f);
+    jobs_ok();
+    cr_assert_eq(k.rc, 0);
+    bool seen[4] = {false};
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(runs(&k.ran[i]), 1);
+        cr_assert(k.order[i] < 4 && !seen[k.order[i]], "each child reported once");
+        seen[k.order[i]] = true;
+    }
+    free_pool(pool);
+}
+
+Test(any, a_cancelled_future_counts_as_done, .timeout = 30)
+{
+    cp_pool *pool = new_pool(1);
+    blocker bl;
+    atomic_int ran = 0;
+    cp_future *busy = occupy_worker(pool, &bl);
+    cp_future *f[2];
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f[0]), 0);
+    cr_assert_eq(cp_pool_submit(pool, count_job, &ran, &f[1]), 0);
+    cr_assert_eq(cp_future_cancel(f[1]), 0);
+    size_t index = 99;
+    cr_assert_eq(cp_future_wait_any(f, 2, UINT64_MAX, &index), 0);
+    cr_assert_eq(index, 1);
+    cr_assert_eq(cp_future_wait(f[1], NULL), CP_ECANCELED);
+    gate_open(&bl.g);
+    wait_ok(busy);
+    wait_ok(f[0]);
+    cp_future_free(f[1]);
+    cr_assert_eq(runs(&ran), 1);
+    free_pool(pool);
+}
+
+/* A job that waits for any of a set holding its own future, the others
+ * not done: CP_EDEADLK, as a wait for itself. */
+struct self_any {
+    sem_t stored;
+    cp_future *f[2]; /* another job, held; the waiting job itself */
+    int rc, rc_zero;
+};
+
+static void *wait_any_on_self(void *p)
+{
+    struct self_any *s = p;
+    sem_wait(&s->stored);
+    s->rc = cp_future_wait_any(s->f, 2, UINT64_MAX, NULL);
+    s->rc_zero = cp_future_wait_any(s->f, 2, 0, NULL);
+    return NULL;
+}
+
+Test(any, by_a_job_on_a_set_holding_its_own_future_is_edeadlk, .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    blocker bl;
+    struct self_any s = {.rc = 1, .rc_zero = 1};
+    cr_assert_eq(sem_init(&s.stored, 0, 0), 0);
+    s.f[0] = occupy_worker(pool, &bl);
+    cr_assert_eq(cp_pool_submit(pool, wait_any_on_self, &s, &s.f[1]), 0);
+    sem_post(&s.stored);
+    cr_assert_eq(cp_future_wait(s.f[1], NULL), 0);
+    cr_assert_eq(s.rc, CP_EDEADLK);
+    cr_assert_eq(s.rc_zero, CP_EDEADLK);
+    gate_open(&bl.g);
+    wait_ok(s.f[0]);
+    cp_future_free(s.f[1]);
+    free_pool(pool);
+}
+
 struct free_from_worker {
     cp_pool *pool;
     int rc;
