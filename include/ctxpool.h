@@ -498,9 +498,10 @@ CP_EXPORT int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns,
  * cancelled, for at most timeout_ns nanoseconds (0 polls; UINT64_MAX waits
  * without limit). Returns 0 and stores in *index (index may be NULL) an
  * i for which futures[i] is done, whose cp_future_wait then returns its
- * outcome at once: the first found done, looking in order; CP_ETIMEDOUT when none is by then; CP_EINVAL when
- * futures is NULL, n is 0, an element is NULL, or the futures come from
- * more than one pool; and, when none is done, CP_EDEADLK if the calling
+ * outcome at once: the first found done, looking in order; CP_ETIMEDOUT
+ * when none is by then; CP_EINVAL when futures is NULL, n is 0, an element
+ * is NULL, or the futures come from more than one pool; and, when none is
+ * done, CP_EDEADLK if the calling
  * thread runs one of them (or a job its thread runs meanwhile does), or
  * CP_ESHUTDOWN in a child of fork() (as cp_future_wait). *index is
  * written only on success. An element may appear more than once. The

@@ -1485,7 +1485,15 @@ static uint32_t mark_sleeper(struct work *w, uint32_t bit)
         if (atomic_load_explicit(&f->taken, memory_order_seq_cst) &&
             !(atomic_load_explicit(&f->late, memory_order_acquire) & LATE_SURE)) {
             atomic_fetch_or_explicit(&f->late, LATE_RAISED, memory_order_seq_cst);
-            cp__fence_all_threads();
+            /* A kernel that refuses the fence for good (a seccomp filter
+             * installed after the library was loaded) keeps us trying,
+             * but only while f runs: final, it needs no sleep. */
+            while (!cp__fence_try_all_threads()) {
+                s = atomic_load_explicit(&w->state, memory_order_seq_cst);
+                if (state_final(s))
+                    return s;
+                sched_yield();
+            }
             s = atomic_load_explicit(&w->state, memory_order_seq_cst);
             if (state_final(s))
                 return s;
@@ -1524,8 +1532,11 @@ static __attribute__((noinline)) void sleep_on(struct awaited a, uint64_t deadli
             futex_wait(&w->state, s, FUTEX_BITSET_MATCH_ANY, deadline);
         return;
     }
-    /* seq_cst: before the marks, whose seq_cst compare-and-swaps the
-     * finisher's read-modify-write sees (see watchers_wake). */
+    /* Before the marks: a finisher whose read-modify-write sees a mark
+     * acquires this read (see watchers_wake). seq_cst: for a finisher
+     * that took the job back and ends it with a plain store, which sees
+     * no mark, the read must precede its fence in the total order (see
+     * job_take_own). */
     uint32_t epoch = atomic_load_explicit(&watch_epoch, memory_order_seq_cst);
     if (awaited_mark(&a, ST_WATCHED))
         futex_wait(&watch_epoch, epoch, awaited_bits(&a), deadline);

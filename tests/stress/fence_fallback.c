@@ -26,7 +26,9 @@
  * and the rest check the pool without light workers (a refused call in
  * most rounds would mean the refusal was not recorded); every other round
  * submits the last job without waiting, while the other worker may be
- * going to sleep.
+ * going to sleep. Last, a waiter of a job its worker took back to run
+ * itself, which must fence every thread before it sleeps, meets the
+ * refusal: it must return once the job ends.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -186,6 +188,83 @@ static void pool_refused(void)
           refused, POOL_ROUNDS);
 }
 
+/* A waiter that comes after a worker took the job back to run it itself
+ * fences every thread before it sleeps (mark_sleeper in pool.c). Refused
+ * for good, it keeps trying while the job runs, and returns once the job
+ * has ended (it used to try forever). One worker: the parent job submits
+ * the child and waits for it, so its worker takes the child back; the
+ * child holds until the waiter, on another thread, has met a refusal. */
+struct late {
+    sem_t started, release;
+    cp_pool *pool;
+    cp_future *_Atomic child;
+    bool any; /* the waiter waits with cp_future_wait_any */
+};
+
+static void *late_child(void *p)
+{
+    struct late *l = p;
+    sem_post(&l->started);
+    while (sem_wait(&l->release) != 0)
+        ;
+    return l;
+}
+
+static void *late_parent(void *p)
+{
+    struct late *l = p;
+    cp_future *f = NULL;
+    CHECK(cp_pool_submit(l->pool, late_child, l, &f) == 0, "child");
+    /* release: the future's making, to the waiter. */
+    atomic_store_explicit(&l->child, f, memory_order_release);
+    CHECK(cp_future_wait(f, NULL) == 0, "the parent's wait");
+    return f;
+}
+
+static void *late_waiter(void *p)
+{
+    struct late *l = p;
+    /* acquire: pairs with the parent's release. */
+    cp_future *f = atomic_load_explicit(&l->child, memory_order_acquire);
+    cp_future *twice[2] = {f, f};
+    size_t index = 2;
+    if (l->any) /* on the watch epoch */
+        CHECK(cp_future_wait_any(twice, 2, UINT64_MAX, &index) == 0 && index < 2, "wait_any");
+    else /* on the job's word */
+        CHECK(cp_future_wait(f, NULL) == 0, "the late waiter's wait");
+    return NULL;
+}
+
+static void late_waiter_refused(bool any)
+{
+    struct late l = {.any = any};
+    CHECK(sem_init(&l.started, 0, 0) == 0 && sem_init(&l.release, 0, 0) == 0, "sem");
+    cp_pool_options options = {.threads = 1};
+    CHECK(cp_pool_new(&l.pool, &options) == 0, "pool");
+    atomic_init(&l.child, NULL);
+    cp_future *parent = NULL;
+    CHECK(cp_pool_submit(l.pool, late_parent, &l, &parent) == 0, "parent");
+    while (sem_wait(&l.started) != 0)
+        ;
+    /* The child runs, taken back by the parent's worker (the only one). */
+    int before = atomic_load(&refused_calls);
+    atomic_store(&refuse_all, true);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, late_waiter, &l) == 0, "pthread_create");
+    while (atomic_load(&refused_calls) == before)
+        sched_yield();
+    sem_post(&l.release);
+    CHECK(pthread_join(th, NULL) == 0, "pthread_join");
+    atomic_store(&refuse_all, false);
+    void *child = NULL;
+    CHECK(cp_future_wait(parent, &child) == 0, "parent");
+    cp_future_free(child);
+    cp_future_free(parent);
+    CHECK(cp_pool_free(l.pool) == 0, "free");
+    sem_destroy(&l.started);
+    sem_destroy(&l.release);
+}
+
 int main(void)
 {
     for (int i = 0; i < NV; i++) {
@@ -224,6 +303,8 @@ int main(void)
         cp_var_free(vars[i]);
 
     pool_refused();
+    late_waiter_refused(false);
+    late_waiter_refused(true);
     printf("fence_fallback: ok\n");
     return 0;
 }
