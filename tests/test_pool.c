@@ -4416,20 +4416,22 @@ Test(fork, every_pool_call_in_a_forked_child_is_eshutdown, .timeout = 30)
             bad |= 64;
         int waited = cp_future_wait(busy, NULL);
         int timed = cp_future_wait_timeout(busy, UINT64_MAX, NULL);
+        cp_future *both[2] = {busy, waiting};
+        int any = cp_future_wait_any(both, 2, UINT64_MAX, NULL);
         int cancel_busy = cp_future_cancel(busy);
         int cancel_queued = cp_future_cancel(waiting);
         int synced = cp_sync(&outside_task, NULL);
         int idle = cp_pool_wait_idle(pool, UINT64_MAX);
-        if (waited != CP_ESHUTDOWN || timed != CP_ESHUTDOWN ||
+        if (waited != CP_ESHUTDOWN || timed != CP_ESHUTDOWN || any != CP_ESHUTDOWN ||
             cancel_busy != CP_ESHUTDOWN || cancel_queued != CP_ESHUTDOWN ||
             synced != CP_ESHUTDOWN || idle != CP_ESHUTDOWN || cp_future_done(waiting))
             bad |= 128;
         if (bad)
             fprintf(stderr, "forked child: submit %d, submit_in %d, spawn %d, "
-                    "shutdown %d, free %d, wait %d, wait_timeout %d, cancel "
-                    "%d and %d, sync %d, wait_idle %d (want %d each), queued "
-                    "job done %d\n",
-                    rc[0], rc[1], rc[2], rc[3], rc[4], waited, timed,
+                    "shutdown %d, free %d, wait %d, wait_timeout %d, wait_any "
+                    "%d, cancel %d and %d, sync %d, wait_idle %d (want %d "
+                    "each), queued job done %d\n",
+                    rc[0], rc[1], rc[2], rc[3], rc[4], waited, timed, any,
                     cancel_busy, cancel_queued, synced, idle, CP_ESHUTDOWN,
                     cp_future_done(waiting));
         _exit(bad);
