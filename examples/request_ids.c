@@ -5,8 +5,9 @@
  * its ID once and fans out into sub-jobs on whichever workers are free; every
  * line a request prints still carries its own ID. (Java's MDC keeps the same
  * thing in thread-locals, and loses it as soon as work moves to a pool.)
- * Each request ends with a fire-and-forget audit job, which has no future:
- * main waits for those with cp_pool_wait_idle. The last part hands work to
+ * Main reports each request as soon as it is done, whatever the order
+ * (cp_future_wait_any). Each request ends with a fire-and-forget audit
+ * job, which has no future: main waits for those with cp_pool_wait_idle. The last part hands work to
  * a plain thread with cp_thread_create.
  *
  * The program checks itself: it exits 1 if any line carries a wrong ID.
@@ -103,7 +104,7 @@ static void *handle_request(void *arg)
     log_line(id, "request %d: finish", req->request);
     /* No future: nobody waits for this one job; main waits for them all. */
     check(cp_pool_submit(req->pool, audit_job, req, NULL), "cp_pool_submit");
-    return NULL;
+    return req;
 }
 
 static void *background(void *arg)
@@ -132,9 +133,17 @@ int main(void)
         check(cp_pool_submit(pool, handle_request, &requests[r], &futures[r]),
               "cp_pool_submit");
     }
-    for (int r = 0; r < REQUESTS; r++) {
-        cp_future_wait(futures[r], NULL);
-        cp_future_free(futures[r]);
+    /* Each request as soon as it is done, in whatever order they end: wait
+     * for any, then for the rest (the last moved into the done one's
+     * place). */
+    for (size_t left = REQUESTS; left > 0;) {
+        size_t i;
+        void *done;
+        check(cp_future_wait_any(futures, left, UINT64_MAX, &i), "cp_future_wait_any");
+        check(cp_future_wait(futures[i], &done), "cp_future_wait");
+        log_line("-", "main: request %d done", ((struct part *)done)->request);
+        cp_future_free(futures[i]);
+        futures[i] = futures[--left];
     }
     /* The audit jobs have no futures: wait until the pool has nothing left
      * to run. */

@@ -52,6 +52,7 @@ check_one() {
             '^\[req-1 *\] request 1: part 0 done$' \
             '^\[req-4 *\] request 4: finish$' \
             '^\[req-3 *\] request 3: audit record written$' \
+            '^\[- *\] main: request 2 done$' \
             "^\[- *\] main: every audit record is written; the requests' IDs never leaked into main$" \
             '^\[main *\] background thread started by cp_thread_create$' \
             '^ok: 0 line\(s\) with a wrong request ID$' ;;
