@@ -1546,9 +1546,10 @@ static __attribute__((noinline)) void sleep_on(struct awaited a, uint64_t deadli
  * work (awaited NULL), or a worker waiting for awaited that found nothing
  * to help with (wait_work). Count ourselves a waiter, look once more, and
  * only then sleep, on the epoch read before we counted in; until a notify
- * or the end of an awaited item wakes us, or the deadline (0: none). Counted as a
- * waiter, a waiting worker is woken for new work as a parked one is: work
- * queued after it fell asleep may be what the busy workers block on. */
+ * or the end of an awaited item wakes us, or the deadline (0: none).
+ * Counted as a waiter, a waiting worker is woken for new work as a parked
+ * one is: work queued after it fell asleep may be what the busy workers
+ * block on. */
 static void park(struct worker *self, const struct awaited *awaited, uint64_t deadline)
 {
     cp_pool *pool = self->pool;
@@ -1633,13 +1634,13 @@ static struct work *search(struct worker *self, bool woken)
 }
 
 /* A waiting worker's look for work (wait_work), until an awaited item is
- * final or for SPIN_NS. Counted as helping, not searching: busy workers offer it
- * their private tasks (workers_idle), but no notifier leaves the finding of
- * its work to it, so it owes no last look when it stops. A search would:
- * the fence on every thread of a look after it (announce_fence), where a
- * fork-join wait for a stolen child stops at every such child's end.
- * Work pushed meanwhile wakes a sleeper, if there is one, as it would with
- * no worker idle. */
+ * final or for SPIN_NS. Counted as helping, not searching: busy workers
+ * offer it their private tasks (workers_idle), but no notifier leaves the
+ * finding of its work to it, so it owes no last look when it stops. A
+ * search would: the fence on every thread of a look after it
+ * (announce_fence), where a fork-join wait for a stolen child stops at
+ * every such child's end. Work pushed meanwhile wakes a sleeper, if there
+ * is one, as it would with no worker idle. */
 static struct work *help_search(struct worker *self, struct awaited awaited)
 {
     cp_pool *pool = self->pool;
@@ -1653,11 +1654,10 @@ static struct work *help_search(struct worker *self, struct awaited awaited)
 /* A worker's sleep in a wait for a (wait_work): parked, so that new work
  * wakes it as well as an awaited item's end. Out of line: a slow path. A
  * notify's wake-one may have come to us for work we will not look for (an
- * item is final,
- * or the deadline passed; or we take another item first), and while it was
- * on its way other notifies skipped their wakes: pass it on, waking a
- * worker for the work still visible. announce_fence: as in park, the look
- * after our wake's end (park's store to waking). */
+ * item is final, or the deadline passed; or we take another item first),
+ * and while it was on its way other notifies skipped their wakes: pass it
+ * on, waking a worker for the work still visible. announce_fence: as in
+ * park, the look after our wake's end (park's store to waking). */
 static __attribute__((noinline)) void helper_sleep(struct worker *self, struct awaited a,
                                                    uint64_t deadline)
 {
@@ -2677,6 +2677,24 @@ static int future_outcome(struct cp_future *f, void **result)
     return outcome;
 }
 
+/* Why a wait for a's futures (of one pool), none of them final, does not
+ * wait: CP_ESHUTDOWN in a child of fork(), which has none of the pool's
+ * workers (nothing would ever finish them here); CP_EDEADLK when this
+ * thread runs one of them; CP_ETIMEDOUT for a poll. 0: it waits. */
+static inline int wait_refused(const struct awaited *a, uint64_t timeout_ns)
+{
+    const struct cp_future *f = (const struct cp_future *)awaited_item(a, 0);
+    if (forked_away(&f->fork_generation))
+        return CP_ESHUTDOWN;
+    for (size_t i = 0; i < a->n; i++) {
+        f = (const struct cp_future *)awaited_item(a, i);
+        /* relaxed: equal only if this thread stored it (it runs f now). */
+        if (atomic_load_explicit(&f->runner, memory_order_relaxed) == thread_id())
+            return CP_EDEADLK;
+    }
+    return timeout_ns == 0 ? CP_ETIMEDOUT : 0;
+}
+
 /* cp_future_wait_timeout, inlined into it and into cp_future_wait, which
  * then makes no call through the PLT and no test of the timeout. timed:
  * for cp_future_wait_timeout, whose wait (not the hot one) is the shared
@@ -2687,18 +2705,13 @@ future_wait(cp_future *f, uint64_t timeout_ns, bool timed, void **result)
     if (!f)
         return CP_EINVAL;
     if (!work_final(&f->w)) {
-        /* A child of fork() has none of the pool's workers: nothing would
-         * ever finish the job here. */
-        if (forked_away(&f->fork_generation))
-            return CP_ESHUTDOWN;
-        /* relaxed: equal only if this thread stored it (it runs f now). */
-        if (atomic_load_explicit(&f->runner, memory_order_relaxed) == thread_id())
-            return CP_EDEADLK;
-        if (timeout_ns == 0)
-            return CP_ETIMEDOUT;
-        uint64_t deadline = deadline_after(timeout_ns);
-        int err = timed ? wait_work_slow(f->pool, awaited_one(&f->w), deadline)
-                        : wait_work(f->pool, awaited_one(&f->w), deadline);
+        struct awaited a = awaited_one(&f->w);
+        int err = wait_refused(&a, timeout_ns);
+        if (err == 0) {
+            uint64_t deadline = deadline_after(timeout_ns);
+            err = timed ? wait_work_slow(f->pool, a, deadline)
+                        : wait_work(f->pool, a, deadline);
+        }
         if (err != 0)
             return err;
     }
@@ -2726,17 +2739,9 @@ int cp_future_wait_any(cp_future *const *futures, size_t n, uint64_t timeout_ns,
     struct awaited a = {.one = NULL, .futures = futures, .n = n};
     size_t first = awaited_first_final(&a);
     if (first == n) {
-        /* As future_wait, for every one of them: the pool is one. */
-        if (forked_away(&futures[0]->fork_generation))
-            return CP_ESHUTDOWN;
-        /* relaxed: equal only if this thread stored it (it runs it now). */
-        for (size_t i = 0; i < n; i++)
-            if (atomic_load_explicit(&futures[i]->runner, memory_order_relaxed) ==
-                thread_id())
-                return CP_EDEADLK;
-        if (timeout_ns == 0)
-            return CP_ETIMEDOUT;
-        int err = wait_work_slow(futures[0]->pool, a, deadline_after(timeout_ns));
+        int err = wait_refused(&a, timeout_ns);
+        if (err == 0)
+            err = wait_work_slow(futures[0]->pool, a, deadline_after(timeout_ns));
         if (err != 0)
             return err;
         first = awaited_first_final(&a);
