@@ -159,19 +159,34 @@ static inline uintptr_t cp__self_id(void)
     return (uintptr_t)&cp__self;
 }
 
+/* cp__context_capture in two steps, for a caller that must know whether
+ * the capture needs a call before it commits to anything (the pool's
+ * submit fast path): *m, the current map (empty if none); returns whether
+ * its capture is free of calls: the map is empty, or the capture batch
+ * has a reference on it. Then cp__context_capture_take(*m), with no change
+ * of the thread's context in between, takes the reference. */
+static inline bool cp__context_capture_ready(cp__hamt *m)
+{
+    *m = cp__self.current ? cp__self.current->map : CP__HAMT_EMPTY;
+    return !m->root || cp__self.capture_root == m->root;
+}
+
+static inline void cp__context_capture_take(cp__hamt m)
+{
+    if (m.root && --cp__self.capture_refs == 0)
+        cp__self.capture_root = NULL;
+}
+
 /* A new reference to the calling thread's current map (empty if none),
  * from the capture batch when it has one left for this map (see "The
  * capture batch" in context.c). Inline: the pool captures for every
  * submit. */
 static inline cp__hamt cp__context_capture(void)
 {
-    cp__hamt m = cp__self.current ? cp__self.current->map : CP__HAMT_EMPTY;
-    if (!m.root)
-        return m;
-    if (cp__self.capture_root != m.root)
+    cp__hamt m;
+    if (!cp__context_capture_ready(&m))
         return cp__capture_refill(m);
-    if (--cp__self.capture_refs == 0)
-        cp__self.capture_root = NULL;
+    cp__context_capture_take(m);
     return m;
 }
 

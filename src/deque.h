@@ -57,30 +57,54 @@ static inline _Atomic(void *) *cp__deque_slot(cp__deque_buffer *a, int64_t i)
 cp__deque_buffer *cp__deque_grow(cp__deque *d, cp__deque_buffer *a, int64_t t,
                                  int64_t b);
 
+/* Owner: push in two steps, for an owner that must know whether the push
+ * fits before it commits to anything (the pool's submit fast path; and
+ * cp__deque_push). cp__deque_reserve says whether the buffer has room for
+ * one more item, without growing it, and where (*spot); cp__deque_push_at
+ * then pushes item there. In between the owner must not push or pop;
+ * thieves may run, and only make more room. */
+typedef struct cp__deque_spot {
+    int64_t b, t;
+    cp__deque_buffer *a;
+} cp__deque_spot;
+
+static inline bool cp__deque_reserve(cp__deque *d, cp__deque_spot *spot)
+{
+    /* relaxed: only the owner writes bottom and buffer. */
+    spot->b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
+    spot->a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
+    /* acquire: pairs with the seq_cst (so release) CAS of the thief that
+     * moved top here: its read of the slot we are about to reuse happens
+     * before our write to it in cp__deque_push_at. A stale (smaller) t only
+     * makes the push grow early. */
+    spot->t = atomic_load_explicit(&d->top, memory_order_acquire);
+    return spot->b - spot->t <= spot->a->mask;
+}
+
+static inline void cp__deque_push_at(cp__deque *d, cp__deque_spot spot, void *item)
+{
+    /* relaxed: published by the release store of bottom below. */
+    atomic_store_explicit(cp__deque_slot(spot.a, spot.b), item, memory_order_relaxed);
+    /* release: pairs with the thief's seq_cst (so acquire) load of bottom:
+     * the item, what it points to, and the buffer it lives in are visible to
+     * a thief that sees the new bottom. */
+    atomic_store_explicit(&d->bottom, spot.b + 1, memory_order_release);
+}
+
 /* Owner: push item (not NULL) at the bottom. 0 or CP_ENOMEM (deque unchanged). */
 static inline int cp__deque_push(cp__deque *d, void *item)
 {
     if (d == NULL || item == NULL)
         return CP_EINVAL;
-    /* relaxed: only the owner writes bottom and buffer. */
-    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
-    cp__deque_buffer *a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
-    /* acquire: pairs with the seq_cst (so release) CAS of the thief that
-     * moved top here: its read of the slot we are about to reuse happens
-     * before our write to it. A stale (smaller) t only makes us grow early. */
-    int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
-    if (b - t > a->mask) {
-        if (cp__deque_grow(d, a, t, b) == NULL)
+    cp__deque_spot spot;
+    if (!cp__deque_reserve(d, &spot)) {
+        if (cp__deque_grow(d, spot.a, spot.t, spot.b) == NULL)
             return CP_ENOMEM;
-        /* Reload: writing into the retired buffer would lose the item. */
-        a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
+        /* Reload: writing into the retired buffer would lose the item.
+         * relaxed: only the owner writes buffer. */
+        spot.a = atomic_load_explicit(&d->buffer, memory_order_relaxed);
     }
-    /* relaxed: published by the release store of bottom below. */
-    atomic_store_explicit(cp__deque_slot(a, b), item, memory_order_relaxed);
-    /* release: pairs with the thief's seq_cst (so acquire) load of bottom:
-     * the item, what it points to, and the buffer it lives in are visible to
-     * a thief that sees the new bottom. */
-    atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
+    cp__deque_push_at(d, spot, item);
     return 0;
 }
 

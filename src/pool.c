@@ -1069,10 +1069,18 @@ static void pending_flush(struct worker *self)
         pending_apply(self->pool, -credit);
 }
 
-static void pending_done(struct worker *self)
+/* pending_done's flush, out of line: once every FLUSH_EVERY items. */
+static __attribute__((noinline)) void pending_flush_slow(struct worker *self)
+{
+    pending_flush(self);
+}
+
+/* Inline: every item a worker finishes runs it (a call and return were a
+ * third of its cost on the fork-join path). */
+static inline __attribute__((always_inline)) void pending_done(struct worker *self)
 {
     if (++self->credit >= 2 * FLUSH_EVERY)
-        pending_flush(self);
+        pending_flush_slow(self);
 }
 
 /* A job's payload: the references to the context it runs in. */
@@ -1257,10 +1265,15 @@ static void run_job(struct worker *self, struct cp_future *f)
     pending_done(self);
 }
 
+/* What job_take_own did: nothing (f was not at the bottom of our deque),
+ * found f cancelled (final), or ran it (DONE, by this thread). */
+enum take { TAKE_NONE, TAKE_CANCELLED, TAKE_RAN };
+
 /* A waiter's own future f is at the bottom of its deque: take it and run it
  * here, without the claim's compare-and-swap. Returns whether f is final
- * now: taken and run, or found cancelled. Always inlined
- * into wait_work: most waits for a future in fork-join code end here.
+ * now (not TAKE_NONE): taken and run, or found cancelled. Always inlined,
+ * into wait_work and into cp_future_wait, whose first try it is (see
+ * future_wait): most waits for a future in fork-join code end here.
  *
  * The claim is what decides between a worker and cp_future_cancel; here a
  * store-buffering pair does instead, on f->taken and f's state word: we set
@@ -1292,7 +1305,7 @@ static void run_job(struct worker *self, struct cp_future *f)
  * handshake. If it saw a bit, or the process has no asymmetric fence, the
  * finish is a compare-and-swap that keeps the bits and waits out a
  * deciding cancel, and a wake. */
-static inline __attribute__((always_inline)) bool
+static inline __attribute__((always_inline)) enum take
 job_take_own(struct worker *self, struct cp_future *f)
 {
     /* Not while the pool cancels: taken, f would count as started (a cancel
@@ -1300,13 +1313,22 @@ job_take_own(struct worker *self, struct cp_future *f)
      * pops it and run_job discards it. relaxed: a hint, as in run_job. */
     if (atomic_load_explicit(&self->cancel, memory_order_relaxed) ||
         !cp__deque_pop_marked(&self->deque, &f->w, &f->taken))
-        return false;
-    uint32_t s = job_settled(f);
-    if ((s & ST_MASK) != ST_PENDING) {
-        /* cp_future_cancel won: CANCELLED. (The pool's cancel claims, as
-         * DROPPING, only jobs it dequeued itself, and we dequeued f.) */
-        job_cancelled(self, f, false);
-        return true;
+        return TAKE_NONE;
+    /* job_settled's look, but for the common word, PENDING with no flag
+     * (no sleeper, no cancel; FREED and RELEASED are not set: our caller
+     * holds the handle, and the pool has not let go), which one test
+     * tells. acquire: as job_settled's. */
+    uint32_t s = atomic_load_explicit(&f->w.state, memory_order_acquire);
+    if (s != ST_PENDING) {
+        if ((s & ST_MASK) == ST_CANCELLING)
+            s = job_settled(f);
+        if ((s & ST_MASK) != ST_PENDING) {
+            /* cp_future_cancel won: CANCELLED. (The pool's cancel claims,
+             * as DROPPING, only jobs it dequeued itself, and we dequeued
+             * f.) */
+            job_cancelled(self, f, false);
+            return TAKE_CANCELLED;
+        }
     }
     job_run(self, f, false);
     /* Final, and let go of as the pool; the handle, held by our caller's
@@ -1353,7 +1375,7 @@ job_take_own(struct worker *self, struct cp_future *f)
         wake_sleepers(self->pool, &f->w, s);
     }
     pending_done(self);
-    return true;
+    return TAKE_RAN;
 }
 
 /* A frame task taken by a thread other than its spawner, or by its spawner
@@ -1402,9 +1424,7 @@ static bool work_final(const struct work *w)
 }
 
 /* What a wait waits for: any one of n items, which are `one` (n is 1) or
- * the futures of cp_future_wait_any. Passed by value from the inlined
- * wait_work, where a single item's loops fold away as long as its address
- * is not taken. */
+ * the futures of cp_future_wait_any. */
 struct awaited {
     struct work *one;
     cp_future *const *futures;
@@ -1517,16 +1537,15 @@ static bool awaited_mark(const struct awaited *a, uint32_t bit)
  * sleep of a waiter that is not a worker of their pool. For one item, on
  * its state word until it changes from what we marked; for several, on
  * the watch epoch (see watchers_wake), read before the marks. Out of line,
- * as helper_sleep: wait_work, inlined into every wait, keeps its slow
- * paths out of the way of the fast one. */
-static __attribute__((noinline)) void sleep_on(struct awaited a, uint64_t deadline)
+ * as helper_sleep: a slow path of wait_work's loop. */
+static __attribute__((noinline)) void sleep_on(const struct awaited *a, uint64_t deadline)
 {
     /* A worker of another pool: what it gives back is not held up while
      * it sleeps. */
     if (this_worker)
         returns_flush(this_worker);
-    if (a.n == 1) {
-        struct work *w = awaited_item(&a, 0);
+    if (a->n == 1) {
+        struct work *w = awaited_item(a, 0);
         uint32_t s = mark_sleeper(w, ST_WAITERS);
         if (!state_final(s))
             futex_wait(&w->state, s, FUTEX_BITSET_MATCH_ANY, deadline);
@@ -1538,8 +1557,8 @@ static __attribute__((noinline)) void sleep_on(struct awaited a, uint64_t deadli
      * no mark, the read must precede its fence in the total order (see
      * job_take_own). */
     uint32_t epoch = atomic_load_explicit(&watch_epoch, memory_order_seq_cst);
-    if (awaited_mark(&a, ST_WATCHED))
-        futex_wait(&watch_epoch, epoch, awaited_bits(&a), deadline);
+    if (awaited_mark(a, ST_WATCHED))
+        futex_wait(&watch_epoch, epoch, awaited_bits(a), deadline);
 }
 
 /* Sleep on the pool's event count (see "Parking"): a worker that found no
@@ -1641,12 +1660,12 @@ static struct work *search(struct worker *self, bool woken)
  * (announce_fence), where a fork-join wait for a stolen child stops at
  * every such child's end. Work pushed meanwhile wakes a sleeper, if there
  * is one, as it would with no worker idle. */
-static struct work *help_search(struct worker *self, struct awaited awaited)
+static struct work *help_search(struct worker *self, const struct awaited *awaited)
 {
     cp_pool *pool = self->pool;
     /* relaxed: a hint for where to put a new task, as workers_idle reads it. */
     atomic_fetch_add_explicit(&pool->helping, 1, memory_order_relaxed);
-    struct work *w = spin_for_work(self, &awaited);
+    struct work *w = spin_for_work(self, awaited);
     atomic_fetch_sub_explicit(&pool->helping, 1, memory_order_relaxed);
     return w;
 }
@@ -1658,10 +1677,11 @@ static struct work *help_search(struct worker *self, struct awaited awaited)
  * and while it was on its way other notifies skipped their wakes: pass it
  * on, waking a worker for the work still visible. announce_fence: as in
  * park, the look after our wake's end (park's store to waking). */
-static __attribute__((noinline)) void helper_sleep(struct worker *self, struct awaited a,
+static __attribute__((noinline)) void helper_sleep(struct worker *self,
+                                                   const struct awaited *a,
                                                    uint64_t deadline)
 {
-    park(self, &a, deadline);
+    park(self, a, deadline);
     /* Unsure of the look (see announce_fence): wake a worker to look. */
     if (!announce_fence(self->pool, self) || work_visible(self->pool))
         notify_published(self->pool);
@@ -1677,7 +1697,7 @@ awaited_take_own(struct worker *self, const struct awaited *a)
 {
     for (size_t i = 0; i < a->n; i++) {
         struct work *w = awaited_item(a, i);
-        if (w->kind == KIND_JOB && job_take_own(self, (struct cp_future *)w))
+        if (w->kind == KIND_JOB && job_take_own(self, (struct cp_future *)w) != TAKE_NONE)
             return true;
     }
     return false;
@@ -1685,10 +1705,14 @@ awaited_take_own(struct worker *self, const struct awaited *a)
 
 /* Wait until an item of a is final (all are of pool); a worker of pool
  * helps meanwhile. Returns 0, or CP_ETIMEDOUT when deadline (0: none)
- * passed first. Always inlined: it is most of what a wait for a future
- * does. */
-static inline __attribute__((always_inline)) int
-wait_work(cp_pool *pool, struct awaited a, uint64_t deadline)
+ * passed first. For every wait: sync_queued's (the task was taken by
+ * another worker, or came from outside the pool), cp_future_wait_timeout's
+ * and cp_future_wait_any's, and cp_future_wait's when its own first take
+ * did not end it (a stolen job, a wait from outside the pool: see
+ * future_wait). Out of line: one copy of the helping loop, find_work and
+ * the deque pop included, instead of one in each. */
+static __attribute__((noinline)) int wait_work(cp_pool *pool, struct awaited a,
+                                               uint64_t deadline)
 {
     struct worker *self = pool ? worker_of(pool) : NULL;
     while (!awaited_final(&a)) {
@@ -1708,7 +1732,7 @@ wait_work(cp_pool *pool, struct awaited a, uint64_t deadline)
             if (!other && offer_private(self))
                 continue;
             if (!other && !deadline)
-                other = help_search(self, a);
+                other = help_search(self, &a);
             if (other) {
                 run_work(self, other);
                 continue;
@@ -1730,24 +1754,14 @@ wait_work(cp_pool *pool, struct awaited a, uint64_t deadline)
             }
             pending_flush(self);
             returns_flush(self);
-            helper_sleep(self, a, deadline);
+            helper_sleep(self, &a, deadline);
         } else {
-            sleep_on(a, deadline);
+            sleep_on(&a, deadline);
         }
     }
     return 0;
 }
 
-/* wait_work out of line, for the waits that are not hot: sync_queued's
- * (the task was taken by another worker, or came from outside the pool),
- * cp_future_wait_timeout's and cp_future_wait_any's. One copy of the
- * helping loop, find_work and the deque pop included, instead of one in
- * each. */
-static __attribute__((noinline)) int wait_work_slow(cp_pool *pool, struct awaited a,
-                                                    uint64_t deadline)
-{
-    return wait_work(pool, a, deadline);
-}
 
 /* ------------------------------------------------------------------------ */
 /* Workers                                                                   */
@@ -2334,6 +2348,28 @@ static void job_release(struct cp_future *f)
     }
 }
 
+/* Make f pool's job for fn(arg), with a handle or not (handle: the
+ * caller's future is not NULL), but for its context (f->in, f->map), which
+ * the caller writes. */
+static inline __attribute__((always_inline)) void
+job_fill(struct cp_future *f, cp_pool *pool, cp_job_fn fn, void *arg, bool handle)
+{
+    /* w.next: written by inject_link if ever used. Without a handle, the
+     * job is the pool's alone from the start. */
+    atomic_init(&f->w.state, handle ? ST_PENDING : ST_FREED); /* not yet shared */
+    f->w.kind = KIND_JOB;
+    f->w.counted = true;
+    f->w.outcome = 0;
+    f->fn = fn;
+    f->arg = arg; /* result: written when the outcome is 0, read only then */
+    f->pool = pool;
+    f->fenced = pool->fenced;
+    f->fork_generation = pool->fork_generation;
+    atomic_init(&f->runner, 0); /* not yet shared */
+    atomic_init(&f->taken, false); /* not yet shared */
+    atomic_init(&f->late, 0); /* not yet shared */
+}
+
 /* cp_pool_submit and cp_pool_submit_in, inlined into each: a submit then
  * tests no `in` and makes no call to get here. */
 static inline __attribute__((always_inline)) int
@@ -2351,20 +2387,7 @@ submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
         job_release(f);
         return err;
     }
-    /* w.next: written by inject_link if ever used. Without a handle, the
-     * job is the pool's alone from the start. */
-    atomic_init(&f->w.state, future ? ST_PENDING : ST_FREED); /* not yet shared */
-    f->w.kind = KIND_JOB;
-    f->w.counted = true;
-    f->w.outcome = 0;
-    f->fn = fn;
-    f->arg = arg; /* result: written when the outcome is 0, read only then */
-    f->pool = pool;
-    f->fenced = pool->fenced;
-    f->fork_generation = pool->fork_generation;
-    atomic_init(&f->runner, 0); /* not yet shared */
-    atomic_init(&f->taken, false); /* not yet shared */
-    atomic_init(&f->late, 0); /* not yet shared */
+    job_fill(f, pool, fn, arg, future != NULL);
     if (in) {
         cp__context_incref(in);
         f->in = in;
@@ -2379,9 +2402,81 @@ submit(cp_pool *pool, cp_context *in, cp_job_fn fn, void *arg,
     return 0;
 }
 
-int cp_pool_submit(cp_pool *pool, cp_job_fn fn, void *arg, cp_future **future)
+/* submit with no `in`, out of line: cp_pool_submit's when its fast path
+ * (submit_own) does not apply. */
+static __attribute__((noinline)) int submit_any(cp_pool *pool, cp_job_fn fn, void *arg,
+                                                cp_future **future)
 {
     return submit(pool, NULL, fn, arg, future);
+}
+
+/* enqueue out of line, for submit_own when the deque must grow. */
+static __attribute__((noinline)) void enqueue_out(cp_pool *pool, struct worker *self,
+                                                  struct work *w)
+{
+    enqueue(pool, self, w);
+}
+
+/* submit_own's return when it has done nothing: submit must run. */
+#define SUBMIT_SLOW 1
+
+/* cp_pool_submit's fast path: fork-join code's submit, from a worker of
+ * pool, when none of submit's steps up to the push needs a call: a job on
+ * the cache's own list (job_alloc), credit left (admit), a capture from
+ * the batch (cp__context_capture_ready). Those are checked before anything
+ * changes that anyone else could see: the job's fields are filled in
+ * between the checks (fewer values to hold at once), but the job is still
+ * on our cache's own list, whose jobs' fields nobody reads (submit fills
+ * them in again). Returns SUBMIT_SLOW, having changed nothing else, when
+ * submit must run instead; else 0. Then the steps are submit's, the same
+ * stores in the same order, and the push, onto our deque when it has room
+ * (cp__deque_reserve), else by enqueue_out (which grows it). Its only
+ * calls come at the end (enqueue_out, notify_own's wake), after which
+ * nothing is used: so cp_pool_submit, whose other way is a
+ * tail call to submit_any, keeps no value across a call and saves no
+ * registers (which was a sixth of a submit's instructions). */
+static inline __attribute__((always_inline)) int
+submit_own(cp_pool *pool, cp_job_fn fn, void *arg, cp_future **future)
+{
+    struct worker *self = this_worker;
+    /* self->pool is never NULL: pool is not either. */
+    if (!self || self->pool != pool || !fn)
+        return SUBMIT_SLOW;
+    struct job_cache *c = my_cache;
+    struct cp_future *f = c ? c->local : NULL;
+    /* admit's checks for a worker; relaxed: as there. */
+    if (!f || forked_away(&pool->fork_generation) ||
+        atomic_load_explicit(&self->cancel, memory_order_relaxed) || self->credit == 0)
+        return SUBMIT_SLOW;
+    job_fill(f, pool, fn, arg, future != NULL);
+    cp__hamt map;
+    if (!cp__context_capture_ready(&map))
+        return SUBMIT_SLOW;
+    f->in = NULL;
+    f->map = map;
+    /* Committed: the job is ours from here. */
+    c->local = f->free_next; /* job_alloc */
+    self->credit--;          /* admit */
+    stat_bump(&self->submitted);
+    cp__context_capture_take(map);
+    if (future)
+        *future = f;
+    cp__deque_spot spot;
+    if (cp__deque_reserve(&self->deque, &spot)) {
+        cp__deque_push_at(&self->deque, spot, &f->w); /* enqueue */
+        notify_own(pool, self);
+    } else {
+        enqueue_out(pool, self, &f->w);
+    }
+    return 0;
+}
+
+int cp_pool_submit(cp_pool *pool, cp_job_fn fn, void *arg, cp_future **future)
+{
+    int err = submit_own(pool, fn, arg, future);
+    if (err != SUBMIT_SLOW)
+        return err;
+    return submit_any(pool, fn, arg, future);
 }
 
 int cp_pool_submit_in(cp_pool *pool, cp_context *c, cp_job_fn fn, void *arg,
@@ -2697,8 +2792,8 @@ static inline int wait_refused(const struct awaited *a, uint64_t timeout_ns)
 
 /* cp_future_wait_timeout, inlined into it and into cp_future_wait, which
  * then makes no call through the PLT and no test of the timeout. timed:
- * for cp_future_wait_timeout, whose wait (not the hot one) is the shared
- * copy out of line. */
+ * for cp_future_wait_timeout, whose wait (not the hot one) goes straight
+ * to the shared copy out of line. */
 static inline __attribute__((always_inline)) int
 future_wait(cp_future *f, uint64_t timeout_ns, bool timed, void **result)
 {
@@ -2707,13 +2802,37 @@ future_wait(cp_future *f, uint64_t timeout_ns, bool timed, void **result)
     if (!work_final(&f->w)) {
         struct awaited a = awaited_one(&f->w);
         int err = wait_refused(&a, timeout_ns);
-        if (err == 0) {
-            uint64_t deadline = deadline_after(timeout_ns);
-            err = timed ? wait_work_slow(f->pool, a, deadline)
-                        : wait_work(f->pool, a, deadline);
-        }
         if (err != 0)
             return err;
+        /* wait_work's first round, up to its take of f, inline for an
+         * untimed wait: fork-join code's waits mostly end there. The round
+         * counts in tick (inject_due) if it ends here; else the wait's
+         * loop, out of line, makes the round again from its start, and
+         * counts it then (an injected item due first included). Its second
+         * try of the take finds f not at the bottom of our deque at its
+         * first look: nothing but thieves changed the deque since. f->pool
+         * is never NULL: worker_of needs no test for it. */
+        struct worker *self = timed ? NULL : worker_of(f->pool);
+        enum take t = TAKE_NONE;
+        if (self && (self->tick + 1) % INJECT_EVERY != 0) {
+            self->tick++; /* inject_due's count */
+            t = job_take_own(self, f);
+            if (t == TAKE_NONE)
+                self->tick--;
+        }
+        if (t == TAKE_RAN) {
+            /* We ran f ourselves: DONE, as future_outcome would find; its
+             * outcome and result were written by this thread. */
+            int outcome = f->w.outcome;
+            if (outcome == 0 && result)
+                *result = f->result;
+            return outcome;
+        }
+        if (t == TAKE_NONE) {
+            err = wait_work(f->pool, awaited_one(&f->w), deadline_after(timeout_ns));
+            if (err != 0)
+                return err;
+        }
     }
     return future_outcome(f, result);
 }
@@ -2741,7 +2860,7 @@ int cp_future_wait_any(cp_future *const *futures, size_t n, uint64_t timeout_ns,
     if (first == n) {
         int err = wait_refused(&a, timeout_ns);
         if (err == 0)
-            err = wait_work_slow(futures[0]->pool, a, deadline_after(timeout_ns));
+            err = wait_work(futures[0]->pool, a, deadline_after(timeout_ns));
         if (err != 0)
             return err;
         first = awaited_first_final(&a);
@@ -3020,9 +3139,9 @@ static __attribute__((noinline)) int sync_queued(struct task *t, void **result)
             run_work(self, w);
         }
         if (!work_final(&t->w))
-            wait_work_slow(self->pool, awaited_one(&t->w), 0);
+            wait_work(self->pool, awaited_one(&t->w), 0);
     } else {
-        wait_work_slow(NULL, awaited_one(&t->w), 0);
+        wait_work(NULL, awaited_one(&t->w), 0);
     }
     cp__context_unborrow(&t->borrow);
     int outcome = t->w.outcome;
