@@ -4,9 +4,10 @@
  * from the top. The buffer grows on demand; retired buffers are kept until the
  * deque is destroyed, because a thief may still be reading one.
  *
- * Threads: cp__deque_push and cp__deque_pop from the owner only;
- * cp__deque_steal and cp__deque_size from any thread; init and destroy when no
- * other thread uses the deque.
+ * Threads: cp__deque_push (and its two steps, cp__deque_reserve and
+ * cp__deque_push_at), cp__deque_pop and cp__deque_pop_marked from the owner
+ * only; cp__deque_steal and cp__deque_size from any thread; init and
+ * destroy when no other thread uses the deque.
  *
  * The owner's push and pop are inline: the pool pushes and pops for every
  * job. deque.c's comment says why the algorithm is correct and tables the
