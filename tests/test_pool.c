@@ -1765,6 +1765,67 @@ Test(pool, a_job_its_workers_deque_cannot_take_goes_to_the_shared_queue,
     jobs_ok();
 }
 
+/* A worker's submits of jobs it has used before (its own free list) take
+ * cp_pool_submit's fast path, also for the one its deque has no room for:
+ * the deque grows from there. On one worker, whose credit and deque fill
+ * in step, that submit would always be one that takes the general path to
+ * count a new batch (every FLUSH_EVERY submits): the other worker first
+ * runs a blocker the job submitted, which puts them out of step by one,
+ * and then cannot steal. The jobs to reuse are made in batches smaller
+ * than the room, so that the deque has not grown before. Every job runs
+ * once, the stats add up. */
+enum { REUSE_BATCH = 100, REUSED = 3 * REUSE_BATCH };
+_Static_assert((int)REUSED > (int)DEQUE_ROOM && (int)REUSE_BATCH < (int)DEQUE_ROOM,
+               "reuse sizes");
+
+struct reuse_flood {
+    cp_pool *pool;
+    blocker bl;
+    atomic_int ran, warm;
+};
+
+static void *flood_from_reused_jobs(void *p)
+{
+    struct reuse_flood *fl = p;
+    cp_future *held = NULL, *f[REUSED];
+    JCHECK(cp_pool_submit(fl->pool, blocker_job, &fl->bl, &held) == 0);
+    JCHECK(sem_wait(&fl->bl.started) == 0); /* the other worker took it */
+    for (int i = 0; i < REUSED; i += REUSE_BATCH) {
+        for (int k = i; k < i + REUSE_BATCH; k++)
+            JCHECK(cp_pool_submit(fl->pool, count_job, &fl->warm, &f[k]) == 0);
+        for (int k = i; k < i + REUSE_BATCH; k++)
+            JCHECK(cp_future_wait(f[k], NULL) == 0);
+    }
+    for (int k = 0; k < REUSED; k++)
+        cp_future_free(f[k]); /* onto this thread's own list */
+    for (int i = 0; i < REUSED; i++)
+        JCHECK(cp_pool_submit(fl->pool, count_job, &fl->ran, NULL) == 0);
+    gate_open(&fl->bl.g);
+    JCHECK(cp_future_wait(held, NULL) == 0);
+    cp_future_free(held);
+    return NULL;
+}
+
+Test(pool, a_workers_submits_of_reused_jobs_grow_its_deque_past_its_room,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    struct reuse_flood fl = {.pool = pool};
+    blocker_init(&fl.bl);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, flood_from_reused_jobs, &fl, &f), 0);
+    wait_ok(f);
+    cr_assert_eq(cp_pool_wait_idle(pool, UINT64_MAX), 0);
+    jobs_ok();
+    cr_assert_eq(runs(&fl.ran), REUSED, "each job ran once");
+    cr_assert_eq(runs(&fl.warm), REUSED);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    cr_assert_eq(st.submitted, 2 + 2 * REUSED);
+    cr_assert_eq(st.completed, st.submitted);
+    free_pool(pool);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Shutdown                                                                  */
 
