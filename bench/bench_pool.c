@@ -21,6 +21,13 @@
  *            makes one call per node of the call tree, as the tasks do. The
  *            four run interleaved (bench_compare); the pinned rows of
  *            fib30-cutoff20 follow them on a pool of their own.
+ *   fib30-static  fib30 by bench_pool_static: this file built again, with
+ *            libctxpool's static archive linked in (libtool -static) where
+ *            every other program here calls the shared library. The same
+ *            library code, PIC as in the .so (the archive is pic-only): what
+ *            differs is the calls between the user's code and the library,
+ *            which here are direct and short. bench/run asks
+ *            bench_pool_static for this workload only.
  *   skynet   a 10-ary tree of 1,000,000 leaf jobs, each node summing what its
  *            10 children return (each leaf returns its id); ms.
  *   wakeup   round trip main thread -> pool -> main thread: submit an empty
@@ -292,6 +299,13 @@ static void *fib_future(void *arg)
     cp_future_free(f);
     return (void *)((uintptr_t)a + b);
 }
+
+/* The name of workload fib30 in this build. */
+#ifdef BENCH_STATIC
+#define FIB30 "fib30-static"
+#else
+#define FIB30 "fib30"
+#endif
 
 struct fib_case {
     unsigned n;
@@ -593,8 +607,8 @@ int main(int argc, char **argv)
         bench_submit();
     if (bench_wanted("capture"))
         bench_capture();
-    if (bench_wanted("fib30"))
-        bench_fib("fib30", 2);
+    if (bench_wanted(FIB30))
+        bench_fib(FIB30, 2);
     if (bench_wanted("fib30-cutoff20"))
         bench_fib("fib30-cutoff20", FIB_CUTOFF);
     if (bench_wanted("skynet"))

@@ -22,6 +22,16 @@ bench_bench_pool_SOURCES = bench/bench_pool.c bench/mutex_pool.c bench/mutex_poo
 	$(BENCH_COMMON)
 bench_bench_pool_LDADD = $(BENCH_LIBS)
 
+# The same program with the library's static archive linked in (libtool
+# -static), for workload fib30-static: what the shared library's calls cost.
+if HAVE_STATIC
+noinst_PROGRAMS += bench/bench_pool_static
+bench_bench_pool_static_SOURCES = $(bench_bench_pool_SOURCES)
+bench_bench_pool_static_CPPFLAGS = $(AM_CPPFLAGS) -DBENCH_STATIC
+bench_bench_pool_static_LDFLAGS = $(AM_LDFLAGS) -static
+bench_bench_pool_static_LDADD = $(BENCH_LIBS)
+endif
+
 if HAVE_GLIB
 noinst_PROGRAMS += bench/bench_glib
 bench_bench_glib_SOURCES = bench/bench_glib.c $(BENCH_COMMON)
