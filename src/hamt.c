@@ -497,7 +497,7 @@ static cp__hamt_node *bitmap_removed(const cp__hamt_node *b, unsigned c, uint32_
  * most BITMAP_MAX entries, usually a few, cheaper to move one by one than a
  * call costs. Each entry is carried up by the loop because GCC turns a plain
  * copy loop that runs downwards into a call to memmove. Always inlined: in
- * root_insert_here, a set's commonest path, a call of its own (and of
+ * set_here, a set's commonest path, a call of its own (and of
  * slot_incref) cost a fifth of the set's work in the trie. */
 static inline __attribute__((always_inline)) cp__hamt_node *
 bitmap_insert_here(cp__hamt_node *b, unsigned c, cp__hamt_item *item)
@@ -716,13 +716,21 @@ cp__hamt_item *cp__hamt_find(cp__hamt m, uint32_t hash, const void *key)
  * nothing; the one allocation of a reuse happens before anything moves, so
  * a failure leaves the map as it was.
  *
- * The commonest reuse, a context with a few variables setting a new one or
- * deleting one, changes a root bitmap node in place; cp__hamt_set_given
- * and cp__hamt_delete_given do that first without the general walk
- * (root_insert_here, root_remove_here), which saves about a fifth of a
- * set+reset's instructions, and fall back to the walk (hamt_set,
- * hamt_delete) for everything else. The fast paths sit outside the walk's
- * functions so that they pay for none of the registers the walk saves.
+ * The commonest reuse, a context setting or deleting one of its
+ * variables, changes one node in place at the end of a path of nodes held
+ * by nobody else; cp__hamt_set_given and cp__hamt_delete_given do that
+ * first without the general walk (set_here, delete_here: a loop down the
+ * path, then the change), and fall back to the walk (hamt_set,
+ * hamt_delete) for everything else: a node on the path shared or a
+ * collision node, a bitmap node to grow or an array node to shrink into
+ * one, a map to empty, a collapse that would go on up the path. That
+ * saves about a fifth of a set+reset's instructions when the key sits at
+ * the root, and half when it sits one level down (its chunk shared with
+ * another key's, one variable in 32 of a context with two): there the
+ * set makes a node for the two keys and the reset takes it apart again,
+ * each a step of the walk's recursion otherwise. The fast paths sit
+ * outside the walk's functions so that they pay for none of the
+ * registers the walk saves.
  *
  * Reuse writes to published nodes, which is safe only because nobody else
  * can reach them: reference holders are counted, and the callers of the
@@ -802,6 +810,50 @@ static void collapse(cp__hamt_node *node, bool give, bool mine, slot s, slot *ou
 {
     drop_given(node, give, mine);
     *out = s;
+}
+
+/* Where the fast paths found a key's place: node, which only its parent
+ * holds (the root: only the caller), as do all above it; the key's chunk
+ * c there and the index of c's entry, an item (found), or that c has
+ * none; node's parent (NULL for the root) and node's index in it. */
+struct spot {
+    cp__hamt_node *node, *parent;
+    unsigned shift, c;
+    uint32_t idx, parent_idx;
+    bool found;
+};
+
+/* Walk down hash's path from root, through bitmap and array nodes held by
+ * nobody else (see sole_holder: each is given by the one above), to the
+ * first node that has no entry for hash's chunk or an item there. false:
+ * the path meets a node that is shared or a collision node first, and
+ * only the general walk can change it. Always inlined: sp stays in
+ * registers, and a set+reset, whose path is mostly the root alone, pays
+ * for no call. */
+static inline __attribute__((always_inline)) bool path_walk(cp__hamt_node *root, uint32_t hash, struct spot *sp)
+{
+    cp__hamt_node *node = root, *parent = NULL;
+    uint32_t parent_idx = 0;
+    for (unsigned shift = 0;; shift += CHUNK_BITS) {
+        if (node->kind == KIND_COLLISION || !sole_reference(&node->refs))
+            return false;
+        unsigned c = chunk_of(hash, shift);
+        bool found;
+        uint32_t idx = c;
+        if (node->kind == KIND_BITMAP) {
+            found = node->bits & (UINT32_C(1) << c);
+            idx = bitmap_index(node->bits, c);
+        } else { /* KIND_ARRAY */
+            found = node->entries[c] != 0;
+        }
+        if (!found || slot_is_item(node->entries[idx])) {
+            *sp = (struct spot){node, parent, shift, c, idx, parent_idx, found};
+            return true;
+        }
+        parent = node;
+        parent_idx = idx;
+        node = slot_node(node->entries[idx]);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -928,24 +980,72 @@ static set_result node_set(cp__hamt_node *node, unsigned shift, cp__hamt_item *i
                                                                        : SET_NOMEM;
 }
 
-/* The commonest change of a context's map, done without the general walk:
- * item's key is new at the root, a bitmap node given by its only holder
- * with room for one more entry, and goes in there. false: not so, nothing
- * done. */
-static bool root_insert_here(cp__hamt_node *root, cp__hamt_item *item)
+/* A result of set_here and delete_here: the general walk must do it. */
+#define NOT_HERE 1000
+
+/* set_here's end when item's chunk holds another key's item, in the slot
+ * *e of a node nobody else holds: a node for the two (as entry_set makes,
+ * at shift) takes the slot, the item moving into it. Out of line, so that
+ * set_here's commoner ends save fewer registers. */
+static __attribute__((noinline)) int set_beside(cp__hamt *m, slot *e, unsigned shift,
+                                                cp__hamt_item *item,
+                                                cp__hamt_item **old)
 {
-    unsigned c = chunk_of(item->hash, 0);
-    if (root->kind != KIND_BITMAP || (root->bits & (UINT32_C(1) << c)) ||
-        root->count >= root->room ||
-        !sole_reference(&root->refs))
-        return false;
-    bitmap_insert_here(root, c, item);
-    return true;
+    cp__hamt_item *was = slot_item(*e);
+    cp__hamt_node *sub = was->hash == item->hash
+                             ? collision_new(was, item, true)
+                             : pair_new(*e, was->hash, item_slot(item), item->hash,
+                                        shift, true);
+    if (sub == NULL)
+        return CP_ENOMEM;
+    *e = node_slot(sub);
+    m->count++;
+    *old = NULL;
+    return 0;
+}
+
+/* cp__hamt_set_given in place at the end of a path that nobody else holds
+ * (path_walk), where item's key is new (inserted into a bitmap node with
+ * room or an empty slot of an array node, or, when the chunk holds
+ * another key's item, placed with it in a node made for the two) or
+ * replaces its value. Returns what cp__hamt_set_given does, or NOT_HERE
+ * with nothing done. */
+static int set_here(cp__hamt *m, cp__hamt_item *item, cp__hamt_item **old)
+{
+    struct spot sp;
+    if (!path_walk(m->root, item->hash, &sp))
+        return NOT_HERE;
+    cp__hamt_node *node = sp.node;
+    if (!sp.found) {
+        if (node->kind == KIND_ARRAY) {
+            cp__hamt_item_incref(item); /* for the slot */
+            node->entries[sp.c] = item_slot(item);
+            node->count++;
+        } else if (node->count < node->room) {
+            bitmap_insert_here(node, sp.c, item);
+        } else {
+            return NOT_HERE; /* the walk moves it into a bigger node */
+        }
+        m->count++;
+        *old = NULL;
+        return 0;
+    }
+    slot *e = &node->entries[sp.idx];
+    cp__hamt_item *was = slot_item(*e);
+    if (key_matches(was, item->hash, item->key)) {
+        *old = was; /* the slot's reference passes to the caller, or none */
+        if (was->value == item->value)
+            return CP__HAMT_SAME;
+        cp__hamt_item_incref(item); /* for the slot */
+        *e = item_slot(item);
+        return 0;
+    }
+    return set_beside(m, e, sp.shift + CHUNK_BITS, item, old);
 }
 
 /* The set behind cp__hamt_set (give false: *m stays held and unchanged, and
  * becomes the new map with a reference of its own) and cp__hamt_set_given
- * (when root_insert_here cannot do it). */
+ * (when set_here cannot do it). */
 static int hamt_set(cp__hamt *m, cp__hamt_item *item, bool give, cp__hamt_item **old)
 {
     assert(item != NULL); /* internal callers only */
@@ -998,10 +1098,10 @@ int cp__hamt_set(cp__hamt m, cp__hamt_item *item, cp__hamt *out)
 
 int cp__hamt_set_given(cp__hamt *m, cp__hamt_item *item, cp__hamt_item **old)
 {
-    if (m->root != NULL && root_insert_here(m->root, item)) {
-        m->count++;
-        *old = NULL;
-        return 0;
+    if (m->root != NULL) {
+        int err = set_here(m, item, old);
+        if (err != NOT_HERE)
+            return err;
     }
     return hamt_set(m, item, true, old);
 }
@@ -1129,29 +1229,53 @@ static del_result node_delete(cp__hamt_node *node, unsigned shift, uint32_t hash
                                                                        : DEL_NOMEM;
 }
 
-/* The commonest delete from a context's map, done without the general walk:
- * key's item sits at the root, a bitmap node of two entries or more given
- * by its only holder, and leaves it in place. Returns the item, with the
- * root's reference on it, or NULL: not so, nothing done. */
-static cp__hamt_item *root_remove_here(cp__hamt_node *root, uint32_t hash,
-                                       const void *key)
+/* delete_here's collapse of node, nobody else's, which its parent holds in
+ * *place: other, node's remaining entry, moves up into its place, and
+ * node's shell goes. Out of line, as set_beside. */
+static __attribute__((noinline)) void collapse_here(cp__hamt_node *node, slot *place,
+                                                    slot other)
 {
-    unsigned c = chunk_of(hash, 0);
-    if (root->kind != KIND_BITMAP || !(root->bits & (UINT32_C(1) << c)) ||
-        root->count < 2)
-        return NULL;
-    uint32_t idx = bitmap_index(root->bits, c);
-    slot e = root->entries[idx];
-    if (!slot_is_item(e) || !key_matches(slot_item(e), hash, key) ||
-        !sole_reference(&root->refs))
-        return NULL;
-    bitmap_remove_here(root, c, idx);
-    return slot_item(e);
+    *place = other;
+    node_free_shell(node);
+}
+
+/* cp__hamt_delete_given in place at the end of a path that nobody else
+ * holds (path_walk): key's item leaves its node; a node of two entries
+ * below the root whose other entry can stand alone (is_movable) is
+ * replaced by it in its parent, unless the parent would then be left
+ * holding that entry alone (the walk collapses it too). Returns what
+ * cp__hamt_delete_given does, or NOT_HERE with nothing done. */
+static int delete_here(cp__hamt *m, uint32_t hash, const void *key, cp__hamt_item **old)
+{
+    struct spot sp;
+    if (!path_walk(m->root, hash, &sp))
+        return NOT_HERE;
+    cp__hamt_node *node = sp.node, *parent = sp.parent;
+    if (!sp.found || !key_matches(slot_item(node->entries[sp.idx]), hash, key))
+        return CP_ENOENT;
+    cp__hamt_item *gone = slot_item(node->entries[sp.idx]);
+    if (node->kind == KIND_ARRAY) {
+        if (node->count - 1 < ARRAY_MIN)
+            return NOT_HERE; /* the walk demotes it to a bitmap node */
+        node->entries[sp.c] = 0;
+        node->count--;
+    } else if (parent == NULL ? node->count >= 2
+                              : node->count > 2 || !is_movable(node->entries[1 - sp.idx])) {
+        bitmap_remove_here(node, sp.c, sp.idx);
+    } else if (parent != NULL &&
+               (parent->kind == KIND_ARRAY || parent->count >= 2 || parent == m->root)) {
+        collapse_here(node, &parent->entries[sp.parent_idx], node->entries[1 - sp.idx]);
+    } else {
+        return NOT_HERE; /* the map empties, or the collapse goes on up */
+    }
+    m->count--;
+    *old = gone; /* with the reference node had on it */
+    return 0;
 }
 
 /* The delete behind cp__hamt_delete (give false: *m stays held and
  * unchanged, and becomes the new map with a reference of its own) and
- * cp__hamt_delete_given (when root_remove_here cannot do it). */
+ * cp__hamt_delete_given (when delete_here cannot do it). */
 static int hamt_delete(cp__hamt *m, uint32_t hash, const void *key, bool give,
                        cp__hamt_item **old)
 {
@@ -1195,12 +1319,9 @@ int cp__hamt_delete_given(cp__hamt *m, uint32_t hash, const void *key,
                           cp__hamt_item **old)
 {
     if (m->root != NULL) {
-        cp__hamt_item *gone = root_remove_here(m->root, hash, key);
-        if (gone != NULL) {
-            m->count--;
-            *old = gone;
-            return 0;
-        }
+        int err = delete_here(m, hash, key, old);
+        if (err != NOT_HERE)
+            return err;
     }
     return hamt_delete(m, hash, key, true, old);
 }

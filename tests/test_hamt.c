@@ -950,6 +950,151 @@ Test(hamt, given_insert_and_delete_use_the_spare_slot_of_a_bitmap_node)
     drop_all(m);
 }
 
+/* Keys whose first chunks agree sit one level down, in a node made for
+ * them; in a map nobody else holds, a given set makes that node in the
+ * slot where the other key's item was, and a given delete puts the item
+ * back: the path above stays, and nothing else is allocated. */
+Test(hamt, given_changes_below_the_root_keep_the_path_in_place)
+{
+    static model ref;
+    /* Keys 2, 3 and 4 share key 0's first chunk (1), not its second (0);
+     * key 4 has key 0's whole hash. */
+    static const uint32_t hashes[5] = {1, 2, 1 | 3u << 5, 1 | 4u << 5, 1};
+    cp__hamt m = build(&ref, 2, hashes);
+    cp__hamt_node *root = m.root;
+    ref.n = 5;
+    memcpy(ref.hash, hashes, sizeof hashes);
+
+    unsigned long before = cp__alloc_count();
+    cr_assert_eq(put_given(&m, hashes[2], 2, 30), 0);
+    ref.value[2] = 30;
+    cr_assert_eq(m.root, root, "the root is changed in place");
+    cr_assert_eq(cp__alloc_count() - before, 1, "one node, for keys 0 and 2");
+    cr_assert_eq(shape(m).bitmap_nodes, 2);
+    cr_assert_eq(shape(m).max_depth, 2);
+    verify(m, &ref);
+
+    /* A new value, and a third key in the node's spare slot: in place. */
+    before = cp__alloc_count();
+    cr_assert_eq(put_given(&m, hashes[2], 2, 31), 30);
+    ref.value[2] = 31;
+    cr_assert_eq(put_given(&m, hashes[3], 3, 40), 0);
+    ref.value[3] = 40;
+    cr_assert_eq(cp__alloc_count(), before, "nothing allocated");
+    cr_assert_eq(shape(m).bitmap_nodes, 2);
+    verify(m, &ref);
+
+    /* Out again: the node shrinks, then gives its last other entry back
+     * to the root, which frees it. */
+    cr_assert_eq(del_given(&m, hashes[3], 3), 40);
+    ref.value[3] = 0;
+    cr_assert_eq(shape(m).bitmap_nodes, 2);
+    cr_assert_eq(del_given(&m, hashes[2], 2), 31);
+    ref.value[2] = 0;
+    cr_assert_eq(cp__alloc_count(), before, "nothing allocated");
+    cr_assert_eq(m.root, root);
+    cr_assert_eq(shape(m).bitmap_nodes, 1);
+    cr_assert_eq(shape(m).max_depth, 1);
+    verify(m, &ref);
+
+    /* A key with key 0's whole hash: a collision node in its slot. */
+    cr_assert_eq(put_given(&m, hashes[4], 4, 50), 0);
+    ref.value[4] = 50;
+    cr_assert_eq(m.root, root);
+    cr_assert_eq(shape(m).collision_nodes, 1);
+    verify(m, &ref);
+    cr_assert_eq(del_given(&m, hashes[4], 4), 50);
+    ref.value[4] = 0;
+    cr_assert_eq(shape(m).collision_nodes, 0);
+    verify(m, &ref);
+    drop_all(m);
+}
+
+/* A delete whose node would leave its parent holding one item, the parent
+ * not being the root (a chain of one-entry nodes, made for two keys whose
+ * first two chunks agree), collapses the whole chain. */
+Test(hamt, given_delete_collapses_a_chain_of_nodes_into_the_root)
+{
+    static model ref;
+    static const uint32_t hashes[3] = {1, 2, 1 | 5u << 10};
+    cp__hamt m = build(&ref, 2, hashes);
+    ref.n = 3;
+    ref.hash[2] = hashes[2];
+    cr_assert_eq(put_given(&m, hashes[2], 2, 30), 0);
+    ref.value[2] = 30;
+    cr_assert_eq(shape(m).max_depth, 3, "root, one-entry node, pair");
+    verify(m, &ref);
+    cr_assert_eq(del_given(&m, hashes[2], 2), 30);
+    ref.value[2] = 0;
+    cr_assert_eq(shape(m).max_depth, 1);
+    cr_assert_eq(shape(m).bitmap_nodes, 1);
+    verify(m, &ref);
+    drop_all(m);
+}
+
+/* The node a given set makes beside another key's item is the only
+ * allocation; when it fails, nothing has changed. */
+Test(hamt, given_set_beside_another_key_fails_cleanly)
+{
+    static model ref;
+    static const uint32_t hashes[3] = {1, 2, 1 | 3u << 5};
+    cp__hamt m = build(&ref, 2, hashes);
+    cp__hamt kept = m;
+    cp__hamt_item *item = mk(hashes[2], 2, 30), *old = VAL(1);
+    cp__alloc_fail_nth(1);
+    cr_assert_eq(cp__hamt_set_given(&m, item, &old), CP_ENOMEM);
+    cp__alloc_fail_nth(0);
+    cr_assert_eq(m.root, kept.root);
+    cr_assert_eq(m.count, kept.count);
+    cr_assert_eq(old, VAL(1), "old untouched");
+    cr_assert_eq(atomic_load(&item->refs), 1, "no reference kept on item");
+    verify(m, &ref);
+    cr_assert_eq(cp__hamt_set_given(&m, item, &old), 0);
+    cr_assert_null(old);
+    cp__hamt_item_decref(item);
+    ref.n = 3;
+    ref.hash[2] = hashes[2];
+    ref.value[2] = 30;
+    verify(m, &ref);
+    drop_all(m);
+}
+
+/* An array node nobody else holds takes a key in an empty slot, and loses
+ * one while it keeps ARRAY_MIN (16), in place; below that it becomes a
+ * bitmap node. */
+Test(hamt, given_changes_to_an_array_root_are_in_place_down_to_sixteen)
+{
+    static model ref;
+    static uint32_t hashes[19];
+    for (unsigned i = 0; i < 19; i++)
+        hashes[i] = i;
+    cp__hamt m = build(&ref, 17, hashes);
+    cp__hamt_node *root = m.root;
+    cr_assert_eq(shape(m).array_nodes, 1);
+    ref.n = 19;
+    ref.hash[17] = 17;
+    ref.hash[18] = 18;
+    unsigned long before = cp__alloc_count();
+    cr_assert_eq(put_given(&m, 17, 17, 18), 0);
+    cr_assert_eq(put_given(&m, 18, 18, 19), 0);
+    ref.value[17] = 18;
+    ref.value[18] = 19;
+    verify(m, &ref);
+    for (unsigned i = 18; i >= 16; i--) {
+        cr_assert_eq(del_given(&m, i, i), i + 1);
+        ref.value[i] = 0;
+        verify(m, &ref);
+    }
+    cr_assert_eq(cp__alloc_count(), before, "nothing allocated");
+    cr_assert_eq(m.root, root, "16 entries: still the same array node");
+    cr_assert_eq(del_given(&m, 15, 15), 16);
+    ref.value[15] = 0;
+    cr_assert_neq(m.root, root, "15: a bitmap node");
+    cr_assert_eq(shape(m).array_nodes, 0);
+    verify(m, &ref);
+    drop_all(m);
+}
+
 Test(hamt, given_changes_copy_what_a_snapshot_shares)
 {
     static model ref, snap_ref;
