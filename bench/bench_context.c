@@ -15,8 +15,13 @@
  *             unset variable; floors: a __thread read through a call into a
  *             shared library (floor.c, bench/libfloor.so) and
  *             pthread_getspecific.
- *   ctx-set   cp_var_set with a token, cp_var_reset, cp_token_free; floor:
- *             malloc + free of 64 bytes.
+ *   ctx-set   cp_var_set with a token, cp_var_reset, cp_token_free, of a
+ *             variable not set in a context where 1 or 1,000 others are;
+ *             floor: malloc + free of 64 bytes. With 1 other the new key
+ *             sits at the trie's root, or one level down beside the other
+ *             (1 process in 32: their hashes, which mix the variables'
+ *             addresses, share a first chunk); with 1,000 it sits two or
+ *             three levels down.
  *   ctx-copy  cp_copy_context + cp_context_free with 1, 1,000 and 10,000
  *             variables set; floor: malloc + free of 64 bytes.
  *   ctx-run   cp_context_run of an empty function.
@@ -266,6 +271,7 @@ static const struct ctx_row gets[] = {
  * shows whether the machine ran at its usual speed while they ran. */
 static const struct ctx_row sets[] = {
     {"ctxpool set+reset", 1, set_reset_loop, 1},
+    {"ctxpool set+reset, 1000 set", 1000, set_reset_loop, 1000},
     {"floor malloc+free 64 B", 0, floor_malloc_loop, 0},
 };
 
