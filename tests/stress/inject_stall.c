@@ -28,10 +28,8 @@
 #include "ctxpool.h"
 #include "watchdog.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
-#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -51,19 +49,6 @@ static _Atomic(cp_future *) handed;  /* main -> the waiting job */
 static atomic_ullong rounds_done;    /* written by the waiting job */
 static atomic_ullong produced;
 static atomic_bool stop;
-/* The handoffs: main -> the waiting job (a future in handed, or NULL to
- * stop), and the job -> main (the round ended). Blocking, not spun on:
- * on a loaded machine a thread that yields to spin gives its CPU to other
- * processes for a time slice, and the rounds slowed from microseconds to
- * milliseconds each. */
-static sem_t handed_sem, round_sem;
-
-/* sem_wait, again when a signal interrupts it. */
-static void sem_take(sem_t *sem)
-{
-    while (sem_wait(sem) != 0)
-        CHECK(errno == EINTR, "sem_wait");
-}
 
 static void *empty_job(void *arg)
 {
@@ -89,16 +74,17 @@ static void *waiting_job(void *arg)
 {
     (void)arg;
     for (;;) {
-        sem_take(&handed_sem);
-        /* seq_cst: the semaphore orders main's store before this load. */
-        cp_future *f = atomic_exchange(&handed, NULL);
-        if (!f)
-            return NULL; /* stop */
+        cp_future *f;
+        /* seq_cst: with the main thread's store; a handoff, spun on. */
+        while (!(f = atomic_exchange(&handed, NULL))) {
+            if (atomic_load(&stop))
+                return NULL;
+            sched_yield();
+        }
         CHECK(cp_future_wait(f, NULL) == 0, "wait");
         cp_future_free(f);
         atomic_fetch_add(&rounds_done, 1);
         watchdog_tick();
-        sem_post(&round_sem);
     }
 }
 
@@ -129,7 +115,6 @@ int main(int argc, char **argv)
 {
     uint64_t rounds = stress_ops(argc, argv, DEFAULT_ROUNDS / TSAN_DIVISOR);
     two_cpus = sysconf(_SC_NPROCESSORS_ONLN) >= 2;
-    CHECK(sem_init(&handed_sem, 0, 0) == 0 && sem_init(&round_sem, 0, 0) == 0, "sem_init");
     pin_to(1); /* before cp_pool_new: pin puts the worker on our CPU */
     cp_pool_options options = {.threads = 1, .pin = two_cpus};
     CHECK(cp_pool_new(&pool, &options) == 0, "pool");
@@ -145,11 +130,10 @@ int main(int argc, char **argv)
         cp_future *f;
         CHECK(cp_pool_submit(pool, empty_job, NULL, &f) == 0, "submit");
         atomic_store(&handed, f);
-        sem_post(&handed_sem);
-        sem_take(&round_sem);
+        while (atomic_load(&rounds_done) <= i)
+            sched_yield();
     }
     atomic_store(&stop, true);
-    sem_post(&handed_sem); /* handed is NULL: the job returns */
     CHECK(cp_future_wait(waiter, NULL) == 0, "the waiting job ends");
     cp_future_free(waiter);
     CHECK(pthread_join(producer, NULL) == 0, "producer");
