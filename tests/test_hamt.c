@@ -950,6 +950,14 @@ Test(hamt, given_insert_and_delete_use_the_spare_slot_of_a_bitmap_node)
     drop_all(m);
 }
 
+/* Make keys 0..n-1 (hashes) known to the model, those not yet in the map
+ * absent, before given sets put them in. */
+static void declare(model *ref, unsigned n, const uint32_t *hashes)
+{
+    ref->n = n;
+    memcpy(ref->hash, hashes, n * sizeof *hashes);
+}
+
 /* Keys whose first chunks agree sit one level down, in a node made for
  * them; in a map nobody else holds, a given set makes that node in the
  * slot where the other key's item was, and a given delete puts the item
@@ -962,8 +970,7 @@ Test(hamt, given_changes_below_the_root_keep_the_path_in_place)
     static const uint32_t hashes[5] = {1, 2, 1 | 3u << 5, 1 | 4u << 5, 1};
     cp__hamt m = build(&ref, 2, hashes);
     cp__hamt_node *root = m.root;
-    ref.n = 5;
-    memcpy(ref.hash, hashes, sizeof hashes);
+    declare(&ref, 5, hashes);
 
     unsigned long before = cp__alloc_count();
     cr_assert_eq(put_given(&m, hashes[2], 2, 30), 0);
@@ -1018,8 +1025,7 @@ Test(hamt, given_delete_collapses_a_chain_of_nodes_into_the_root)
     static model ref;
     static const uint32_t hashes[3] = {1, 2, 1 | 5u << 10};
     cp__hamt m = build(&ref, 2, hashes);
-    ref.n = 3;
-    ref.hash[2] = hashes[2];
+    declare(&ref, 3, hashes);
     cr_assert_eq(put_given(&m, hashes[2], 2, 30), 0);
     ref.value[2] = 30;
     cr_assert_eq(shape(m).max_depth, 3, "root, one-entry node, pair");
@@ -1052,8 +1058,7 @@ Test(hamt, given_set_beside_another_key_fails_cleanly)
     cr_assert_eq(cp__hamt_set_given(&m, item, &old), 0);
     cr_assert_null(old);
     cp__hamt_item_decref(item);
-    ref.n = 3;
-    ref.hash[2] = hashes[2];
+    declare(&ref, 3, hashes);
     ref.value[2] = 30;
     verify(m, &ref);
     drop_all(m);
@@ -1071,9 +1076,7 @@ Test(hamt, given_changes_to_an_array_root_are_in_place_down_to_sixteen)
     cp__hamt m = build(&ref, 17, hashes);
     cp__hamt_node *root = m.root;
     cr_assert_eq(shape(m).array_nodes, 1);
-    ref.n = 19;
-    ref.hash[17] = 17;
-    ref.hash[18] = 18;
+    declare(&ref, 19, hashes);
     unsigned long before = cp__alloc_count();
     cr_assert_eq(put_given(&m, 17, 17, 18), 0);
     cr_assert_eq(put_given(&m, 18, 18, 19), 0);
