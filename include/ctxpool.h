@@ -579,9 +579,10 @@ CP_EXPORT int cp_pool_shutdown(cp_pool *pool, enum cp_shutdown how);
  * shutdown, wait_idle, free) returns CP_ESHUTDOWN and changes
  * nothing; the child cannot free it (its memory stays until the child
  * exits) but may make new pools.
- * cp_pool_get_stats still reads it. Futures, and tasks spawned from outside
- * the pool, that were not final at the fork never will be in the child:
- * waits, cancels and syncs of them return CP_ESHUTDOWN. Contexts and
+ * cp_pool_get_stats still reads it. Futures, and tasks queued where other
+ * threads could take them (see cp_sync), that were not final at the fork
+ * never will be in the child: waits, cancels and syncs of them return
+ * CP_ESHUTDOWN. Contexts and
  * variables work in the child as before, except a context that another
  * thread had entered at the fork: as a mutex held across fork() stays
  * held, it stays entered in the child (cp_context_run gives CP_EBUSY), and
@@ -698,8 +699,12 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
  * Returns 0; CP_ECANCELED when a CP_SHUTDOWN_CANCEL cancelled it first
  * (only a task spawned from outside the pool: a worker's tasks belong to the
  * running job that spawned them, which a cancel lets finish); CP_EINVAL;
- * CP_ESHUTDOWN in a child of fork() for a task spawned from outside the
- * pool that had not finished at the fork (nothing is waited for).
+ * CP_ESHUTDOWN in a child of fork() for a task that had not finished at
+ * the fork and had been queued where other threads could take it (nothing
+ * is waited for): every task spawned from outside the pool, and a worker's
+ * task that its worker had offered to idle workers, as it does while some
+ * are idle; a task its worker had kept to itself runs at the sync, as
+ * ever.
  * result may be NULL. A sync that waits runs other work meanwhile, on this
  * thread, as cp_future_wait does (the same care about locks applies).
  * Threads: the thread that spawned task. The task sees
