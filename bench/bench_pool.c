@@ -18,9 +18,13 @@
  *            (cp_spawn/cp_sync) and futures (submit/wait), 2 workers, the
  *            root submitted from the main thread; ratios to sequential code
  *            as the compiler optimizes it, shown beside sequential code that
- *            makes one call per node of the call tree, as the tasks do. The
- *            four run interleaved (bench_compare); the pinned rows of
- *            fib30-cutoff20 follow them on a pool of their own.
+ *            makes one call per node of the call tree, as the tasks do, and
+ *            the floor under frame tasks: fib on one thread with a spawn and
+ *            a sync that are bare calls into bench/libfloor.so
+ *            (floor_task.c: no context, nothing another thread could
+ *            take); two workers could at best halve it. The five run
+ *            interleaved (bench_compare); the pinned rows of fib30-cutoff20
+ *            follow them on a pool of their own.
  *   fib30-static  fib30 by bench_pool_static: this file built again, with
  *            libctxpool's static archive linked in (libtool -static) where
  *            every other program here calls the shared library. The same
@@ -62,6 +66,7 @@
 
 #include <ctxpool.h>
 
+#include "floor.h"
 #include "harness.h"
 #include "mutex_pool.h"
 #include "workloads.h"
@@ -300,6 +305,26 @@ static void *fib_future(void *arg)
     return (void *)((uintptr_t)a + b);
 }
 
+/* fib with the least a task library can do per spawn (floor_task.c), on
+ * one thread: the floor under fib_frame's calls. */
+static void *fib_floor(void *arg)
+{
+    unsigned n = (unsigned)(uintptr_t)arg;
+    if (n < fib_cutoff)
+        return (void *)(uintptr_t)fib_seq(n);
+    struct bench_floor_task t;
+    void *a;
+    bench_floor_spawn(&t, fib_floor, (void *)(uintptr_t)(n - 1));
+    uintptr_t b = (uintptr_t)fib_floor((void *)(uintptr_t)(n - 2));
+    BENCH_CHECK(bench_floor_sync(&t, &a) == 0, "bench_floor_sync");
+    return (void *)((uintptr_t)a + b);
+}
+
+static uint64_t fib_floor_seq(unsigned n)
+{
+    return (uintptr_t)fib_floor((void *)(uintptr_t)n);
+}
+
 /* The name of workload fib30 in this build. */
 #ifdef BENCH_STATIC
 #define FIB30 "fib30-static"
@@ -336,7 +361,8 @@ static double run_fib(void *arg)
 static void bench_fib(const char *workload, unsigned cutoff)
 {
     struct fib_case seq = {FIB_N, NULL, fib_seq}, calls = {FIB_N, NULL, fib_calls},
-                    frame = {FIB_N, fib_frame, NULL}, future = {FIB_N, fib_future, NULL};
+                    floor = {FIB_N, NULL, fib_floor_seq}, frame = {FIB_N, fib_frame, NULL},
+                    future = {FIB_N, fib_future, NULL};
     fib_cutoff = cutoff;
     pool = new_pool(SUBMIT_WORKERS);
     /* Interleaved (bench_compare): the goals are ratios to the sequential
@@ -346,11 +372,12 @@ static void bench_fib(const char *workload, unsigned cutoff)
     struct bench_case cases[] = {
         {"sequential", run_fib, &seq},
         {"sequential, a call per node", run_fib, &calls},
+        {"floor: bare spawn+sync, 1 thread", run_fib, &floor},
         {"ctxpool frame tasks", run_fib, &frame},
         {"ctxpool futures", run_fib, &future},
     };
     bench_baseline(workload, "sequential");
-    bench_compare(workload, "ms", cases, 4);
+    bench_compare(workload, "ms", cases, 5);
     cp_pool_free(pool);
     if (cutoff > 2) {
         /* The same with workers pinned (cp_pool_options.pin). */

@@ -7,10 +7,12 @@ BENCH_LIBS = libctxpool.la $(PTHREAD_LIBS)
 noinst_PROGRAMS += bench/bench_context bench/bench_pool
 EXTRA_DIST += bench/run
 
-# The floor of workload 1: a __thread read behind a shared-library call.
-# -rpath makes libtool build it shared although it is never installed.
+# The floors of workloads 1 (a __thread read behind a shared-library call)
+# and fib30 (a bare spawn and sync, a call each). -rpath makes libtool build
+# it shared although it is never installed; bench_pool_static (libtool
+# -static) links its archive.
 noinst_LTLIBRARIES += bench/libfloor.la
-bench_libfloor_la_SOURCES = bench/floor.c bench/floor.h
+bench_libfloor_la_SOURCES = bench/floor.c bench/floor_task.c bench/floor.h
 bench_libfloor_la_CFLAGS = $(AM_CFLAGS) $(BENCH_ALIGN_CFLAGS)
 bench_libfloor_la_LDFLAGS = -rpath $(abs_builddir)/bench -avoid-version -no-undefined
 
@@ -20,7 +22,7 @@ bench_bench_context_LDADD = bench/libfloor.la $(BENCH_LIBS)
 
 bench_bench_pool_SOURCES = bench/bench_pool.c bench/mutex_pool.c bench/mutex_pool.h \
 	$(BENCH_COMMON)
-bench_bench_pool_LDADD = $(BENCH_LIBS)
+bench_bench_pool_LDADD = bench/libfloor.la $(BENCH_LIBS)
 
 # The same program with the library's static archive linked in (libtool
 # -static), for workload fib30-static: what the shared library's calls cost.
@@ -29,7 +31,7 @@ noinst_PROGRAMS += bench/bench_pool_static
 bench_bench_pool_static_SOURCES = $(bench_bench_pool_SOURCES)
 bench_bench_pool_static_CPPFLAGS = $(AM_CPPFLAGS) -DBENCH_STATIC
 bench_bench_pool_static_LDFLAGS = $(AM_LDFLAGS) -static
-bench_bench_pool_static_LDADD = $(BENCH_LIBS)
+bench_bench_pool_static_LDADD = $(bench_bench_pool_LDADD)
 endif
 
 if HAVE_GLIB
