@@ -4,7 +4,7 @@
  *
  * floor.c: for cp_var_get, a __thread read inside the shared library.
  * floor_task.c: for cp_spawn and cp_sync, a spawn and a sync that do the
- * least any task library's must (see there). */
+ * least a library's can whose sync runs the task (see there). */
 #ifndef CTXPOOL_BENCH_FLOOR_H
 #define CTXPOOL_BENCH_FLOOR_H
 

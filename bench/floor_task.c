@@ -1,5 +1,6 @@
-/* floor_task.c - the least a task library's spawn and sync can cost: a call
- * each into a shared library, as cp_spawn and cp_sync are. The spawn records
+/* floor_task.c - the least a task library can cost whose spawn and sync are
+ * calls into a shared library and whose sync runs the task, as cp_spawn and
+ * cp_sync are and do. The spawn records
  * the task on the calling thread's stack of tasks (initial-exec TLS, as
  * libctxpool's own thread state); the sync checks that the task is the
  * newest (cp_sync's order check) and calls its function. Nothing else: no

@@ -21,7 +21,8 @@
  * Threads: "any thread" means any thread, at any time, concurrently with any
  * other call on the same object unless the comment says otherwise; the
  * free functions (cp_*_free) excepted: free an object once, after every
- * other call on it has returned.
+ * other call on it has returned (but a context may be freed by the function
+ * a run calls inside it: see cp_context_free).
  */
 #ifndef CP_CTXPOOL_H
 #define CP_CTXPOOL_H
@@ -286,7 +287,8 @@ CP_EXPORT cp_context *cp_copy_context(void);
 CP_EXPORT cp_context *cp_context_copy(const cp_context *c);
 
 /* cp_context_free - drop the caller's reference to c. The context lives on
- * while a run inside it or a pool job queued for it still needs it.
+ * while a run inside it (the free may come from the function the run
+ * calls) or a pool job queued for it still needs it.
  * NULL: no-op. Threads: any thread. */
 CP_EXPORT void cp_context_free(cp_context *c);
 
@@ -702,9 +704,9 @@ CP_EXPORT int cp_spawn(cp_pool *pool, cp_task *task, cp_job_fn fn, void *arg);
  * CP_ESHUTDOWN in a child of fork() for a task that had not finished at
  * the fork and had been queued where other threads could take it (nothing
  * is waited for): every task spawned from outside the pool, and a worker's
- * task that its worker had offered to idle workers, as it does while some
- * are idle; a task its worker had kept to itself runs at the sync, as
- * ever.
+ * task that its worker had offered, as it does while another worker is
+ * idle or while it waits; a task its worker had kept to itself runs at
+ * the sync, as ever.
  * result may be NULL. A sync that waits runs other work meanwhile, on this
  * thread, as cp_future_wait does (the same care about locks applies).
  * Threads: the thread that spawned task. The task sees

@@ -3017,11 +3017,14 @@ static void priv_link(struct worker *self)
 }
 
 /* Queue this worker's oldest private task on its deque, where idle workers
- * can take it. Returns whether there was one. */
+ * can take it. Returns whether there was one. Not in a child of fork(),
+ * whose copy of the pool has no workers, whatever its idle counts say: a
+ * task queued there could only be refused at its sync (sync_queued), and
+ * kept private it runs there. */
 static bool offer_private(struct worker *self)
 {
     struct task *oldest = self->priv_oldest;
-    if (!oldest)
+    if (!oldest || forked_away(&self->pool->fork_generation))
         return false;
     if (oldest == self->priv_linked)
         priv_link(self);

@@ -4707,6 +4707,69 @@ Test(fork, a_new_pool_in_a_forked_child_runs_and_syncs_its_tasks, .timeout = 30)
     free_pool(parents);
 }
 
+/* A job forks while its tasks are private (spawned while the other worker
+ * was busy) and that worker is parked. In the child, a sync must not offer
+ * the other private task to the idle worker the pool's copied counts show:
+ * queued, it would be refused (CP_ESHUTDOWN); kept, both syncs run their
+ * tasks. (Mutation testing: without the check in offer_private, the second
+ * sync returned CP_ESHUTDOWN.) */
+struct private_fork {
+    cp_pool *pool;
+    sem_t spawned;
+    gate go;
+    int child_status; /* the child's exit status, or -1 */
+};
+
+static void *fork_with_private_tasks(void *p)
+{
+    struct private_fork *j = p;
+    cp_task t2, t3;
+    JCHECK(cp_spawn(j->pool, &t2, noop, &t2) == 0);
+    JCHECK(cp_spawn(j->pool, &t3, noop, &t3) == 0);
+    sem_post(&j->spawned);
+    gate_pass(&j->go); /* the other worker parks meanwhile */
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        void *r = NULL;
+        int bad = cp_sync(&t3, &r) != 0 || r != &t3; /* newest first */
+        if (cp_sync(&t2, &r) != 0 || r != &t2)
+            bad |= 2;
+        _exit(bad);
+    }
+    int status = 0;
+    if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status))
+        j->child_status = WEXITSTATUS(status);
+    void *r = NULL;
+    JCHECK(cp_sync(&t3, &r) == 0 && r == &t3);
+    JCHECK(cp_sync(&t2, &r) == 0 && r == &t2);
+    return NULL;
+}
+
+Test(fork, private_tasks_of_a_job_that_forks_run_at_their_syncs_in_the_child,
+     .timeout = 30)
+{
+    cp_pool *pool = new_pool(2);
+    blocker b;
+    cp_future *blocked = occupy_worker(pool, &b); /* the job's tasks stay private */
+    struct private_fork j = {.pool = pool, .go = GATE_INITIALIZER, .child_status = -1};
+    cr_assert_eq(sem_init(&j.spawned, 0, 0), 0);
+    cp_future *f = NULL;
+    cr_assert_eq(cp_pool_submit(pool, fork_with_private_tasks, &j, &f), 0);
+    cr_assert_eq(sem_wait(&j.spawned), 0);
+    cp_pool_stats st;
+    stats_of(pool, &st);
+    gate_open(&b.g);
+    wait_ok(blocked);
+    let_a_worker_park(pool, st.parks); /* the blocker's worker, idle now */
+    gate_open(&j.go);
+    wait_ok(f);
+    cr_assert_eq(j.child_status, 0, "child failures (bits: 1 the newer task's sync, "
+                 "2 the older's; -1: the child did not exit): %d", j.child_status);
+    free_pool(pool);
+    sem_destroy(&j.spawned);
+}
+
 Test(fork, a_sync_in_a_child_forked_by_a_job_of_a_task_run_elsewhere_is_eshutdown,
      .timeout = 30)
 {
