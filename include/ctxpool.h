@@ -414,9 +414,11 @@ typedef struct cp_pool_options {
  *   jobs, goes in a __thread variable, as cp_pool(3)'s example does). A
  *   hook runs outside the pool's work: submits and spawns from on_stop are
  *   refused (CP_ESHUTDOWN), and cp_pool_free from it returns CP_EDEADLK.
- *   on_start must return, and must wait neither for the thread that calls
- *   cp_pool_new (which waits for it) nor for another worker's on_start
- *   (that worker may never start). A hook that forks must end the child
+ *   on_start must return, and must not wait for the thread that calls
+ *   cp_pool_new (which waits for it), for another worker's on_start (that
+ *   worker may never start), or for work of the pool (a task it spawns,
+ *   say: its own worker runs nothing before it returns, and with one
+ *   thread nobody else would). A hook that forks must end the child
  *   before it returns, as a job must.
  * Returns when every worker has named itself, pinned itself and run
  * on_start: 0, and stores the pool in *pool; CP_EINVAL for NULL pool or a
@@ -490,8 +492,9 @@ CP_EXPORT int cp_future_wait(cp_future *f, void **result);
  * on; wait again or free the future). A timeout of 0 polls; UINT64_MAX waits
  * without limit. On a worker of the pool it runs jobs while it waits, as
  * cp_future_wait does, the awaited one among them when it finds it queued,
- * so it may return later than the limit by the length of a job it ran
- * (then 0, if that job was the awaited one). A deadline that must hold
+ * looking at the limit before each: so it may return later than the limit
+ * by the length of one job or task it ran (then 0, if that was the awaited
+ * job), however much work it finds. A deadline that must hold
  * needs a wait from a thread outside the pool. Threads: as cp_future_wait. */
 CP_EXPORT int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns,
                                      void **result);
@@ -509,8 +512,9 @@ CP_EXPORT int cp_future_wait_timeout(cp_future *f, uint64_t timeout_ns,
  * written only on success. An element may appear more than once. The
  * futures are not changed: wait again for the rest, or free them.
  * Called on a worker of their pool, it runs jobs of the pool while it
- * waits, as cp_future_wait does (one of them when it finds it queued), so
- * it may return later than the limit by the length of a job it ran.
+ * waits, as cp_future_wait does (one of them when it finds it queued),
+ * looking at the limit before each: so it may return later than the limit
+ * by the length of one job or task it ran.
  * Costs O(n) per look; a thread outside the pool sleeps until any of them
  * ends. Ordering: the end of futures[*index]'s job happens-before this
  * returns 0. Threads: any thread; the futures may be waited for elsewhere

@@ -1705,7 +1705,9 @@ awaited_take_own(struct worker *self, const struct awaited *a)
 
 /* Wait until an item of a is final (all are of pool); a worker of pool
  * helps meanwhile. Returns 0, or CP_ETIMEDOUT when deadline (0: none)
- * passed first. For every wait: sync_queued's (the task was taken by
+ * passed first; a worker looks at the deadline before each item it runs
+ * or offers, so it returns late by one item's run at most, however much
+ * work it could find. For every wait: sync_queued's (the task was taken by
  * another worker, or came from outside the pool), cp_future_wait_timeout's
  * and cp_future_wait_any's, and cp_future_wait's when its own first take
  * did not end it (a stolen job, a wait from outside the pool: see
@@ -1716,6 +1718,10 @@ static __attribute__((noinline)) int wait_work(cp_pool *pool, struct awaited a,
 {
     struct worker *self = pool ? worker_of(pool) : NULL;
     while (!awaited_final(&a)) {
+        /* Before each item we would run or offer, too: work to help with
+         * may never run out. */
+        if (deadline && now_ns() >= deadline)
+            return CP_ETIMEDOUT;
         if (self) {
             /* find_work, but for what we wait for at the bottom of our
              * deque, which we run here (final: done). */
@@ -1740,6 +1746,7 @@ static __attribute__((noinline)) int wait_work(cp_pool *pool, struct awaited a,
             if (awaited_final(&a))
                 break;
         }
+        /* Again before we sleep: finding no work may have taken a while. */
         if (deadline && now_ns() >= deadline)
             return CP_ETIMEDOUT;
         if (self) {

@@ -1093,6 +1093,81 @@ Test(future, wait_timeout_waits_out_its_timeout_in_nanoseconds, .timeout = 30)
     free_pool(q.pool);
 }
 
+/* A timed wait on a worker runs other work while it waits, but looks at
+ * its deadline before each item: it returns late by one item's run at most,
+ * however much work there is. Each item here lasts as long as the timeout
+ * (from its own start, which comes after the wait's), so once one has run
+ * the deadline has passed, and the wait must return without running
+ * another. Counts, not times, are asserted. (Before the fix, the wait ran
+ * all of them, its deadline unread while work was there.) */
+enum { TIMED_ITEMS = 8, TIMED_NS = 2000000 };
+
+struct timed_help {
+    cp_pool *pool;
+    cp_future *held;  /* the job waited for, held on the other worker */
+    bool tasks;       /* the items are frame tasks, not jobs */
+    atomic_int ran;
+    int rc, ran_by_then;
+};
+
+static void *last_the_timeout(void *p)
+{
+    struct timed_help *h = p;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += TIMED_NS;
+    until.tv_sec += until.tv_nsec / 1000000000;
+    until.tv_nsec %= 1000000000;
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+        ;
+    atomic_fetch_add(&h->ran, 1);
+    return NULL;
+}
+
+static void *timed_wait_among_work(void *p)
+{
+    struct timed_help *h = p;
+    cp_future *jobs[TIMED_ITEMS];
+    cp_task tasks[TIMED_ITEMS];
+    for (int i = 0; i < TIMED_ITEMS; i++)
+        JCHECK(h->tasks ? cp_spawn(h->pool, &tasks[i], last_the_timeout, h) == 0
+                        : cp_pool_submit(h->pool, last_the_timeout, h, &jobs[i]) == 0);
+    h->rc = cp_future_wait_timeout(h->held, TIMED_NS, NULL);
+    h->ran_by_then = runs(&h->ran);
+    for (int i = TIMED_ITEMS - 1; i >= 0; i--) {
+        if (h->tasks) {
+            JCHECK(cp_sync(&tasks[i], NULL) == 0);
+        } else {
+            JCHECK(cp_future_wait(jobs[i], NULL) == 0);
+            cp_future_free(jobs[i]);
+        }
+    }
+    return NULL;
+}
+
+Test(future, wait_timeout_on_a_worker_returns_after_one_item_past_its_deadline,
+     .timeout = 30)
+{
+    for (int tasks = 0; tasks < 2; tasks++) {
+        cp_pool *pool = new_pool(2);
+        blocker b;
+        cp_future *held = occupy_worker(pool, &b); /* the other worker, busy */
+        struct timed_help h = {.pool = pool, .held = held, .tasks = tasks};
+        cp_future *f = NULL;
+        cr_assert_eq(cp_pool_submit(pool, timed_wait_among_work, &h, &f), 0);
+        wait_ok(f);
+        jobs_ok();
+        cr_assert_eq(h.rc, CP_ETIMEDOUT, "%s: %s", tasks ? "tasks" : "jobs",
+                     cp_strerror(h.rc));
+        cr_assert_leq(h.ran_by_then, 1, "%s: the timed wait ran %d items of %d",
+                      tasks ? "tasks" : "jobs", h.ran_by_then, (int)TIMED_ITEMS);
+        cr_assert_eq(runs(&h.ran), TIMED_ITEMS);
+        gate_open(&b.g);
+        wait_ok(held);
+        free_pool(pool);
+    }
+}
+
 static void *wait_in_thread(void *p)
 {
     void *result = NULL;
