@@ -1113,11 +1113,8 @@ struct timed_help {
 static void *last_the_timeout(void *p)
 {
     struct timed_help *h = p;
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_nsec += TIMED_NS;
-    until.tv_sec += until.tv_nsec / 1000000000;
-    until.tv_nsec %= 1000000000;
+    uint64_t end = monotonic_ns() + TIMED_NS;
+    struct timespec until = {(time_t)(end / 1000000000u), (long)(end % 1000000000u)};
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
         ;
     atomic_fetch_add(&h->ran, 1);
